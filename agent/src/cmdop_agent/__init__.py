@@ -1,0 +1,3 @@
+"""cmdop-agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""cmdop-install."""
+
+__version__ = "0.1.0"

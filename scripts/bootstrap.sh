@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need on a Debian 12 machine:
+# Debian packages (only the missing ones), uv, and the workspace venv from uv.lock.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  podman runc debootstrap iptables iproute2 openssh-client   # the lab
+  postgresql redis-server nginx openssl                       # integration tier: real servers
+  chromium chromium-driver                                    # the verification page, headless
+  systemd                                                     # systemd-analyze security for our units
+)
+
+if [ ! -r /etc/debian_version ]; then
+  echo "bootstrap: this is not Debian; install by hand: ${PACKAGES[*]} and python3.11 with venv" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  [[ "$p" == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bootstrap: missing Debian packages: ${missing[*]} (run as root or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "bootstrap: installing ${missing[*]}"
+  # Keep postinst scripts from starting system daemons: the tests start their own on scratch ports.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+if ! command -v uv >/dev/null 2>&1; then
+  python3 -m pip install -q uv
+fi
+uv sync --all-packages --frozen -q

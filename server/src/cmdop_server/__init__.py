@@ -1,0 +1,3 @@
+"""cmdop-server."""
+
+__version__ = "0.1.0"
