@@ -1,0 +1,1 @@
+"""pyinfra deploys, one ``@deploy`` per component; they use operations, never ``pyinfra.api`` state."""

@@ -1,0 +1,52 @@
+"""The lab's routes and firewall rules: lab traffic never leaves this machine.
+
+* A blackhole route for the whole lab supernet exists before any host starts, so a packet
+  to a lab address whose bridge is down is dropped here instead of following the default route.
+* An air-gapped network is podman ``--internal`` plus FORWARD drops in both directions,
+  tagged with a comment so ``lab down`` removes exactly what it added.
+"""
+
+from cmdop_install.lab import paths, system
+
+
+def blackhole_present() -> bool:
+    out = system.run(["ip", "route", "show", "type", "blackhole", paths.SUPERNET], check=False)
+    return paths.SUPERNET.split("/")[0] in out.stdout
+
+
+def ensure_blackhole() -> bool:
+    if blackhole_present():
+        return False
+    system.run(["ip", "route", "replace", "blackhole", paths.SUPERNET], what="adding the lab's safety route")
+    return True
+
+
+def remove_blackhole() -> None:
+    if blackhole_present():
+        system.run(["ip", "route", "del", "blackhole", paths.SUPERNET], what="removing the lab's safety route")
+
+
+def _drop_rules(lab: str, subnet: str) -> list[list[str]]:
+    tag = ["-m", "comment", "--comment", f"cmdop-lab:{lab}", "-j", "DROP"]
+    return [["FORWARD", "-s", subnet, *tag], ["FORWARD", "-d", subnet, *tag]]
+
+
+def ensure_airgap(lab: str, subnet: str) -> bool:
+    changed = False
+    for rule in _drop_rules(lab, subnet):
+        if system.run(["iptables", "-C", *rule], check=False).returncode != 0:
+            system.run(["iptables", "-I", *rule], what="adding an air-gap firewall rule")
+            changed = True
+    return changed
+
+
+def remove_airgap(lab: str, subnet: str) -> None:
+    for rule in _drop_rules(lab, subnet):
+        while system.run(["iptables", "-C", *rule], check=False).returncode == 0:
+            system.run(["iptables", "-D", *rule], what="removing an air-gap firewall rule")
+
+
+def gateway(subnet: str) -> str:
+    """podman gives a bridge the first address of its subnet."""
+    base = subnet.split("/")[0].rsplit(".", 1)[0]
+    return f"{base}.1"

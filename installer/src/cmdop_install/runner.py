@@ -1,0 +1,213 @@
+"""The one module that drives pyinfra's API.
+
+pyinfra runs on gevent and monkey-patches the process it lives in, so each run happens in
+a child Python process (``python -m cmdop_install.runner``) that receives a JSON request on
+stdin and answers with a JSON result on stdout; progress goes to stderr. Callers use
+``run_deploy`` and get a ``RunResult`` back — nothing else in cmdop_install imports
+``pyinfra.api``. Deploy code (``cmdop_install.deploys.*``) uses pyinfra *operations* only.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmdop_install.errors import UserError
+
+
+@dataclass
+class OpResult:
+    name: str
+    changed: bool
+    success: bool
+
+
+@dataclass
+class HostResult:
+    name: str
+    ops: list[OpResult] = field(default_factory=list)
+    error: str | None = None
+    facts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changes(self) -> int:
+        return sum(op.changed for op in self.ops)
+
+
+@dataclass
+class RunResult:
+    hosts: dict[str, HostResult]
+    dry_run: bool
+
+    @property
+    def changes(self) -> int:
+        return sum(h.changes for h in self.hosts.values())
+
+    @property
+    def failed(self) -> list[str]:
+        return [h.name for h in self.hosts.values() if h.error or not all(op.success for op in h.ops)]
+
+
+def run_deploy(
+    inventory: Path,
+    deploy: str,
+    *,
+    limit: list[str] | None = None,
+    dry_run: bool = False,
+    data: dict | None = None,
+    facts: dict[str, str] | None = None,
+    parallel: int = 0,
+) -> RunResult:
+    """Run ``deploy`` ("package.module:function") on the hosts of ``inventory``.
+
+    ``facts`` maps a label to a shell command whose output is read (a pyinfra ``Command``
+    fact) on every host after the run; with ``dry_run`` nothing is executed and each
+    operation reports whether it *would* change.
+    """
+    request = {
+        "inventory": str(inventory),
+        "deploy": deploy,
+        "limit": limit,
+        "dry_run": dry_run,
+        "data": data or {},
+        "facts": facts or {},
+        "parallel": parallel,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "cmdop_install.runner"],
+        input=json.dumps(request),
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise UserError(f"pyinfra run of {deploy} failed before it could report (exit {proc.returncode})")
+    raw = json.loads(proc.stdout)
+    if raw.get("error"):
+        raise UserError(raw["error"])
+    return RunResult(
+        hosts={
+            name: HostResult(
+                name=name,
+                ops=[OpResult(**op) for op in h["ops"]],
+                error=h["error"],
+                facts=h["facts"],
+            )
+            for name, h in raw["hosts"].items()
+        },
+        dry_run=dry_run,
+    )
+
+
+def load_inventory_groups(path: Path) -> dict[str, list[tuple[str, dict]]]:
+    """Every top-level list or tuple of an inventory file is a group (pyinfra's rule)."""
+    import runpy
+
+    if not path.exists():
+        raise UserError(f"{path}: inventory file not found")
+    try:
+        namespace = runpy.run_path(str(path))
+    except Exception as exc:  # noqa: BLE001 - an operator's file: report, don't crash
+        raise UserError(f"{path}: cannot load the inventory ({type(exc).__name__}: {exc})") from None
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for key, value in namespace.items():
+        if key.startswith("_") or not isinstance(value, list | tuple):
+            continue
+        hosts = []
+        for item in value:
+            if isinstance(item, str):
+                hosts.append((item, {}))
+            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], dict):
+                hosts.append((str(item[0]), dict(item[1])))
+            else:
+                raise UserError(f"{path}: group {key!r}: each host is a name or (name, {{data}})")
+        groups[key] = hosts
+    return groups
+
+
+# ---------------------------------------------------------------- child process side
+
+
+def _child() -> int:
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    import importlib
+    import logging
+
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all, disconnect_all
+    from pyinfra.api.deploy import add_deploy
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operations import run_ops
+    from pyinfra.facts.server import Command
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    req = json.loads(sys.stdin.read())
+    reply: dict = {"hosts": {}, "error": None}
+    try:
+        groups = load_inventory_groups(Path(req["inventory"]))
+    except UserError as exc:
+        print(json.dumps({"error": exc.message}))
+        return 0
+    everyone: dict[str, dict] = {}
+    for hosts in groups.values():
+        for name, data in hosts:
+            everyone.setdefault(name, {}).update(data)
+    limit = req["limit"]
+    if limit:
+        chosen = {h for g in limit for h, _ in groups.get(g, [])} | {n for n in limit if n in everyone}
+        unknown = [n for n in limit if n not in groups and n not in everyone]
+        if unknown:
+            print(json.dumps({"error": f"--limit: no group or host named {', '.join(unknown)}"}))
+            return 0
+        everyone = {n: d for n, d in everyone.items() if n in chosen}
+    inventory = Inventory(
+        (list(everyone.items()), dict(req["data"])),
+        **{g: ([(n, d) for n, d in hosts if n in everyone], {}) for g, hosts in groups.items()},
+    )
+    config = Config(PARALLEL=req["parallel"] or 0, FAIL_PERCENT=None)
+    state = State(inventory, config)
+    module_name, func_name = req["deploy"].split(":")
+    deploy_func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        connect_all(state)
+        for host in inventory:
+            reply["hosts"][host.name] = {"ops": [], "error": None, "facts": {}}
+        for host in state.failed_hosts:
+            reply["hosts"][host.name]["error"] = "cannot connect over ssh (host down, wrong key or address?)"
+        add_deploy(state, deploy_func)
+        if not req["dry_run"]:
+            run_ops(state)
+    except PyinfraError as exc:
+        reply["error"] = f"pyinfra: {exc}"
+    for host in inventory:
+        entry = reply["hosts"][host.name]
+        if host in state.failed_hosts and entry["error"] is None:
+            entry["error"] = "an operation failed on this host"
+        for op_hash in state.get_op_order():
+            host_op = state.ops[host].get(op_hash)
+            if host_op is None:
+                continue
+            meta = host_op.operation_meta
+            name = ", ".join(sorted(state.op_meta[op_hash].names))
+            if req["dry_run"]:
+                entry["ops"].append({"name": name, "changed": bool(meta.will_change), "success": True})
+            elif meta.is_complete():
+                entry["ops"].append(
+                    {"name": name, "changed": meta.did_change(), "success": meta.did_succeed()}
+                )
+        if host not in state.failed_hosts:
+            for label, command in req["facts"].items():
+                entry["facts"][label] = host.get_fact(Command, command) or ""
+    disconnect_all(state)
+    print(json.dumps(reply))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child())
