@@ -8,6 +8,7 @@ import sys
 import click
 
 from cmdop_install import __version__
+from cmdop_install.demo import demo_command
 from cmdop_install.errors import UserError
 from cmdop_install.lab.cli import lab
 
@@ -19,6 +20,7 @@ def cli() -> None:
 
 
 cli.add_command(lab)
+cli.add_command(demo_command)
 
 
 def main(argv: list[str] | None = None) -> int:
