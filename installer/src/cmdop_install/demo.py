@@ -26,7 +26,9 @@ def run(name: str = "demo", hosts: int = 3) -> None:
             raise UserError(f"demo: the probe deploy failed on {', '.join(result.failed)}")
         click.echo(f"pyinfra {attempt}: {result.changes} change(s) on {len(result.hosts)} host(s)")
     if result.changes:
-        raise UserError(f"demo: the second run changed {result.changes} thing(s); deploys must be idempotent")
+        raise UserError(
+            f"demo: the second run changed {result.changes} thing(s); deploys must be idempotent"
+        )
     for h in result.hosts.values():
         click.echo(f"  {h.name}: {h.facts['uname']}")
     click.echo(

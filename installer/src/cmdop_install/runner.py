@@ -48,7 +48,9 @@ class RunResult:
 
     @property
     def failed(self) -> list[str]:
-        return [h.name for h in self.hosts.values() if h.error or not all(op.success for op in h.ops)]
+        return [
+            h.name for h in self.hosts.values() if h.error or not all(op.success for op in h.ops)
+        ]
 
 
 def run_deploy(
@@ -84,7 +86,9 @@ def run_deploy(
         check=False,
     )
     if proc.returncode != 0 or not proc.stdout.strip():
-        raise UserError(f"pyinfra run of {deploy} failed before it could report (exit {proc.returncode})")
+        raise UserError(
+            f"pyinfra run of {deploy} failed before it could report (exit {proc.returncode})"
+        )
     raw = json.loads(proc.stdout)
     if raw.get("error"):
         raise UserError(raw["error"])
@@ -111,7 +115,9 @@ def load_inventory_groups(path: Path) -> dict[str, list[tuple[str, dict]]]:
     try:
         namespace = runpy.run_path(str(path))
     except Exception as exc:  # noqa: BLE001 - an operator's file: report, don't crash
-        raise UserError(f"{path}: cannot load the inventory ({type(exc).__name__}: {exc})") from None
+        raise UserError(
+            f"{path}: cannot load the inventory ({type(exc).__name__}: {exc})"
+        ) from None
     groups: dict[str, list[tuple[str, dict]]] = {}
     for key, value in namespace.items():
         if key.startswith("_") or not isinstance(value, list | tuple):
@@ -160,7 +166,9 @@ def _child() -> int:
             everyone.setdefault(name, {}).update(data)
     limit = req["limit"]
     if limit:
-        chosen = {h for g in limit for h, _ in groups.get(g, [])} | {n for n in limit if n in everyone}
+        chosen = {h for g in limit for h, _ in groups.get(g, [])} | {
+            n for n in limit if n in everyone
+        }
         unknown = [n for n in limit if n not in groups and n not in everyone]
         if unknown:
             print(json.dumps({"error": f"--limit: no group or host named {', '.join(unknown)}"}))
@@ -179,7 +187,9 @@ def _child() -> int:
         for host in inventory:
             reply["hosts"][host.name] = {"ops": [], "error": None, "facts": {}}
         for host in state.failed_hosts:
-            reply["hosts"][host.name]["error"] = "cannot connect over ssh (host down, wrong key or address?)"
+            reply["hosts"][host.name]["error"] = (
+                "cannot connect over ssh (host down, wrong key or address?)"
+            )
         add_deploy(state, deploy_func)
         if not req["dry_run"]:
             run_ops(state)
@@ -196,7 +206,9 @@ def _child() -> int:
             meta = host_op.operation_meta
             name = ", ".join(sorted(state.op_meta[op_hash].names))
             if req["dry_run"]:
-                entry["ops"].append({"name": name, "changed": bool(meta.will_change), "success": True})
+                entry["ops"].append(
+                    {"name": name, "changed": bool(meta.will_change), "success": True}
+                )
             elif meta.is_complete():
                 entry["ops"].append(
                     {"name": name, "changed": meta.did_change(), "success": meta.did_succeed()}

@@ -25,11 +25,28 @@ WantedBy=multi-user.target
 
 @deploy("Lab probe")
 def probe() -> None:
-    apt.packages(name="Install a small Debian package", packages=["tree"], update=True,
-                 cache_time=86400, no_recommends=True, _sudo=True)
-    unit = files.put(name="Install the probe unit", src=StringIO(PROBE_UNIT),
-                     dest="/etc/systemd/system/cmdop-lab-probe.service", mode="644",
-                     user="root", group="root", _sudo=True)
+    apt.packages(
+        name="Install a small Debian package",
+        packages=["tree"],
+        update=True,
+        cache_time=86400,
+        no_recommends=True,
+        _sudo=True,
+    )
+    unit = files.put(
+        name="Install the probe unit",
+        src=StringIO(PROBE_UNIT),
+        dest="/etc/systemd/system/cmdop-lab-probe.service",
+        mode="644",
+        user="root",
+        group="root",
+        _sudo=True,
+    )
     systemd.daemon_reload(name="Reload systemd", _if=unit.did_change, _sudo=True)
-    systemd.service(name="Enable and start the probe unit", service="cmdop-lab-probe.service",
-                    running=True, enabled=True, _sudo=True)
+    systemd.service(
+        name="Enable and start the probe unit",
+        service="cmdop-lab-probe.service",
+        running=True,
+        enabled=True,
+        _sudo=True,
+    )

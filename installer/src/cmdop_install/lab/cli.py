@@ -8,7 +8,11 @@ import click
 from cmdop_install.lab import core
 
 name_option = click.option(
-    "--name", "name", default="cmdop", show_default=True, help="Name of the lab (several can coexist)."
+    "--name",
+    "name",
+    default="cmdop",
+    show_default=True,
+    help="Name of the lab (several can coexist).",
 )
 
 
@@ -18,9 +22,16 @@ def lab() -> None:
 
 
 @lab.command()
-@click.option("--hosts", "hosts", type=int, default=3, show_default=True, help="Normal hosts (1-50).")
-@click.option("--airgapped", "airgapped", multiple=True, metavar="NAME",
-              help="An extra host with no route out and no DNS (repeatable).")
+@click.option(
+    "--hosts", "hosts", type=int, default=3, show_default=True, help="Normal hosts (1-50)."
+)
+@click.option(
+    "--airgapped",
+    "airgapped",
+    multiple=True,
+    metavar="NAME",
+    help="An extra host with no route out and no DNS (repeatable).",
+)
 @name_option
 def up(hosts: int, airgapped: tuple[str, ...], name: str) -> None:
     """Build the image once, start the hosts, write inventory.py and ssh_config."""
@@ -54,7 +65,7 @@ def ssh(name: str, host: str, command: tuple[str, ...]) -> None:
     """Open a shell on HOST (or run COMMAND there) as the deploy user."""
     state = core.require_state(name)
     argv = core.ssh_argv(state, host, *command)
-    os.execvp(argv[0], argv)
+    os.execvp(argv[0], argv)  # noqa: S606 - hand the terminal to ssh, argv is a list
 
 
 @lab.command()
@@ -63,4 +74,6 @@ def ssh(name: str, host: str, command: tuple[str, ...]) -> None:
 def down(name: str, purge: bool) -> None:
     """Remove every host, network, rule and route the lab made (keeps the image)."""
     removed = core.down(name, purge)
-    click.echo(f"lab {name}: removed " + (", ".join(removed) if removed else "nothing (no such lab)"))
+    click.echo(
+        f"lab {name}: removed " + (", ".join(removed) if removed else "nothing (no such lab)")
+    )

@@ -76,15 +76,21 @@ class LabState:
 def validate_request(name: str, hosts: int, airgapped: tuple[str, ...]) -> None:
     """Everything about the request is checked before anything is made."""
     if not NAME_RE.match(name):
-        raise UserError(f"--name {name!r}: use 1-20 lowercase letters, digits or '-', starting with a letter")
+        raise UserError(
+            f"--name {name!r}: use 1-20 lowercase letters, digits or '-', starting with a letter"
+        )
     if not 1 <= hosts <= MAX_HOSTS:
         raise UserError(f"--hosts {hosts}: must be between 1 and {MAX_HOSTS}")
     seen = set()
     for air in airgapped:
         if not NAME_RE.match(air):
-            raise UserError(f"--airgapped {air!r}: use lowercase letters, digits or '-', starting with a letter")
+            raise UserError(
+                f"--airgapped {air!r}: use lowercase letters, digits or '-', starting with a letter"
+            )
         if re.fullmatch(r"host\d+", air):
-            raise UserError(f"--airgapped {air!r}: hostN names are taken by the normal hosts; pick another name")
+            raise UserError(
+                f"--airgapped {air!r}: hostN names are taken by the normal hosts; pick another name"
+            )
         if air in seen:
             raise UserError(f"--airgapped {air!r} is given twice")
         seen.add(air)
@@ -96,7 +102,10 @@ def wanted_hosts(state: LabState, hosts: int, airgapped: tuple[str, ...]) -> lis
     def ip(subnet: str, i: int) -> str:
         return subnet.rsplit(".", 1)[0] + f".{FIRST_HOST_OCTET + i}"
 
-    normal = [LabHost(f"host{i + 1}", f"{state.name}-host{i + 1}", ip(state.subnet, i)) for i in range(hosts)]
+    normal = [
+        LabHost(f"host{i + 1}", f"{state.name}-host{i + 1}", ip(state.subnet, i))
+        for i in range(hosts)
+    ]
     air = [
         LabHost(a, f"{state.name}-{a}", ip(state.air_subnet, i), True)
         for i, a in enumerate(airgapped)
@@ -118,7 +127,8 @@ def up(name: str, hosts: int, airgapped: tuple[str, ...]) -> LabState:
         extra = [h.name for h in state.hosts if h.name not in {w.name for w in wanted}]
         if extra:
             raise UserError(
-                f"lab {name!r} already has {', '.join(extra)}, which this request does not include; "
+                f"lab {name!r} already has {', '.join(extra)}, "
+                "which this request does not include; "
                 f"run `cmdop-install lab down --name {name}` first, or ask for them again"
             )
         changes = []
@@ -159,8 +169,21 @@ def _ensure_key(state: LabState) -> bool:
     key = state.dir / "id_ed25519"
     changed = False
     if not key.exists():
-        system.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"cmdop-lab-{state.name}",
-                    "-f", str(key)], what="making the lab's ssh key")
+        system.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"cmdop-lab-{state.name}",
+                "-f",
+                str(key),
+            ],
+            what="making the lab's ssh key",
+        )
         changed = True
     pub = (state.dir / "id_ed25519.pub").read_text()
     _write_if_changed(state.dir / "authorized_keys", pub, mode=0o644)
@@ -176,7 +199,15 @@ def _ensure_networks(state: LabState) -> list[str]:
             made.append(f"air-gap rules for {subnet}")
         if system.run(["podman", "network", "exists", net], check=False).returncode == 0:
             continue
-        argv = ["podman", "network", "create", "--subnet", subnet, "--label", f"cmdop-lab={state.name}"]
+        argv = [
+            "podman",
+            "network",
+            "create",
+            "--subnet",
+            subnet,
+            "--label",
+            f"cmdop-lab={state.name}",
+        ]
         # --internal: no route out. Never --disable-dns: netavark would then give the bridge
         # no gateway address and SSH to the host would leave the machine by the default route.
         system.run([*argv, *(["--internal"] if air else []), net], what=f"creating network {net}")
@@ -196,10 +227,22 @@ def _ensure_hosts(state: LabState) -> list[str]:
             made.append(f"started {h.name}")
             continue
         argv = [
-            "podman", "run", "-d", "--name", h.container, "--hostname", h.name,
-            "--network", state.net_name(h.airgapped), "--ip", h.ip,
-            "--systemd=always", "--label", f"cmdop-lab={state.name}",
-            "--mount", f"type=bind,src={state.dir / 'authorized_keys'},dst=/etc/ssh/lab_authorized_keys,ro",
+            "podman",
+            "run",
+            "-d",
+            "--name",
+            h.container,
+            "--hostname",
+            h.name,
+            "--network",
+            state.net_name(h.airgapped),
+            "--ip",
+            h.ip,
+            "--systemd=always",
+            "--label",
+            f"cmdop-lab={state.name}",
+            "--mount",
+            f"type=bind,src={state.dir / 'authorized_keys'},dst=/etc/ssh/lab_authorized_keys,ro",
         ]
         if h.airgapped:
             argv += ["--dns", "127.0.0.1"]
@@ -221,8 +264,10 @@ def _wait_ready(state: LabState) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     for h in state.hosts:
         while True:
-            key = system.run(["podman", "exec", h.container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub"],
-                             check=False)
+            key = system.run(
+                ["podman", "exec", h.container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub"],
+                check=False,
+            )
             if key.returncode == 0 and key.stdout.startswith("ssh-ed25519"):
                 break
             _give_up_at(deadline, h, "its ssh host key never appeared")
@@ -231,14 +276,21 @@ def _wait_ready(state: LabState) -> None:
     _write_access_files(state)
     for h in state.hosts:
         while True:
-            probe = system.run(ssh_argv(state, h.name, "systemctl", "is-system-running", "--wait"),
-                               check=False, timeout=60)
+            probe = system.run(
+                ssh_argv(state, h.name, "systemctl", "is-system-running", "--wait"),
+                check=False,
+                timeout=60,
+            )
             status = probe.stdout.strip()
             if status == "running":
                 break
             if status == "degraded":
-                failed = system.run(ssh_argv(state, h.name, "systemctl", "--failed", "--no-legend"), check=False)
-                raise UserError(f"{h.name}: systemd is degraded: {failed.stdout.strip() or 'see journalctl'}")
+                failed = system.run(
+                    ssh_argv(state, h.name, "systemctl", "--failed", "--no-legend"), check=False
+                )
+                raise UserError(
+                    f"{h.name}: systemd is degraded: {failed.stdout.strip() or 'see journalctl'}"
+                )
             _give_up_at(deadline, h, probe.stderr.strip() or status or "no answer over ssh")
             time.sleep(0.3)
 
@@ -250,8 +302,14 @@ def _give_up_at(deadline: float, h: LabHost, why: str) -> None:
 
 def _known_host(state: LabState, h: LabHost, key_b64: str) -> None:
     f = state.dir / "known_hosts"
-    lines = [ln for ln in (f.read_text().splitlines() if f.exists() else []) if not ln.startswith(h.ip + " ")]
-    _write_if_changed(f, "\n".join(sorted([*lines, f"{h.ip} ssh-ed25519 {key_b64}"])) + "\n", mode=0o644)
+    lines = [
+        ln
+        for ln in (f.read_text().splitlines() if f.exists() else [])
+        if not ln.startswith(h.ip + " ")
+    ]
+    _write_if_changed(
+        f, "\n".join(sorted([*lines, f"{h.ip} ssh-ed25519 {key_b64}"])) + "\n", mode=0o644
+    )
 
 
 # ---------------------------------------------------------------- access files
@@ -295,8 +353,10 @@ def inventory_text(state: LabState) -> str:
         f"# managed by cmdop-install lab {state.name!r}; `lab up` rewrites it.\n"
         "# pyinfra inventory: every top-level list is a group.\n"
         + common
-        + "\nlab = " + group([h for h in state.hosts if not h.airgapped])
-        + "\nairgapped = " + group([h for h in state.hosts if h.airgapped])
+        + "\nlab = "
+        + group([h for h in state.hosts if not h.airgapped])
+        + "\nairgapped = "
+        + group([h for h in state.hosts if h.airgapped])
     )
 
 
@@ -318,7 +378,9 @@ def require_state(name: str) -> LabState:
         raise UserError(f"--name {name!r}: not a lab name")
     state = LabState.load(name)
     if state is None:
-        raise UserError(f"there is no lab {name!r} (start one with `cmdop-install lab up --name {name}`)")
+        raise UserError(
+            f"there is no lab {name!r} (start one with `cmdop-install lab up --name {name}`)"
+        )
     return state
 
 
@@ -331,9 +393,7 @@ def status(name: str) -> dict:
         "dir": str(state.dir),
         "inventory": str(state.dir / "inventory.py"),
         "ssh_config": str(state.dir / "ssh_config"),
-        "hosts": [
-            {**asdict(h), "state": live.get(h.container, "missing")} for h in state.hosts
-        ],
+        "hosts": [{**asdict(h), "state": live.get(h.container, "missing")} for h in state.hosts],
     }
 
 
@@ -346,15 +406,20 @@ def down(name: str, purge: bool = False) -> list[str]:
         state = LabState.load(name)
         if state is not None:
             containers = system.run(
-                ["podman", "ps", "-a", "-q", "--filter", f"label=cmdop-lab={name}"], what="listing lab hosts"
+                ["podman", "ps", "-a", "-q", "--filter", f"label=cmdop-lab={name}"],
+                what="listing lab hosts",
             ).stdout.split()
             if containers:
-                system.run(["podman", "rm", "-f", "-t", "10", *containers], what="removing lab hosts")
+                system.run(
+                    ["podman", "rm", "-f", "-t", "10", *containers], what="removing lab hosts"
+                )
                 removed.append(f"{len(containers)} host(s)")
             for air in (False, True):
                 net = state.net_name(air)
                 if system.run(["podman", "network", "exists", net], check=False).returncode == 0:
-                    system.run(["podman", "network", "rm", "-f", net], what=f"removing network {net}")
+                    system.run(
+                        ["podman", "network", "rm", "-f", net], what=f"removing network {net}"
+                    )
                     removed.append(f"network {net}")
             network.remove_airgap(name, state.air_subnet)
             _remove_tree(state.dir)

@@ -63,10 +63,14 @@ def ensure_image() -> bool:
     _progress("importing the image into podman")
     system.run(
         [
-            "podman", "import",
-            "--change", 'CMD ["/sbin/init"]',
-            "--change", "STOPSIGNAL SIGRTMIN+3",
-            str(tar), paths.IMAGE_NAME,
+            "podman",
+            "import",
+            "--change",
+            'CMD ["/sbin/init"]',
+            "--change",
+            "STOPSIGNAL SIGRTMIN+3",
+            str(tar),
+            paths.IMAGE_NAME,
         ],
         what="podman import of the lab image",
     )
@@ -143,7 +147,14 @@ def _debootstrap(root: Path, mirror: str) -> None:
     for line in proc.stdout:
         tail = (tail + [line.strip()])[-5:]
         word = line[3:].split(" ", 1)[0] if line.startswith("I: ") else ""
-        if word in {"Retrieving", "Validating", "Extracting", "Installing", "Unpacking", "Configuring"}:
+        if word in {
+            "Retrieving",
+            "Validating",
+            "Extracting",
+            "Installing",
+            "Unpacking",
+            "Configuring",
+        }:
             if word not in seen:
                 seen.add(word)
                 _progress(f"  {time.monotonic() - started:5.0f}s  {word.lower()} packages")
@@ -183,11 +194,15 @@ def _copy_apt_settings(root: Path) -> None:
     debian = [s for s in _deb822_stanzas() if "debian" in s.get("uris", "")]
     if debian:
         (root / "etc/apt/sources.list").write_text("")
-        keys = {"types": "Types", "uris": "URIs", "suites": "Suites",
-                "components": "Components", "signed-by": "Signed-By"}
+        keys = {
+            "types": "Types",
+            "uris": "URIs",
+            "suites": "Suites",
+            "components": "Components",
+            "signed-by": "Signed-By",
+        }
         body = "\n\n".join(
-            "\n".join(f"{title}: {s[k]}" for k, title in keys.items() if k in s)
-            for s in debian
+            "\n".join(f"{title}: {s[k]}" for k, title in keys.items() if k in s) for s in debian
         )
         (target / "debian.sources").write_text(body + "\n")
     conf = Path("/etc/apt/apt.conf.d")

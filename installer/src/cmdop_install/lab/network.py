@@ -17,13 +17,19 @@ def blackhole_present() -> bool:
 def ensure_blackhole() -> bool:
     if blackhole_present():
         return False
-    system.run(["ip", "route", "replace", "blackhole", paths.SUPERNET], what="adding the lab's safety route")
+    system.run(
+        ["ip", "route", "replace", "blackhole", paths.SUPERNET],
+        what="adding the lab's safety route",
+    )
     return True
 
 
 def remove_blackhole() -> None:
     if blackhole_present():
-        system.run(["ip", "route", "del", "blackhole", paths.SUPERNET], what="removing the lab's safety route")
+        system.run(
+            ["ip", "route", "del", "blackhole", paths.SUPERNET],
+            what="removing the lab's safety route",
+        )
 
 
 def _drop_rules(lab: str, subnet: str) -> list[list[str]]:

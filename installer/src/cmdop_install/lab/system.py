@@ -27,7 +27,8 @@ DEBIAN_PACKAGES = {
 def require_root() -> None:
     if os.geteuid() != 0:
         raise UserError(
-            "the lab needs root (podman networks, routes and firewall rules); run it as root or with sudo"
+            "the lab needs root (podman networks, routes and firewall rules); "
+            "run it as root or with sudo"
         )
 
 

@@ -1,0 +1,148 @@
+"""The lab's pieces that need no host: argument errors, addressing, the files it writes."""
+
+import json
+from pathlib import Path
+
+import pytest
+from cmdop_install import cli as cli_module
+from cmdop_install.lab import core, image, paths
+from cmdop_install.runner import load_inventory_groups
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def lab_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CMDOP_LAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CMDOP_LAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]):
+    """The real entry point (`cmdop_install.cli.main`), its exit code and its stderr."""
+
+    def invoke(*args: str) -> tuple[int, str]:
+        rc = cli_module.main(list(args))
+        return rc, capsys.readouterr().err
+
+    return invoke
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hosts", "0"], "--hosts 0: must be between 1 and 50"),
+        (["--hosts", "500"], "--hosts 500: must be between 1 and 50"),
+        (["--name", "Bad_Name"], "--name 'Bad_Name': use 1-20 lowercase letters"),
+        (["--airgapped", "host2"], "hostN names are taken"),
+        (["--airgapped", "a1", "--airgapped", "a1"], "--airgapped 'a1' is given twice"),
+    ],
+)
+def test_bad_lab_up_arguments_are_one_line_and_make_nothing(args, message, lab_home, run) -> None:
+    rc, err = run("lab", "up", *args)
+    assert rc == 1
+    assert err.count("\n") == 1 and message in err
+    assert not (lab_home / "home").exists(), "nothing may be made for a bad request"
+
+
+def test_lab_up_without_root_refuses_before_making_anything(monkeypatch, lab_home, run) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    rc, err = run("lab", "up", "--hosts", "2")
+    assert rc == 1
+    assert err.strip() == (
+        "cmdop-install: error: the lab needs root (podman networks, routes and firewall rules); "
+        "run it as root or with sudo"
+    )
+    assert not (lab_home / "home").exists()
+
+
+def test_ssh_to_a_lab_that_does_not_exist(run) -> None:
+    rc, err = run("lab", "ssh", "--name", "nolab", "host1")
+    assert rc == 1
+    assert "there is no lab 'nolab'" in err
+
+
+def test_non_numeric_hosts_is_a_usage_error(run) -> None:
+    rc, err = run("lab", "up", "--hosts", "many")
+    assert rc == 2
+    assert "'many' is not a valid integer" in err
+
+
+def _state(name: str = "t") -> core.LabState:
+    state = core._new_state(name)
+    state.hosts = core.wanted_hosts(state, 2, ("air1",))
+    return state
+
+
+def test_addresses_are_inside_the_blackholed_supernet() -> None:
+    state = _state()
+    assert [(h.name, h.ip, h.airgapped) for h in state.hosts] == [
+        ("host1", "10.89.10.11", False),
+        ("host2", "10.89.10.12", False),
+        ("air1", "10.89.11.11", True),
+    ]
+    assert state.subnet.startswith("10.89.") and paths.SUPERNET == "10.89.0.0/16"
+
+
+def test_a_second_lab_gets_its_own_subnets(lab_home) -> None:
+    first = _state("one")
+    first.dir.mkdir(parents=True)
+    first.save()
+    second = _state("two")
+    assert second.subnet != first.subnet and second.air_subnet != first.air_subnet
+
+
+def test_inventory_is_a_pyinfra_inventory_with_groups(lab_home) -> None:
+    state = _state()
+    f = lab_home / "inventory.py"
+    f.write_text(core.inventory_text(state))
+    groups = load_inventory_groups(f)
+    assert [n for n, _ in groups["lab"]] == ["host1", "host2"]
+    assert [n for n, _ in groups["airgapped"]] == ["air1"]
+    data = dict(groups["lab"])["host1"]
+    assert data["ssh_hostname"] == "10.89.10.11"
+    assert data["ssh_user"] == "deploy"
+    assert data["ssh_strict_host_key_checking"] == "yes"
+    assert data["ssh_known_hosts_file"].endswith("/known_hosts")
+
+
+def test_ssh_config_pins_host_keys_and_the_lab_key() -> None:
+    text = core.ssh_config_text(_state())
+    block = text.split("Host host1\n")[1].split("\n\n")[0]
+    assert "HostName 10.89.10.11" in block
+    assert "StrictHostKeyChecking yes" in block
+    assert "IdentitiesOnly yes" in block
+
+
+def test_state_round_trips(lab_home) -> None:
+    state = _state()
+    state.dir.mkdir(parents=True)
+    state.save()
+    loaded = core.LabState.load("t")
+    assert loaded == state
+    assert json.loads((state.dir / "state.json").read_text())["name"] == "t"
+    assert oct((state.dir / "state.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_unknown_host_lists_the_known_ones() -> None:
+    with pytest.raises(Exception, match=r"has no host 'x' \(hosts: host1, host2, air1\)"):
+        _state().host("x")
+
+
+def test_mirror_is_read_from_deb822_sources(tmp_path: Path) -> None:
+    (tmp_path / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n"
+        "Suites: bookworm-security\n"
+    )
+    stanzas = image._deb822_stanzas(tmp_path)
+    assert stanzas[0]["uris"] == "http://mirror.example/debian"
+    assert stanzas[1]["suites"] == "bookworm-security"
+
+
+def test_inventory_that_does_not_import_is_one_clear_error(tmp_path: Path) -> None:
+    f = tmp_path / "inventory.py"
+    f.write_text("hosts = [ (\n")
+    with pytest.raises(Exception, match=r"inventory.py: cannot load the inventory \(SyntaxError"):
+        load_inventory_groups(f)

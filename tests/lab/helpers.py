@@ -1,0 +1,30 @@
+"""Helpers for lab tests: the real CLI, ssh to a lab host, the lab's inventory."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from cmdop_install.lab import core
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The real command line, as an operator runs it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cmdop_install.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cmdop-install {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+def lab_ssh(state: core.LabState, host: str, command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        core.ssh_argv(state, host, command), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def inventory(state: core.LabState) -> Path:
+    return state.dir / "inventory.py"
