@@ -8,11 +8,11 @@ VENV := .venv
 bootstrap:
 	@bash scripts/bootstrap.sh
 
-demo: bootstrap
-	$(VENV)/bin/cmdop-install demo
+demo:
+	bash scripts/demo
 
-test: bootstrap
-	$(VENV)/bin/pytest
+test:
+	bash scripts/test
 
 # The fast tiers only (no lab hosts): what a developer runs while working.
 test-fast: bootstrap

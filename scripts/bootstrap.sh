@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   podman runc debootstrap iptables iproute2 openssh-client   # the lab
+  python3-venv                                                # the workspace venv
   postgresql redis-server nginx openssl                       # integration tier: real servers
   chromium chromium-driver                                    # the verification page, headless
   systemd                                                     # systemd-analyze security for our units
@@ -35,7 +36,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   rm -f /usr/sbin/policy-rc.d
 fi
 
-if ! command -v uv >/dev/null 2>&1; then
-  python3 -m pip install -q uv
+# uv (one lock file for the workspace); from PyPI into a private venv if the machine has none.
+UV=$(command -v uv || true)
+if [ -z "$UV" ]; then
+  if [ ! -x .cache/uv/bin/uv ]; then
+    python3 -m venv .cache/uv && .cache/uv/bin/pip install -q uv
+  fi
+  UV=.cache/uv/bin/uv
 fi
-uv sync --all-packages --frozen -q
+"$UV" sync --all-packages --frozen -q
