@@ -1,0 +1,49 @@
+"""The agent's error types: every one prints as a single line the operator can act on."""
+
+
+class AgentError(Exception):
+    """A failure the CLI reports as ``cmdop-agent: <message>`` and a non-zero exit."""
+
+    exit_code = 1
+
+
+class ConfigError(AgentError):
+    """Config or credential file missing, malformed or unsafe."""
+
+    exit_code = 78  # EX_CONFIG
+
+
+class ServerError(AgentError):
+    """The control plane answered with the protocol's error shape."""
+
+    def __init__(
+        self, status: int, code: str, detail: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"control plane refused ({status} {code}): {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status >= 500 or self.status == 429
+
+
+class TransportError(AgentError):
+    """Could not reach the control plane (network, TLS, proxy)."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class WorkError(Exception):
+    """A work item was refused; reported to the control plane as a ``work.error`` event."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class TlsError(TransportError):
+    """The control plane's TLS is unacceptable (untrusted certificate, no TLS 1.3): not retried."""

@@ -1,0 +1,134 @@
+"""Delivery machinery: the event outbox (sequence numbers), the work journal, backoff."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import OrderedDict, deque
+from pathlib import Path
+
+from .files import ensure_private_dir
+
+BATCH_MAX_BYTES = 256 * 1024
+
+
+def event_size(event: dict) -> int:
+    """Encoded size estimate, used for batch limits (base64 grows data by 4/3)."""
+    return 64 + sum(len(k) + (len(v) if isinstance(v, str) else 16) for k, v in event.items())
+
+
+class Outbox:
+    """Events waiting for the control plane, numbered 1, 2, … per boot (the protocol's seq).
+
+    An event leaves the outbox only when the control plane confirms it (``accepted_through``),
+    so a lost response is retried with the same seq and the server drops the duplicate.
+    Output bytes still in the outbox count against their session's buffer cap: that is what
+    makes the PTY reader stop reading (backpressure).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._events: deque[tuple[int, dict, str | None, int]] = deque()
+        self._next_seq = 1
+        self._pending: dict[str, int] = {}
+
+    def put(self, event: dict, session_id: str | None = None, output_bytes: int = 0) -> int:
+        with self._cond:
+            seq = self._next_seq
+            self._next_seq += 1
+            self._events.append((seq, {"seq": seq, **event}, session_id, output_bytes))
+            if session_id is not None:
+                self._pending[session_id] = self._pending.get(session_id, 0) + output_bytes
+            self._cond.notify_all()
+            return seq
+
+    def pending_output(self, session_id: str) -> int:
+        with self._cond:
+            return self._pending.get(session_id, 0)
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._events)
+
+    def batch(self, timeout: float) -> list[dict]:
+        """Up to BATCH_MAX_BYTES of the oldest events, waiting up to ``timeout`` for one."""
+        with self._cond:
+            if not self._events:
+                self._cond.wait(timeout)
+            out, size = [], 0
+            for _, event, _, _ in self._events:
+                size += event_size(event)
+                if out and size > BATCH_MAX_BYTES:
+                    break
+                out.append(event)
+            return out
+
+    def confirm(self, through: int) -> None:
+        with self._cond:
+            while self._events and self._events[0][0] <= through:
+                _, _, session_id, nbytes = self._events.popleft()
+                if session_id is not None:
+                    left = self._pending.get(session_id, 0) - nbytes
+                    if left > 0:
+                        self._pending[session_id] = left
+                    else:
+                        self._pending.pop(session_id, None)
+            self._cond.notify_all()
+
+    def wait_empty(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._events, timeout)
+
+
+class Journal:
+    """Work ids already taken on, so a redelivered item is never executed twice.
+
+    Ids are appended to ``state_dir/work-journal`` before the item runs; the file survives a
+    restart (a command is not re-run after a crash) and keeps the newest ``KEEP`` ids.
+    """
+
+    KEEP = 10_000
+
+    def __init__(self, state_dir: Path) -> None:
+        ensure_private_dir(state_dir)
+        self.path = state_dir / "work-journal"
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        if self.path.exists():
+            for line in self.path.read_text().splitlines()[-self.KEEP:]:
+                self._seen[line] = None
+        self.path.write_text("".join(f"{i}\n" for i in self._seen))
+        self.path.chmod(0o600)
+        self._file = self.path.open("a")
+        self._lock = threading.Lock()
+
+    def claim(self, work_id: str) -> bool:
+        """True the first time a work id is seen (and records it), False afterwards."""
+        with self._lock:
+            if work_id in self._seen:
+                return False
+            self._seen[work_id] = None
+            if len(self._seen) > self.KEEP:
+                self._seen.popitem(last=False)
+            self._file.write(work_id + "\n")
+            self._file.flush()
+            return True
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Backoff:
+    """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**attempt))."""
+
+    def __init__(self, base: float = 0.5, cap: float = 120.0, rng: random.Random | None = None):
+        self.base, self.cap = base, cap
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        bound = min(self.cap, self.base * 2 ** min(self.attempt, 32))
+        self.attempt += 1
+        return self._rng.uniform(0, bound)
+
+    def reset(self) -> None:
+        self.attempt = 0

@@ -1,0 +1,146 @@
+"""HTTPS to the control plane: the only module that opens network connections.
+
+Outbound only: it connects, it never binds or listens. TLS 1.3 is the minimum, the server
+certificate is verified against the site CA (or the system store) with the hostname checked.
+``HTTPS_PROXY``/``NO_PROXY`` are honoured with an HTTP ``CONNECT`` tunnel; TLS then runs end
+to end through the tunnel, so the proxy sees only the host name.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import socket
+import ssl
+from pathlib import Path
+from urllib.parse import unquote, urlencode, urlsplit
+from urllib.request import proxy_bypass_environment
+
+from . import __version__
+from .errors import ServerError, TlsError, TransportError
+
+
+def make_tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname on
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if ca_file is None:
+        ctx.load_default_certs()
+    else:
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(f"cannot load CA file {ca_file}: {exc}") from None
+    return ctx
+
+
+def _proxy_for(host: str) -> tuple[str, int, dict[str, str]] | None:
+    url = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if not url or proxy_bypass_environment(host):
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise TransportError(f"HTTPS_PROXY must be an http:// proxy URL, got {parts.scheme}://")
+    headers = {}
+    if parts.username:
+        cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
+    return parts.hostname, parts.port or 3128, headers
+
+
+def _describe(exc: BaseException, where: str, ca_file: Path | None) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        trust = f"the CA in {ca_file}" if ca_file else "the system trust store"
+        return f"TLS: certificate of {where} is not trusted by {trust}: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or str(exc)).upper()
+        if any(k in reason for k in ("PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS")):
+            return f"TLS: {where} does not offer TLS 1.3 (the agent refuses older TLS)"
+        return f"TLS handshake with {where} failed: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"timed out talking to {where}"
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return f"cannot reach {where}: {reason}"
+
+
+class HttpsClient:
+    """One persistent HTTPS connection; not thread-safe (each agent thread has its own)."""
+
+    def __init__(self, server: str, ca_file: Path | None, timeout: float = 30.0) -> None:
+        parts = urlsplit(server)
+        self.host = parts.hostname or ""
+        self.port = parts.port or 443
+        self.prefix = parts.path.rstrip("/")
+        self.ca_file = ca_file
+        self.timeout = timeout
+        self._ctx = make_tls_context(ca_file)
+        self._conn: http.client.HTTPSConnection | None = None
+
+    def _connect(self, timeout: float) -> http.client.HTTPSConnection:
+        proxy = _proxy_for(self.host)
+        if proxy is None:
+            conn = http.client.HTTPSConnection(self.host, self.port, context=self._ctx,
+                                               timeout=timeout)
+        else:
+            phost, pport, headers = proxy
+            conn = http.client.HTTPSConnection(phost, pport, context=self._ctx, timeout=timeout)
+            conn.set_tunnel(self.host, self.port, headers=headers)
+        conn.connect()
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict | None = None,
+        form: dict | None = None,
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> dict:
+        """Send one request; return the JSON body of a 2xx or raise ServerError/TransportError."""
+        headers = {"User-Agent": f"cmdop-agent/{__version__}", "Accept": "application/json"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        elif form is not None:
+            payload = urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        where = f"{self.host}:{self.port}"
+        timeout = timeout or self.timeout
+        try:
+            if self._conn is None:
+                self._conn = self._connect(timeout)
+            assert self._conn.sock is not None
+            self._conn.sock.settimeout(timeout)
+            self._conn.request(method, self.prefix + path, body=payload, headers=headers)
+            resp = self._conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            kind = TlsError if isinstance(exc, ssl.SSLError) else TransportError
+            raise kind(_describe(exc, where, self.ca_file)) from None
+        if resp.getheader("Connection", "").lower() == "close":
+            self.close()
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        if 200 <= resp.status < 300:
+            return data
+        code = str(data.get("error") or "http_error")
+        detail = str(data.get("detail") or data.get("error_description") or resp.reason)
+        retry_after = resp.getheader("Retry-After") or ""
+        raise ServerError(resp.status, code, " ".join(detail.split())[:300],
+                          float(retry_after) if retry_after.isdigit() else None)
