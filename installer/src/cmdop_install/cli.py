@@ -8,6 +8,7 @@ import sys
 import click
 
 from cmdop_install import __version__
+from cmdop_install.commands import ALL as SITE_COMMANDS
 from cmdop_install.demo import demo_command
 from cmdop_install.errors import UserError
 from cmdop_install.lab.cli import lab
@@ -21,6 +22,8 @@ def cli() -> None:
 
 cli.add_command(lab)
 cli.add_command(demo_command)
+for _command in SITE_COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,279 @@
+"""``cmdop-install check``: site.toml, inventory and rendered files against our policy.
+
+Each finding is one line, ``<where>: <what> (<how to fix>)``. Lines starting with
+``warning:`` do not fail the check (certificates due for renewal, odd but legal choices).
+A malformed site.toml is not a finding but an error (exit 2), raised by ``load_site``.
+Findings name secrets, never print them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from cmdop_install import pki
+from cmdop_install.inventory import INVENTORY_FILE, Inventory, load_inventory
+from cmdop_install.render import MANAGED, PemFiles, RenderedFile, render_host
+from cmdop_install.secrets import SPECS, SecretStore
+from cmdop_install.site import Site, load_site
+
+REQUIRED_GROUPS = ("postgres", "redis", "control_plane")
+_ALL_INTERFACES = ("*", "0.0.0.0", "::", "-::*", "")  # noqa: S104 - what we look for
+
+
+def check_site(site_dir: Path) -> list[str]:
+    site = load_site(site_dir)
+    inventory = load_inventory(site_dir)
+    findings = check_inventory(site, inventory)
+    if site.centrifugo_enabled and not Path(site["centrifugo"]["binary"]).is_file():
+        findings.append(f"site.toml: centrifugo.binary: {site['centrifugo']['binary']} does "
+                        "not exist (point it at a centrifugo v6 binary or set \"\")")
+    store = SecretStore.open(site_dir, site["site"]["key_file"])
+    missing = [row["name"] for row in store.listing() if row["source"] == "-"]
+    if missing:
+        findings.append(f"secrets.enc: missing {', '.join(missing)} (run `cmdop-install init`)")
+        return findings
+    for line in pki.expiry_findings(site_dir, site, inventory):
+        findings.append(line if "missing" in line else f"warning: {line}")
+    if any(f.startswith(("pki/", INVENTORY_FILE)) for f in findings):
+        return findings  # rendering needs a consistent inventory and every certificate
+    secrets = store.values()
+    pem = PemFiles(site_dir)
+    for host in inventory.hosts():
+        files = render_host(site, inventory, host.name, secrets, pem)
+        findings += [f"{host.name}:{line}" for line in lint_files(files, secrets)]
+    return findings
+
+
+def check_inventory(site: Site, inventory: Inventory) -> list[str]:
+    findings = []
+    for group in REQUIRED_GROUPS:
+        if not inventory.groups[group]:
+            findings.append(f"{INVENTORY_FILE}: {group}: no host "
+                            f"(add one, e.g. {group} = [node1])")
+    if len(inventory.groups["postgres"]) > 1:
+        findings.append(f"{INVENTORY_FILE}: postgres: {len(inventory.groups['postgres'])} hosts "
+                        "(one primary is supported; list replicas when replication lands)")
+    cf_hosts = inventory.groups["centrifugo"]
+    if site.centrifugo_enabled and not cf_hosts:
+        findings.append(f"{INVENTORY_FILE}: centrifugo: no host but [centrifugo] binary is set "
+                        "(add a host or set binary = \"\")")
+    if cf_hosts and not site.centrifugo_enabled:
+        findings.append(f"warning: {INVENTORY_FILE}: centrifugo: hosts listed but Centrifugo is "
+                        "off (set [centrifugo] binary in site.toml)")
+    cp_names = {h.name for h in inventory.groups["control_plane"]}
+    for host in cf_hosts:
+        if site.centrifugo_enabled and host.name not in cp_names:
+            findings.append(f"{INVENTORY_FILE}: centrifugo: {host.name} is not a control_plane "
+                            "host (its API listens on loopback: run it next to the app)")
+    seen: dict[str, object] = {}
+    for group, hosts in inventory.groups.items():
+        for host in hosts:
+            other = seen.setdefault(host.name, host)
+            if other != host:
+                findings.append(f"{INVENTORY_FILE}: {group}: {host.name} is defined twice with "
+                                "different data (define it once and reuse the tuple)")
+    by_address: dict[str, str] = {}
+    for host in inventory.hosts():
+        for address in {host.address, host.ssh_hostname}:
+            owner = by_address.setdefault(address, host.name)
+            if owner != host.name:
+                findings.append(f"{INVENTORY_FILE}: {owner} and {host.name} share the address "
+                                f"{address} (one host, one name: merge them)")
+    for host in inventory.groups["redis"]:
+        if not host.address_is_ip:
+            findings.append(f"{INVENTORY_FILE}: redis: {host.name}: address {host.address} is "
+                            "not an IP (Redis binds to IPs: set \"address\")")
+    for host in inventory.groups["control_plane"]:
+        if not host.address_is_ip:
+            findings.append(f"warning: {INVENTORY_FILE}: control_plane: {host.name}: address "
+                            f"{host.address} is a name; pg_hba will resolve it on every login")
+    return findings
+
+
+# --- policy lint of rendered files -----------------------------------------------------
+
+_NO_HEADER = (".crt", ".key", ".json", ".acl")  # formats without comments, or raw values
+
+
+def lint_files(files: list[RenderedFile], secrets: dict[str, str]) -> list[str]:
+    """Findings (``<path>: <what> (<fix>)``) for a host's rendered files."""
+    findings = []
+    values = {name: v for name, v in secrets.items() if name in SPECS and v}
+    for f in files:
+        text = f.content.decode(errors="replace")
+        is_credential = "/credentials/" in f.path
+        if not (f.path.endswith(_NO_HEADER) or is_credential) and MANAGED not in (
+                text.splitlines() or [""])[0]:
+            findings.append(f"{f.path}: first line must say '{MANAGED}' (fix the template)")
+        readable_by_all = bool(f.mode & 0o004)
+        if readable_by_all:
+            leaked = [n for n, v in values.items() if v in text]
+            if leaked or f.secret or "PRIVATE KEY" in text:
+                what = ", ".join(leaked) if leaked else "a private key or secret"
+                findings.append(f"{f.path}: mode {f.mode:04o} is world-readable but holds "
+                                f"{what} (make it 0600/0640)")
+        if f.mode & 0o002:
+            findings.append(f"{f.path}: mode {f.mode:04o} is world-writable (make it 0644)")
+        for rule in _RULES:
+            if re.search(rule.pattern, f.path):
+                findings += [f"{f.path}: {msg}" for msg in rule.lint(text)]
+    return findings
+
+
+def _directives(text: str, sep: str = r"\s+") -> list[tuple[str, str]]:
+    out = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            parts = re.split(sep, line, maxsplit=1)
+            out.append((parts[0].strip().lower(), parts[1].strip() if len(parts) > 1 else ""))
+    return out
+
+
+def lint_pg_hba(text: str) -> list[str]:
+    found = []
+    nossl_rejects = set()
+    for raw in text.splitlines():
+        fields = raw.split("#", 1)[0].split()
+        if not fields:
+            continue
+        kind, method = fields[0], fields[-1]
+        if kind not in ("local", "hostssl", "hostnossl"):
+            found.append(f"line type {kind!r} (use hostssl; plain host allows no-TLS logins)")
+        if method in ("trust", "md5", "password", "ident"):
+            found.append(f"method {method!r} (use scram-sha-256, peer for local postgres)")
+        if kind == "hostnossl":
+            if method != "reject":
+                found.append("a hostnossl line that is not reject (non-TLS must be refused)")
+            else:
+                nossl_rejects.add(fields[3] if len(fields) > 3 else "")
+        if kind == "hostssl" and method not in ("scram-sha-256", "reject", "cert"):
+            found.append(f"hostssl method {method!r} (use scram-sha-256)")
+    for net in ("0.0.0.0/0", "::/0"):
+        if net not in nossl_rejects:
+            found.append(f"no 'hostnossl all all {net} reject' (non-TLS must be refused)")
+    return found
+
+
+def lint_pg_conf(text: str) -> list[str]:
+    conf = {k: v.strip("'\" ") for k, v in _directives(text, r"\s*=\s*")}
+    found = []
+    if conf.get("ssl") != "on":
+        found.append("ssl is not on (set ssl = on)")
+    if conf.get("ssl_min_protocol_version") != "TLSv1.3":
+        found.append("ssl_min_protocol_version is not TLSv1.3")
+    if conf.get("password_encryption") != "scram-sha-256":
+        found.append("password_encryption is not scram-sha-256")
+    if conf.get("listen_addresses", "") in _ALL_INTERFACES:
+        found.append("listen_addresses is every interface (use the inventory address)")
+    return found
+
+
+def lint_redis_conf(text: str) -> list[str]:
+    conf: dict[str, str] = {}
+    for key, value in _directives(text):
+        conf[key] = value
+    found = []
+    if conf.get("port") != "0":
+        found.append("port is not 0 (the plaintext port must be off)")
+    if "tls-port" not in conf:
+        found.append("no tls-port")
+    if conf.get("tls-protocols", "").strip('"') != "TLSv1.3":
+        found.append('tls-protocols is not "TLSv1.3"')
+    if conf.get("tls-auth-clients", "yes") == "no":
+        found.append("tls-auth-clients is no (clients must present our certificate)")
+    if conf.get("protected-mode") != "yes":
+        found.append("protected-mode is not yes")
+    if "aclfile" not in conf:
+        found.append("no aclfile (users and passwords must come from the ACL file)")
+    if "requirepass" in conf:
+        found.append("requirepass set (use the ACL file only)")
+    if any(b in _ALL_INTERFACES for b in conf.get("bind", "*").split()):
+        found.append("bind is every interface (use the inventory address)")
+    return found
+
+
+def lint_users_acl(text: str) -> list[str]:
+    found = []
+    default_off = False
+    for raw in text.splitlines():
+        words = raw.split()
+        if not words:
+            continue
+        if words[0] != "user" or len(words) < 2:
+            found.append(f"line {raw[:20]!r}... is not a 'user' rule")
+            continue
+        name, rules = words[1], words[2:]
+        if name == "default":
+            default_off = "off" in rules and "on" not in rules
+            continue
+        if "nopass" in rules:
+            found.append(f"user {name} has nopass")
+        if any(r.startswith(">") for r in rules):
+            found.append(f"user {name} has a plaintext password (use #<sha256>)")
+        if "allkeys" in rules or "~*" in rules or "allcommands" in rules:
+            found.append(f"user {name} may touch every key or command (narrow it)")
+        if "+@all" in rules and not {"-@dangerous", "-@admin"} <= set(rules):
+            found.append(f"user {name} has +@all without -@admin -@dangerous")
+        if "+@dangerous" in rules or "+@admin" in rules:
+            found.append(f"user {name} is granted @dangerous/@admin")
+    if not default_off:
+        found.append("the default user is not off (add 'user default off')")
+    return found
+
+
+def lint_nginx(text: str) -> list[str]:
+    found = []
+    protocols = {v for k, v in _directives(text) if k == "ssl_protocols"}
+    if protocols != {"TLSv1.3;"}:
+        found.append("ssl_protocols is not TLSv1.3 only")
+    if "Strict-Transport-Security" not in text:
+        found.append("no HSTS header")
+    return found
+
+
+def lint_unit(text: str) -> list[str]:
+    wanted = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes"}
+    have = dict(_directives(text, r"\s*=\s*"))
+    return [f"{k}={v} missing (sandbox)" for k, v in wanted.items() if have.get(k.lower()) != v]
+
+
+def lint_centrifugo(text: str) -> list[str]:
+    try:
+        conf = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return [f"not valid JSON (line {exc.lineno})"]
+    found = []
+    if conf.get("admin", {}).get("enabled", False):
+        found.append("admin.enabled is true (the admin UI must be off)")
+    if conf.get("http_api", {}).get("insecure") or conf.get("client", {}).get("insecure"):
+        found.append("an insecure mode is on")
+    if "*" in conf.get("client", {}).get("allowed_origins", ["*"]):
+        found.append("allowed_origins is empty or '*' (list the public URL)")
+    if conf.get("http_server", {}).get("internal_address") not in ("127.0.0.1", "::1"):
+        found.append("internal_address is not loopback (the API must stay local)")
+    for ns in conf.get("channel", {}).get("namespaces", []):
+        for flag in ("allow_publish_for_client", "allow_publish_for_subscriber",
+                     "allow_subscribe_for_client", "allow_publish_for_anonymous"):
+            if ns.get(flag):
+                found.append(f"namespace {ns.get('name')}: {flag} is true (clients never "
+                             "publish; subscribing needs a subscription token)")
+    return found
+
+
+class _Rule:
+    def __init__(self, pattern: str, lint) -> None:
+        self.pattern, self.lint = pattern, lint
+
+
+_RULES = [
+    _Rule(r"/pg_hba\.conf$", lint_pg_hba),
+    _Rule(r"/postgresql/.*/conf\.d/.*\.conf$", lint_pg_conf),
+    _Rule(r"/redis/redis\.conf$", lint_redis_conf),
+    _Rule(r"/users\.acl$", lint_users_acl),
+    _Rule(r"/nginx/.*\.conf$", lint_nginx),
+    _Rule(r"/systemd/system/[^/]+\.service$", lint_unit),
+    _Rule(r"/centrifugo/config\.json$", lint_centrifugo),
+]

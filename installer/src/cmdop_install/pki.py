@@ -1,0 +1,215 @@
+"""The site's internal PKI: one ECDSA P-256 CA and a leaf certificate per service and host.
+
+Files in ``<site>/pki/``: ``ca.crt``/``ca.key`` and ``<service>-<host>.crt``/``.key``.
+Private keys are 0600. ``ensure_pki`` is idempotent: it issues only what is missing, due
+to expire within ``[pki] renew_days``, signed by another CA, or whose names or usages
+differ from what the inventory now asks for. The extensions are the ones TLS scanners
+and OpenSSL's verify check: CA ``basicConstraints=critical,CA:TRUE`` and
+``keyUsage=critical,keyCertSign,cRLSign``; leaves ``CA:FALSE``, ``digitalSignature``, an
+EKU of serverAuth and/or clientAuth and SANs for every name and address of the host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from cmdop_install.errors import UserError
+from cmdop_install.fsutil import make_dir, write_atomic
+from cmdop_install.inventory import Inventory
+from cmdop_install.site import Site
+
+PKI_DIR = "pki"
+SERVER = ExtendedKeyUsageOID.SERVER_AUTH
+CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
+_BACKDATE = timedelta(minutes=5)  # tolerate small clock skew between hosts
+
+
+@dataclass(frozen=True)
+class LeafSpec:
+    """What one leaf certificate must say."""
+
+    service: str
+    host: str
+    dns: tuple[str, ...]
+    ips: tuple[str, ...]
+    usages: tuple[x509.ObjectIdentifier, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.host}"
+
+
+def leaf_specs(site: Site, inventory: Inventory) -> list[LeafSpec]:
+    """Every leaf the site needs, from the inventory (services x hosts)."""
+    wanted: list[tuple[str, str, tuple]] = [
+        ("postgres", "postgres", (SERVER,)),
+        ("redis", "redis", (SERVER, CLIENT)),  # CLIENT: replication between Redis nodes
+        ("control_plane", "nginx", (SERVER,)),
+        ("control_plane", "app", (CLIENT,)),  # mTLS client of Redis
+    ]
+    if site.centrifugo_enabled:
+        wanted.append(("centrifugo", "centrifugo", (SERVER, CLIENT)))
+    specs = []
+    for group, service, usages in wanted:
+        for host in inventory.groups.get(group, []):
+            dns, ips = host.san_names()
+            if service == "nginx":
+                dns = sorted({*dns, site["site"]["domain"]})
+            specs.append(LeafSpec(service, host.name, tuple(dns), tuple(ips), usages))
+    return specs
+
+
+def _name(common_name: str, site: Site) -> x509.Name:
+    return x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"CMDOP site {site['site']['name']}"),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+    ])
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _load_cert(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _issue_ca(site: Site, now: datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(f"{site['site']['name']} internal CA", site)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + timedelta(days=site["pki"]["ca_days"]))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=False, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _issue_leaf(spec: LeafSpec, site: Site, ca: x509.Certificate,
+                ca_key: ec.EllipticCurvePrivateKey, now: datetime):
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.DNSName(d) for d in spec.dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in spec.ips]
+    not_after = min(now + timedelta(days=site["pki"]["leaf_days"]),
+                    ca.not_valid_after_utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"{spec.service}.{spec.host}", site))
+        .issuer_name(ca.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE).not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(list(spec.usages)), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _leaf_is_current(cert: x509.Certificate | None, spec: LeafSpec, ca: x509.Certificate,
+                     renew: timedelta, now: datetime) -> bool:
+    if cert is None or cert.issuer != ca.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+        return False
+    have_dns = tuple(sorted(sans.get_values_for_type(x509.DNSName)))
+    have_ips = tuple(sorted(str(i) for i in sans.get_values_for_type(x509.IPAddress)))
+    return (have_dns == tuple(sorted(spec.dns)) and have_ips == tuple(sorted(spec.ips))
+            and set(eku) == set(spec.usages) and cert.not_valid_after_utc - now > renew)
+
+
+def ensure_pki(site_dir: Path, site: Site, inventory: Inventory) -> list[str]:
+    """Create/renew the CA and leaves as needed; return the names (re)issued."""
+    pki = Path(site_dir) / PKI_DIR
+    make_dir(pki, 0o700)
+    now = datetime.now(UTC)
+    renew = timedelta(days=site["pki"]["renew_days"])
+    issued = []
+    ca = _load_cert(pki / "ca.crt")
+    ca_key = None
+    if ca is not None and (pki / "ca.key").exists():
+        ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    if ca is None or ca_key is None:
+        # Replacing an existing CA is a rotation (issue: rotate), never done silently here.
+        if (pki / "ca.crt").exists():
+            raise UserError(f"{pki}/ca.key or ca.crt is missing or unreadable "
+                            "(restore them from backup; a new CA would break every host)")
+        ca, ca_key = _issue_ca(site, now)
+        write_atomic(pki / "ca.key", _key_pem(ca_key), 0o600)
+        write_atomic(pki / "ca.crt", ca.public_bytes(serialization.Encoding.PEM), 0o644)
+        issued.append("ca")
+    for spec in leaf_specs(site, inventory):
+        crt_path, key_path = pki / f"{spec.name}.crt", pki / f"{spec.name}.key"
+        if key_path.exists() and _leaf_is_current(_load_cert(crt_path), spec, ca, renew, now):
+            continue
+        cert, key = _issue_leaf(spec, site, ca, ca_key, now)
+        write_atomic(key_path, _key_pem(key), 0o600)
+        write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        issued.append(spec.name)
+    return issued
+
+
+def read_pem(site_dir: Path, name: str) -> bytes:
+    """PEM bytes of ``pki/<name>`` (e.g. "ca.crt", "redis-node1.key")."""
+    path = Path(site_dir) / PKI_DIR / name
+    try:
+        return path.read_bytes()
+    except OSError:
+        raise UserError(f"{path}: missing (run `cmdop-install init` to issue it)") from None
+
+
+def expiry_findings(site_dir: Path, site: Site, inventory: Inventory) -> list[str]:
+    """One line per certificate that is missing, expired or expires within renew_days."""
+    pki = Path(site_dir) / PKI_DIR
+    now = datetime.now(UTC)
+    renew = timedelta(days=site["pki"]["renew_days"])
+    findings = []
+    for name in ["ca", *(s.name for s in leaf_specs(site, inventory))]:
+        cert = _load_cert(pki / f"{name}.crt")
+        if cert is None:
+            findings.append(f"pki/{name}.crt: missing (run `cmdop-install init` to issue it)")
+            continue
+        left = cert.not_valid_after_utc - now
+        if left <= timedelta(0):
+            findings.append(f"pki/{name}.crt: expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+        elif left <= renew:
+            findings.append(f"pki/{name}.crt: expires in {left.days} days "
+                            f"({cert.not_valid_after_utc:%Y-%m-%d}; run `cmdop-install init`)")
+    return findings

@@ -1,0 +1,282 @@
+"""Render every file a host receives, from templates/ (plain Jinja2, StrictUndefined).
+
+``render_host`` returns ``RenderedFile``s: the host path, bytes, mode, owner and group. The
+same function feeds ``cmdop-install render`` (files + manifest), the policy lint in
+``check`` and the deploys. ``root`` prefixes every absolute path the files refer to, so
+tests can run the real daemons on these files from a scratch folder.
+
+Secret values enter only files whose mode is 0600/0640 (lint enforces it); the manifest
+lists path, mode, owner, group and sha256, never content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from cmdop_install import pki
+from cmdop_install.errors import UserError
+from cmdop_install.fsutil import make_dir, write_atomic
+from cmdop_install.hashing import redis_acl_hash
+from cmdop_install.inventory import Host, Inventory, load_inventory
+from cmdop_install.secrets import SecretStore
+from cmdop_install.site import Site, load_site
+
+MANAGED = "managed by cmdop-install, do not edit"
+
+# The credential files of the control plane (docs/server-config.md): name -> secret
+CREDENTIALS = {
+    "secret_key": "django_secret_key",
+    "secret_key_fallbacks": None,  # filled by rotation; empty until the first one
+    "db_password": None,  # the active blue/green role's password
+    "redis_password": "redis_password_app",
+    "centrifugo_api_key": "centrifugo_api_key",
+    "centrifugo_hmac_key": "centrifugo_hmac_key",
+    "agent_join_key": "agent_join_key",
+}
+
+
+def templates_dir() -> Path:
+    """The repo's templates/ in a checkout; the copy shipped inside the wheel otherwise."""
+    override = os.environ.get("CMDOP_INSTALL_TEMPLATES")
+    candidates = [Path(override)] if override else []
+    candidates += [Path(__file__).resolve().parents[3] / "templates",
+                   Path(__file__).resolve().parent / "templates"]
+    for candidate in candidates:
+        if (candidate / "postgres" / "pg_hba.conf.j2").is_file():
+            return candidate
+    raise UserError("templates not found (broken install: reinstall cmdop-install)")
+
+
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - config files, not HTML
+    )
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things live on a host; ``root`` prefixes all of them (tests, chroots)."""
+
+    root: str = ""
+    pg_major: int = 15
+
+    def __getattr__(self, name: str) -> str:
+        table = {
+            "pg_conf": f"/etc/postgresql/{self.pg_major}/main",
+            "pg_tls": "/etc/postgresql/tls",
+            "redis": "/etc/redis",
+            "redis_tls": "/etc/redis/tls",
+            "redis_dropin": "/etc/systemd/system/redis-server.service.d",
+            "centrifugo_etc": "/etc/centrifugo",
+            "centrifugo_tls": "/etc/centrifugo/tls",
+            "centrifugo_bin": "/usr/local/bin/centrifugo",
+            "nginx_conf": "/etc/nginx/conf.d",
+            "nginx_tls": "/etc/nginx/tls",
+            "cmdop_etc": "/etc/cmdop",
+            "cmdop_secrets": "/etc/cmdop/credentials",
+            "cmdop_tls": "/etc/cmdop/tls",
+            "gunicorn_socket": "/run/cmdop/gunicorn.sock",
+            "server_venv": "/opt/cmdop/venv",
+            "agent_etc": "/etc/cmdop-agent",
+            "agent_bin": "/opt/cmdop-agent/venv/bin/cmdop-agent",
+            "systemd": "/etc/systemd/system",
+        }
+        if name not in table:
+            raise AttributeError(name)
+        return self.root + table[name]
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    path: str  # absolute path on the host (without root)
+    content: bytes
+    mode: int
+    owner: str = "root"
+    group: str = "root"
+    secret: bool = False  # holds a secret value (or a private key)
+
+    def manifest_entry(self) -> dict:
+        return {"path": self.path, "mode": f"{self.mode:04o}", "owner": self.owner,
+                "group": self.group, "sha256": hashlib.sha256(self.content).hexdigest()}
+
+
+def _cidr(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # a host name: pg_hba resolves it (check warns)
+    return f"{ip}/{ip.max_prefixlen}"
+
+
+def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, str],
+             paths: Paths) -> dict:
+    prefix = site["postgres"]["role_prefix"]
+    pg = {"owner": f"{prefix}_owner", "blue": f"{prefix}_blue", "green": f"{prefix}_green"}
+    pg["active"] = pg[site["postgres"]["active_role"]]
+    centrifugo_hosts = inventory.groups["centrifugo"] if site.centrifugo_enabled else []
+    redis_hosts = inventory.groups["redis"]
+    centrifugo_redis = None
+    if len(centrifugo_hosts) > 1 and redis_hosts:
+        centrifugo_redis = {"addresses": [
+            f"rediss://{h.address}:{site['redis']['port']}/0" for h in redis_hosts[:1]]}
+    name = site["site"]["name"]
+    return {
+        "site": site,
+        "host": host,
+        "paths": paths,
+        "secrets": secrets,
+        "pg": pg,
+        "pg_host": inventory.groups["postgres"][0] if inventory.groups["postgres"] else host,
+        "redis_host": redis_hosts[0] if redis_hosts else host,
+        "app_sources": sorted({_cidr(h.address) for h in inventory.groups["control_plane"]}),
+        "public_origin": site["site"]["public_url"].rstrip("/"),
+        "site_centrifugo_on": site.centrifugo_enabled,
+        "centrifugo_redis": centrifugo_redis,
+        "centrifugo_namespaces": [
+            {"name": "session", "presence": True, "history_size": 1000},
+            {"name": "workspace", "presence": False, "history_size": 100},
+        ],
+        "credential_names": list(CREDENTIALS),
+        "redis": {
+            "app_user": f"{name}-app",
+            "app_prefix": f"{name}:",
+            "app_hash": redis_acl_hash(secrets["redis_password_app"]),
+            "centrifugo_user": f"{name}-centrifugo",
+            "centrifugo_hash": redis_acl_hash(secrets["redis_password_centrifugo"]),
+        },
+    }
+
+
+def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[str, str],
+                pem: dict[str, bytes], root: str = "") -> list[RenderedFile]:
+    """Every file ``host_name`` receives. ``pem`` maps pki file names to PEM bytes."""
+    host = inventory.host(host_name)
+    roles = inventory.roles_of(host_name)
+    paths = Paths(root=root, pg_major=site["postgres"]["major"])
+    host_paths = Paths(pg_major=site["postgres"]["major"])
+    ctx = _context(site, inventory, host, secrets, paths)
+    env = environment()
+    files: list[RenderedFile] = []
+
+    def add(template: str, dest: str, mode: int, owner: str = "root", group: str = "root",
+            secret: bool = False) -> None:
+        try:
+            text = env.get_template(template).render(ctx)
+        except jinja2.TemplateError as exc:
+            raise UserError(f"template {template}: {type(exc).__name__}: {exc.message}") from None
+        files.append(RenderedFile(dest, text.encode(), mode, owner, group, secret))
+
+    def tls(dest_dir: str, cert: str, as_name: str, owner: str, group: str,
+            key_mode: int = 0o600) -> None:
+        files.append(RenderedFile(f"{dest_dir}/{as_name}.crt", pem[f"{cert}.crt"], 0o644))
+        files.append(RenderedFile(f"{dest_dir}/{as_name}.key", pem[f"{cert}.key"], key_mode,
+                                  owner, group, secret=True))
+
+    def ca(dest_dir: str) -> None:
+        files.append(RenderedFile(f"{dest_dir}/ca.crt", pem["ca.crt"], 0o644))
+
+    if "postgres" in roles:
+        add("postgres/60-cmdop.conf.j2", f"{host_paths.pg_conf}/conf.d/60-cmdop.conf", 0o644)
+        add("postgres/pg_hba.conf.j2", f"{host_paths.pg_conf}/pg_hba.conf", 0o640,
+            "postgres", "postgres")
+        add("postgres/roles.sql.j2", f"{host_paths.pg_conf}/cmdop-roles.sql", 0o640,
+            "postgres", "postgres")
+        tls(host_paths.pg_tls, f"postgres-{host.name}", "server", "postgres", "postgres")
+        ca(host_paths.pg_tls)
+    if "redis" in roles:
+        add("redis/redis.conf.j2", f"{host_paths.redis}/redis.conf", 0o640, "redis", "redis")
+        add("redis/users.acl.j2", f"{host_paths.redis}/users.acl", 0o600, "redis", "redis",
+            secret=True)
+        add("redis/openssl.cnf.j2", f"{host_paths.redis}/openssl-cmdop.cnf", 0o644)
+        add("redis/redis-server.override.conf.j2", f"{host_paths.redis_dropin}/cmdop.conf",
+            0o644)
+        tls(host_paths.redis_tls, f"redis-{host.name}", "redis", "redis", "redis")
+        ca(host_paths.redis_tls)
+    if "control_plane" in roles:
+        add("nginx/cmdop.conf.j2", f"{host_paths.nginx_conf}/cmdop.conf", 0o644)
+        tls(host_paths.nginx_tls, f"nginx-{host.name}", "cmdop", "root", "root")
+        ca(host_paths.nginx_tls)
+        add("control_plane/gunicorn.conf.py.j2", f"{host_paths.cmdop_etc}/gunicorn.conf.py",
+            0o644)
+        add("control_plane/server.toml.j2", f"{host_paths.cmdop_etc}/server.toml", 0o644)
+        tls(host_paths.cmdop_tls, f"app-{host.name}", "app", "root", "cmdop", 0o640)
+        ca(host_paths.cmdop_tls)
+        for cred, secret_name in CREDENTIALS.items():
+            if cred == "db_password":
+                value = secrets[f"postgres_password_{site['postgres']['active_role']}"]
+            elif secret_name is None:
+                value = ""
+            else:
+                value = secrets[secret_name]
+            # read by systemd (root) for LoadCredential=; the service gets its own copy
+            files.append(RenderedFile(f"{host_paths.cmdop_secrets}/{cred}",
+                                      (value + "\n").encode() if value else b"", 0o600,
+                                      secret=True))
+        for unit in ("cmdop-server.service", "cmdop-audit-retention.service",
+                     "cmdop-audit-retention.timer"):
+            add(f"systemd/{unit}.j2", f"{host_paths.systemd}/{unit}", 0o644)
+    if "centrifugo" in roles and site.centrifugo_enabled:
+        add("centrifugo/config.json.j2", f"{host_paths.centrifugo_etc}/config.json", 0o640,
+            "root", "centrifugo", secret=True)
+        tls(host_paths.centrifugo_tls, f"centrifugo-{host.name}", "centrifugo", "root",
+            "centrifugo", 0o640)
+        ca(host_paths.centrifugo_tls)
+        add("systemd/centrifugo.service.j2", f"{host_paths.systemd}/centrifugo.service", 0o644)
+    if "agents" in roles:
+        add("agent/agent.toml.j2", f"{host_paths.agent_etc}/agent.toml", 0o644)
+        ca(host_paths.agent_etc)
+        add("systemd/cmdop-agent.service.j2", f"{host_paths.systemd}/cmdop-agent.service",
+            0o644)
+    return files
+
+
+class PemFiles(dict):
+    """PEM bytes of pki/ by file name, read on first use (render picks what it needs)."""
+
+    def __init__(self, site_dir: Path) -> None:
+        super().__init__()
+        self.site_dir = Path(site_dir)
+        if not (self.site_dir / pki.PKI_DIR).is_dir():
+            raise UserError(f"{self.site_dir / pki.PKI_DIR}: missing "
+                            f"(run `cmdop-install init {site_dir}`)")
+
+    def __missing__(self, name: str) -> bytes:
+        value = pki.read_pem(self.site_dir, name)
+        self[name] = value
+        return value
+
+
+def load_for_render(site_dir: Path):
+    """(site, inventory, secrets, pem) of a site folder, each with its one-line errors."""
+    site = load_site(site_dir)
+    inventory = load_inventory(site_dir)
+    store = SecretStore.open(site_dir, site["site"]["key_file"])
+    return site, inventory, store.values(), PemFiles(site_dir)
+
+
+def render_site(site_dir: Path, out: Path, host: str | None = None) -> dict:
+    """Write out/<host>/<path> for each host (or just ``host``) and out/manifest.json."""
+    site, inventory, secrets, pem = load_for_render(site_dir)
+    hosts = [inventory.host(host).name] if host else [h.name for h in inventory.hosts()]
+    manifest: dict = {"site": site["site"]["name"], "hosts": {}}
+    make_dir(Path(out), 0o700)
+    for name in hosts:
+        files = render_host(site, inventory, name, secrets, pem)
+        for rendered in files:
+            dest = Path(out) / name / rendered.path.lstrip("/")
+            make_dir(dest.parent, 0o700)
+            write_atomic(dest, rendered.content, rendered.mode)
+        manifest["hosts"][name] = [f.manifest_entry() for f in files]
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    write_atomic(Path(out) / "manifest.json", text.encode(), 0o644)
+    return manifest

@@ -1,0 +1,216 @@
+"""The secrets store: the ONE module that reads or writes secret values.
+
+``secrets.enc`` in the site folder holds every generated secret, encrypted with
+AES-256-GCM (``cryptography``). Layout: ``MAGIC | 12-byte nonce | ciphertext+tag``; the
+plaintext is JSON ``{"version": 1, "secrets": {name: {"value", "created", "source"}}}``.
+
+The 32-byte key comes from ``CMDOP_INSTALL_KEY`` (base64) or from the key file named by
+``[site] key_file`` — by default under ``~/.config/cmdop-install/keys/``, i.e. OUTSIDE the
+site folder, so the folder (which operators version and back up) reveals nothing on its
+own. The key file is 0600 and refused if anyone else can read it.
+
+Rules (Zulip generate_secrets, omnibus-gitlab secrets json): only missing names are
+generated; an existing secret is never regenerated; a value the operator pins
+(``cmdop-install secrets set NAME`` reading stdin) wins and is checked for strength;
+writes are atomic and 0600; nothing is written when nothing changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import os
+import re
+import secrets as _random
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from cmdop_install.errors import UserError
+from cmdop_install.fsutil import make_dir, write_atomic
+
+SECRETS_FILE = "secrets.enc"
+KEY_ENV = "CMDOP_INSTALL_KEY"
+MAGIC = b"CMDOPSEC1\n"
+_AAD = b"cmdop-install secrets.enc v1"
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    doc: str
+    min_length: int = 32
+
+
+# Entropy of generated values: token_urlsafe(n) = n random bytes = 8n bits.
+SPECS: dict[str, SecretSpec] = {
+    "django_secret_key": SecretSpec("Django SECRET_KEY (signing; rotated via fallbacks)", 50),
+    "postgres_password_blue": SecretSpec("Postgres login role <prefix>_blue"),
+    "postgres_password_green": SecretSpec("Postgres login role <prefix>_green"),
+    "redis_password_app": SecretSpec("Redis ACL user of the control plane"),
+    "redis_password_centrifugo": SecretSpec("Redis ACL user of Centrifugo"),
+    "centrifugo_hmac_key": SecretSpec("Centrifugo connection/subscription JWT HMAC key"),
+    "centrifugo_api_key": SecretSpec("Centrifugo HTTP API key (X-API-Key)"),
+    "agent_join_key": SecretSpec("Signing key of agent join tokens"),
+}
+_GENERATED_BYTES = 48  # 384 bits; 64 url-safe characters
+_ALLOWED = re.compile(r"^[A-Za-z0-9!#$%&()*+,\-./:;<=>?@\[\]^_{|}~]+$")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def weakness(name: str, value: str) -> str | None:
+    """Why a pinned value is not acceptable, or None. Never includes the value."""
+    spec = SPECS[name]
+    if not _ALLOWED.match(value):
+        return "use printable ASCII with no spaces, quotes or backslashes"
+    if len(value) < spec.min_length:
+        return f"too short: at least {spec.min_length} characters"
+    if len(set(value)) < 10:
+        return "too few distinct characters (at least 10)"
+    if value.lower().startswith("django-insecure-"):
+        return "looks like a development key (django-insecure-)"
+    classes = [r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9]"]
+    alphabet = sum(size for pat, size in zip(classes, (26, 26, 10, 32), strict=True)
+                   if re.search(pat, value))
+    if len(value) * math.log2(alphabet) < 128:
+        return "too little entropy (need about 128 bits: longer or more varied)"
+    return None
+
+
+def default_key_path(site_name: str) -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "cmdop-install" / "keys" / f"{site_name}-{_random.token_hex(4)}.key"
+
+
+def _decode_key(text: str, source: str) -> bytes:
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise UserError(f"{source}: not a key (must be 32 bytes, base64-encoded)")
+    return key
+
+
+def resolve_key(key_file: str, create: bool = False) -> tuple[bytes, str]:
+    """(key, where it came from). ``create`` makes a new key file when none exists."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return _decode_key(env, KEY_ENV), KEY_ENV
+    if not key_file:
+        raise UserError(f"no secrets key: set {KEY_ENV} or [site] key_file in site.toml")
+    path = Path(key_file)
+    if path.exists():
+        try:
+            mode = path.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise UserError(f"{path}: key file is accessible by others (chmod 600 {path})")
+            return _decode_key(path.read_text(), str(path)), str(path)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read key file ({exc.strerror})") from None
+    if not create:
+        raise UserError(f"no secrets key: {path} does not exist (restore it or set {KEY_ENV})")
+    make_dir(path.parent, 0o700)
+    key = AESGCM.generate_key(bit_length=256)
+    write_atomic(path, base64.b64encode(key) + b"\n", 0o600)
+    return key, str(path)
+
+
+class SecretStore:
+    """Decrypted secrets of one site, in memory; ``save`` writes only if something changed."""
+
+    def __init__(self, site_dir: Path, key: bytes, key_source: str) -> None:
+        self.path = Path(site_dir) / SECRETS_FILE
+        self._aead = AESGCM(key)
+        self.key_source = key_source
+        self._entries: dict[str, dict[str, str]] = {}
+        self._dirty = False
+        if self.path.exists():
+            self._entries = self._read()
+
+    @classmethod
+    def open(cls, site_dir: Path, key_file: str, create_key: bool = False) -> SecretStore:
+        exists = (Path(site_dir) / SECRETS_FILE).exists()
+        # Never mint a new key for an existing store: that would lock the operator out.
+        key, source = resolve_key(key_file, create=create_key and not exists)
+        return cls(site_dir, key, source)
+
+    def _read(self) -> dict[str, dict[str, str]]:
+        blob = self.path.read_bytes()
+        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 12 + 16:
+            raise UserError(f"cannot decrypt {SECRETS_FILE}: not a cmdop-install secrets file")
+        nonce = blob[len(MAGIC): len(MAGIC) + 12]
+        try:
+            plain = self._aead.decrypt(nonce, blob[len(MAGIC) + 12:], _AAD)
+        except InvalidTag:
+            hint = KEY_ENV if self.key_source == KEY_ENV else f"{KEY_ENV} or {self.key_source}"
+            raise UserError(f"cannot decrypt {SECRETS_FILE}: wrong key ({hint})") from None
+        return json.loads(plain)["secrets"]
+
+    def save(self) -> bool:
+        """Encrypt and write atomically (0600) if anything changed; True when written."""
+        if not self._dirty:
+            return False
+        plain = json.dumps({"version": 1, "secrets": self._entries}, sort_keys=True).encode()
+        nonce = os.urandom(12)
+        blob = MAGIC + nonce + self._aead.encrypt(nonce, plain, _AAD)
+        write_atomic(self.path, blob, 0o600)
+        self._dirty = False
+        return True
+
+    def ensure_all(self) -> list[str]:
+        """Generate every missing secret; return the names generated (never values)."""
+        made = []
+        for name in SPECS:
+            if name not in self._entries:
+                value = _random.token_urlsafe(_GENERATED_BYTES)
+                self._entries[name] = {"value": value, "created": _now(), "source": "generated"}
+                made.append(name)
+        self._dirty = self._dirty or bool(made)
+        return made
+
+    def pin(self, name: str, value: str) -> None:
+        """Set an operator-chosen value; it wins over (and replaces) a generated one."""
+        if name not in SPECS:
+            raise UserError(f"unknown secret {name!r} (known: {', '.join(SPECS)})")
+        problem = weakness(name, value)
+        if problem:
+            raise UserError(f"secret {name}: rejected, {problem}; nothing was changed")
+        self._entries[name] = {"value": value, "created": _now(), "source": "operator"}
+        self._dirty = True
+
+    def get(self, name: str) -> str:
+        if name not in SPECS:
+            raise UserError(f"unknown secret {name!r} (known: {', '.join(SPECS)})")
+        entry = self._entries.get(name)
+        if entry is None:
+            raise UserError(f"secret {name} not generated yet (run `cmdop-install init`)")
+        return entry["value"]
+
+    def values(self) -> dict[str, str]:
+        """Every secret by name, for rendering. Callers must not print it."""
+        return {name: self.get(name) for name in SPECS}
+
+    def listing(self) -> list[dict[str, str]]:
+        """Names with creation time, age and source: everything except values."""
+        now = datetime.now(UTC)
+        rows = []
+        for name in SPECS:
+            entry = self._entries.get(name)
+            if entry is None:
+                rows.append({"name": name, "created": "-", "age": "missing", "source": "-"})
+                continue
+            created = datetime.strptime(entry["created"], "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=UTC)
+            days = (now - created).days
+            rows.append({"name": name, "created": entry["created"], "age": f"{days}d",
+                         "source": entry["source"]})
+        return rows
