@@ -1,0 +1,83 @@
+"""Authentication and the workspace check for every API operation, before its body is read.
+
+``UserAuth`` accepts an access token or API key. ``WorkspaceAuth(action)`` also resolves
+the ``{slug}`` in the URL to the caller's membership (404 if the caller is not a member, so
+other tenants' workspaces are indistinguishable from missing ones) and applies the
+permission table (403). Handlers read ``request.auth`` (a ``Caller``) and query through
+``Model.objects.in_workspace(request.auth.workspace)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.http import HttpRequest
+from ninja.security import HttpBearer
+
+from cmdop_server import audit, ratelimit
+from cmdop_server.errors import ApiError
+from cmdop_server.identity.authn import Principal, authenticate_bearer
+from cmdop_server.identity.models import Membership, Workspace
+from cmdop_server.netinfo import client_ip
+from cmdop_server.permissions import Action, can
+
+
+@dataclass(frozen=True)
+class Caller:
+    principal: Principal
+    membership: Membership | None = None
+
+    @property
+    def user(self):
+        return self.principal.user
+
+    @property
+    def workspace(self) -> Workspace | None:
+        return self.membership.workspace if self.membership else None
+
+
+class UserAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> Caller | None:
+        principal, reason = authenticate_bearer(token)
+        if principal is None:
+            ip = client_ip(request)
+            # A failed credential counts against the client's auth rate limit; the limiter
+            # also bounds how many failure rows one client can write to the audit log.
+            ratelimit.enforce("auth", f"ip:{ip}")
+            audit.record("auth.bearer", success=False, method="bearer", ip=ip, reason=reason)
+            return None
+        return Caller(principal)
+
+
+class WorkspaceAuth(UserAuth):
+    def __init__(self, action: Action) -> None:
+        super().__init__()
+        self.action = action
+
+    def authenticate(self, request: HttpRequest, token: str) -> Caller | None:
+        caller = super().authenticate(request, token)
+        if caller is None:
+            return None
+        slug = request.resolver_match.kwargs.get("slug") if request.resolver_match else None
+        bound = caller.principal.workspace
+        if slug is None or (bound is not None and bound.slug != slug):
+            raise ApiError(404, "not_found", "No such workspace.")
+        membership = _membership(slug, caller.user.pk)
+        if membership is None:
+            raise ApiError(404, "not_found", "No such workspace.")
+        if not can(membership.role, self.action):
+            raise ApiError(403, "forbidden", f"Your role may not {self.action}.")
+        return Caller(caller.principal, membership)
+
+
+def _membership(slug: str, user_id: int) -> Membership | None:
+    """The root of tenant scoping: the caller's own membership row, found by slug."""
+    return (Membership.unscoped.select_related("workspace", "user")
+            .filter(workspace__slug=slug, user_id=user_id).first())
+
+
+def workspace(action: Action) -> WorkspaceAuth:
+    return WorkspaceAuth(action)
+
+
+user = UserAuth()

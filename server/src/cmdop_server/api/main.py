@@ -1,0 +1,98 @@
+"""The JSON API under /api/v1/ (django-ninja); OpenAPI 3 at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from django.core.exceptions import ObjectDoesNotExist
+from django.http import Http404
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from cmdop_server.errors import ApiError, default_error, error_response
+from cmdop_server.ratelimit import RateLimitedError
+
+logger = logging.getLogger("cmdop.api")
+
+api = NinjaAPI(
+    title="CMDOP control plane",
+    version="1",
+    urls_namespace="api-v1",
+    openapi_url="/openapi.json",
+    docs_url=None,
+)
+
+
+def _validation_detail(errors: list) -> str:
+    # loc and message only: pydantic's "input" would echo request values (maybe secrets)
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "form", "payload"))
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "Invalid request."
+
+
+@api.exception_handler(ApiError)
+def _api_error(request, exc: ApiError):
+    return error_response(request, exc.status, exc.code, exc.detail, exc.headers)
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request, exc: ValidationError):
+    code = "invalid_request" if request.path.startswith("/api/v1/oauth/") else "bad_request"
+    return error_response(request, 400, code, _validation_detail(exc.errors))
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthorized(request, exc):
+    response = default_error(request, 401)
+    response["WWW-Authenticate"] = 'Bearer realm="cmdop"'
+    return response
+
+
+@api.exception_handler(HttpError)
+def _http_error(request, exc: HttpError):
+    response = default_error(request, exc.status_code)
+    if exc.status_code == 400:
+        response = error_response(request, 400, "bad_request", str(exc))
+    return response
+
+
+@api.exception_handler(RateLimitedError)
+def _rate_limited(request, exc: RateLimitedError):
+    return error_response(request, 429, "rate_limited", "Too many requests.",
+                          {"Retry-After": str(exc.retry_after)})
+
+
+@api.exception_handler(redis.RedisError)
+def _redis_down(request, exc):
+    logger.error("redis unavailable: %s", type(exc).__name__)
+    return default_error(request, 503)
+
+
+@api.exception_handler(Http404)
+def _not_found(request, exc):
+    return default_error(request, 404)
+
+
+@api.exception_handler(ObjectDoesNotExist)
+def _does_not_exist(request, exc):
+    return default_error(request, 404)
+
+
+@api.exception_handler(Exception)
+def _internal(request, exc):
+    logger.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
+    return default_error(request, 500)
+
+
+def _mount() -> None:
+    from cmdop_server.api import me, oauth, workspaces
+
+    api.add_router("/oauth", oauth.router)
+    api.add_router("", me.router)
+    api.add_router("/workspaces", workspaces.router)
+
+
+_mount()

@@ -1,0 +1,18 @@
+from django.db import models
+from django.utils import timezone
+
+
+class AuditEvent(models.Model):
+    """One security-relevant event. Lives in the audit database: no FKs into the app DB,
+    so ids and a readable label are copied in (the row outlives the user it names)."""
+
+    occurred_at = models.DateTimeField(default=timezone.now, db_index=True)
+    event = models.CharField(max_length=64, db_index=True)
+    success = models.BooleanField()
+    workspace_id = models.BigIntegerField(null=True, db_index=True)
+    user_id = models.BigIntegerField(null=True)
+    user_label = models.CharField(max_length=200, blank=True)
+    method = models.CharField(max_length=32, blank=True)
+    ip = models.GenericIPAddressField(null=True)
+    reason = models.CharField(max_length=200, blank=True)
+    data = models.JSONField(default=dict)

@@ -1,0 +1,101 @@
+"""One error shape for API clients: ``{"error": code, "detail": sentence}``, never HTML.
+
+OAuth endpoints add RFC 6749's ``error_description`` (same text as ``detail``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+logger = logging.getLogger("cmdop.errors")
+
+API_PREFIX = "/api/"
+OAUTH_PREFIX = "/api/v1/oauth/"
+
+_STATUS_CODES = {
+    400: ("bad_request", "The request is malformed."),
+    401: ("unauthorized", "Missing, invalid, expired or revoked credential."),
+    403: ("forbidden", "Not allowed."),
+    404: ("not_found", "No such resource."),
+    405: ("method_not_allowed", "Method not allowed."),
+    413: ("payload_too_large", "Request body over the limit."),
+    415: ("unsupported_media_type", "Unsupported Content-Type."),
+    429: ("rate_limited", "Too many requests."),
+    500: ("internal_error", "Internal error."),
+    503: ("unavailable", "A backing service is unavailable."),
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str, headers: dict | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+        self.headers = headers or {}
+
+
+def error_response(
+    request: HttpRequest, status: int, code: str, detail: str, headers: dict | None = None
+) -> JsonResponse:
+    body = {"error": code, "detail": detail}
+    if request.path.startswith(OAUTH_PREFIX):
+        body["error_description"] = detail
+    response = JsonResponse(body, status=status)
+    response["Cache-Control"] = "no-store"
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def default_error(request: HttpRequest, status: int) -> JsonResponse:
+    code, detail = _STATUS_CODES.get(status, ("error", "Request failed."))
+    return error_response(request, status, code, detail)
+
+
+def _refuse_content_type(request: HttpRequest) -> JsonResponse | None:
+    """OAuth endpoints take form bodies (RFC 6749), everything else JSON."""
+    ctype = request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if request.path.startswith(OAUTH_PREFIX):
+        if ctype != "application/x-www-form-urlencoded":
+            return error_response(request, 400, "invalid_request",
+                                  "Send application/x-www-form-urlencoded.")
+    elif ctype != "application/json":
+        return error_response(request, 415, "unsupported_media_type", "Send application/json.")
+    return None
+
+
+class ApiErrorMiddleware:
+    """Under /api/: oversized bodies get 413 before anything reads them; any non-JSON error
+    (URL resolver 404, Django's 400 for a bad request, an unhandled exception) becomes the
+    JSON shape."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path.startswith(API_PREFIX):
+            return self.get_response(request)
+        from django.conf import settings
+
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return default_error(request, 400)
+        if length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+            return default_error(request, 413)
+        if length and request.method in ("POST", "PUT", "PATCH"):
+            refused = _refuse_content_type(request)
+            if refused is not None:
+                return refused
+        response = self.get_response(request)
+        if response.status_code >= 400 and "json" not in response.get("Content-Type", ""):
+            return default_error(request, response.status_code)
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception):
+        if not request.path.startswith(API_PREFIX):
+            return None
+        logger.error("unhandled %s on %s %s", type(exception).__name__, request.method,
+                     request.path)
+        return default_error(request, 500)

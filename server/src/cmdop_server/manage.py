@@ -1,0 +1,26 @@
+"""``cmdop-server``: Django's manage.py for control-plane hosts.
+
+``cmdop-server migrate`` etc. use the production settings (files under /etc/cmdop, see
+docs/server-config.md). ``cmdop-server --dev <command>`` selects the dev settings instead;
+there is no other way to leave production mode.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv if argv is None else argv)
+    if len(args) > 1 and args[1] == "--dev":
+        del args[1]
+        os.environ["DJANGO_SETTINGS_MODULE"] = "cmdop_server.settings.dev"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cmdop_server.settings.production")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Rate limits in Redis, shared by every worker and node: fixed one-window counters.
+
+Each (scope, principal-or-IP, window) is one key: a Lua script INCRs it and, on the first
+hit, sets its expiry, atomically — two workers can never both see "9" and both pass.
+Fixed windows aligned to the epoch (e.g. each UTC minute): a burst of 2x the limit is
+possible across a window boundary; that is the accepted price of one key per check.
+Retry-After is the whole seconds left in the current window (at least 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from cmdop_server import redis_client
+
+_UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "m": 60, "minute": 60, "h": 3600,
+          "hour": 3600}
+
+_SCRIPT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    retry_after: int
+
+
+class RateLimitedError(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"rate limited, retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """"10/min" -> (10, 60)."""
+    count, _, unit = rate.partition("/")
+    return int(count), _UNITS[unit.strip().lower()]
+
+
+def hit(scope: str, subject: str, now: float | None = None) -> Decision:
+    """Count one request of ``subject`` (e.g. "ip:10.0.0.1") against ``scope``'s limit."""
+    limit, window = parse_rate(settings.CMDOP_RATE_LIMITS[scope])
+    now = time.time() if now is None else now
+    index = int(now // window)
+    digest = hashlib.sha256(subject.encode()).hexdigest()[:32]
+    key = f"{redis_client.KEY_PREFIX}rl:{scope}:{digest}:{index}"
+    remaining = (index + 1) * window - now
+    expire_ms = int(remaining * 1000) + 1000
+    count = int(redis_client.client().eval(_SCRIPT, 1, key, expire_ms))
+    return Decision(count <= limit, max(1, math.ceil(remaining)))
+
+
+def enforce(scope: str, *subjects: str) -> None:
+    """Count the request against every subject (IP and principal); refuse if any is over."""
+    worst = 0
+    for subject in subjects:
+        decision = hit(scope, subject)
+        if not decision.allowed:
+            worst = max(worst, decision.retry_after)
+    if worst:
+        raise RateLimitedError(worst)

@@ -1,0 +1,1 @@
+"""Settings modules: ``production`` (the default, files on disk), ``dev`` (``--dev``), ``test``."""

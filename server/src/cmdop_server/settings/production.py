@@ -1,0 +1,94 @@
+"""Production: every value comes from server.toml and the credentials dir (cmdop_server.config).
+
+There is deliberately no switch here that turns TLS off or DEBUG on: Django sits behind
+nginx, which terminates TLS 1.3; Postgres is reached with sslmode=verify-full and Redis
+over TLS. A weak or missing key refuses to start.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from django.core.exceptions import ImproperlyConfigured
+
+from cmdop_server import config
+from cmdop_server.settings.base import *  # noqa: F403
+from cmdop_server.settings.keys import require_strong_key
+
+_site = config.load_server_toml()
+_server = _site.get("server", {})
+
+DEBUG = False
+SECRET_KEY = require_strong_key("secret_key", config.read_secret("secret_key"))
+SECRET_KEY_FALLBACKS = [
+    require_strong_key("secret_key_fallbacks", key)
+    for key in config.read_secret_lines("secret_key_fallbacks")
+]
+
+ALLOWED_HOSTS = list(_server.get("allowed_hosts", []))
+if not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("server.toml [server] allowed_hosts is empty")
+CMDOP_PUBLIC_URL = _server.get("public_url") or f"https://{ALLOWED_HOSTS[0]}"
+if not CMDOP_PUBLIC_URL.startswith("https://"):
+    raise ImproperlyConfigured("server.toml [server] public_url must be https://")
+CSRF_TRUSTED_ORIGINS = [CMDOP_PUBLIC_URL]
+CMDOP_TRUSTED_PROXIES = list(_server.get("trusted_proxies", ["127.0.0.1", "::1"]))
+
+# nginx terminates TLS and sets X-Forwarded-Proto; everything else is HTTPS-only.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = True
+SECURE_HSTS_SECONDS = int(_server.get("hsts_seconds", 31536000))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = True
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True
+CSRF_COOKIE_HTTPONLY = True
+
+
+def _database(section: dict, password_file: str, default_password: str | None) -> dict:
+    for key in ("host", "name", "user", "sslrootcert"):
+        if not section.get(key):
+            raise ImproperlyConfigured(f"server.toml database setting {key!r} is missing")
+    options = {"sslmode": "verify-full", "sslrootcert": section["sslrootcert"]}
+    if section.get("sslcert"):
+        options |= {"sslcert": section["sslcert"], "sslkey": section["sslkey"]}
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": section["host"],
+        "PORT": str(section.get("port", 5432)),
+        "NAME": section["name"],
+        "USER": section["user"],
+        "PASSWORD": config.read_secret(password_file, default_password),
+        "CONN_MAX_AGE": int(section.get("conn_max_age", 60)),
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": options,
+    }
+
+
+_db = _site.get("database", {})
+DATABASES = {
+    "default": _database(_db, "db_password", None),
+    "audit": _database(
+        _site.get("audit_database", _db), "audit_db_password", config.read_secret("db_password")
+    ),
+}
+
+_redis = _site.get("redis", {})
+if not _redis.get("ssl_ca_certs"):
+    raise ImproperlyConfigured("server.toml [redis] ssl_ca_certs is missing (Redis is TLS-only)")
+CMDOP_REDIS = {
+    "host": _redis.get("host", "127.0.0.1"),
+    "port": int(_redis.get("port", 6379)),
+    "username": _redis.get("username", "app"),
+    "password": config.read_secret("redis_password"),
+    "ssl": True,
+    "ssl_ca_certs": _redis["ssl_ca_certs"],
+    "ssl_cert_reqs": "required",
+    "ssl_check_hostname": True,
+    "ssl_min_version": ssl.TLSVersion.TLSv1_3,
+}
+if _redis.get("ssl_certfile"):
+    CMDOP_REDIS |= {"ssl_certfile": _redis["ssl_certfile"], "ssl_keyfile": _redis["ssl_keyfile"]}
+
+CMDOP_RATE_LIMITS = CMDOP_RATE_LIMITS | dict(_site.get("rate_limits", {}))  # noqa: F405
+CMDOP_AUDIT_RETENTION_DAYS = int(_site.get("audit", {}).get("retention_days", 90))

@@ -1,0 +1,36 @@
+"""The test suite's settings: databases and Redis on the scratch daemons tests start.
+
+tests/server/conftest.py exports CMDOP_TEST_PG_PORT / CMDOP_TEST_REDIS_PORT before Django
+loads this module; subprocesses (gunicorn, rate-limit workers) inherit them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cmdop_server.settings.dev import *  # noqa: F403
+
+SECRET_KEY = "test-only-" + "k3Jr9TzW" * 8
+ALLOWED_HOSTS = ["*"]
+CMDOP_PUBLIC_URL = "http://testserver"
+CSRF_TRUSTED_ORIGINS = ["http://localhost", "http://127.0.0.1"]
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def _db(name: str) -> dict:
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": "127.0.0.1",
+        "PORT": os.environ.get("CMDOP_TEST_PG_PORT", "5432"),
+        # subprocesses (gunicorn) point straight at the test databases pytest-django made
+        "NAME": os.environ.get(f"CMDOP_TEST_DB_{name.upper()}", name),
+        "USER": "postgres",
+        "PASSWORD": "",
+        "TEST": {"NAME": f"test_{name}"},
+    }
+
+
+DATABASES = {"default": _db("cmdop"), "audit": _db("cmdop_audit")}
+CMDOP_REDIS = {"host": "127.0.0.1", "port": int(os.environ.get("CMDOP_TEST_REDIS_PORT", "6379"))}

@@ -1,0 +1,17 @@
+from django.urls import path
+
+from cmdop_server.api.main import api
+from cmdop_server.web import views
+
+urlpatterns = [
+    path("api/v1/", api.urls),
+    path("login/", views.login, name="login"),
+    path("logout/", views.logout, name="logout"),
+    path("device/", views.device, name="device"),
+    path("device/decide/", views.device_decide, name="device-decide"),
+    path("tokens/", views.tokens, name="tokens"),
+    path("tokens/<int:family_id>/revoke/", views.revoke_family, name="revoke-family"),
+    path("healthz", views.healthz, name="healthz"),
+]
+
+handler500 = "cmdop_server.web.views.server_error"

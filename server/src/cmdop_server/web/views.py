@@ -1,0 +1,123 @@
+"""Server-rendered pages: sign-in, the device verification page, tokens. No JavaScript."""
+
+from __future__ import annotations
+
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from cmdop_server import audit, ratelimit
+from cmdop_server.identity import actions
+from cmdop_server.identity.models import ApiKey, TokenFamily
+from cmdop_server.identity.oauth_clients import CLIENTS
+from cmdop_server.netinfo import client_ip
+
+
+def _too_many(request: HttpRequest, exc: ratelimit.RateLimitedError) -> HttpResponse:
+    response = render(request, "cmdop/429.html", {"retry_after": exc.retry_after}, status=429)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+class LoginView(auth_views.LoginView):
+    template_name = "cmdop/login.html"
+    redirect_authenticated_user = True
+
+    def post(self, request, *args, **kwargs):
+        username = request.POST.get("username", "")[:150]
+        try:
+            ratelimit.enforce("auth", f"ip:{client_ip(request)}", f"login:{username.lower()}")
+        except ratelimit.RateLimitedError as exc:
+            return _too_many(request, exc)
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form):
+        audit.record("auth.login", user=form.get_user(), method="password",
+                     ip=client_ip(self.request))
+        return super().form_valid(form)
+
+    def form_invalid(self, form):
+        audit.record("auth.login", success=False, method="password", ip=client_ip(self.request),
+                     reason="bad_credentials",
+                     username=self.request.POST.get("username", "")[:150])
+        return super().form_invalid(form)
+
+
+login = LoginView.as_view()
+
+
+@require_POST
+def logout(request: HttpRequest) -> HttpResponse:
+    return auth_views.LogoutView.as_view(next_page="login")(request)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def device(request: HttpRequest) -> HttpResponse:
+    """Step 1: enter the code. Step 2 (POST): see who is asking, then approve or deny."""
+    if request.method == "GET":
+        return render(request, "cmdop/device.html",
+                      {"user_code": request.GET.get("user_code", "")[:20]})
+    typed = request.POST.get("user_code", "")[:20]
+    ip = client_ip(request)
+    try:
+        ratelimit.enforce("auth", f"ip:{ip}", f"user:{request.user.pk}")
+    except ratelimit.RateLimitedError as exc:
+        return _too_many(request, exc)
+    da = actions.do_find_user_code(request.user, typed, ip)
+    if da is None:
+        return render(request, "cmdop/device.html",
+                      {"user_code": typed, "error": "That code is not valid. Check it and "
+                       "try again; codes expire after 15 minutes."}, status=400)
+    return render(request, "cmdop/device_confirm.html", {
+        "user_code": typed, "client": CLIENTS.get(da.client_id, da.client_id),
+        "client_id": da.client_id, "device_name": da.device_name, "scope": da.scope,
+        "requester_ip": da.requester_ip, "requester_agent": da.requester_agent,
+        "created_at": da.created_at,
+    })
+
+
+@login_required
+@require_POST
+def device_decide(request: HttpRequest) -> HttpResponse:
+    approve = request.POST.get("decision") == "approve"
+    ip = client_ip(request)
+    try:
+        ratelimit.enforce("auth", f"ip:{ip}", f"user:{request.user.pk}")
+    except ratelimit.RateLimitedError as exc:
+        return _too_many(request, exc)
+    done = actions.do_decide_device(request.user, request.POST.get("user_code", "")[:20],
+                                    approve, ip)
+    if not done:
+        return render(request, "cmdop/device.html",
+                      {"error": "That code is no longer valid."}, status=400)
+    return render(request, "cmdop/device_done.html", {"approved": approve})
+
+
+@login_required
+@require_GET
+def tokens(request: HttpRequest) -> HttpResponse:
+    families = TokenFamily.objects.filter(user=request.user).order_by("-created_at")
+    keys = []
+    for membership in request.user.memberships.select_related("workspace"):
+        keys += list(ApiKey.objects.in_workspace(membership.workspace)
+                     .filter(user=request.user).select_related("workspace"))
+    return render(request, "cmdop/tokens.html", {"families": families, "keys": keys})
+
+
+@login_required
+@require_POST
+def revoke_family(request: HttpRequest, family_id: int) -> HttpResponse:
+    actions.do_revoke_family(request.user, family_id, "revoked_in_dashboard", client_ip(request))
+    return redirect("tokens")
+
+
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return render(request, "cmdop/500.html", status=500)

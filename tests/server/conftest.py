@@ -1,0 +1,60 @@
+"""Django for the control-plane tests only: settings are chosen here, not repo-wide, so the
+installer and agent suites never load Django.
+
+Integration tests get a scratch Postgres (databases ``test_cmdop`` and
+``test_cmdop_audit``, made by pytest-django) and a scratch Redis, once per session, from
+tests/support/services.py; Redis is flushed before each integration test.
+"""
+
+from __future__ import annotations
+
+import os
+
+import django
+import pytest
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cmdop_server.settings.test")
+django.setup()
+
+from tests.support.services import PostgresServer, RedisServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    with PostgresServer() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    with RedisServer() as r:
+        yield r
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(postgres_server, redis_server):
+    from cmdop_server import redis_client
+    from django.conf import settings
+
+    for alias in ("default", "audit"):
+        settings.DATABASES[alias]["PORT"] = str(postgres_server.port)
+    settings.CMDOP_REDIS = {"host": redis_server.host, "port": redis_server.port}
+    redis_client.client.cache_clear()
+    os.environ.update({
+        "CMDOP_TEST_PG_PORT": str(postgres_server.port),
+        "CMDOP_TEST_REDIS_PORT": str(redis_server.port),
+        "CMDOP_TEST_DB_CMDOP": "test_cmdop",
+        "CMDOP_TEST_DB_CMDOP_AUDIT": "test_cmdop_audit",
+    })
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redis(request):
+    if request.node.get_closest_marker("integration") is None:
+        yield
+        return
+    request.getfixturevalue("django_db_modify_db_settings")
+    from cmdop_server import redis_client
+
+    redis_client.client().flushdb()
+    yield
