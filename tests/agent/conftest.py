@@ -22,6 +22,8 @@ class Pki:
     wrong_ca: Path
     cert: Path
     key: Path
+    ca_key: object
+    ca_cert: object
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +32,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ca, ca_key, ca_cert = make_ca(d, "site-ca")
     wrong, _, _ = make_ca(d, "other-ca")
     cert, key = make_leaf(d, ca_key, ca_cert)
-    return Pki(ca, wrong, cert, key)
+    return Pki(ca, wrong, cert, key, ca_key, ca_cert)
 
 
 @pytest.fixture
