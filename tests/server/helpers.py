@@ -18,7 +18,9 @@ def make_user(name: str | None = None) -> User:
 
 
 def form(client: Client, path: str, **data):
-    return client.post(path, data, content_type="application/x-www-form-urlencoded")
+    from urllib.parse import urlencode
+
+    return client.post(path, urlencode(data), content_type="application/x-www-form-urlencoded")
 
 
 def start_device(client: Client, client_id: str = "cmdop-cli", **extra) -> dict:

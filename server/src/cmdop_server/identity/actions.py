@@ -284,10 +284,10 @@ def do_poll_device_token(device_code: str, client_id: str, ip: str | None) -> To
         if (da is None or da.client_id != client_id
                 or not credentials.same_digest(da.device_code_hash, device_code)):
             outcome = OAuthError("invalid_grant", "Unknown device code.")
-        elif da.status in (Status.REDEEMED, Status.DEAD):
-            outcome = OAuthError("invalid_grant", "This device code is no longer valid.")
-        elif da.expires_at <= now:
-            outcome = OAuthError("expired_token", "The device code has expired.")
+        elif da.status == Status.REDEEMED:
+            outcome = OAuthError("invalid_grant", "This device code was already used.")
+        elif da.status == Status.DEAD or da.expires_at <= now:
+            outcome = OAuthError("expired_token", "The device code expired; start again.")
         elif da.last_polled_at and (now - da.last_polled_at).total_seconds() < da.interval:
             da.interval += 5
             da.last_polled_at = now
