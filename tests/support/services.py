@@ -90,8 +90,9 @@ class _Daemon:
 
     stop_signal = signal.SIGTERM
 
-    def __init__(self, run_as: str | None) -> None:
+    def __init__(self, run_as: str | None, env: dict[str, str] | None = None) -> None:
         self.run_as = run_as
+        self.env = env
         self.port = free_port()
         self.host = "127.0.0.1"
         self.dir = Path(tempfile.mkdtemp(prefix=f"cmdop-{type(self).__name__.lower()}-"))
@@ -121,6 +122,7 @@ class _Daemon:
                 stdin=subprocess.DEVNULL,
                 user=self.run_as,
                 cwd=self.dir,
+                env={**os.environ, **self.env} if self.env else None,
                 start_new_session=True,
             )
         finally:
@@ -249,11 +251,13 @@ class RedisServer(_Daemon):
     Plain mode (``conf=None``): loopback ``port`` without auth, a unix socket in its dir,
     no persistence. With ``conf`` (text of a redis.conf, e.g. ours with test overrides
     appended) that config is used as given; ``{dir}``/``{port}`` are filled in and the
-    server is ready when ``port`` (TLS or not) accepts TCP.
+    server is ready when ``port`` (TLS or not) accepts TCP. ``env`` adds environment
+    variables (e.g. ``OPENSSL_CONF``).
     """
 
-    def __init__(self, conf: str | None = None, files: dict[str, FileSpec] | None = None) -> None:
-        super().__init__(None)
+    def __init__(self, conf: str | None = None, files: dict[str, FileSpec] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        super().__init__(None, env)
         self.conf = conf
         self.files = dict(files or {})
 

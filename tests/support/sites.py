@@ -1,0 +1,57 @@
+"""Build a real site folder for tests with ``cmdop_install``'s own init.
+
+``make_site(tmp_path, key=KEY, postgres_port=..., ...)`` writes site.toml (from the schema,
+with the overrides given) and an inventory of one loopback host ``node1`` in every group
+asked for, then runs ``init_site`` with ``CMDOP_INSTALL_KEY`` set to ``key``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from cmdop_install.site import default_site, render_site_toml
+from cmdop_install.siteinit import init_site
+
+TEST_KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+@contextmanager
+def key_env(key: str = TEST_KEY):
+    """CMDOP_INSTALL_KEY set for the duration (module-scoped fixtures cannot monkeypatch)."""
+    old = os.environ.get("CMDOP_INSTALL_KEY")
+    os.environ["CMDOP_INSTALL_KEY"] = key
+    try:
+        yield key
+    finally:
+        if old is None:
+            os.environ.pop("CMDOP_INSTALL_KEY", None)
+        else:
+            os.environ["CMDOP_INSTALL_KEY"] = old
+
+
+def write_site(site_dir: Path, overrides: dict | None = None, agents: bool = False,
+               centrifugo: bool = False, address: str = "127.0.0.1") -> None:
+    site_dir.mkdir(parents=True, exist_ok=True)
+    values = default_site("testsite")
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".")
+        values[section][key] = value
+    (site_dir / "site.toml").write_text(render_site_toml(values))
+    node = f'("node1", {{"ssh_hostname": "{address}", "dns_names": ["node1.internal"]}})'
+    agent = '("agent1", {"ssh_hostname": "127.0.0.2"})'
+    (site_dir / "inventory.py").write_text(
+        f"node1 = {node}\n"
+        "postgres = [node1]\nredis = [node1]\ncontrol_plane = [node1]\n"
+        f"centrifugo = {'[node1]' if centrifugo else '[]'}\n"
+        f"agents = {'[' + agent + ']' if agents else '[]'}\n"
+    )
+
+
+def make_site(site_dir: Path, overrides: dict | None = None, **kwargs) -> Path:
+    """A complete site (secrets + PKI) in ``site_dir``; CMDOP_INSTALL_KEY must be set."""
+    write_site(site_dir, overrides, **kwargs)
+    init_site(site_dir)
+    return site_dir
