@@ -4,13 +4,13 @@ the 5-guess limit, and the no-JavaScript verification page with CSRF."""
 from datetime import timedelta
 
 import pytest
-from django.test import Client
-from django.utils import timezone
-
 from cmdop_server import credentials
 from cmdop_server.audit.models import AuditEvent
 from cmdop_server.identity import actions
 from cmdop_server.identity.models import DeviceAuthorization
+from django.test import Client
+from django.utils import timezone
+
 from tests.server.helpers import (
     DEVICE_GRANT,
     PASSWORD,
@@ -71,7 +71,7 @@ def test_whole_flow_pending_slow_down_approve_and_single_use(client):
     resp = poll(client, start["device_code"])
     assert resp.status_code == 200, resp.content
     body = resp.json()
-    assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 3600  # noqa: S105
     assert resp["Cache-Control"] == "no-store"
     assert client.get("/api/v1/me", **bearer(body["access_token"])).status_code == 200
     _age_poll(20)

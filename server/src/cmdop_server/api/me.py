@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.db.models import Max
-from ninja import Router
+from ninja import Router, Status
 
 from cmdop_server.api import auth
 from cmdop_server.api.schemas import MeOut, TokenFamilyOut
@@ -30,4 +30,4 @@ def list_tokens(request):
 @router.delete("/tokens/{family_id}", auth=auth.user, response={204: None})
 def revoke_token(request, family_id: int):
     actions.do_revoke_family(request.auth.user, family_id, "revoked_by_user", client_ip(request))
-    return 204, None
+    return Status(204, None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ninja import Router
+from ninja import Router, Status
 
 from cmdop_server.api import auth
 from cmdop_server.api.schemas import (
@@ -50,8 +50,8 @@ def create_workspace(request, body: WorkspaceIn):
     if request.auth.principal.workspace is not None:
         raise ApiError(403, "forbidden", "API keys cannot create workspaces.")
     ws = actions.do_create_workspace(request.auth.user, body.slug, body.name, client_ip(request))
-    return 201, {"slug": ws.slug, "name": ws.name, "guests_enabled": ws.guests_enabled,
-                 "role": "owner"}
+    return Status(201, {"slug": ws.slug, "name": ws.name, "guests_enabled": ws.guests_enabled,
+                        "role": "owner"})
 
 
 @router.get("/{slug}", auth=auth.workspace(A.WORKSPACE_VIEW), response=WorkspaceOut)
@@ -81,7 +81,7 @@ def add_member(request, slug: str, body: MemberIn):
     if user is None:
         raise ApiError(404, "not_found", "No such user.")
     m = actions.do_add_member(request.auth.membership, user, body.role, client_ip(request))
-    return 201, _member(m)
+    return Status(201, _member(m))
 
 
 def _target(request, user_id: int) -> Membership:
@@ -105,7 +105,7 @@ def change_member(request, slug: str, user_id: int, body: MemberPatch):
 def remove_member(request, slug: str, user_id: int):
     actions.do_remove_member(request.auth.membership, _target(request, user_id),
                              client_ip(request))
-    return 204, None
+    return Status(204, None)
 
 
 @router.get("/{slug}/api-keys", auth=auth.workspace(A.API_KEY_USE), response=list[ApiKeyOut])
@@ -121,11 +121,11 @@ def list_api_keys(request, slug: str):
 def create_api_key(request, slug: str, body: ApiKeyIn):
     key, clear = actions.do_create_api_key(request.auth.membership, body.name,
                                            client_ip(request))
-    return 201, ApiKeyOut.model_validate(key).model_dump() | {"key": clear}
+    return Status(201, ApiKeyOut.model_validate(key).model_dump() | {"key": clear})
 
 
 @router.delete("/{slug}/api-keys/{key_id}", auth=auth.workspace(A.API_KEY_USE),
                response={204: None})
 def revoke_api_key(request, slug: str, key_id: int):
     actions.do_revoke_api_key(request.auth.membership, key_id, client_ip(request))
-    return 204, None
+    return Status(204, None)
