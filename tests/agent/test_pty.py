@@ -1,0 +1,67 @@
+"""PTY sessions in process: echo, resize, and the output caps (backpressure, rate)."""
+
+import base64
+import time
+
+import pytest
+from cmdop_agent.config import Limits
+from cmdop_agent.pty_session import READ_CHUNK, SessionManager
+from cmdop_agent.runtime import Outbox
+
+pytestmark = pytest.mark.integration
+
+
+def output(box: Outbox, session_id: str) -> bytes:
+    return b"".join(base64.b64decode(e["data_b64"]) for e in box.batch(0)
+                    if e.get("session_id") == session_id and e["type"] == "session.output")
+
+
+def wait_for(box: Outbox, session_id: str, needle: bytes, timeout: float = 10) -> bytes:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = output(box, session_id)
+        if needle in out:
+            return out
+        time.sleep(0.02)
+    raise AssertionError(f"{needle!r} not in {output(box, session_id)[-300:]!r}")
+
+
+@pytest.fixture
+def manager(monkeypatch):
+    monkeypatch.setenv("SHELL", "/bin/sh")
+    box = Outbox()
+    mgr = SessionManager(Limits(output_buffer_bytes=32 * 1024, output_rate_bytes=200_000), box)
+    yield mgr, box
+    mgr.close_all()
+    time.sleep(0.1)
+    mgr.stop()
+
+
+def test_echo_and_resize(manager) -> None:
+    mgr, box = manager
+    session = mgr.open("s", 80, 24)
+    session.write(b"echo hel''lo\n")
+    wait_for(box, "s", b"hello")
+    session.resize(100, 30)
+    session.write(b"stty size\n")
+    wait_for(box, "s", b"30 100")
+
+
+def test_runaway_output_stops_at_the_buffer_cap(manager) -> None:
+    mgr, box = manager
+    session = mgr.open("y", 80, 24)
+    session.write(b"yes\n")
+    time.sleep(1.5)
+    first = session.bytes_out
+    time.sleep(1.0)
+    # nothing was confirmed by a control plane: the reader stopped, `yes` is blocked
+    assert session.bytes_out == first
+    assert box.pending_output("y") <= 32 * 1024 + READ_CHUNK
+    # draining resumes reading, at no more than the rate cap
+    start, t0 = session.bytes_out, time.monotonic()
+    while time.monotonic() - t0 < 2.0:
+        box.confirm(10**9)
+        time.sleep(0.01)
+    rate = (session.bytes_out - start) / (time.monotonic() - t0)
+    assert 50_000 < rate <= 200_000 * 1.1 + 64 * 1024 / 2
+    session.write(b"\x03")

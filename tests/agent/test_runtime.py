@@ -1,0 +1,67 @@
+"""Backoff, the outbox's sequence numbers and backpressure accounting, the work journal."""
+
+import random
+from pathlib import Path
+
+import pytest
+from cmdop_agent.runtime import Backoff, Journal, Outbox
+
+pytestmark = pytest.mark.unit
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    b = Backoff(base=0.5, cap=120, rng=random.Random(1))
+    delays = [b.next_delay() for _ in range(40)]
+    assert all(0 <= d <= 120 for d in delays)
+    assert all(d <= 0.5 * 2**i for i, d in enumerate(delays[:8]))
+    assert max(delays[10:]) > 60  # it does reach minutes
+    assert len({round(d, 6) for d in delays}) == len(delays)  # jittered, no lockstep
+    b.reset()
+    assert b.next_delay() <= 0.5
+
+
+def test_many_agents_spread_out_after_a_restart() -> None:
+    """No thundering herd: 1,000 agents on their 8th retry spread over the whole window."""
+    firsts = []
+    for seed in range(1000):
+        b = Backoff(rng=random.Random(seed))
+        for _ in range(7):
+            b.next_delay()
+        firsts.append(b.next_delay())
+    buckets = [0] * 8
+    for d in firsts:
+        buckets[min(7, int(d / 64 * 8))] += 1
+    assert min(buckets) > 60  # roughly uniform over 0..64 s
+
+
+def test_outbox_numbers_confirms_and_accounts_output() -> None:
+    box = Outbox()
+    assert box.put({"type": "a"}) == 1
+    assert box.put({"type": "session.output"}, session_id="s", output_bytes=100) == 2
+    assert box.put({"type": "session.output"}, session_id="s", output_bytes=50) == 3
+    assert box.pending_output("s") == 150
+    assert [e["seq"] for e in box.batch(0)] == [1, 2, 3]
+    box.confirm(2)
+    assert box.pending_output("s") == 50
+    assert [e["seq"] for e in box.batch(0)] == [3]
+    box.confirm(2)  # a repeated confirmation changes nothing
+    assert len(box) == 1
+    box.confirm(3)
+    assert box.wait_empty(0) and box.pending_output("s") == 0
+
+
+def test_outbox_batches_are_bounded() -> None:
+    box = Outbox()
+    for _ in range(100):
+        box.put({"type": "session.output", "data_b64": "x" * 10_000})
+    batch = box.batch(0)
+    assert 10 < len(batch) < 100
+
+
+def test_journal_claims_once_and_survives_restart(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "state")
+    assert j.claim("w_1") and not j.claim("w_1") and j.claim("w_2")
+    j.close()
+    assert (tmp_path / "state" / "work-journal").stat().st_mode & 0o777 == 0o600
+    j2 = Journal(tmp_path / "state")
+    assert not j2.claim("w_1") and not j2.claim("w_2") and j2.claim("w_3")
