@@ -1,0 +1,179 @@
+"""nginx with our rendered site file and certificate; our systemd units' sandbox scores.
+
+nginx runs our ``conf.d/cmdop.conf`` (rendered with ``root=<scratch>``) inside a minimal
+main config, proxying to a dummy app on the unix socket path gunicorn would use.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import socket
+import socketserver
+import ssl
+import subprocess
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+from cmdop_install.render import load_for_render, render_host
+
+from tests.support.services import free_port, wait_for_port
+from tests.support.sites import key_env, make_site
+
+pytestmark = pytest.mark.integration
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+class _App(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        body = b"dummy app\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self):
+        conn, _ = super().get_request()
+        return conn, ("127.0.0.1", 0)  # BaseHTTPRequestHandler wants an address tuple
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory):
+    if not Path(NGINX).exists():
+        pytest.skip("nginx is not installed (scripts/bootstrap.sh installs it)")
+    # not under pytest's 0700 tmp: nginx workers (nobody) must reach the app socket
+    root = Path(tempfile.mkdtemp(prefix="cmdop-nginx-"))
+    root.chmod(0o755)
+    https_port, http_port = free_port(), free_port()
+    with key_env():
+        site_dir = make_site(tmp_path_factory.mktemp("site"), {
+            "control_plane.https_port": https_port, "control_plane.http_port": http_port})
+        site, inventory, secrets, pem = load_for_render(site_dir)
+    for f in render_host(site, inventory, "node1", secrets, pem, root=str(root)):
+        dest = root / f.path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(f.content)
+        dest.chmod(f.mode)
+    sock_path = root / "run/cmdop/gunicorn.sock"
+    sock_path.parent.mkdir(parents=True)
+    for d in (root / "run", sock_path.parent):
+        d.chmod(0o755)
+    app = _UnixHTTPServer(str(sock_path), _App)
+    sock_path.chmod(0o666)  # nginx workers run as nobody here
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    main_conf = root / "nginx.conf"
+    main_conf.write_text(
+        f"pid {root}/nginx.pid;\nerror_log {root}/error.log;\ndaemon off;\n"
+        "events { worker_connections 64; }\n"
+        f"http {{\n  access_log off;\n"
+        + "".join(f"  {kind}_temp_path {root}/scratch-{kind};\n"
+                  for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        + f"  include {root}/etc/nginx/conf.d/cmdop.conf;\n}}\n")
+    test = subprocess.run([NGINX, "-t", "-q", "-c", str(main_conf), "-e", str(root / "e.log")],
+                          capture_output=True, text=True, check=False)
+    assert test.returncode == 0, test.stderr  # the daemon validates our file first
+    proc = subprocess.Popen([NGINX, "-c", str(main_conf), "-e", str(root / "e.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_for_port("127.0.0.1", https_port, proc)
+        yield {"https": https_port, "http": http_port, "ca": root / "etc/nginx/tls/ca.crt",
+               "domain": site["site"]["domain"]}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        app.shutdown()
+        app.server_close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _get(web, path="/", max_version=None):
+    ctx = ssl.create_default_context(cafile=str(web["ca"]))
+    if max_version:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = max_version
+    conn = http.client.HTTPSConnection("127.0.0.1", web["https"], context=ctx, timeout=5)
+    conn._tunnel_host = None
+    # SNI and certificate check against the public name, connecting to loopback
+    conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", web["https"]), 5),
+                                server_hostname=web["domain"])
+    conn.request("GET", path, headers={"Host": web["domain"]})
+    response = conn.getresponse()
+    version = conn.sock.version()
+    body = response.read()
+    conn.close()
+    return response, version, body
+
+
+def test_nginx_tls13_proxies_to_app_with_hsts(nginx):
+    response, version, body = _get(nginx)
+    assert version == "TLSv1.3"
+    assert response.status == 200 and body == b"dummy app\n"
+    assert "max-age=63072000" in response.getheader("Strict-Transport-Security")
+    assert "nginx/" not in (response.getheader("Server") or "")
+
+
+def test_nginx_refuses_tls12(nginx):
+    with pytest.raises(ssl.SSLError):
+        _get(nginx, max_version=ssl.TLSVersion.TLSv1_2)
+
+
+def test_nginx_plain_http_only_redirects(nginx):
+    conn = http.client.HTTPConnection("127.0.0.1", nginx["http"], timeout=5)
+    conn.request("GET", "/api/sessions/", headers={"Host": nginx["domain"]})
+    response = conn.getresponse()
+    assert response.status == 301
+    assert response.getheader("Location").startswith(f"https://{nginx['domain']}/")
+
+
+def test_nginx_rate_limits_auth_endpoints(nginx):
+    statuses = [_get(nginx, "/api/auth/token")[0].status for _ in range(10)]
+    assert 429 in statuses  # 10/min with a burst of 5: the second line behind the app
+
+
+# --- systemd units --------------------------------------------------------------------------
+
+def _units(tmp_path) -> dict[str, bytes]:
+    with key_env():
+        site_dir = make_site(tmp_path / "site", {"centrifugo.binary": "/bin/true"},
+                             agents=True, centrifugo=True)
+        site, inventory, secrets, pem = load_for_render(site_dir)
+    units = {}
+    for host in ("node1", "agent1"):
+        for f in render_host(site, inventory, host, secrets, pem):
+            if f.path.startswith("/etc/systemd/system/") and f.path.endswith(".service"):
+                units[os.path.basename(f.path)] = f.content
+    return units
+
+
+def test_every_unit_scores_at_most_2(tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    units = _units(tmp_path)
+    assert set(units) == {"cmdop-server.service", "cmdop-audit-retention.service",
+                          "centrifugo.service", "cmdop-agent.service"}
+    scores = {}
+    for name, content in units.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        done = subprocess.run(["systemd-analyze", "security", "--offline=true", str(path)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+        if match is None:
+            pytest.skip(f"systemd-analyze security --offline is unusable here: "
+                        f"{done.stderr.strip()[:200]}")
+        scores[name] = float(match.group(1))
+    assert all(score <= 2.0 for score in scores.values()), scores
