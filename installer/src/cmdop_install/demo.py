@@ -11,7 +11,7 @@ import click
 
 from cmdop_install.errors import UserError
 from cmdop_install.lab import core
-from cmdop_install.runner import run_deploy
+from cmdop_install.runner import load_inventory_groups, run_deploy
 
 PROBE = "cmdop_install.deploys.lab_probe:probe"
 
@@ -21,7 +21,8 @@ def run(name: str = "demo", hosts: int = 3) -> None:
     state = core.up(name, hosts, ())
     inventory = state.dir / "inventory.py"
     for attempt in ("first run", "second run (must change nothing)"):
-        result = run_deploy(inventory, PROBE, limit=["lab"], facts={"uname": "uname -a"})
+        groups = load_inventory_groups(inventory)
+        result = run_deploy(groups, PROBE, limit=["lab"], facts={"uname": "uname -a"})
         if result.failed:
             raise UserError(f"demo: the probe deploy failed on {', '.join(result.failed)}")
         click.echo(f"pyinfra {attempt}: {result.changes} change(s) on {len(result.hosts)} host(s)")

@@ -53,8 +53,11 @@ class RunResult:
         ]
 
 
+Groups = dict[str, list[tuple[str, dict]]]
+
+
 def run_deploy(
-    inventory: Path,
+    groups: Groups,
     deploy: str,
     *,
     limit: list[str] | None = None,
@@ -63,14 +66,17 @@ def run_deploy(
     facts: dict[str, str] | None = None,
     parallel: int = 0,
 ) -> RunResult:
-    """Run ``deploy`` ("package.module:function") on the hosts of ``inventory``.
+    """Run ``deploy`` ("package.module:function") on the hosts of ``groups``.
+
+    ``groups`` maps a group name to its ``(host name, host data)`` pairs (pyinfra's
+    inventory model; host data holds the ssh_* connection keys).
 
     ``facts`` maps a label to a shell command whose output is read (a pyinfra ``Command``
     fact) on every host after the run; with ``dry_run`` nothing is executed and each
     operation reports whether it *would* change.
     """
     request = {
-        "inventory": str(inventory),
+        "groups": {g: [[name, data] for name, data in hosts] for g, hosts in groups.items()},
         "deploy": deploy,
         "limit": limit,
         "dry_run": dry_run,
@@ -106,8 +112,12 @@ def run_deploy(
     )
 
 
-def load_inventory_groups(path: Path) -> dict[str, list[tuple[str, dict]]]:
-    """Every top-level list or tuple of an inventory file is a group (pyinfra's rule)."""
+def load_inventory_groups(path: Path) -> Groups:
+    """The groups of a pyinfra inventory file: top-level lists of hosts, as pyinfra reads them.
+
+    Like pyinfra, names starting with "_" are not groups, and neither is a single host
+    tuple ``("name", {data})`` that is not in a list.
+    """
     import runpy
 
     if not path.exists():
@@ -122,6 +132,8 @@ def load_inventory_groups(path: Path) -> dict[str, list[tuple[str, dict]]]:
     for key, value in namespace.items():
         if key.startswith("_") or not isinstance(value, list | tuple):
             continue
+        if isinstance(value, tuple) and value and isinstance(value[0], str):
+            continue  # one host's (name, data): referenced by groups, not a group itself
         hosts = []
         for item in value:
             if isinstance(item, str):
@@ -155,11 +167,7 @@ def _child() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     req = json.loads(sys.stdin.read())
     reply: dict = {"hosts": {}, "error": None}
-    try:
-        groups = load_inventory_groups(Path(req["inventory"]))
-    except UserError as exc:
-        print(json.dumps({"error": exc.message}))
-        return 0
+    groups = {g: [(name, data) for name, data in hosts] for g, hosts in req["groups"].items()}
     everyone: dict[str, dict] = {}
     for hosts in groups.values():
         for name, data in hosts:

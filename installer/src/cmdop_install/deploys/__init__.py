@@ -1,1 +1,4 @@
-"""pyinfra deploys, one ``@deploy`` per component; they use operations, never ``pyinfra.api`` state."""
+"""pyinfra deploys, one ``@deploy`` per component.
+
+They use pyinfra operations only, never ``pyinfra.api`` state (that is ``runner``'s).
+"""

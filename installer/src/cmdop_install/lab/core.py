@@ -336,7 +336,7 @@ def ssh_config_text(state: LabState) -> str:
 def inventory_text(state: LabState) -> str:
     """A pyinfra inventory: group `lab` (normal hosts) and `airgapped`."""
     common = (
-        "SSH = {\n"
+        "_SSH = {\n"
         '    "ssh_user": "deploy",\n'
         f'    "ssh_key": {str(state.dir / "id_ed25519")!r},\n'
         f'    "ssh_known_hosts_file": {str(state.dir / "known_hosts")!r},\n'
@@ -346,7 +346,7 @@ def inventory_text(state: LabState) -> str:
     )
 
     def group(hosts: list[LabHost]) -> str:
-        rows = "".join(f'    ("{h.name}", {{"ssh_hostname": "{h.ip}", **SSH}}),\n' for h in hosts)
+        rows = "".join(f'    ("{h.name}", {{"ssh_hostname": "{h.ip}", **_SSH}}),\n' for h in hosts)
         return "[\n" + rows + "]\n"
 
     return (
@@ -357,6 +357,32 @@ def inventory_text(state: LabState) -> str:
         + group([h for h in state.hosts if not h.airgapped])
         + "\nairgapped = "
         + group([h for h in state.hosts if h.airgapped])
+    )
+
+
+def site_inventory_text(state: LabState, control_plane: str, agents: list[str]) -> str:
+    """A site inventory.py (cmdop-install's groups) over this lab's hosts.
+
+    ``control_plane`` carries Postgres, Redis and the control plane (a single-node site);
+    ``agents`` are the fleet.
+    """
+    ssh = (
+        f'{{"ssh_user": "deploy", "ssh_key": {str(state.dir / "id_ed25519")!r}, '
+        f'"ssh_known_hosts_file": {str(state.dir / "known_hosts")!r}, '
+        '"ssh_strict_host_key_checking": "yes"}'
+    )
+
+    def entry(name: str) -> str:
+        return f'("{name}", {{"ssh_hostname": "{state.host(name).ip}", **_SSH}})'
+
+    cp = entry(control_plane)
+    fleet = "".join(f"    {entry(a)},\n" for a in agents)
+    return (
+        f"# cmdop-install site inventory over lab {state.name!r} (written by the demo)\n"
+        f"_SSH = {ssh}\n"
+        f"_CONTROL = {cp}\n\n"
+        "postgres = [_CONTROL]\nredis = [_CONTROL]\ncentrifugo = []\ncontrol_plane = [_CONTROL]\n"
+        f"agents = [\n{fleet}]\n"
     )
 
 

@@ -1,0 +1,94 @@
+"""Shared deploy steps: put rendered files in place with their owner and mode from the first byte.
+
+pyinfra uploads with ``_sudo`` go to a temp file as the SSH user, are copied into place by
+root and chmodded afterwards. So a secret (1) travels through a 0700 folder of the SSH
+user's (``_temp_dir``), never the shared /tmp, and (2) lands in a file created beforehand,
+empty, with its final owner and mode: ``cp`` onto an existing file keeps both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+
+from pyinfra import host
+from pyinfra.facts.server import Home
+from pyinfra.operations import files
+
+TMP_NAME = ".cmdop-install-tmp"
+
+
+def payload() -> Path:
+    """This host's folder of rendered files on the operator's machine (0700, per run)."""
+    return Path(host.data.cmdop_payload) / host.name
+
+
+def manifest() -> list[dict]:
+    return json.loads((payload() / "manifest.json").read_text())
+
+
+def extra(name: str):
+    return json.loads((payload() / f"{name}.json").read_text())
+
+
+def temp_dir() -> str:
+    """A 0700 folder of the SSH user's for uploads (made once per host by ``prepare``)."""
+    return str(PurePosixPath(host.get_fact(Home) or "/root") / TMP_NAME)
+
+
+def prepare() -> None:
+    files.directory(name="Private upload folder", path=temp_dir(), mode="700", present=True)
+
+
+def put_files(folder: str, directories: dict[str, tuple[str, str, str]] | None = None) -> list:
+    """Upload every rendered file directly in ``folder``; returns the operations (for ``_if``).
+
+    ``directories`` maps a folder to (owner, group, mode) for folders we own.
+    """
+    for path, (owner, group, mode) in (directories or {}).items():
+        files.directory(
+            name=f"Folder {path}",
+            path=path,
+            user=owner,
+            group=group,
+            mode=mode,
+            present=True,
+            _sudo=True,
+        )
+    changed = []
+    for entry in manifest():
+        if str(PurePosixPath(entry["path"]).parent) != folder:
+            continue
+        if entry["secret"]:
+            # Exists with its final owner and mode before any byte of the secret arrives.
+            files.file(
+                name=f"Secret file {entry['path']}",
+                path=entry["path"],
+                user=entry["owner"],
+                group=entry["group"],
+                mode=entry["mode"],
+                present=True,
+                touch=False,
+                _sudo=True,
+            )
+        op = files.put(
+            name=f"File {entry['path']}",
+            src=str(payload() / entry["src"]),
+            dest=entry["path"],
+            user=entry["owner"],
+            group=entry["group"],
+            mode=entry["mode"],
+            _temp_dir=temp_dir(),
+            _sudo=True,
+        )
+        changed.append(op)
+    return changed
+
+
+def any_changed(ops):
+    """A callable for ``_if=`` or our operations: did (or, while planning, will) any op change?"""
+
+    def check() -> bool:
+        return any(op.did_change() if op.is_complete() else op.will_change for op in ops)
+
+    return check

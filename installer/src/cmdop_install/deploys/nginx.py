@@ -1,0 +1,35 @@
+"""nginx in front of the control plane: TLS 1.3 only, our certificate, validated before reload."""
+
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server, systemd
+
+from cmdop_install.deploys.common import any_changed, put_files
+
+
+@deploy("nginx")
+def nginx() -> None:
+    apt.packages(
+        name="nginx package",
+        packages=["nginx"],
+        update=True,
+        cache_time=86400,
+        no_recommends=True,
+        _sudo=True,
+    )
+    # Debian's default site serves plain HTTP content on port 80: not on our hosts.
+    default = files.link(
+        name="No default site", path="/etc/nginx/sites-enabled/default", present=False, _sudo=True
+    )
+    tls = put_files("/etc/nginx/tls", {"/etc/nginx/tls": ("root", "root", "700")})
+    conf = put_files("/etc/nginx/conf.d")
+    changed = any_changed([default, *tls, *conf])
+    server.shell(
+        name="Validate nginx configuration (nginx -t)",
+        commands=["nginx -t -q"],
+        _if=changed,
+        _sudo=True,
+    )
+    systemd.service(
+        name="nginx enabled and running", service="nginx", running=True, enabled=True, _sudo=True
+    )
+    systemd.service(name="Reload nginx", service="nginx", reloaded=True, _if=changed, _sudo=True)

@@ -1,0 +1,80 @@
+"""Our own pyinfra operations: read a fact when they run, yield commands only for the difference.
+
+(pyinfra's pattern: ``postgres.role`` reads the roles fact and calls ``host.noop`` when the
+role already matches.) Facts here never fail a host: a missing program reads as "".
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.api.command import FileUploadCommand
+from pyinfra.facts.server import Command
+
+
+def read(command: str) -> str:
+    """Output of ``command`` run as root, "" when it fails (e.g. not installed yet)."""
+    out = host.get_fact(Command, f"{command} 2>/dev/null || true", _sudo=True)
+    return (out or "").strip()
+
+
+def psql_value(sql: str) -> str:
+    return read(f"runuser -u postgres -- psql -X -tA -c {shlex.quote(sql)}")
+
+
+@operation()
+def converge(check: str, expected: str, commands: list[str], what: str = "state"):
+    """Run ``commands`` unless ``check`` (shell, run as root) already prints ``expected``."""
+    if read(check) == expected:
+        host.noop(f"{what} is already as wanted")
+        return
+    yield from commands
+
+
+@operation()
+def postgres_sql(
+    check_sql: str, expected: str, commands: list[str], what: str = "state", force=None
+):
+    """Like ``converge``, the check being a query run by the postgres superuser;
+    ``force()`` true (e.g. the SQL file changed) runs the commands anyway."""
+    if psql_value(check_sql) == expected and not (force and force()):
+        host.noop(f"{what} is already as wanted")
+        return
+    yield from commands
+
+
+@operation()
+def postgres_restart_or_reload(service: str, listen_addresses: str, files_changed):
+    """Restart when listen_addresses differs (read at start only), reload when files changed."""
+    if psql_value("SHOW listen_addresses") != listen_addresses:
+        yield f"systemctl restart {service}"
+    elif files_changed():
+        yield f"systemctl reload {service}"
+    else:
+        host.noop(f"{service} runs with the current files")
+
+
+@operation()
+def postgres_password(
+    role: str, verifier_md5: str, sql_src: str, conf_dir: str, temp_dir: str, psql: str
+):
+    """Set ``role``'s password from a file holding ``ALTER ROLE … PASSWORD '<SCRAM verifier>'``.
+
+    Only when the stored verifier differs (compared by md5, so it never travels back). The
+    file exists 0600 postgres-owned before it has content, and is removed right after use.
+    """
+    # role names are validated SQL identifiers (site.toml schema)
+    check = f"SELECT md5(rolpassword) FROM pg_authid WHERE rolname = '{role}'"  # noqa: S608
+    if psql_value(check) == verifier_md5:
+        host.noop(f"password of {role} is already set")
+        return
+    sql_file = f"{conf_dir}/.cmdop-password-{role}.sql"
+    yield f"install -o postgres -g postgres -m 600 /dev/null {sql_file}"
+    yield FileUploadCommand(
+        sql_src,
+        sql_file,
+        remote_temp_filename=host.get_temp_filename(sql_file, temp_directory=temp_dir),
+    )
+    yield f"{psql} -f {sql_file}; status=$?; rm -f {sql_file}; exit $status"
