@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import weakref
 
 import redis
+import redis.asyncio
 from django.conf import settings
 
 KEY_PREFIX = "app:"  # the Redis ACL lets the app user touch ~app:* only
@@ -16,3 +19,21 @@ def client() -> redis.Redis:
         socket_timeout=2, socket_connect_timeout=2, health_check_interval=30,
         **settings.CMDOP_REDIS,
     )
+
+
+# Async clients for the long-poll views, one per event loop (a redis.asyncio connection
+# pool belongs to the loop that created it). Added by the machines/sessions work (issue 5).
+_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def async_client(subscriber: bool = False) -> redis.asyncio.Redis:
+    """The running loop's client; ``subscriber=True`` gives one without a read timeout,
+    for a pub/sub connection that is idle by design."""
+    loop = asyncio.get_running_loop()
+    clients = _async_clients.setdefault(loop, {})
+    if subscriber not in clients:
+        clients[subscriber] = redis.asyncio.Redis(
+            socket_timeout=None if subscriber else 2, socket_connect_timeout=2,
+            health_check_interval=30, **settings.CMDOP_REDIS,
+        )
+    return clients[subscriber]
