@@ -160,7 +160,7 @@ class StandIn:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"timed out; events: {self.state.events[-5:]}")
-                self.cond.wait(left)
+                self.cond.wait(min(left, 0.05))
 
     def event(self, type_: str, timeout: float = 10.0, **match) -> dict:
         def find(events):
