@@ -43,9 +43,9 @@ def write_site(site_dir: Path, overrides: dict | None = None, agents: bool = Fal
     node = f'("node1", {{"ssh_hostname": "{address}", "dns_names": ["node1.internal"]}})'
     agent = '("agent1", {"ssh_hostname": "127.0.0.2"})'
     (site_dir / "inventory.py").write_text(
-        f"node1 = {node}\n"
-        "postgres = [node1]\nredis = [node1]\ncontrol_plane = [node1]\n"
-        f"centrifugo = {'[node1]' if centrifugo else '[]'}\n"
+        f"_node1 = {node}\n"
+        "postgres = [_node1]\nredis = [_node1]\ncontrol_plane = [_node1]\n"
+        f"centrifugo = {'[_node1]' if centrifugo else '[]'}\n"
         f"agents = {'[' + agent + ']' if agents else '[]'}\n"
     )
 

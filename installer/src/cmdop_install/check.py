@@ -51,7 +51,7 @@ def check_inventory(site: Site, inventory: Inventory) -> list[str]:
     for group in REQUIRED_GROUPS:
         if not inventory.groups[group]:
             findings.append(f"{INVENTORY_FILE}: {group}: no host "
-                            f"(add one, e.g. {group} = [node1])")
+                            f"(add one, e.g. {group} = [_node1])")
     if len(inventory.groups["postgres"]) > 1:
         findings.append(f"{INVENTORY_FILE}: postgres: {len(inventory.groups['postgres'])} hosts "
                         "(one primary is supported; list replicas when replication lands)")

@@ -27,14 +27,15 @@ Each group is a list of (name, data) tuples. data keys:
   dns_names     extra DNS names to put in the host's certificates (list, optional)
 Any pyinfra connector key (ssh_user, ssh_port, ssh_key, ...) may be added as well.
 A host may appear in several groups: a single-node site lists one host everywhere.
+Names starting with "_" are not groups (pyinfra skips them): keep shared hosts there.
 """
 
-node1 = ("node1", {"ssh_hostname": "192.0.2.10", "dns_names": ["node1.internal"]})
+_node1 = ("node1", {"ssh_hostname": "192.0.2.10", "dns_names": ["node1.internal"]})
 
-postgres = [node1]  # exactly one primary for now
-redis = [node1]
-centrifugo = []  # hosts for Centrifugo; needed only when [centrifugo] binary is set
-control_plane = [node1]  # nginx + gunicorn(cmdop_server)
+postgres = [_node1]  # exactly one primary for now
+redis = [_node1]
+centrifugo = []  # hosts for Centrifugo (on control-plane hosts); only if [centrifugo] binary
+control_plane = [_node1]  # nginx + gunicorn(cmdop_server)
 agents = []  # fleet hosts, e.g. ("web1", {"ssh_hostname": "198.51.100.7"})
 '''
 
