@@ -96,6 +96,19 @@ class ApiErrorMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception):
         if not request.path.startswith(API_PREFIX):
             return None
+        from django.core.exceptions import (
+            BadRequest,
+            PermissionDenied,
+            RequestDataTooBig,
+            SuspiciousOperation,
+        )
+        from django.http import Http404
+
+        for kind, status in ((Http404, 404), (PermissionDenied, 403),
+                             (RequestDataTooBig, 413), (SuspiciousOperation, 400),
+                             (BadRequest, 400)):
+            if isinstance(exception, kind):
+                return default_error(request, status)
         logger.error("unhandled %s on %s %s", type(exception).__name__, request.method,
                      request.path)
         return default_error(request, 500)
