@@ -65,3 +65,54 @@ def tokens_for(user: User, client: Client | None = None) -> dict:
 
 def bearer(token: str) -> dict:
     return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+class Gunicorn:
+    """cmdop_server under gunicorn on a free loopback port, stopped by its PID."""
+
+    def __init__(self, workers: int = 2, worker_class: str = "sync", threads: int = 1) -> None:
+        self.workers, self.worker_class, self.threads = workers, worker_class, threads
+        self.proc = None
+
+    def __enter__(self):
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        from tests.support.services import free_port, wait_for_port
+
+        self.port = free_port()
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "cmdop_server.settings.test"}
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        self.proc = subprocess.Popen(
+            [str(gunicorn), "cmdop_server.wsgi:application", "-b", f"127.0.0.1:{self.port}",
+             "-w", str(self.workers), "-k", self.worker_class, "--threads", str(self.threads),
+             "--log-level", "warning"],
+            env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_for_port("127.0.0.1", self.port, self.proc, timeout=30)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        import subprocess
+
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def fresh_window(window: int = 60, margin: float = 8.0) -> None:
+    """Sleep past a fixed-window boundary if fewer than ``margin`` seconds of it are left."""
+    import time
+
+    left = window - (time.time() % window)
+    if left < margin:
+        time.sleep(left + 0.05)

@@ -6,6 +6,7 @@ import logging
 
 import redis
 from django.core.exceptions import ObjectDoesNotExist
+from django.db import OperationalError
 from django.http import Http404
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -68,6 +69,12 @@ def _rate_limited(request, exc: RateLimitedError):
 @api.exception_handler(redis.RedisError)
 def _redis_down(request, exc):
     logger.error("redis unavailable: %s", type(exc).__name__)
+    return default_error(request, 503)
+
+
+@api.exception_handler(OperationalError)
+def _database_down(request, exc):
+    logger.error("database unavailable: %s", type(exc).__name__)
     return default_error(request, 503)
 
 
