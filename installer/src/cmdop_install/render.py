@@ -89,6 +89,7 @@ class Paths:
             "server_venv": "/opt/cmdop/venv",
             "agent_etc": "/etc/cmdop-agent",
             "agent_bin": "/opt/cmdop-agent/venv/bin/cmdop-agent",
+            "agent_state": "/var/lib/cmdop-agent",
             "systemd": "/etc/systemd/system",
         }
         if name not in table:
@@ -233,7 +234,10 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
         ca(host_paths.centrifugo_tls)
         add("systemd/centrifugo.service.j2", f"{host_paths.systemd}/centrifugo.service", 0o644)
     if "agents" in roles:
-        add("agent/agent.toml.j2", f"{host_paths.agent_etc}/agent.toml", 0o644)
+        agent_user = site["agent"]["user"]
+        # the agent refuses a config that is not its user's own and private
+        add("agent/agent.toml.j2", f"{host_paths.agent_etc}/agent.toml", 0o600, agent_user,
+            agent_user)
         ca(host_paths.agent_etc)
         add("systemd/cmdop-agent.service.j2", f"{host_paths.systemd}/cmdop-agent.service",
             0o644)

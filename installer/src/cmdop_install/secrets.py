@@ -75,6 +75,8 @@ def weakness(name: str, value: str) -> str | None:
         return f"too short: at least {spec.min_length} characters"
     if len(set(value)) < 10:
         return "too few distinct characters (at least 10)"
+    if re.fullmatch(r"(.{1,16}?)\1+", value):
+        return "repeats a short pattern"
     if value.lower().startswith("django-insecure-"):
         return "looks like a development key (django-insecure-)"
     classes = [r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9]"]

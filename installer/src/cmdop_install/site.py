@@ -242,6 +242,9 @@ def parse_site(text: str, filename: str = SITE_FILE) -> Site:
     if public.split("://", 1)[1].split(":")[0] != site["site"]["domain"]:
         raise fail(_line_of(text, "site", "public_url"), "site.public_url",
                    "host differs from site.domain", "use https://<domain>")
+    if site["pki"]["leaf_days"] <= site["pki"]["renew_days"]:
+        raise fail(_line_of(text, "pki", "leaf_days"), "pki.leaf_days",
+                   "must be longer than pki.renew_days", "or every init would reissue")
     return site
 
 

@@ -1,0 +1,24 @@
+# managed by cmdop-install, do not edit (site golden, host node1)
+# gunicorn settings for cmdop_server; SIGHUP (systemctl reload) re-reads this file.
+
+# only nginx reaches gunicorn, through a unix socket (no TCP port at all)
+bind = "unix:/run/cmdop/gunicorn.sock"
+# socket 0660: the nginx user gets in through the shared group, nobody else
+umask = 0o117
+worker_class = "gthread"
+workers = 4
+threads = 8
+# agent long-polls last up to 50s: time out only after that
+timeout = 80
+graceful_timeout = 30
+keepalive = 5
+# settings are re-imported on SIGHUP only without preloading (secret rotation reloads)
+preload_app = False
+# trust X-Forwarded-* only from nginx on this host
+forwarded_allow_ips = "127.0.0.1,::1"
+# bounded request headers: no memory exhaustion through giant headers
+limit_request_line = 8190
+limit_request_fields = 100
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"

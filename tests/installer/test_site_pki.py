@@ -1,0 +1,104 @@
+"""The internal PKI: exact CA/leaf extensions, SANs from the inventory, minimal reissue."""
+
+import stat
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cmdop_install import pki
+from cmdop_install.check import check_site
+from cmdop_install.inventory import load_inventory
+from cmdop_install.site import load_site
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from tests.support.sites import TEST_KEY, make_site, write_site
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def site_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    return make_site(tmp_path / "site")
+
+
+def _cert(site_dir, name):
+    return x509.load_pem_x509_certificate((site_dir / "pki" / f"{name}.crt").read_bytes())
+
+
+def test_ca_is_p256_with_critical_ca_constraints(site_dir):
+    ca = _cert(site_dir, "ca")
+    assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
+    assert ca.public_key().curve.name == "secp256r1"
+    bc = ca.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca
+    ku = ca.extensions.get_extension_for_class(x509.KeyUsage)
+    assert ku.critical and ku.value.key_cert_sign and ku.value.crl_sign
+    assert not ku.value.digital_signature
+
+
+@pytest.mark.parametrize("name, usages", [
+    ("postgres-node1", {ExtendedKeyUsageOID.SERVER_AUTH}),
+    ("redis-node1", {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
+    ("nginx-node1", {ExtendedKeyUsageOID.SERVER_AUTH}),
+    ("app-node1", {ExtendedKeyUsageOID.CLIENT_AUTH}),
+])
+def test_leaves_have_sans_usages_and_verify_with_openssl(site_dir, name, usages):
+    leaf = _cert(site_dir, name)
+    assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    ku = leaf.extensions.get_extension_for_class(x509.KeyUsage)
+    assert ku.critical and ku.value.digital_signature and not ku.value.key_cert_sign
+    assert set(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == usages
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"node1", "node1.internal"} <= set(sans.get_values_for_type(x509.DNSName))
+    assert [str(i) for i in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    if name == "nginx-node1":
+        assert "cmdop.example.com" in sans.get_values_for_type(x509.DNSName)
+    key_path = site_dir / "pki" / f"{name}.key"
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    purpose = "sslserver" if ExtendedKeyUsageOID.SERVER_AUTH in usages else "sslclient"
+    done = subprocess.run(["openssl", "verify", "-x509_strict", "-purpose", purpose,
+                           "-CAfile", str(site_dir / "pki/ca.crt"),
+                           str(site_dir / "pki" / f"{name}.crt")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_second_run_issues_nothing(site_dir):
+    site, inventory = load_site(site_dir), load_inventory(site_dir)
+    assert pki.ensure_pki(site_dir, site, inventory) == []
+
+
+def test_changed_address_reissues_only_the_affected_leaves(site_dir):
+    write_site(site_dir, address="10.9.8.7")
+    site, inventory = load_site(site_dir), load_inventory(site_dir)
+    ca_before = (site_dir / "pki/ca.crt").read_bytes()
+    issued = pki.ensure_pki(site_dir, site, inventory)
+    assert sorted(issued) == ["app-node1", "nginx-node1", "postgres-node1", "redis-node1"]
+    assert (site_dir / "pki/ca.crt").read_bytes() == ca_before
+
+
+def test_expiring_leaf_is_warned_by_check_and_reissued_by_init(site_dir):
+    site, inventory = load_site(site_dir), load_inventory(site_dir)
+    spec = next(s for s in pki.leaf_specs(site, inventory) if s.name == "redis-node1")
+    ca = _cert(site_dir, "ca")
+    ca_key = serialization.load_pem_private_key((site_dir / "pki/ca.key").read_bytes(), None)
+    then = datetime.now(UTC) - timedelta(days=site["pki"]["leaf_days"] - 10)
+    cert, _ = pki._issue_leaf(spec, site, ca, ca_key, then)
+    (site_dir / "pki/redis-node1.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    findings = check_site(site_dir)
+    assert [f for f in findings if "redis-node1" in f] == [
+        f"warning: pki/redis-node1.crt: expires in 9 days "
+        f"({cert.not_valid_after_utc:%Y-%m-%d}; run `cmdop-install init`)"]
+    assert pki.ensure_pki(site_dir, site, inventory) == ["redis-node1"]
+    assert pki.expiry_findings(site_dir, site, inventory) == []
+
+
+def test_lost_ca_key_is_an_error_not_a_silent_new_ca(site_dir):
+    (site_dir / "pki/ca.key").unlink()
+    site, inventory = load_site(site_dir), load_inventory(site_dir)
+    with pytest.raises(Exception, match="restore them from backup"):
+        pki.ensure_pki(site_dir, site, inventory)
