@@ -10,6 +10,7 @@ import click
 from cmdop_install import __version__
 from cmdop_install.commands import ALL as SITE_COMMANDS
 from cmdop_install.demo import demo_command
+from cmdop_install.deploy import deploy_command
 from cmdop_install.errors import UserError
 from cmdop_install.lab.cli import lab
 
@@ -22,6 +23,7 @@ def cli() -> None:
 
 cli.add_command(lab)
 cli.add_command(demo_command)
+cli.add_command(deploy_command)
 for _command in SITE_COMMANDS:
     cli.add_command(_command)
 

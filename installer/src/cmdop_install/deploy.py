@@ -14,6 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import click
+
 from cmdop_install import check, render
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
@@ -111,3 +113,39 @@ def stable_verifier(password: str, role: str) -> str:
 
 def _json(path: Path, value) -> None:
     write_atomic(path, (json.dumps(value, indent=1) + "\n").encode(), 0o600)
+
+
+@click.command("deploy")
+@click.argument("site_dir", type=click.Path(file_okay=False, path_type=Path), metavar="SITE_DIR")
+@click.option(
+    "--limit",
+    "limit",
+    multiple=True,
+    metavar="GROUP|HOST",
+    help="Only these groups or hosts (repeatable).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would change; touch nothing.")
+def deploy_command(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> None:
+    """Converge every host of SITE_DIR: Postgres, Redis, nginx, the control plane, the agents.
+
+    Only what differs changes; a second deploy of an unchanged site reports zero changes.
+    Secrets never appear in the output.
+    """
+    result = deploy_site(site_dir, limit=list(limit) or None, dry_run=dry_run)
+    verb = "would change" if dry_run else "changed"
+    for host in result.hosts.values():
+        if host.error:
+            click.echo(f"{host.name}: FAILED: {host.error}")
+            continue
+        click.echo(f"{host.name}: {host.changes} {verb}")
+        for op in host.ops:
+            if op.changed or not op.success:
+                click.echo(f"    {'FAILED ' if not op.success else ''}{op.name}")
+    if result.failed:
+        raise UserError(
+            f"deploy failed on {', '.join(result.failed)}; fix and rerun "
+            "(the hosts that succeeded are consistent and will report no change)"
+        )
+    click.echo(
+        f"{'dry run: ' if dry_run else ''}{result.changes} change(s) on {len(result.hosts)} host(s)"
+    )

@@ -162,6 +162,7 @@ def _child() -> int:
     from pyinfra.api.deploy import add_deploy
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.operations import run_ops
+    from pyinfra.context import ctx_host, ctx_state
     from pyinfra.facts.server import Command
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
@@ -214,9 +215,9 @@ def _child() -> int:
             meta = host_op.operation_meta
             name = ", ".join(sorted(state.op_meta[op_hash].names))
             if req["dry_run"]:
-                entry["ops"].append(
-                    {"name": name, "changed": bool(meta.will_change), "success": True}
-                )
+                with ctx_state.use(state), ctx_host.use(host):
+                    would = bool(meta.will_change) and _conditions_hold(host_op)
+                entry["ops"].append({"name": name, "changed": would, "success": True})
             elif meta.is_complete():
                 entry["ops"].append(
                     {"name": name, "changed": meta.did_change(), "success": meta.did_succeed()}
@@ -227,6 +228,20 @@ def _child() -> int:
     disconnect_all(state)
     print(json.dumps(reply))
     return 0
+
+
+def _conditions_hold(host_op) -> bool:
+    """Dry run: an operation guarded by ``_if`` runs only if its conditions would hold.
+
+    Our conditions look at what earlier operations *will* change; pyinfra's own
+    ``op.did_change`` cannot answer before a run, so it counts as "would run"."""
+    conditions = host_op.global_arguments.get("_if")
+    if not conditions:
+        return True
+    try:
+        return all(c() for c in (conditions if isinstance(conditions, list) else [conditions]))
+    except RuntimeError:
+        return True
 
 
 if __name__ == "__main__":
