@@ -113,6 +113,7 @@ class StandIn:
 
             def get_request(self):
                 sock, addr = self.socket.accept()
+                standin.connections.append(sock)
                 return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
             def handle_error(self, request, client_address):  # handshake failures are expected
@@ -122,15 +123,33 @@ class StandIn:
             pass
 
         Handler.standin = standin
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
+        self.connections: list = []
+        self._make = lambda port: Server(("127.0.0.1", port), Handler)
+        self._serve(0)
         self.url = f"https://localhost:{self.port}"
+
+    def _serve(self, port: int) -> None:
+        self.httpd = self._make(port)
+        self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def kill(self) -> None:
+        """Like kill -9 of the control plane: listener gone, every connection cut."""
+        self.close()
+        for sock in self.connections:
+            try:
+                sock.shutdown(2)
+            except OSError:
+                pass
+        self.connections.clear()
+
+    def revive(self) -> None:
+        self._serve(self.port)
 
     # helpers for tests
     def push(self, type_: str, session_id: str | None = None, **payload) -> str:

@@ -208,3 +208,24 @@ def test_sigterm_is_graceful(running_agent, standin) -> None:
     running_agent.send_signal(signal.SIGTERM)
     assert running_agent.wait(timeout=15) == 0
     standin.event("session.exited", session_id="s_t")
+
+
+def test_control_plane_killed_mid_session(running_agent, standin, home) -> None:
+    """The stand-in dies (listener and connections) and comes back: the agent reconnects
+    within its backoff bound, output produced meanwhile arrives once, no input runs twice."""
+    log = home.root / "typed.log"
+    standin.push("session.open", "s_k")
+    standin.event("session.opened", session_id="s_k")
+    type_(standin, "s_k", f"echo typed >> {log}; (sleep 1; echo during-$((3*3))) &\n".encode())
+    standin.wait_output("s_k", b"typed")
+    standin.kill()
+    time.sleep(3)
+    standin.revive()
+    revived = time.monotonic()
+    type_(standin, "s_k", b"echo after-$((2+2))\n")
+    out = standin.wait_output("s_k", b"after-4", timeout=40)
+    assert time.monotonic() - revived < 35  # a backoff of a few attempts, not a hang
+    assert out.count(b"during-9") == 1
+    assert log.read_text() == "typed\n"
+    seqs = [e["seq"] for e in standin.state.events]
+    assert seqs == list(range(1, len(seqs) + 1))

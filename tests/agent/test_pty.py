@@ -65,3 +65,21 @@ def test_runaway_output_stops_at_the_buffer_cap(manager) -> None:
     rate = (session.bytes_out - start) / (time.monotonic() - t0)
     assert 50_000 < rate <= 200_000 * 1.1 + 64 * 1024 / 2
     session.write(b"\x03")
+
+
+def test_session_count_is_capped(monkeypatch) -> None:
+    from cmdop_agent.errors import WorkError
+
+    monkeypatch.setenv("SHELL", "/bin/sh")
+    mgr = SessionManager(Limits(max_sessions=2), Outbox())
+    try:
+        mgr.open("a", 80, 24)
+        mgr.open("b", 80, 24)
+        with pytest.raises(WorkError, match="2 sessions"):
+            mgr.open("c", 80, 24)
+        with pytest.raises(WorkError, match="already open"):
+            mgr.open("a", 80, 24)
+    finally:
+        mgr.close_all()
+        time.sleep(0.1)
+        mgr.stop()

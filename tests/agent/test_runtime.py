@@ -65,3 +65,14 @@ def test_journal_claims_once_and_survives_restart(tmp_path: Path) -> None:
     assert (tmp_path / "state" / "work-journal").stat().st_mode & 0o777 == 0o600
     j2 = Journal(tmp_path / "state")
     assert not j2.claim("w_1") and not j2.claim("w_2") and j2.claim("w_3")
+
+
+def test_journal_compacts_and_keeps_the_newest(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(Journal, "KEEP", 5)
+    j = Journal(tmp_path)
+    for i in range(30):
+        assert j.claim(f"w_{i}", durable=i % 2 == 0)
+    j.close()
+    lines = (tmp_path / "work-journal").read_text().split()
+    assert len(lines) <= 10 and lines[-1] == "w_29"
+    assert not Journal(tmp_path).claim("w_29")

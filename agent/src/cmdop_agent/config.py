@@ -14,6 +14,7 @@ Example ``~/.config/cmdop-agent/agent.toml`` (mode 0600, owned by the agent's us
     file_max_bytes = 1048576
     command_timeout = 600
     command_output_bytes = 1048576
+    max_sessions = 32
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Limits:
     file_max_bytes: int = 1024 * 1024
     command_timeout: int = 600
     command_output_bytes: int = 1024 * 1024
+    max_sessions: int = 32
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,9 @@ class SessionManager:
         with self._lock:
             if session_id in self._sessions:
                 raise WorkError("session_exists", f"session {session_id} is already open")
+            if len(self._sessions) >= self.limits.max_sessions:
+                raise WorkError("too_many_sessions",
+                                f"{self.limits.max_sessions} sessions are already open")
             session = PtySession(session_id, cols, rows, self.limits, self.outbox)
             self._sessions[session_id] = session
         os.write(self._wake_w, b"x")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections import OrderedDict, deque
 from pathlib import Path
+from typing import TextIO
 
-from .files import ensure_private_dir
+from .files import ensure_private_dir, write_private
 
 BATCH_MAX_BYTES = 256 * 1024
 
@@ -83,8 +85,10 @@ class Outbox:
 class Journal:
     """Work ids already taken on, so a redelivered item is never executed twice.
 
-    Ids are appended to ``state_dir/work-journal`` before the item runs; the file survives a
-    restart (a command is not re-run after a crash) and keeps the newest ``KEEP`` ids.
+    Ids are appended to ``state_dir/work-journal`` before the item runs. Items whose effect
+    outlives the agent (commands, file writes) are fsynced first, so not even a power cut
+    makes them run twice; session items are not (their PTY dies with the agent anyway). The
+    file keeps the newest ``KEEP`` ids and is compacted when it grows past twice that.
     """
 
     KEEP = 10_000
@@ -96,12 +100,18 @@ class Journal:
         if self.path.exists():
             for line in self.path.read_text().splitlines()[-self.KEEP:]:
                 self._seen[line] = None
-        self.path.write_text("".join(f"{i}\n" for i in self._seen))
-        self.path.chmod(0o600)
-        self._file = self.path.open("a")
         self._lock = threading.Lock()
+        self._file: TextIO | None = None
+        self._compact()
 
-    def claim(self, work_id: str) -> bool:
+    def _compact(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        write_private(self.path, "".join(f"{i}\n" for i in self._seen).encode())
+        self._file = self.path.open("a")
+        self._lines = len(self._seen)
+
+    def claim(self, work_id: str, durable: bool = True) -> bool:
         """True the first time a work id is seen (and records it), False afterwards."""
         with self._lock:
             if work_id in self._seen:
@@ -109,12 +119,21 @@ class Journal:
             self._seen[work_id] = None
             if len(self._seen) > self.KEEP:
                 self._seen.popitem(last=False)
+            assert self._file is not None
             self._file.write(work_id + "\n")
             self._file.flush()
+            if durable:
+                os.fsync(self._file.fileno())
+            self._lines += 1
+            if self._lines > 2 * self.KEEP:
+                self._compact()
             return True
 
     def close(self) -> None:
-        self._file.close()
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 class Backoff:

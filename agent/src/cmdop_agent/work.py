@@ -10,8 +10,8 @@ import selectors
 import signal
 import stat
 import subprocess
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .ansi import filter_once
@@ -22,6 +22,7 @@ from .runtime import Journal, Outbox
 from .validate import sanitize_input, validate_command, validate_path, validate_size
 
 WORK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+MAX_COMMANDS = 8
 
 
 def _b64(data: bytes) -> str:
@@ -44,23 +45,26 @@ class Executor:
         self.outbox = outbox
         self.journal = journal
         self.sessions = sessions
+        # Commands run concurrently up to this many; more wait their turn (each queued item
+        # is at most COMMAND_MAX bytes, and the control plane paces what it sends).
+        self._commands = ThreadPoolExecutor(max_workers=MAX_COMMANDS, thread_name_prefix="cmd")
 
     def handle(self, item: dict) -> str | None:
         """Run one work item (at most once per id); return its id for the ack."""
         work_id = item.get("id")
         if not isinstance(work_id, str) or not WORK_ID.fullmatch(work_id):
             return None  # not acknowledgeable; the control plane's bug, nothing to run
-        if not self.journal.claim(work_id):
-            return work_id  # redelivered: acknowledge again, never run twice
         kind = item.get("type")
+        durable = kind in ("command.run", "file.write")
+        if not self.journal.claim(work_id, durable=durable):
+            return work_id  # redelivered: acknowledge again, never run twice
         payload = item.get("payload") or {}
         session_id = item.get("session_id")
         try:
             if not isinstance(payload, dict):
                 raise WorkError("bad_payload", "payload must be an object")
             if kind == "command.run":
-                threading.Thread(target=self._command_thread, args=(work_id, session_id, payload),
-                                 daemon=True, name=f"cmd-{work_id}").start()
+                self._commands.submit(self._command_thread, work_id, session_id, payload)
             elif kind in ("file.read", "file.write"):
                 self.outbox.put({"type": "file.result", "work_id": work_id,
                                  "session_id": session_id, **self._file(kind, payload)})
