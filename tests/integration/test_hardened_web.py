@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -50,11 +51,22 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
         return conn, ("127.0.0.1", 0)  # BaseHTTPRequestHandler wants an address tuple
 
 
+def _unprivileged_user() -> str | None:
+    """www-data when we are root (the whole nginx then runs unprivileged), else ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("www-data")
+    except KeyError:
+        return None
+    return "www-data"
+
+
 @pytest.fixture(scope="module")
 def nginx(tmp_path_factory):
     if not Path(NGINX).exists():
         pytest.skip("nginx is not installed (scripts/bootstrap.sh installs it)")
-    # not under pytest's 0700 tmp: nginx workers (nobody) must reach the app socket
+    # not under pytest's 0700 tmp: nginx (unprivileged) must reach the app socket
     root = Path(tempfile.mkdtemp(prefix="cmdop-nginx-"))
     root.chmod(0o755)
     https_port, http_port = free_port(), free_port()
@@ -72,7 +84,7 @@ def nginx(tmp_path_factory):
     for d in (root / "run", sock_path.parent):
         d.chmod(0o755)
     app = _UnixHTTPServer(str(sock_path), _App)
-    sock_path.chmod(0o666)  # nginx workers run as nobody here
+    sock_path.chmod(0o666)  # nginx runs as another user here
     threading.Thread(target=app.serve_forever, daemon=True).start()
     main_conf = root / "nginx.conf"
     main_conf.write_text(
@@ -82,12 +94,17 @@ def nginx(tmp_path_factory):
         + "".join(f"  {kind}_temp_path {root}/scratch-{kind};\n"
                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         + f"  include {root}/etc/nginx/conf.d/cmdop.conf;\n}}\n")
-    test = subprocess.run([NGINX, "-t", "-q", "-c", str(main_conf), "-e", str(root / "e.log")],
-                          capture_output=True, text=True, check=False)
+    user = _unprivileged_user()
+    if user:
+        for path in [root, *root.rglob("*")]:
+            if not path.is_socket():
+                shutil.chown(path, user, user)
+    argv = [NGINX, "-c", str(main_conf), "-e", str(root / "e.log")]
+    test = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True, check=False,
+                          user=user)
     assert test.returncode == 0, test.stderr  # the daemon validates our file first
-    proc = subprocess.Popen([NGINX, "-c", str(main_conf), "-e", str(root / "e.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, user=user)
     try:
         wait_for_port("127.0.0.1", https_port, proc)
         yield {"https": https_port, "http": http_port, "ca": root / "etc/nginx/tls/ca.crt",

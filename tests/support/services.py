@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -68,6 +69,17 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def _unprivileged(user: str) -> str | None:
+    """Run as ``user`` when we are root and it exists (Debian's packages create it)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return user
 
 
 def _write_files(base: Path, files: dict[str, FileSpec], owner: str | None) -> None:
@@ -114,6 +126,8 @@ class _Daemon:
 
     def _popen(self, argv: list[str]) -> subprocess.Popen:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it until stop()
+        if self.run_as:
+            shutil.chown(self.log_path, self.run_as, self.run_as)
         try:
             return subprocess.Popen(
                 argv,
@@ -246,7 +260,7 @@ class PostgresServer(_Daemon):
 
 
 class RedisServer(_Daemon):
-    """A scratch redis-server.
+    """A scratch redis-server (as the ``redis`` user when the tests run as root).
 
     Plain mode (``conf=None``): loopback ``port`` without auth, a unix socket in its dir,
     no persistence. With ``conf`` (text of a redis.conf, e.g. ours with test overrides
@@ -257,7 +271,7 @@ class RedisServer(_Daemon):
 
     def __init__(self, conf: str | None = None, files: dict[str, FileSpec] | None = None,
                  env: dict[str, str] | None = None) -> None:
-        super().__init__(None, env)
+        super().__init__(_unprivileged("redis"), env)
         self.conf = conf
         self.files = dict(files or {})
 
@@ -266,7 +280,7 @@ class RedisServer(_Daemon):
         return self.dir / "redis.sock"
 
     def start(self) -> None:
-        _write_files(self.dir, self.files, None)
+        _write_files(self.dir, self.files, self.run_as)
         if self.conf is None:
             text = "\n".join([
                 f"port {self.port}",
@@ -280,6 +294,8 @@ class RedisServer(_Daemon):
                   f"logfile {self.log_path}"]
         conf_path = self.dir / "redis.conf"
         conf_path.write_text(text + "\n" + "\n".join(common) + "\n")
+        if self.run_as:
+            shutil.chown(conf_path, self.run_as, self.run_as)
         self.proc = self._popen(["redis-server", str(conf_path)])
         try:
             wait_for_port(self.host, self.port, self.proc)
