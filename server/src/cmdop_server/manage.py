@@ -17,8 +17,15 @@ def main(argv: list[str] | None = None) -> None:
         del args[1]
         os.environ["DJANGO_SETTINGS_MODULE"] = "cmdop_server.settings.dev"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cmdop_server.settings.production")
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
+    try:
+        settings.INSTALLED_APPS  # noqa: B018 - load the settings module now
+    except ImproperlyConfigured as exc:
+        # one line, no traceback: the operator fixes the named file and retries
+        sys.exit(f"cmdop-server: refusing to start: {exc}")
     execute_from_command_line(args)
 
 

@@ -15,7 +15,8 @@ INSTALLED_APPS = [
     "ninja",
     "cmdop_server.identity",
     "cmdop_server.audit",
-    "cmdop_server.apps.CmdopServerConfig",
+    "cmdop_server.machines",
+    "cmdop_server.sessions",
 ]
 
 MIDDLEWARE = [

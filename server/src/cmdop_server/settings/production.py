@@ -7,6 +7,7 @@ over TLS. A weak or missing key refuses to start.
 
 from __future__ import annotations
 
+import os
 import ssl
 
 from django.core.exceptions import ImproperlyConfigured
@@ -19,6 +20,8 @@ _site = config.load_server_toml()
 _server = _site.get("server", {})
 
 DEBUG = False
+if _server.get("debug") or os.environ.get("DJANGO_DEBUG"):
+    raise ImproperlyConfigured("DEBUG is not available in production (use cmdop-server --dev)")
 SECRET_KEY = require_strong_key("secret_key", config.read_secret("secret_key"))
 SECRET_KEY_FALLBACKS = [
     require_strong_key("secret_key_fallbacks", key)

@@ -1,0 +1,126 @@
+"""Production settings: secrets from files, refusal of DEBUG and weak keys, a clean
+``check --deploy --fail-level WARNING``, and our cmdop.W00x checks."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+STRONG = "Zq3" + "vT8pL2xR7mN4kW9sB6yH1cJ5dF0gA" * 2
+TOML = """
+[server]
+allowed_hosts = ["cmdop.example.com"]
+public_url = "https://cmdop.example.com"
+{extra_server}
+[database]
+host = "db.internal"
+name = "cmdop"
+user = "cmdop_app"
+sslrootcert = "/etc/cmdop/pki/ca.crt"
+
+[audit_database]
+host = "db.internal"
+name = "cmdop_audit"
+user = "cmdop_audit"
+sslrootcert = "/etc/cmdop/pki/ca.crt"
+
+[redis]
+host = "redis.internal"
+username = "app"
+ssl_ca_certs = "/etc/cmdop/pki/ca.crt"
+
+[rate_limits]
+auth = "20/min"
+"""
+
+
+def _site(tmp_path: Path, secret_key=STRONG, fallbacks=(), extra_server="") -> dict:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    files = {"secret_key": secret_key + "\n", "db_password": "pw-db\n",
+             "redis_password": "pw-redis\n"}
+    if fallbacks:
+        files["secret_key_fallbacks"] = "\n".join(fallbacks) + "\n"
+    for name, value in files.items():
+        (creds / name).write_text(value)
+        (creds / name).chmod(0o600)
+    toml = tmp_path / "server.toml"
+    toml.write_text(TOML.format(extra_server=extra_server))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CMDOP_"))}
+    return env | {"CMDOP_CONFIG_DIR": str(creds), "CMDOP_SERVER_TOML": str(toml)}
+
+
+def _cmdop_server(env: dict, *args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("cmdop-server")
+    return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_check_deploy_has_zero_warnings(tmp_path):
+    done = _cmdop_server(_site(tmp_path, fallbacks=["Y" * 10 + STRONG]), "check", "--deploy",
+                         "--fail-level", "WARNING")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no issues (0 silenced)" in done.stdout
+
+
+def test_settings_come_from_the_files(tmp_path):
+    env = _site(tmp_path, fallbacks=["Y" * 10 + STRONG]) | {
+        "DJANGO_SETTINGS_MODULE": "cmdop_server.settings.production"}
+    code = ("import json, django; django.setup(); from django.conf import settings as s; "
+            "print(json.dumps({'fallbacks': len(s.SECRET_KEY_FALLBACKS), "
+            "'db': s.DATABASES['default']['OPTIONS'], 'pw': s.DATABASES['default']['PASSWORD'],"
+            " 'audit': s.DATABASES['audit']['NAME'], 'redis_ssl': s.CMDOP_REDIS['ssl'], "
+            "'rl': s.CMDOP_RATE_LIMITS, 'debug': s.DEBUG, 'key_ok': s.SECRET_KEY == %r}))"
+            % STRONG)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got == {"fallbacks": 1, "db": {"sslmode": "verify-full",
+                                          "sslrootcert": "/etc/cmdop/pki/ca.crt"},
+                   "pw": "pw-db", "audit": "cmdop_audit", "redis_ssl": True,
+                   "rl": {"auth": "20/min", "session": "100/min", "file": "50/min"},
+                   "debug": False, "key_ok": True}
+
+
+@pytest.mark.parametrize("key", ["short-key", "django-insecure-" + "a1b2c3d4e5" * 6,
+                                 "aaaaabbbbb" * 6])
+def test_weak_secret_key_refuses_to_start(tmp_path, key):
+    done = _cmdop_server(_site(tmp_path, secret_key=key), "check")
+    assert done.returncode != 0
+    assert "refusing to start" in done.stderr and "Traceback" not in done.stderr
+    assert key not in done.stderr
+
+
+def test_weak_fallback_refuses_to_start(tmp_path):
+    done = _cmdop_server(_site(tmp_path, fallbacks=["weak"]), "check")
+    assert done.returncode != 0 and "secret_key_fallbacks is weak" in done.stderr
+
+
+def test_debug_cannot_be_switched_on(tmp_path):
+    done = _cmdop_server(_site(tmp_path, extra_server="debug = true"), "check")
+    assert done.returncode != 0 and "DEBUG is not available" in done.stderr
+    (tmp_path / "env").mkdir()
+    done = _cmdop_server(_site(tmp_path / "env") | {"DJANGO_DEBUG": "1"}, "check")
+    assert done.returncode != 0 and "DEBUG is not available" in done.stderr
+
+
+def test_missing_secret_file_is_one_line(tmp_path):
+    env = _site(tmp_path)
+    Path(env["CMDOP_CONFIG_DIR"], "db_password").unlink()
+    done = _cmdop_server(env, "check")
+    assert done.returncode != 0 and "missing secret file" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_our_checks_flag_the_dev_settings():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    done = _cmdop_server(env, "--dev", "check", "--deploy")
+    out = done.stdout + done.stderr
+    for warning in ("cmdop.W002", "cmdop.W003", "cmdop.W006"):
+        assert warning in out, out
