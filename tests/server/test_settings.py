@@ -75,8 +75,8 @@ def test_settings_come_from_the_files(tmp_path):
             "print(json.dumps({'fallbacks': len(s.SECRET_KEY_FALLBACKS), "
             "'db': s.DATABASES['default']['OPTIONS'], 'pw': s.DATABASES['default']['PASSWORD'],"
             " 'audit': s.DATABASES['audit']['NAME'], 'redis_ssl': s.CMDOP_REDIS['ssl'], "
-            "'rl': s.CMDOP_RATE_LIMITS, 'debug': s.DEBUG, 'key_ok': s.SECRET_KEY == %r}))"
-            % STRONG)
+            "'rl': s.CMDOP_RATE_LIMITS, 'debug': s.DEBUG, "
+            f"'key_ok': s.SECRET_KEY == {STRONG!r}}}))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
