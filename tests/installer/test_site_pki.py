@@ -102,3 +102,12 @@ def test_lost_ca_key_is_an_error_not_a_silent_new_ca(site_dir):
     site, inventory = load_site(site_dir), load_inventory(site_dir)
     with pytest.raises(Exception, match="restore them from backup"):
         pki.ensure_pki(site_dir, site, inventory)
+
+
+def test_centrifugo_leaf_answers_on_loopback(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    site_dir = make_site(tmp_path / "cf", {"centrifugo.binary": "/bin/true"}, centrifugo=True)
+    sans = _cert(site_dir, "centrifugo-node1").extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    assert "127.0.0.1" in [str(i) for i in sans.get_values_for_type(x509.IPAddress)]

@@ -64,6 +64,8 @@ def leaf_specs(site: Site, inventory: Inventory) -> list[LeafSpec]:
             dns, ips = host.san_names()
             if service == "nginx":
                 dns = sorted({*dns, site["site"]["domain"]})
+            if service == "centrifugo":  # reached on loopback by nginx and the app
+                dns, ips = sorted({*dns, "localhost"}), sorted({*ips, "127.0.0.1"})
             specs.append(LeafSpec(service, host.name, tuple(dns), tuple(ips), usages))
     return specs
 
