@@ -68,3 +68,23 @@ def test_production_settings_read_our_rendered_files(tmp_path, monkeypatch):
     assert got["rate_limits"] == {"auth": "7/min", "session": "100/min", "file": "50/min"}
     assert got["retention"] == 90 and got["debug"] is False
     assert not [n for n, v in secrets.items() if v in done.stdout + done.stderr]
+
+
+def test_agent_reads_our_rendered_config(tmp_path, monkeypatch):
+    from cmdop_agent.config import load_config
+    from cmdop_install.render import load_for_render, render_host
+
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    site_dir = make_site(tmp_path / "site", agents=True)
+    site, inventory, secrets, pem = load_for_render(site_dir)
+    root = tmp_path / "root"
+    for f in render_host(site, inventory, "agent1", secrets, pem, root=str(root)):
+        dest = root / f.path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(f.content)
+        dest.chmod(f.mode)
+    config = load_config(root / "etc/cmdop-agent/agent.toml")
+    assert config.server == "https://cmdop.example.com"
+    assert config.ca_file == root / "etc/cmdop-agent/ca.crt"
+    assert config.state_dir == root / "var/lib/cmdop-agent"
+    assert config.limits.output_buffer_bytes == 1024 * 1024
