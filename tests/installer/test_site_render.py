@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from cmdop_install.check import check_inventory, lint_files
 from cmdop_install.cli import main
+from cmdop_install.errors import UserError
 from cmdop_install.inventory import parse_inventory
 from cmdop_install.render import MANAGED, RenderedFile, render_host
 from cmdop_install.secrets import SPECS, SecretStore
@@ -210,3 +211,15 @@ def test_cli_check_reports_findings_one_per_line_and_exits_1(tmp_path, monkeypat
     stdout, stderr = capsys.readouterr()
     assert stdout == "inventory.py: redis: no host (add one, e.g. redis = [_node1])\n"
     assert stderr == "cmdop-install: error: check: 1 problem(s) found\n"
+
+
+def test_inventory_typo_group_is_warned_and_bad_addresses_refused():
+    node1 = ("node1", {"ssh_hostname": "10.0.0.5"})
+    inv = parse_inventory({"postgres": [node1], "redis": [node1], "control_plane": [node1],
+                           "postgress": [node1]})
+    assert any(f.startswith("warning: inventory.py: postgress: not a group")
+               for f in check_inventory(_site(), inv))
+    for bad in ({"ssh_hostname": "10.0.0.5; rm -rf /"}, {"ssh_hostname": 5},
+                {"ssh_hostname": "10.0.0.5", "dns_names": "x.example"}):
+        with pytest.raises(UserError, match=r"inventory.py: postgres\[0\]: "):
+            parse_inventory({"postgres": [("node1", bad)]})

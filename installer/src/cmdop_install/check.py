@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from cmdop_install import pki
-from cmdop_install.inventory import INVENTORY_FILE, Inventory, load_inventory
+from cmdop_install.inventory import GROUPS, INVENTORY_FILE, Inventory, load_inventory
 from cmdop_install.render import MANAGED, PemFiles, RenderedFile, render_host
 from cmdop_install.secrets import SPECS, SecretStore
 from cmdop_install.site import Site, load_site
@@ -52,6 +52,9 @@ def check_inventory(site: Site, inventory: Inventory) -> list[str]:
         if not inventory.groups[group]:
             findings.append(f"{INVENTORY_FILE}: {group}: no host "
                             f"(add one, e.g. {group} = [_node1])")
+    for name in inventory.other_groups:
+        findings.append(f"warning: {INVENTORY_FILE}: {name}: not a group cmdop-install uses "
+                        f"(ours: {', '.join(GROUPS)}; a typo?)")
     if len(inventory.groups["postgres"]) > 1:
         findings.append(f"{INVENTORY_FILE}: postgres: {len(inventory.groups['postgres'])} hosts "
                         "(one primary is supported; list replicas when replication lands)")

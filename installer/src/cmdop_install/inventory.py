@@ -9,6 +9,7 @@ default: ssh_hostname), ``dns_names`` (extra certificate names).
 from __future__ import annotations
 
 import ipaddress
+import re
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ class Host:
 @dataclass
 class Inventory:
     groups: dict[str, list[Host]]
+    other_groups: tuple[str, ...] = ()  # top-level lists we do not use (typos, own groups)
 
     def hosts(self) -> list[Host]:
         """Every host once, in first-seen order."""
@@ -90,6 +92,18 @@ class Inventory:
         return [g for g in GROUPS if any(h.name == name for h in self.groups.get(g, []))]
 
 
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return bool(_HOST_NAME.match(value))
+    return True
+
+
 def _host_from(group: str, index: int, entry) -> Host:
     where = f"{INVENTORY_FILE}: {group}[{index}]"
     if isinstance(entry, str):
@@ -101,10 +115,15 @@ def _host_from(group: str, index: int, entry) -> Host:
     ssh_hostname = data.get("ssh_hostname", name)
     address = data.get("address", ssh_hostname)
     dns_names = data.get("dns_names", [])
-    if not isinstance(ssh_hostname, str) or not isinstance(address, str):
-        raise UserError(f"{where}: ssh_hostname and address must be strings")
-    if not isinstance(dns_names, list | tuple) or not all(isinstance(n, str) for n in dns_names):
-        raise UserError(f"{where}: dns_names must be a list of strings")
+    if not _HOST_NAME.match(name):
+        raise UserError(f"{where}: host name {name!r} must be a DNS label or name")
+    for key, value in (("ssh_hostname", ssh_hostname), ("address", address)):
+        if not isinstance(value, str) or not _is_address(value):
+            raise UserError(f"{where}: {key} must be an IP address or DNS name "
+                            f"(e.g. \"10.0.0.5\")")
+    if not isinstance(dns_names, list | tuple) or not all(
+            isinstance(n, str) and _HOST_NAME.match(n) for n in dns_names):
+        raise UserError(f"{where}: dns_names must be a list of DNS names")
     return Host(name, ssh_hostname, address, tuple(dns_names), dict(data))
 
 
@@ -115,7 +134,9 @@ def parse_inventory(namespace: dict) -> Inventory:
         if not isinstance(entries, list | tuple):
             raise UserError(f"{INVENTORY_FILE}: {group}: must be a list of (name, data) tuples")
         groups[group] = [_host_from(group, i, e) for i, e in enumerate(entries)]
-    return Inventory(groups)
+    others = tuple(sorted(k for k, v in namespace.items() if isinstance(v, list)
+                          and not k.startswith("_") and k not in GROUPS))
+    return Inventory(groups, others)
 
 
 def load_inventory(site_dir: Path) -> Inventory:
