@@ -76,3 +76,10 @@ def test_pki_lifetimes_must_outlast_the_renewal_window():
     text = _broken("leaf_days = 397", "leaf_days = 30")
     with pytest.raises(UserError, match=r"pki.leaf_days: must be longer than pki.renew_days"):
         parse_site(text)
+
+
+@pytest.mark.parametrize("user", ["root", "cmdop", "postgres", "www-data"])
+def test_agent_user_cannot_be_a_service_account(user):
+    text = _broken('user = "cmdop-agent"', f'user = "{user}"')
+    with pytest.raises(UserError, match=r"agent.user: must not be root or a service account"):
+        parse_site(text)

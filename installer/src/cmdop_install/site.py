@@ -53,6 +53,18 @@ def _https_url(v: str) -> str | None:
     )
 
 
+# Accounts that own our services' keys and data: an agent session must never be one of them.
+SERVICE_ACCOUNTS = ("root", "cmdop", "postgres", "redis", "centrifugo", "www-data", "nobody")
+
+
+def _agent_user(v: str) -> str | None:
+    if not _NAME.match(v):
+        return "must be a user name (lower-case letters, digits, '-' or '_')"
+    if v in SERVICE_ACCOUNTS:
+        return "must not be root or a service account (its keys would be readable)"
+    return None
+
+
 def _abs_or_empty(v: str) -> str | None:
     return None if v == "" or v.startswith("/") else "must be an absolute path or \"\""
 
@@ -124,8 +136,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "internal_port": Key(int, 9000, "HTTP API port, loopback only.", _range(1, 65535)),
     },
     "agent": {
-        "user": Key(str, "cmdop", "Unprivileged user the agent runs as on fleet hosts.",
-                    _match(_NAME, "a user name")),
+        "user": Key(str, "cmdop-agent", "Unprivileged user the agent runs as on fleet hosts; "
+                    "sessions get exactly its permissions. Never a service account.",
+                    _agent_user),
         "output_limit_kb": Key(int, 1024, "Largest output batch an agent sends.",
                                _range(16, 65536)),
     },
