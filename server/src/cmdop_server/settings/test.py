@@ -28,6 +28,9 @@ def _db(name: str) -> dict:
         "NAME": os.environ.get(f"CMDOP_TEST_DB_{name.upper()}", name),
         "USER": "postgres",
         "PASSWORD": "",
+        # production keeps connections (server.toml conn_max_age, default 60); bench/auth.py
+        # does too, the tests do not
+        "CONN_MAX_AGE": int(os.environ.get("CMDOP_TEST_CONN_MAX_AGE", "0")),
         "TEST": {"NAME": f"test_{name}"},
     }
 
