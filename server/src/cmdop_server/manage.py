@@ -1,7 +1,8 @@
 """``cmdop-server``: Django's manage.py for control-plane hosts.
 
 ``cmdop-server migrate`` etc. use the production settings (files under /etc/cmdop, see
-docs/server-config.md). ``cmdop-server --dev <command>`` selects the dev settings instead;
+docs/server-config.md). ``cmdop-server --dev <command>`` selects the dev settings instead,
+and ``cmdop-server --dev serve`` runs the self-signed HTTPS dev endpoint (devserver.py);
 there is no other way to leave production mode.
 """
 
@@ -16,6 +17,11 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) > 1 and args[1] == "--dev":
         del args[1]
         os.environ["DJANGO_SETTINGS_MODULE"] = "cmdop_server.settings.dev"
+        if len(args) > 1 and args[1] == "serve":
+            from cmdop_server.devserver import serve
+
+            serve(args[2:])
+            return
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cmdop_server.settings.production")
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
