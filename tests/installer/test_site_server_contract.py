@@ -58,7 +58,9 @@ def test_production_settings_read_our_rendered_files(tmp_path, monkeypatch):
     assert got["allowed_hosts"] == ["cmdop.example.com"]
     assert got["csrf"] == ["https://cmdop.example.com"]
     assert (got["db_user"], got["db_host"]) == ("cmdop_green", "127.0.0.1")
-    assert got["db_options"] == {"sslmode": "verify-full", "sslrootcert": "/etc/cmdop/tls/ca.crt"}
+    assert got["db_options"]["sslmode"] == "verify-full"
+    assert got["db_options"]["sslrootcert"] == "/etc/cmdop/tls/ca.crt"
+    assert got["db_options"].get("ssl_min_protocol_version", "TLSv1.3") == "TLSv1.3"
     assert got["db_password"] == _sha(secrets["postgres_password_green"])
     assert got["secret_key"] == _sha(secrets["django_secret_key"])
     assert got["fallbacks"] == []
