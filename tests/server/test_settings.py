@@ -68,6 +68,33 @@ def test_check_deploy_has_zero_warnings(tmp_path):
     assert "no issues (0 silenced)" in done.stdout
 
 
+GOLDEN = Path(__file__).resolve().parents[1] / "installer/golden/node1/etc/cmdop/server.toml"
+
+
+@pytest.mark.skipif(not GOLDEN.exists(), reason="installer golden files not present")
+def test_the_installers_rendered_server_toml_passes_check_deploy(tmp_path):
+    """The contract in docs/server-config.md, end to end: the installer's golden output."""
+    env = _site(tmp_path) | {"CMDOP_SERVER_TOML": str(GOLDEN)}
+    done = _cmdop_server(env, "check", "--deploy", "--fail-level", "WARNING")
+    assert done.returncode == 0, done.stdout + done.stderr
+    code = ("import django; django.setup(); from django.conf import settings as s; "
+            "print(s.CMDOP_REDIS_KEY_PREFIX, s.DATABASES['audit']['NAME'], "
+            "s.DATABASES['default']['OPTIONS']['ssl_min_protocol_version'])")
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env | {"DJANGO_SETTINGS_MODULE": "cmdop_server.settings.production"},
+                           timeout=60, check=False)
+    assert probe.stdout.split() == ["golden:", "cmdop_audit", "TLSv1.3"], probe.stderr
+
+
+def test_no_switch_lowers_tls(tmp_path):
+    env = _site(tmp_path)
+    toml = Path(env["CMDOP_SERVER_TOML"])
+    toml.write_text(toml.read_text().replace('user = "cmdop_app"',
+                                             'user = "cmdop_app"\nsslmode = "require"'))
+    done = _cmdop_server(env, "check")
+    assert done.returncode != 0 and "verify-full" in done.stderr
+
+
 def test_settings_come_from_the_files(tmp_path):
     env = _site(tmp_path, fallbacks=["Y" * 10 + STRONG]) | {
         "DJANGO_SETTINGS_MODULE": "cmdop_server.settings.production"}
@@ -82,7 +109,8 @@ def test_settings_come_from_the_files(tmp_path):
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert got == {"fallbacks": 1, "db": {"sslmode": "verify-full",
-                                          "sslrootcert": "/etc/cmdop/pki/ca.crt"},
+                                          "sslrootcert": "/etc/cmdop/pki/ca.crt",
+                                          "ssl_min_protocol_version": "TLSv1.3"},
                    "pw": "pw-db", "audit": "cmdop_audit", "redis_ssl": True,
                    "rl": {"auth": "20/min", "session": "100/min", "file": "50/min"},
                    "debug": False, "key_ok": True}

@@ -10,7 +10,10 @@ import redis
 import redis.asyncio
 from django.conf import settings
 
-KEY_PREFIX = "app:"  # the Redis ACL lets the app user touch ~app:* only
+
+def key(name: str) -> str:
+    """A key under the site's prefix (server.toml [redis] key_prefix; the ACL allows no other)."""
+    return settings.CMDOP_REDIS_KEY_PREFIX + name
 
 
 @functools.cache
@@ -37,3 +40,10 @@ def async_client(subscriber: bool = False) -> redis.asyncio.Redis:
             health_check_interval=30, **settings.CMDOP_REDIS,
         )
     return clients[subscriber]
+
+
+def __getattr__(name: str) -> str:
+    # ``redis_client.KEY_PREFIX`` reads the configured prefix at access time
+    if name == "KEY_PREFIX":
+        return settings.CMDOP_REDIS_KEY_PREFIX
+    raise AttributeError(name)

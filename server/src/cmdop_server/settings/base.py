@@ -87,6 +87,8 @@ CMDOP_AUDIT_RETENTION_DAYS = 90
 CMDOP_TRUSTED_PROXIES: list[str] = []
 CMDOP_PUBLIC_URL = ""
 CMDOP_REDIS: dict = {}
+# every Redis key starts with this (the site's Redis ACL allows nothing else)
+CMDOP_REDIS_KEY_PREFIX = "app:"
 
 LOGGING = {
     "version": 1,

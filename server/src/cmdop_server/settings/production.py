@@ -52,7 +52,13 @@ def _database(section: dict, password_file: str, default_password: str | None) -
     for key in ("host", "name", "user", "sslrootcert"):
         if not section.get(key):
             raise ImproperlyConfigured(f"server.toml database setting {key!r} is missing")
-    options = {"sslmode": "verify-full", "sslrootcert": section["sslrootcert"]}
+    if section.get("sslmode", "verify-full") != "verify-full":
+        raise ImproperlyConfigured("server.toml sslmode can only be verify-full")
+    options = {
+        "sslmode": "verify-full",
+        "sslrootcert": section["sslrootcert"],
+        "ssl_min_protocol_version": section.get("ssl_min_protocol_version", "TLSv1.3"),
+    }
     if section.get("sslcert"):
         options |= {"sslcert": section["sslcert"], "sslkey": section["sslkey"]}
     return {
@@ -69,16 +75,19 @@ def _database(section: dict, password_file: str, default_password: str | None) -
 
 
 _db = _site.get("database", {})
+# Audit rows live in their own database (the seed: "stored separately"). Without an
+# [audit_database] section it is "<name>_audit" on the same server, same login role.
+_audit_db = {**_db, "name": f"{_db.get('name', '')}_audit", **_site.get("audit_database", {})}
 DATABASES = {
     "default": _database(_db, "db_password", None),
-    "audit": _database(
-        _site.get("audit_database", _db), "audit_db_password", config.read_secret("db_password")
-    ),
+    "audit": _database(_audit_db, "audit_db_password", config.read_secret("db_password")),
 }
 
 _redis = _site.get("redis", {})
 if not _redis.get("ssl_ca_certs"):
     raise ImproperlyConfigured("server.toml [redis] ssl_ca_certs is missing (Redis is TLS-only)")
+if _redis.get("ssl_min_version", "TLSv1_3") != "TLSv1_3":
+    raise ImproperlyConfigured("server.toml [redis] ssl_min_version can only be TLSv1_3")
 CMDOP_REDIS = {
     "host": _redis.get("host", "127.0.0.1"),
     "port": int(_redis.get("port", 6379)),
@@ -92,6 +101,10 @@ CMDOP_REDIS = {
 }
 if _redis.get("ssl_certfile"):
     CMDOP_REDIS |= {"ssl_certfile": _redis["ssl_certfile"], "ssl_keyfile": _redis["ssl_keyfile"]}
+CMDOP_REDIS_KEY_PREFIX = _redis.get("key_prefix", "app:")
 
+_tokens = _site.get("tokens", {})
+CMDOP_ACCESS_TOKEN_TTL = int(_tokens.get("access_ttl_seconds", 3600))
+CMDOP_REFRESH_TOKEN_TTL = int(_tokens.get("refresh_ttl_days", 30)) * 24 * 3600
 CMDOP_RATE_LIMITS = CMDOP_RATE_LIMITS | dict(_site.get("rate_limits", {}))  # noqa: F405
 CMDOP_AUDIT_RETENTION_DAYS = int(_site.get("audit", {}).get("retention_days", 90))
