@@ -23,6 +23,8 @@ PUBLIC = {
     ("POST", "/api/v1/oauth/revoke"),
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/api/v1/"),  # django-ninja's root: always a (JSON) 404 here, docs are off
+    ("GET", "/api/agent/v1/openapi.json"),  # the agent protocol's schema (issue 5)
+    ("GET", "/api/agent/v1/"),
 }
 
 # A request each operation accepts when permitted: (path params, JSON body).

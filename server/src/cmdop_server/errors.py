@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 logger = logging.getLogger("cmdop.errors")
@@ -70,12 +71,34 @@ class ApiErrorMiddleware:
     (URL resolver 404, Django's 400 for a bad request, an unhandled exception) becomes the
     JSON shape."""
 
+    # Both modes: under ASGI a sync-only middleware would make every async view (the
+    # agent's long-poll) hold a thread for its whole wait.
+    sync_capable = True
+    async_capable = True
+
     def __init__(self, get_response):
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        return self._as_json(request, self.get_response(request))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        return self._as_json(request, await self.get_response(request))
+
+    @staticmethod
+    def _refuse(request: HttpRequest) -> HttpResponse | None:
         if not request.path.startswith(API_PREFIX):
-            return self.get_response(request)
+            return None
         from django.conf import settings
 
         try:
@@ -85,11 +108,13 @@ class ApiErrorMiddleware:
         if length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
             return default_error(request, 413)
         if length and request.method in ("POST", "PUT", "PATCH"):
-            refused = _refuse_content_type(request)
-            if refused is not None:
-                return refused
-        response = self.get_response(request)
-        if response.status_code >= 400 and "json" not in response.get("Content-Type", ""):
+            return _refuse_content_type(request)
+        return None
+
+    @staticmethod
+    def _as_json(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if (request.path.startswith(API_PREFIX) and response.status_code >= 400
+                and "json" not in response.get("Content-Type", "")):
             return default_error(request, response.status_code)
         return response
 

@@ -1,10 +1,12 @@
 from django.urls import path
 
+from cmdop_server.agent_api.api import api as agent_api
 from cmdop_server.api.main import api
 from cmdop_server.web import views
 
 urlpatterns = [
     path("api/v1/", api.urls),
+    path("api/agent/v1/", agent_api.urls),
     path("login/", views.login, name="login"),
     path("logout/", views.logout, name="logout"),
     path("device/", views.device, name="device"),

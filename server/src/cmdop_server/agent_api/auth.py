@@ -1,0 +1,79 @@
+"""Who an agent request comes from: a machine credential (``mc_``) or the OAuth access
+token of the device-flow grant that enrolled the machine. Failures are audited and count
+against the client's auth rate limit, like every other bearer failure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.http import HttpRequest
+from ninja.security import HttpBearer
+
+from cmdop_server import audit, credentials, ratelimit
+from cmdop_server.errors import ApiError
+from cmdop_server.identity.authn import Principal, authenticate_bearer
+from cmdop_server.machines.models import Machine
+from cmdop_server.machines.tokens import MACHINE_CREDENTIAL_PREFIX
+from cmdop_server.netinfo import client_ip
+
+
+@dataclass(frozen=True)
+class AgentCaller:
+    machine: Machine
+    principal: Principal | None = None
+
+
+def machine_for(raw: str) -> tuple[Machine | None, str]:
+    if raw.startswith(MACHINE_CREDENTIAL_PREFIX):
+        machine = (Machine.unscoped.select_related("workspace")
+                   .filter(credential_hash=credentials.sha256_hex(raw)).first())
+        if machine is None or not credentials.same_digest(machine.credential_hash, raw):
+            return None, "unknown_machine_credential"
+        return machine, ""
+    principal, reason = authenticate_bearer(raw)
+    if principal is None:
+        return None, reason
+    if principal.family_id is None:
+        return None, "not_an_agent_token"
+    machine = (Machine.unscoped.select_related("workspace")
+               .filter(token_family_id=principal.family_id).first())
+    return (machine, "") if machine is not None else (None, "no_machine_for_token")
+
+
+class MachineAuth(HttpBearer):
+    permission_rule = "the caller's own machine (machine credential or its agent token)"
+
+    def authenticate(self, request: HttpRequest, token: str) -> AgentCaller | None:
+        machine, reason = machine_for(token)
+        if machine is None:
+            ip = client_ip(request)
+            ratelimit.enforce("auth", f"ip:{ip}")
+            audit.record("auth.machine", success=False, method="bearer", ip=ip, reason=reason)
+            return None
+        if machine.disabled_at is not None:
+            raise ApiError(403, "forbidden", "This machine is disabled.")
+        return AgentCaller(machine)
+
+
+machine = MachineAuth()
+
+
+class EnrollAuth:
+    """Enrollment proves itself in the body (join token) or with an agent-scope access
+    token; the view decides which. This only hands the view the presented bearer."""
+
+    permission_rule = "a join token in the body, or an access token with the agent scope"
+    openapi_type = "http"
+    openapi_scheme = "bearer"
+
+    def __call__(self, request: HttpRequest) -> EnrollCredential:
+        scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+        return EnrollCredential(raw.strip() if scheme.lower() == "bearer" else "")
+
+
+@dataclass(frozen=True)
+class EnrollCredential:
+    bearer: str
+
+
+enroll = EnrollAuth()

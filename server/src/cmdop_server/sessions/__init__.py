@@ -1,0 +1,1 @@
+"""Sessions on machines, their participants, and the one authorization function (issue 5)."""

@@ -1,0 +1,304 @@
+"""Session state changes (one ``do_*`` each: one transaction, audit rows, events after commit)
+and the work they send to agents. Callers have passed ``authz.authorize`` already, except
+``do_create_session`` (a workspace permission) and the agent-side functions (the machine)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from cmdop_server import audit, output, realtime, workqueue
+from cmdop_server.errors import ApiError
+from cmdop_server.identity.models import Membership
+from cmdop_server.machines.actions import boot_cursor
+from cmdop_server.machines.models import Machine
+from cmdop_server.machines.tokens import new_public_id
+from cmdop_server.permissions import Action, can
+from cmdop_server.sessions.authz import SessionAccess
+from cmdop_server.sessions.models import (
+    OPEN_STATUSES,
+    Participant,
+    Session,
+    SessionRole,
+    Status,
+)
+
+MAX_INPUT_BYTES = 4096
+MAX_COMMAND_BYTES = 8192
+MAX_PATH_BYTES = 4096
+MAX_FILE_READ = 1024 * 1024
+MAX_FILE_WRITE = 512 * 1024  # base64 of it stays under the 1 MiB body cap
+
+
+def _enqueue_on_commit(machine: Machine, work_type: str, payload: dict, session_id: str,
+                       work_id: str) -> None:
+    transaction.on_commit(lambda: workqueue.enqueue(machine.pk, work_type, payload, session_id,
+                                                    work_id))
+
+
+def _publish_status(session: Session) -> None:
+    realtime.publish_on_commit(realtime.session_channel(session.public_id),
+                               {"type": "status", "status": session.status})
+
+
+def _set_status(session: Session, status: Status, **fields) -> None:
+    session.status, session.updated_at = status, timezone.now()
+    for name, value in fields.items():
+        setattr(session, name, value)
+    session.save(update_fields=["status", "updated_at", *fields])
+    record = {"status": str(status), **{k: v for k, v in fields.items() if k == "exit_code"}}
+    transaction.on_commit(lambda: output.append_record(session.pk, "status", record))
+    _publish_status(session)
+
+
+# ---- sessions (people) ---------------------------------------------------------------------
+
+
+def do_create_session(actor: Membership, machine_id: str, cols: int, rows: int,
+                      ip: str | None = None) -> Session:
+    if not can(actor.role, Action.SESSION_ACCESS):
+        raise ApiError(403, "forbidden", f"A {actor.role} may not open sessions.")
+    machine = (Machine.objects.in_workspace(actor.workspace)
+               .filter(public_id=machine_id).first())
+    if machine is None:
+        raise ApiError(404, "not_found", "No such machine.")
+    if machine.disabled_at is not None:
+        raise ApiError(409, "machine_disabled", "The machine is disabled.")
+    work_id = workqueue.new_work_id()
+    with audit.action():
+        session = Session(workspace=actor.workspace, machine=machine, created_by=actor.user,
+                          public_id=new_public_id("s_"), cols=cols, rows=rows,
+                          boot_id=machine.boot_id)
+        session.save()
+        Participant(session=session, user=actor.user, role=SessionRole.OPERATOR).save()
+        audit.record("session.create", user=actor.user, workspace=actor.workspace, ip=ip,
+                     session=session.public_id, machine=machine.public_id,
+                     hostname=machine.hostname, work_id=work_id)
+        _enqueue_on_commit(machine, "session.open", {"cols": cols, "rows": rows},
+                           session.public_id, work_id)
+    return session
+
+
+def do_add_participant(access: SessionAccess, user_id: int, role: SessionRole,
+                       ip: str | None = None) -> Participant:
+    session = access.session
+    target = Membership.unscoped.filter(workspace_id=session.workspace_id,
+                                        user_id=user_id).first()
+    if target is None:
+        raise ApiError(404, "not_found", "No such member.")
+    if role == SessionRole.OPERATOR and not can(target.role, Action.SESSION_ACCESS):
+        raise ApiError(403, "forbidden", f"A {target.role} can only observe.")
+    with audit.action():
+        participant, _ = Participant.objects.update_or_create(
+            session=session, user_id=user_id, defaults={"role": role})
+        audit.record("session.participant", user=access.membership.user,
+                     workspace=session.workspace_id, ip=ip, session=session.public_id,
+                     participant_id=user_id, role=str(role))
+    return participant
+
+
+def do_set_attached(access: SessionAccess, attached: bool, ip: str | None = None) -> Session:
+    with audit.action():
+        session = Session.unscoped.select_for_update().get(pk=access.session.pk)
+        wanted = Status.CONNECTED if attached else Status.BACKGROUND
+        if session.status in (Status.CONNECTED, Status.BACKGROUND) and session.status != wanted:
+            _set_status(session, wanted)
+        audit.record("session.attach" if attached else "session.background",
+                     user=access.membership.user, workspace=session.workspace_id, ip=ip,
+                     session=session.public_id)
+    return session
+
+
+def do_close_session(access: SessionAccess, ip: str | None = None) -> Session:
+    work_id = workqueue.new_work_id()
+    with audit.action():
+        session = Session.unscoped.select_for_update().get(pk=access.session.pk)
+        _set_status(session, Status.CLOSED)
+        audit.record("session.close", user=access.membership.user,
+                     workspace=session.workspace_id, ip=ip, session=session.public_id,
+                     work_id=work_id)
+        _enqueue_on_commit(session.machine, "session.close", {}, session.public_id, work_id)
+    return session
+
+
+# ---- work for the session's machine --------------------------------------------------------
+
+
+def _b64(value: str, limit: int, name: str) -> bytes:
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "bad_request", f"{name} is not base64.") from None
+    if len(data) > limit:
+        raise ApiError(400, "bad_request", f"{name} is over {limit} bytes.")
+    return data
+
+
+def send_input(access: SessionAccess, data_b64: str) -> str:
+    """Keystrokes are not audited one by one (commands and file access are)."""
+    _b64(data_b64, MAX_INPUT_BYTES, "data_b64")
+    return workqueue.enqueue(access.session.machine_id, "session.input",
+                             {"data_b64": data_b64}, access.session.public_id)
+
+
+def resize(access: SessionAccess, cols: int, rows: int) -> str:
+    return workqueue.enqueue(access.session.machine_id, "session.resize",
+                             {"cols": cols, "rows": rows}, access.session.public_id)
+
+
+def _audited_work(access: SessionAccess, event: str, work_type: str, payload: dict,
+                  ip: str | None, **facts) -> str:
+    """Privileged work: the request is recorded before the agent can see it, so if the
+    audit store is down the work is refused rather than done unrecorded."""
+    session, work_id = access.session, workqueue.new_work_id()
+    with audit.action():
+        audit.record(event, user=access.membership.user, workspace=session.workspace_id,
+                     ip=ip, session=session.public_id, machine=session.machine.public_id,
+                     work_id=work_id, **facts)
+        _enqueue_on_commit(session.machine, work_type, payload, session.public_id, work_id)
+    return work_id
+
+
+def do_request_command(access: SessionAccess, command: str, cwd: str, timeout: int,
+                       ip: str | None = None) -> str:
+    if not command or "\x00" in command or len(command.encode()) > MAX_COMMAND_BYTES:
+        raise ApiError(400, "bad_request", "command is empty, has NUL or is over 8 KiB.")
+    _check_path(cwd, "cwd")
+    return _audited_work(access, "command.request", "command.run",
+                         {"command": command, "cwd": cwd, "timeout": timeout}, ip,
+                         command=command, cwd=cwd)
+
+
+def _check_path(path: str, name: str = "path") -> None:
+    if (not path.startswith("/") or "\x00" in path or len(path.encode()) > MAX_PATH_BYTES):
+        raise ApiError(400, "bad_request", f"{name} must be absolute, without NUL, <= 4 KiB.")
+
+
+def do_request_file_read(access: SessionAccess, path: str, max_bytes: int,
+                         ip: str | None = None) -> str:
+    _check_path(path)
+    max_bytes = max(1, min(max_bytes, MAX_FILE_READ))
+    return _audited_work(access, "file.request", "file.read",
+                         {"path": path, "max_bytes": max_bytes}, ip, path=path,
+                         operation="read")
+
+
+def do_request_file_write(access: SessionAccess, path: str, data_b64: str,
+                          ip: str | None = None) -> str:
+    _check_path(path)
+    size = len(_b64(data_b64, MAX_FILE_WRITE, "data_b64"))
+    return _audited_work(access, "file.request", "file.write",
+                         {"path": path, "data_b64": data_b64}, ip, path=path,
+                         operation="write", bytes=size)
+
+
+# ---- the agent's side ----------------------------------------------------------------------
+
+
+def disconnect_stale_sessions(machine: Machine, boot_id: str) -> int:
+    """Inside the caller's transaction: open sessions of an older boot are gone."""
+    stale = list(Session.unscoped.select_for_update()
+                 .filter(machine=machine, status__in=OPEN_STATUSES).exclude(boot_id=boot_id))
+    for session in stale:
+        _set_status(session, Status.DISCONNECTED)
+    return len(stale)
+
+
+@dataclass
+class _Effects:
+    """Redis writes to do once the batch's transaction committed."""
+
+    appends: list
+
+    def run(self) -> None:
+        for session_pk, kind, value in self.appends:
+            if kind == "output":
+                output.append_output(session_pk, value)
+            else:
+                output.append_record(session_pk, kind, value)
+
+
+def do_apply_agent_events(machine: Machine, boot_id: str, events: list[dict],
+                          ip: str | None = None) -> int:
+    """Store one batch of agent events; events at or below the boot's cursor are ignored
+    (a retried batch), a batch that starts after a gap is refused. Returns accepted_through."""
+    effects = _Effects([])
+    with audit.action():
+        cursor = boot_cursor(machine, boot_id)
+        fresh = [e for e in events if e["seq"] > cursor.accepted_through]
+        expected = cursor.accepted_through + 1
+        for event in fresh:
+            if event["seq"] != expected:
+                raise ApiError(400, "bad_request", f"gap: expected seq {expected}.")
+            expected += 1
+        sessions = _sessions_of(machine, fresh)
+        for event in fresh:
+            _apply(machine, sessions.get(event.get("session_id") or ""), event, effects, ip)
+        if fresh:
+            cursor.accepted_through = fresh[-1]["seq"]
+            cursor.save(update_fields=["accepted_through"])
+        transaction.on_commit(effects.run)
+    return cursor.accepted_through
+
+
+def _sessions_of(machine: Machine, events: list[dict]) -> dict[str, Session]:
+    ids = {e.get("session_id") for e in events if e.get("session_id")}
+    if not ids:
+        return {}
+    rows = Session.unscoped.select_for_update().filter(machine=machine, public_id__in=ids)
+    return {s.public_id: s for s in rows}
+
+
+_RESULT_FIELDS = {
+    "command.result": ("work_id", "command", "exit_code", "duration_ms", "stdout_b64",
+                       "stderr_b64", "truncated"),
+    "file.result": ("work_id", "path", "operation", "bytes", "data_b64", "truncated"),
+    "work.error": ("work_id", "error", "detail"),
+}
+
+
+def _apply(machine: Machine, session: Session | None, event: dict, effects: _Effects,
+           ip: str | None) -> None:
+    kind = event["type"]
+    ws = machine.workspace_id
+    facts = {"machine": machine.public_id, "session": session.public_id if session else None,
+             "work_id": str(event.get("work_id", ""))[:40]}
+    if kind == "session.output" and session is not None:
+        data = base64.b64decode(str(event.get("data_b64", "")), validate=False)
+        effects.appends.append((session.pk, "output", data))
+        realtime.publish_on_commit(realtime.session_channel(session.public_id),
+                                   {"type": "output", "data_b64": event.get("data_b64", "")})
+    elif kind == "session.opened" and session is not None:
+        if session.status == Status.PENDING:
+            _set_status(session, Status.CONNECTED, pid=_int(event.get("pid")))
+        audit.record("session.opened", workspace=ws, method="agent", ip=ip, **facts)
+    elif kind == "session.exited" and session is not None:
+        if session.status in OPEN_STATUSES:
+            _set_status(session, Status.CLOSED, exit_code=_int(event.get("exit_code")))
+        audit.record("session.exited", workspace=ws, method="agent", ip=ip,
+                     exit_code=event.get("exit_code"), signal=event.get("signal"), **facts)
+    elif kind in _RESULT_FIELDS:
+        record = {k: event.get(k) for k in _RESULT_FIELDS[kind] if k in event}
+        if kind == "command.result":
+            audit.record("command.executed", workspace=ws, method="agent", ip=ip,
+                         command=str(event.get("command", ""))[:8192],
+                         exit_code=event.get("exit_code"),
+                         duration_ms=event.get("duration_ms"), **facts)
+        elif kind == "file.result":
+            audit.record("file.access", workspace=ws, method="agent", ip=ip,
+                         path=str(event.get("path", ""))[:4096],
+                         operation=event.get("operation"), bytes=event.get("bytes"), **facts)
+        else:
+            audit.record("work.error", workspace=ws, success=False, method="agent", ip=ip,
+                         reason=str(event.get("error", ""))[:200], **facts)
+        if session is not None:
+            effects.appends.append((session.pk, kind, record))
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
