@@ -83,3 +83,10 @@ def test_agent_user_cannot_be_a_service_account(user):
     text = _broken('user = "cmdop-agent"', f'user = "{user}"')
     with pytest.raises(UserError, match=r"agent.user: must not be root or a service account"):
         parse_site(text)
+
+
+def test_public_certificate_and_key_go_together():
+    text = _broken('tls_cert_file = ""', 'tls_cert_file = "/etc/ssl/cmdop.pem"')
+    with pytest.raises(UserError, match=r"site.tls_cert_file: tls_cert_file and tls_key_file "
+                                        r"go together \(set both or neither\)"):
+        parse_site(text)

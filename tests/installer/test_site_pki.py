@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cmdop_install import pki
 from cmdop_install.check import check_site
+from cmdop_install.errors import UserError
 from cmdop_install.inventory import load_inventory
 from cmdop_install.site import load_site
 from cryptography import x509
@@ -111,3 +112,66 @@ def test_centrifugo_leaf_answers_on_loopback(tmp_path, monkeypatch):
         x509.SubjectAlternativeName).value
     assert "localhost" in sans.get_values_for_type(x509.DNSName)
     assert "127.0.0.1" in [str(i) for i in sans.get_values_for_type(x509.IPAddress)]
+
+
+def _public_pair(tmp_path, names=("cmdop.example.com",), days=90):
+    """A certificate from some other CA (standing in for a public one) and its key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+            .sign(key, hashes.SHA256()))
+    crt, pem_key = tmp_path / "public.crt", tmp_path / "public.pem"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem_key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    pem_key.chmod(0o600)
+    return crt, pem_key
+
+
+def test_operator_public_certificate_goes_to_nginx_and_agents_use_system_cas(tmp_path,
+                                                                           monkeypatch):
+    from cmdop_install.render import load_for_render, render_host
+
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    crt, key = _public_pair(tmp_path, names=("*.example.com",))
+    site_dir = make_site(tmp_path / "site", {"site.tls_cert_file": str(crt),
+                                             "site.tls_key_file": str(key)}, agents=True)
+    site, inventory, secrets, pem = load_for_render(site_dir)
+    node = {f.path: f for f in render_host(site, inventory, "node1", secrets, pem)}
+    assert node["/etc/nginx/tls/cmdop.crt"].content == crt.read_bytes()
+    assert node["/etc/nginx/tls/cmdop.key"].mode == 0o600
+    agent = {f.path: f for f in render_host(site, inventory, "agent1", secrets, pem)}
+    assert 'ca_file = "system"' in agent["/etc/cmdop-agent/agent.toml"].content.decode()
+    assert "/etc/cmdop-agent/ca.crt" not in agent
+    assert check_site(site_dir) == []
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("other-name", "does not name cmdop.example.com"),
+    ("other-key", "is not the key of"),
+    ("expiring", "warning: "),
+])
+def test_operator_public_certificate_problems(tmp_path, monkeypatch, problem, message):
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    names = ("www.example.org",) if problem == "other-name" else ("cmdop.example.com",)
+    crt, key = _public_pair(tmp_path, names=names, days=10 if problem == "expiring" else 90)
+    if problem == "other-key":
+        other = tmp_path / "other"
+        other.mkdir()
+        _, key = _public_pair(other)
+    site_dir = make_site(tmp_path / "site", {"site.tls_cert_file": str(crt),
+                                             "site.tls_key_file": str(key)})
+    if problem == "expiring":
+        assert [f for f in check_site(site_dir) if message in f and "expires in 9 days" in f]
+        return
+    with pytest.raises(UserError, match=message) as err:
+        check_site(site_dir)
+    assert "PRIVATE KEY" not in err.value.message

@@ -34,6 +34,7 @@ def check_site(site_dir: Path) -> list[str]:
     if missing:
         findings.append(f"secrets.enc: missing {', '.join(missing)} (run `cmdop-install init`)")
         return findings
+    findings += pki.public_tls_expiry(site)
     for line in pki.expiry_findings(site_dir, site, inventory):
         findings.append(line if "missing" in line else f"warning: {line}")
     if any(f.startswith(("pki/", INVENTORY_FILE)) for f in findings):

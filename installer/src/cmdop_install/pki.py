@@ -215,3 +215,62 @@ def expiry_findings(site_dir: Path, site: Site, inventory: Inventory) -> list[st
             findings.append(f"pki/{name}.crt: expires in {left.days} days "
                             f"({cert.not_valid_after_utc:%Y-%m-%d}; run `cmdop-install init`)")
     return findings
+
+
+def public_tls(site: Site) -> tuple[bytes, bytes] | None:
+    """(chain PEM, key PEM) of the operator's public certificate, checked; None if unset.
+
+    Checked here so that a wrong file fails in ``check``/``render`` and not on a host:
+    the key must match, the certificate must name ``[site] domain`` and not be expired.
+    """
+    if not site.public_tls:
+        return None
+    cert_path, key_path = Path(site["site"]["tls_cert_file"]), Path(site["site"]["tls_key_file"])
+    try:
+        chain, key_pem = cert_path.read_bytes(), key_path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"site.toml: site.tls_cert_file/tls_key_file: cannot read "
+                        f"{exc.filename} ({exc.strerror})") from None
+    try:
+        cert = x509.load_pem_x509_certificates(chain)[0]
+        key = serialization.load_pem_private_key(key_pem, None)
+    except (ValueError, TypeError):
+        raise UserError(f"site.toml: site.tls_cert_file/tls_key_file: {cert_path} or "
+                        f"{key_path} is not an unencrypted PEM certificate/key") from None
+    if key.public_key().public_bytes(*_SPKI) != cert.public_key().public_bytes(*_SPKI):
+        raise UserError(f"site.toml: site.tls_key_file: {key_path} is not the key of "
+                        f"{cert_path} (use the matching pair)")
+    domain = site["site"]["domain"]
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        names = x509.SubjectAlternativeName([])
+    if not any(_dns_matches(n, domain) for n in names.get_values_for_type(x509.DNSName)):
+        raise UserError(f"site.toml: site.tls_cert_file: {cert_path} does not name {domain} "
+                        "(get a certificate for site.domain)")
+    if cert.not_valid_after_utc <= datetime.now(UTC):
+        raise UserError(f"site.toml: site.tls_cert_file: {cert_path} expired on "
+                        f"{cert.not_valid_after_utc:%Y-%m-%d} (renew it)")
+    return chain, key_pem
+
+
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _dns_matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("*."):
+        return name.split(".", 1)[-1] == pattern[2:] and name.count(".") >= 2
+    return pattern.lower() == name.lower()
+
+
+def public_tls_expiry(site: Site) -> list[str]:
+    """A warning when the operator's certificate expires within renew_days."""
+    pair = public_tls(site)
+    if pair is None:
+        return []
+    cert = x509.load_pem_x509_certificates(pair[0])[0]
+    left = cert.not_valid_after_utc - datetime.now(UTC)
+    if left <= timedelta(days=site["pki"]["renew_days"]):
+        return [f"warning: {site['site']['tls_cert_file']}: expires in {left.days} days "
+                f"({cert.not_valid_after_utc:%Y-%m-%d}; renew it and render again)"]
+    return []

@@ -142,6 +142,9 @@ def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, st
         "app_sources": sorted({_cidr(h.address) for h in inventory.groups["control_plane"]}),
         "public_origin": site["site"]["public_url"].rstrip("/"),
         "site_centrifugo_on": site.centrifugo_enabled,
+        # agents trust the system CAs when nginx has a public certificate, else only ours
+        "site_public_tls": site.public_tls,
+        "agent_ca_file": "system" if site.public_tls else f"{paths.agent_etc}/ca.crt",
         "centrifugo_redis": centrifugo_redis,
         "centrifugo_namespaces": [
             {"name": "session", "presence": True, "history_size": 1000},
@@ -205,7 +208,13 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
         ca(host_paths.redis_tls)
     if "control_plane" in roles:
         add("nginx/cmdop.conf.j2", f"{host_paths.nginx_conf}/cmdop.conf", 0o644)
-        tls(host_paths.nginx_tls, f"nginx-{host.name}", "cmdop", "root", "root")
+        public = pki.public_tls(site)
+        if public:
+            files.append(RenderedFile(f"{host_paths.nginx_tls}/cmdop.crt", public[0], 0o644))
+            files.append(RenderedFile(f"{host_paths.nginx_tls}/cmdop.key", public[1], 0o600,
+                                      secret=True))
+        else:
+            tls(host_paths.nginx_tls, f"nginx-{host.name}", "cmdop", "root", "root")
         ca(host_paths.nginx_tls)
         add("control_plane/gunicorn.conf.py.j2", f"{host_paths.cmdop_etc}/gunicorn.conf.py",
             0o644)
@@ -238,7 +247,8 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
         # the agent refuses a config that is not its user's own and private
         add("agent/agent.toml.j2", f"{host_paths.agent_etc}/agent.toml", 0o600, agent_user,
             agent_user)
-        ca(host_paths.agent_etc)
+        if not site.public_tls:
+            ca(host_paths.agent_etc)
         add("systemd/cmdop-agent.service.j2", f"{host_paths.systemd}/cmdop-agent.service",
             0o644)
     return files

@@ -86,6 +86,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         "overrides it. `init` sets it (default "
                         "~/.config/cmdop-install/keys/<name>-<id>.key); empty: env only.",
                         _abs_or_empty),
+        "tls_cert_file": Key(str, "", "Public certificate chain (PEM) for domain, e.g. from your "
+                             "ACME client. Empty: nginx presents a certificate of the site's "
+                             "internal CA, which agents trust (browsers will not).",
+                             _abs_or_empty),
+        "tls_key_file": Key(str, "", "Private key (PEM) of tls_cert_file; set both or neither.",
+                            _abs_or_empty),
     },
     "postgres": {
         "major": Key(int, 15, "PostgreSQL major version (Debian 12 ships 15).", _range(13, 17)),
@@ -157,6 +163,11 @@ class Site(dict):
     @property
     def centrifugo_enabled(self) -> bool:
         return bool(self["centrifugo"]["binary"])
+
+    @property
+    def public_tls(self) -> bool:
+        """nginx presents an operator-supplied (publicly trusted) certificate."""
+        return bool(self["site"]["tls_cert_file"])
 
 
 def default_site(name: str = "cmdop") -> Site:
@@ -255,6 +266,9 @@ def parse_site(text: str, filename: str = SITE_FILE) -> Site:
     if public.split("://", 1)[1].split(":")[0] != site["site"]["domain"]:
         raise fail(_line_of(text, "site", "public_url"), "site.public_url",
                    "host differs from site.domain", "use https://<domain>")
+    if bool(site["site"]["tls_cert_file"]) != bool(site["site"]["tls_key_file"]):
+        raise fail(_line_of(text, "site", "tls_cert_file"), "site.tls_cert_file",
+                   "tls_cert_file and tls_key_file go together", "set both or neither")
     if site["pki"]["leaf_days"] <= site["pki"]["renew_days"]:
         raise fail(_line_of(text, "pki", "leaf_days"), "pki.leaf_days",
                    "must be longer than pki.renew_days", "or every init would reissue")
