@@ -96,7 +96,9 @@ def redis_and_site(tmp_path_factory):
     site_dir = tmp_path_factory.mktemp("site")
     server = RedisServer()
     with key_env():
-        make_site(site_dir, {"redis.port": server.port})
+        # Centrifugo on (any existing file stands in for its binary): its ACL user exists
+        make_site(site_dir, {"redis.port": server.port, "centrifugo.binary": "/bin/true"},
+                  centrifugo=True)
         site, inventory, secrets, pem = load_for_render(site_dir)
     files = render_host(site, inventory, "node1", secrets, pem, root=str(server.dir))
     server.files = {f.path.lstrip("/"): (f.content, f.mode) for f in files
@@ -195,3 +197,19 @@ def test_redis_key_exchange_groups_are_limited(redis_and_site, group, accepted):
          "-key", str(site_dir / "pki/app-node1.key"), "-verify_return_error", "-brief"],
         input="", capture_output=True, text=True, timeout=10, check=False)
     assert ("Protocol version: TLSv1.3" in done.stderr) is accepted, done.stderr
+
+
+def test_redis_centrifugo_user_gets_its_prefix_scripts_and_pubsub_only(redis_and_site):
+    server, secrets, tls_dir, site_dir = redis_and_site
+    client = _redis(server, tls_dir, site_dir, username="testsite-centrifugo",
+                    password=secrets["redis_password_centrifugo"],
+                    ssl_certfile=str(site_dir / "pki/centrifugo-node1.crt"),
+                    ssl_keyfile=str(site_dir / "pki/centrifugo-node1.key"))
+    # what its Redis engine does: Lua on its keys, streams, hashes, publish on its channels
+    assert client.eval("return redis.call('SET', KEYS[1], ARGV[1])", 1, "centrifugo.k", "v")
+    client.xadd("centrifugo.stream.ch", {"d": "x"})
+    client.publish("centrifugo.ch", "hello")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.get("testsite:work")  # the app's keys are not Centrifugo's
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.execute_command("CONFIG", "GET", "*")
