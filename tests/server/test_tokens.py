@@ -213,3 +213,29 @@ def test_no_clear_secret_in_any_table(client):
                         assert secret not in row, f"clear secret in {alias}.{table}"
                         assert secret[:20] not in row, f"secret prefix in {alias}.{table}"
     assert scanned > 10
+
+
+def test_api_key_revocation_via_dashboard(client):
+    user = make_user()
+    _, owner = _setup_workspace(user)
+    key, clear = actions.do_create_api_key(owner, "dash")
+    browser = Client()
+    browser.force_login(user)
+    assert b"dash" in browser.get("/tokens/").content
+    assert browser.post(f"/keys/acme/{key.pk}/revoke/").status_code == 302
+    assert client.get("/api/v1/workspaces/acme", **bearer(clear)).status_code == 401
+    other = Client()
+    other.force_login(make_user())
+    assert other.post(f"/keys/acme/{key.pk}/revoke/").status_code == 404
+
+
+def test_guests_lose_access_when_guests_are_disabled(client):
+    owner_user, guest = make_user(), make_user()
+    ws, owner = _setup_workspace(owner_user)
+    actions.do_update_workspace(owner, {"guests_enabled": True})
+    owner.workspace.refresh_from_db()
+    actions.do_add_member(owner, guest, Role.GUEST)
+    token = tokens_for(guest)["access_token"]
+    assert client.get("/api/v1/workspaces/acme", **bearer(token)).status_code == 200
+    actions.do_update_workspace(owner, {"guests_enabled": False})
+    assert client.get("/api/v1/workspaces/acme", **bearer(token)).status_code == 403

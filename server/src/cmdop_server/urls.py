@@ -13,6 +13,7 @@ urlpatterns = [
     path("device/decide/", views.device_decide, name="device-decide"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:family_id>/revoke/", views.revoke_family, name="revoke-family"),
+    path("keys/<slug:slug>/<int:key_id>/revoke/", views.revoke_api_key, name="revoke-key"),
     path("healthz", views.healthz, name="healthz"),
 ]
 

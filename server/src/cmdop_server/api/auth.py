@@ -19,7 +19,7 @@ from cmdop_server.errors import ApiError
 from cmdop_server.identity.authn import Principal, authenticate_bearer
 from cmdop_server.identity.models import Membership, Workspace
 from cmdop_server.netinfo import client_ip
-from cmdop_server.permissions import Action, can
+from cmdop_server.permissions import Action, Role, can
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class WorkspaceAuth(UserAuth):
         membership = _membership(slug, caller.user.pk)
         if membership is None:
             raise ApiError(404, "not_found", "No such workspace.")
+        if membership.role == Role.GUEST and not membership.workspace.guests_enabled:
+            raise ApiError(403, "forbidden", "Guest access is disabled in this workspace.")
         if not can(membership.role, self.action):
             raise ApiError(403, "forbidden", f"Your role may not {self.action}.")
         return Caller(caller.principal, membership)

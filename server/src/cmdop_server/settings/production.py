@@ -40,6 +40,8 @@ CMDOP_TRUSTED_PROXIES = list(_server.get("trusted_proxies", ["127.0.0.1", "::1"]
 # nginx terminates TLS and sets X-Forwarded-Proto; everything else is HTTPS-only.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = True
+# the installer's health probe talks to the gunicorn socket directly (no nginx, no TLS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SECURE_HSTS_SECONDS = int(_server.get("hsts_seconds", 31536000))
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from cmdop_server import audit, ratelimit
+from cmdop_server.errors import ApiError
 from cmdop_server.identity import actions
 from cmdop_server.identity.models import ApiKey, TokenFamily
 from cmdop_server.identity.oauth_clients import CLIENTS
@@ -111,6 +112,20 @@ def tokens(request: HttpRequest) -> HttpResponse:
 @require_POST
 def revoke_family(request: HttpRequest, family_id: int) -> HttpResponse:
     actions.do_revoke_family(request.user, family_id, "revoked_in_dashboard", client_ip(request))
+    return redirect("tokens")
+
+
+@login_required
+@require_POST
+def revoke_api_key(request: HttpRequest, slug: str, key_id: int) -> HttpResponse:
+    membership = request.user.memberships.select_related("workspace").filter(
+        workspace__slug=slug).first()
+    if membership is None:
+        raise Http404
+    try:
+        actions.do_revoke_api_key(membership, key_id, client_ip(request))
+    except ApiError as exc:
+        raise Http404 from exc
     return redirect("tokens")
 
 
