@@ -100,6 +100,9 @@ def _mount() -> None:
     api.add_router("/oauth", oauth.router)
     api.add_router("", me.router)
     api.add_router("/workspaces", workspaces.router)
+    from cmdop_server.sessions.api import router as sessions_router  # issue 5
+
+    api.add_router("/workspaces", sessions_router)
 
 
 _mount()
