@@ -9,6 +9,7 @@ from cmdop_install import pki
 from cmdop_install.check import check_site
 from cmdop_install.errors import UserError
 from cmdop_install.inventory import load_inventory
+from cmdop_install.secrets import SecretStore
 from cmdop_install.site import load_site
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -24,6 +25,10 @@ pytestmark = pytest.mark.unit
 def site_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
     return make_site(tmp_path / "site")
+
+
+def _passphrase(site_dir):
+    return SecretStore.open(site_dir, "").pki_passphrase()
 
 
 def _cert(site_dir, name):
@@ -70,14 +75,14 @@ def test_leaves_have_sans_usages_and_verify_with_openssl(site_dir, name, usages)
 
 def test_second_run_issues_nothing(site_dir):
     site, inventory = load_site(site_dir), load_inventory(site_dir)
-    assert pki.ensure_pki(site_dir, site, inventory) == []
+    assert pki.ensure_pki(site_dir, site, inventory, _passphrase(site_dir)) == []
 
 
 def test_changed_address_reissues_only_the_affected_leaves(site_dir):
     write_site(site_dir, address="10.9.8.7")
     site, inventory = load_site(site_dir), load_inventory(site_dir)
     ca_before = (site_dir / "pki/ca.crt").read_bytes()
-    issued = pki.ensure_pki(site_dir, site, inventory)
+    issued = pki.ensure_pki(site_dir, site, inventory, _passphrase(site_dir))
     assert sorted(issued) == ["app-node1", "nginx-node1", "postgres-node1", "redis-node1"]
     assert (site_dir / "pki/ca.crt").read_bytes() == ca_before
 
@@ -86,7 +91,8 @@ def test_expiring_leaf_is_warned_by_check_and_reissued_by_init(site_dir):
     site, inventory = load_site(site_dir), load_inventory(site_dir)
     spec = next(s for s in pki.leaf_specs(site, inventory) if s.name == "redis-node1")
     ca = _cert(site_dir, "ca")
-    ca_key = serialization.load_pem_private_key((site_dir / "pki/ca.key").read_bytes(), None)
+    ca_key = serialization.load_pem_private_key((site_dir / "pki/ca.key").read_bytes(),
+                                                _passphrase(site_dir))
     then = datetime.now(UTC) - timedelta(days=site["pki"]["leaf_days"] - 10)
     cert, _ = pki._issue_leaf(spec, site, ca, ca_key, then)
     (site_dir / "pki/redis-node1.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -94,7 +100,7 @@ def test_expiring_leaf_is_warned_by_check_and_reissued_by_init(site_dir):
     assert [f for f in findings if "redis-node1" in f] == [
         f"warning: pki/redis-node1.crt: expires in 9 days "
         f"({cert.not_valid_after_utc:%Y-%m-%d}; run `cmdop-install init`)"]
-    assert pki.ensure_pki(site_dir, site, inventory) == ["redis-node1"]
+    assert pki.ensure_pki(site_dir, site, inventory, _passphrase(site_dir)) == ["redis-node1"]
     assert pki.expiry_findings(site_dir, site, inventory) == []
 
 
@@ -102,7 +108,7 @@ def test_lost_ca_key_is_an_error_not_a_silent_new_ca(site_dir):
     (site_dir / "pki/ca.key").unlink()
     site, inventory = load_site(site_dir), load_inventory(site_dir)
     with pytest.raises(Exception, match="restore them from backup"):
-        pki.ensure_pki(site_dir, site, inventory)
+        pki.ensure_pki(site_dir, site, inventory, _passphrase(site_dir))
 
 
 def test_centrifugo_leaf_answers_on_loopback(tmp_path, monkeypatch):
@@ -175,3 +181,17 @@ def test_operator_public_certificate_problems(tmp_path, monkeypatch, problem, me
     with pytest.raises(UserError, match=message) as err:
         check_site(site_dir)
     assert "PRIVATE KEY" not in err.value.message
+
+
+def test_private_keys_at_rest_need_the_secrets_key(site_dir):
+    for key in (site_dir / "pki").glob("*.key"):
+        text = key.read_text()
+        assert text.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----"), key.name
+        with pytest.raises(TypeError):  # no passphrase: unusable
+            serialization.load_pem_private_key(text.encode(), None)
+    plain = pki.private_key_pem(site_dir, "redis-node1.key", _passphrase(site_dir))
+    assert plain.startswith(b"-----BEGIN PRIVATE KEY-----")
+    cert = _cert(site_dir, "redis-node1")
+    assert serialization.load_pem_private_key(plain, None).public_key() == cert.public_key()
+    with pytest.raises(UserError, match="cannot decrypt this private key"):
+        pki.private_key_pem(site_dir, "redis-node1.key", b"not-the-passphrase")

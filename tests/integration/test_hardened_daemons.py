@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.support.services import PostgresServer, RedisServer
-from tests.support.sites import key_env, make_site
+from tests.support.sites import key_env, make_site, plain_key
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +100,8 @@ def redis_and_site(tmp_path_factory):
         make_site(site_dir, {"redis.port": server.port, "centrifugo.binary": "/bin/true"},
                   centrifugo=True)
         site, inventory, secrets, pem = load_for_render(site_dir)
+        for client in ("app-node1", "centrifugo-node1"):
+            plain_key(site_dir, client)
     files = render_host(site, inventory, "node1", secrets, pem, root=str(server.dir))
     server.files = {f.path.lstrip("/"): (f.content, f.mode) for f in files
                     if f.path.startswith("/etc/redis/")}
@@ -116,7 +118,7 @@ def _redis(server, tls_dir, site_dir, **overrides):
         "ssl_check_hostname": True, "ssl_min_version": ssl.TLSVersion.TLSv1_3,
         # the control plane's client certificate (tls-auth-clients yes)
         "ssl_certfile": str(site_dir / "pki/app-node1.crt"),
-        "ssl_keyfile": str(site_dir / "pki/app-node1.key"),
+        "ssl_keyfile": str(site_dir / "plain-app-node1.key"),
         "socket_timeout": 5, "socket_connect_timeout": 5,
         "retry": Retry(NoBackoff(), 0),  # a refusal is the answer: do not retry it
     }
@@ -179,7 +181,7 @@ def _handshake(port: int, ca, *, max_version=None, server_name="127.0.0.1",
 
 def test_redis_refuses_tls12_handshake(redis_and_site):
     server, _, tls_dir, site_dir = redis_and_site
-    cert = (site_dir / "pki/app-node1.crt", site_dir / "pki/app-node1.key")
+    cert = (site_dir / "pki/app-node1.crt", site_dir / "plain-app-node1.key")
     assert _handshake(server.port, tls_dir / "ca.crt", cert=cert) == "TLSv1.3"
     with pytest.raises(ssl.SSLError):
         _handshake(server.port, tls_dir / "ca.crt", cert=cert,
@@ -194,7 +196,7 @@ def test_redis_key_exchange_groups_are_limited(redis_and_site, group, accepted):
         ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-tls1_3",
          "-groups", group, "-CAfile", str(tls_dir / "ca.crt"),
          "-cert", str(site_dir / "pki/app-node1.crt"),
-         "-key", str(site_dir / "pki/app-node1.key"), "-verify_return_error", "-brief"],
+         "-key", str(site_dir / "plain-app-node1.key"), "-verify_return_error", "-brief"],
         input="", capture_output=True, text=True, timeout=10, check=False)
     assert ("Protocol version: TLSv1.3" in done.stderr) is accepted, done.stderr
 
@@ -204,7 +206,7 @@ def test_redis_centrifugo_user_gets_its_prefix_scripts_and_pubsub_only(redis_and
     client = _redis(server, tls_dir, site_dir, username="testsite-centrifugo",
                     password=secrets["redis_password_centrifugo"],
                     ssl_certfile=str(site_dir / "pki/centrifugo-node1.crt"),
-                    ssl_keyfile=str(site_dir / "pki/centrifugo-node1.key"))
+                    ssl_keyfile=str(site_dir / "plain-centrifugo-node1.key"))
     # what its Redis engine does: Lua on its keys, streams, hashes, publish on its channels
     assert client.eval("return redis.call('SET', KEYS[1], ARGV[1])", 1, "centrifugo.k", "v")
     client.xadd("centrifugo.stream.ch", {"d": "x"})

@@ -55,3 +55,15 @@ def make_site(site_dir: Path, overrides: dict | None = None, **kwargs) -> Path:
     write_site(site_dir, overrides, **kwargs)
     init_site(site_dir)
     return site_dir
+
+
+def plain_key(site_dir: Path, name: str) -> Path:
+    """pki/<name>.key decrypted into a 0600 file next to it (for test clients' TLS)."""
+    from cmdop_install import pki
+    from cmdop_install.secrets import SecretStore
+
+    store = SecretStore.open(site_dir, "")
+    path = Path(site_dir) / f"plain-{name}.key"
+    path.write_bytes(pki.private_key_pem(site_dir, f"{name}.key", store.pki_passphrase()))
+    path.chmod(0o600)
+    return path

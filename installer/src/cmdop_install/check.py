@@ -40,7 +40,7 @@ def check_site(site_dir: Path) -> list[str]:
     if any(f.startswith(("pki/", INVENTORY_FILE)) for f in findings):
         return findings  # rendering needs a consistent inventory and every certificate
     secrets = store.values()
-    pem = PemFiles(site_dir)
+    pem = PemFiles(site_dir, store.pki_passphrase())
     for host in inventory.hosts():
         files = render_host(site, inventory, host.name, secrets, pem)
         findings += [f"{host.name}:{line}" for line in lint_files(files, secrets)]

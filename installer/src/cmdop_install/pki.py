@@ -1,9 +1,11 @@
 """The site's internal PKI: one ECDSA P-256 CA and a leaf certificate per service and host.
 
 Files in ``<site>/pki/``: ``ca.crt``/``ca.key`` and ``<service>-<host>.crt``/``.key``.
-Private keys are 0600. ``ensure_pki`` is idempotent: it issues only what is missing, due
-to expire within ``[pki] renew_days``, signed by another CA, or whose names or usages
-differ from what the inventory now asks for. The extensions are the ones TLS scanners
+Private keys are 0600 and encrypted (PKCS#8, passphrase derived from the secrets key by
+``SecretStore.pki_passphrase``); ``private_key_pem`` hands out the plain PEM a daemon
+needs. ``ensure_pki`` is idempotent: it issues only what is missing, due to expire within
+``[pki] renew_days``, signed by another CA, or whose names or usages differ from what the
+inventory now asks for. The extensions are the ones TLS scanners
 and OpenSSL's verify check: CA ``basicConstraints=critical,CA:TRUE`` and
 ``keyUsage=critical,keyCertSign,cRLSign``; leaves ``CA:FALSE``, ``digitalSignature``, an
 EKU of serverAuth and/or clientAuth and SANs for every name and address of the host.
@@ -77,9 +79,30 @@ def _name(common_name: str, site: Site) -> x509.Name:
     ])
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _key_pem(key: ec.EllipticCurvePrivateKey, passphrase: bytes | None = None) -> bytes:
+    encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
+                  else serialization.NoEncryption())
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+                             encryption)
+
+
+def _load_key(path: Path, passphrase: bytes):
+    data = path.read_bytes()
+    try:
+        return serialization.load_pem_private_key(data, passphrase)
+    except TypeError:  # written unencrypted (by hand, or an older site): accept it
+        return serialization.load_pem_private_key(data, None)
+    except ValueError:
+        raise UserError(f"{path}: cannot decrypt this private key (wrong secrets key, "
+                        "or not a PEM key)") from None
+
+
+def private_key_pem(site_dir: Path, name: str, passphrase: bytes) -> bytes:
+    """The plain PKCS#8 PEM of ``pki/<name>`` (e.g. "redis-node1.key"), for a host."""
+    path = Path(site_dir) / PKI_DIR / name
+    if not path.is_file():
+        raise UserError(f"{path}: missing (run `cmdop-install init` to issue it)")
+    return _key_pem(_load_key(path, passphrase))
 
 
 def _load_cert(path: Path) -> x509.Certificate | None:
@@ -157,7 +180,8 @@ def _leaf_is_current(cert: x509.Certificate | None, spec: LeafSpec, ca: x509.Cer
             and set(eku) == set(spec.usages) and cert.not_valid_after_utc - now > renew)
 
 
-def ensure_pki(site_dir: Path, site: Site, inventory: Inventory) -> list[str]:
+def ensure_pki(site_dir: Path, site: Site, inventory: Inventory,
+               passphrase: bytes) -> list[str]:
     """Create/renew the CA and leaves as needed; return the names (re)issued."""
     pki = Path(site_dir) / PKI_DIR
     make_dir(pki, 0o700)
@@ -167,14 +191,14 @@ def ensure_pki(site_dir: Path, site: Site, inventory: Inventory) -> list[str]:
     ca = _load_cert(pki / "ca.crt")
     ca_key = None
     if ca is not None and (pki / "ca.key").exists():
-        ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+        ca_key = _load_key(pki / "ca.key", passphrase)
     if ca is None or ca_key is None:
         # Replacing an existing CA is a rotation (issue: rotate), never done silently here.
         if (pki / "ca.crt").exists():
             raise UserError(f"{pki}/ca.key or ca.crt is missing or unreadable "
                             "(restore them from backup; a new CA would break every host)")
         ca, ca_key = _issue_ca(site, now)
-        write_atomic(pki / "ca.key", _key_pem(ca_key), 0o600)
+        write_atomic(pki / "ca.key", _key_pem(ca_key, passphrase), 0o600)
         write_atomic(pki / "ca.crt", ca.public_bytes(serialization.Encoding.PEM), 0o644)
         issued.append("ca")
     for spec in leaf_specs(site, inventory):
@@ -182,14 +206,14 @@ def ensure_pki(site_dir: Path, site: Site, inventory: Inventory) -> list[str]:
         if key_path.exists() and _leaf_is_current(_load_cert(crt_path), spec, ca, renew, now):
             continue
         cert, key = _issue_leaf(spec, site, ca, ca_key, now)
-        write_atomic(key_path, _key_pem(key), 0o600)
+        write_atomic(key_path, _key_pem(key, passphrase), 0o600)
         write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         issued.append(spec.name)
     return issued
 
 
 def read_pem(site_dir: Path, name: str) -> bytes:
-    """PEM bytes of ``pki/<name>`` (e.g. "ca.crt", "redis-node1.key")."""
+    """PEM bytes of ``pki/<name>`` as stored (certificates: "ca.crt", "redis-node1.crt")."""
     path = Path(site_dir) / PKI_DIR / name
     try:
         return path.read_bytes()

@@ -255,17 +255,23 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
 
 
 class PemFiles(dict):
-    """PEM bytes of pki/ by file name, read on first use (render picks what it needs)."""
+    """PEM bytes of pki/ by file name, read on first use (render picks what it needs).
 
-    def __init__(self, site_dir: Path) -> None:
+    Private keys come out decrypted: that is the form the daemons read on the hosts."""
+
+    def __init__(self, site_dir: Path, passphrase: bytes) -> None:
         super().__init__()
         self.site_dir = Path(site_dir)
+        self.passphrase = passphrase
         if not (self.site_dir / pki.PKI_DIR).is_dir():
             raise UserError(f"{self.site_dir / pki.PKI_DIR}: missing "
                             f"(run `cmdop-install init {site_dir}`)")
 
     def __missing__(self, name: str) -> bytes:
-        value = pki.read_pem(self.site_dir, name)
+        if name.endswith(".key"):
+            value = pki.private_key_pem(self.site_dir, name, self.passphrase)
+        else:
+            value = pki.read_pem(self.site_dir, name)
         self[name] = value
         return value
 
@@ -275,7 +281,7 @@ def load_for_render(site_dir: Path):
     site = load_site(site_dir)
     inventory = load_inventory(site_dir)
     store = SecretStore.open(site_dir, site["site"]["key_file"])
-    return site, inventory, store.values(), PemFiles(site_dir)
+    return site, inventory, store.values(), PemFiles(site_dir, store.pki_passphrase())
 
 
 def render_site(site_dir: Path, out: Path, host: str | None = None) -> dict:

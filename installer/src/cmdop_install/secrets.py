@@ -30,7 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
@@ -132,6 +134,9 @@ class SecretStore:
     def __init__(self, site_dir: Path, key: bytes, key_source: str) -> None:
         self.path = Path(site_dir) / SECRETS_FILE
         self._aead = AESGCM(key)
+        self._pki_passphrase = base64.b64encode(HKDF(
+            hashes.SHA256(), 32, salt=None, info=b"cmdop-install pki private keys v1",
+        ).derive(key))
         self.key_source = key_source
         self._entries: dict[str, dict[str, str]] = {}
         self._dirty = False
@@ -196,6 +201,11 @@ class SecretStore:
         if entry is None:
             raise UserError(f"secret {name} not generated yet (run `cmdop-install init`)")
         return entry["value"]
+
+    def pki_passphrase(self) -> bytes:
+        """Passphrase of the private keys in pki/, derived from the secrets key (HKDF), so
+        the site folder holds no usable private key without the key kept apart."""
+        return self._pki_passphrase
 
     def values(self) -> dict[str, str]:
         """Every secret by name, for rendering. Callers must not print it."""

@@ -50,7 +50,7 @@ def init_site(site_dir: Path, key_file: Path | None = None) -> InitReport:
     report.key_source = store.key_source
     report.generated_secrets = store.ensure_all()
     store.save()
-    report.issued_certs = pki.ensure_pki(site_dir, site, inventory)
+    report.issued_certs = pki.ensure_pki(site_dir, site, inventory, store.pki_passphrase())
     return report
 
 
