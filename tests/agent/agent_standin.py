@@ -14,6 +14,7 @@ import datetime as dt
 import ipaddress
 import json
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -114,6 +115,7 @@ class StandIn:
             def get_request(self):
                 sock, addr = self.socket.accept()
                 standin.connections.append(sock)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
             def handle_error(self, request, client_address):  # handshake failures are expected

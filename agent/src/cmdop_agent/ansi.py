@@ -25,6 +25,8 @@ handled exactly as if it had arrived in one read.
 
 from __future__ import annotations
 
+import re
+
 ESC = 0x1B
 CSI_MAX = 64
 STRING_MAX = 4096
@@ -35,6 +37,17 @@ _DEC_MODES_ALLOWED = frozenset({b"25", b"1049"})
 _STRING_INTRODUCERS = frozenset(b"]P_^X")
 _ESC_ALLOWED = frozenset(b"78")
 _REPLACEMENT = "\ufffd".encode()
+
+# Fast path: a run of bytes the state machine would pass unchanged in the ground state
+# (allowed C0, printable ASCII, well-formed UTF-8 other than the C1 range U+0080..U+009F).
+_WHOLE_CSI = re.compile(rb"\x1b\[([\x20-\x3f]*)([\x40-\x7e])")
+_ASCII_RUN = re.compile(rb"[\t\n\r\x08\x20-\x7e]+")
+_SAFE_RUN = re.compile(
+    rb"(?:[\t\n\r\x08\x20-\x7e]"
+    rb"|\xc2[\xa0-\xbf]|[\xc3-\xdf][\x80-\xbf]"
+    rb"|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
+    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})+"
+)
 
 (
     _GROUND,
@@ -70,8 +83,23 @@ class AnsiFilter:
 
     def feed(self, data: bytes) -> bytes:
         out = bytearray()
-        for byte in data:
-            self._step(byte, out)
+        i, end = 0, len(data)
+        while i < end:
+            if self._state == _GROUND and not self._utf8_need:
+                run = _ASCII_RUN.match(data, i) or _SAFE_RUN.match(data, i)
+                if run is not None:
+                    out += run.group()
+                    i = run.end()
+                    continue
+                csi = _WHOLE_CSI.match(data, i)
+                if csi is not None:  # same verdict as byte by byte, without the per-byte cost
+                    body = csi.group(1)
+                    if len(body) <= CSI_MAX and _csi_allowed(body, csi.group(2)[0]):
+                        out += csi.group()
+                    i = csi.end()
+                    continue
+            self._step(data[i], out)
+            i += 1
         return bytes(out)
 
     def _step(self, b: int, out: bytearray) -> None:

@@ -87,6 +87,8 @@ class HttpsClient:
             conn = http.client.HTTPSConnection(phost, pport, context=self._ctx, timeout=timeout)
             conn.set_tunnel(self.host, self.port, headers=headers)
         conn.connect()
+        # Keystrokes are tiny requests: do not let Nagle hold them for a delayed ACK.
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
     def close(self) -> None:
