@@ -34,7 +34,7 @@ ENDPOINTS = [
     ("POST", "/resize", {"cols": 100, "rows": 30}, P.RESIZE_TERMINAL),
     ("POST", "/commands", {"command": "uname -a"}, P.EXECUTE_COMMAND),
     ("POST", "/files/read", {"path": "/etc/hostname"}, P.FILE_READ),
-    ("POST", "/files/write", {"path": "/tmp/x", "data_b64": "eA=="}, P.FILE_WRITE),
+    ("POST", "/files/write", {"path": "/srv/app/x", "data_b64": "eA=="}, P.FILE_WRITE),
     ("POST", "/participants", {"user_id": "{member}", "role": "observer"}, P.MANAGE),
     ("POST", "/attachment", {"attached": False}, P.MANAGE),
     ("POST", "/close", None, P.MANAGE),
