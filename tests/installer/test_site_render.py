@@ -70,7 +70,9 @@ def test_rendered_files_match_golden(host):
             golden.parent.mkdir(parents=True, exist_ok=True)
             golden.write_bytes(f.content)
         assert golden.exists(), f"no golden file for {f.path} (CMDOP_UPDATE_GOLDEN=1)"
-        assert f.content.decode() == golden.read_text(), f.path
+        assert f.content.decode() == golden.read_text(), (
+            f"{f.path} differs from {golden} (an intended template change? regenerate with "
+            "CMDOP_UPDATE_GOLDEN=1 pytest tests/installer/test_site_render.py and review)")
     manifest = GOLDEN / host / "manifest.json"
     entries = [f.manifest_entry() for f in files]
     if os.environ.get("CMDOP_UPDATE_GOLDEN") == "1":
