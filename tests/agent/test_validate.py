@@ -4,6 +4,8 @@ import pytest
 from cmdop_agent.errors import WorkError
 from cmdop_agent.validate import (
     INPUT_MAX,
+    REPLY_OR_CSI,
+    is_key_sequence,
     sanitize_input,
     validate_command,
     validate_path,
@@ -18,6 +20,7 @@ KEYSTROKES = [
     b"ls -la\r", b"\x03", b"\x04", b"\x1b", b"\x7f", b"\t",
     b"\x1b[A\x1b[B\x1b[C\x1b[D", b"\x1b[H\x1b[F", b"\x1bOA\x1bOP", b"\x1b[3~\x1b[5~\x1b[15~",
     b"\x1b[1;5C", b"\x1b[Z", b"\x1bb\x1bf", "h\u00e9llo \u20ac \U0001f600".encode(),
+    b"\x1bx", b"\x1bX", b"\x1b]", b"\x1bP",  # Alt+x, Alt+X (emacs M-x), Alt+], Alt+P
 ]
 
 REPLIES = {
@@ -59,14 +62,28 @@ def test_input_length_cap() -> None:
         sanitize_input(b"x" * (INPUT_MAX + 1))
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=200))
-def test_sanitised_input_has_no_strings_or_c1(data: bytes) -> None:
-    out = sanitize_input(data)
-    text = out.decode()
+def test_replies_cannot_be_reassembled_from_pieces() -> None:
+    # removing the inner CPR would leave a complete OSC reply behind, so removal repeats
+    assert sanitize_input(b"\x1b\x1b[12;1R]0;x\x07") == b""
+    assert sanitize_input(b"\x1b\xc2\x9b]0;x\x07") == b""
+
+
+pieces = st.lists(st.one_of(
+    st.binary(max_size=6),
+    st.sampled_from([b"\x1b", b"\x1b[", b"\x1b]", b"\x1bP", b"\x07", b"\x1b\\", b"R", b"c",
+                     b"12;1", b"?", b"200~", b"201~", b"\xc2\x9b", b"\x9b", b"~", b"M"]),
+), max_size=40).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(pieces)
+def test_sanitised_input_has_no_reply_and_no_c1(data: bytes) -> None:
+    out = sanitize_input(data[:INPUT_MAX])
+    text = out.decode()  # valid UTF-8
     assert not any(0x80 <= ord(c) <= 0x9F for c in text)
-    for intro in "]P_^X":
-        assert "\x1b" + intro not in text
+    for m in REPLY_OR_CSI.finditer(out):
+        assert m.group("csi") and is_key_sequence(m.group(0)), m.group(0)
+    assert sanitize_input(out) == out  # idempotent
 
 
 @pytest.mark.parametrize("command,match", [

@@ -9,10 +9,17 @@ PTY input (keystrokes from an operator's browser) is sanitised, not rejected:
 * dropped: anything that looks like a **terminal reply** rather than a keystroke, because a
   reply injected into a shell's input runs as if typed: cursor position reports
   (``CSI r;c R``), device attribute replies (``CSI ? … c``, ``CSI > … c``), mode reports
-  (``CSI … $ y``), every OSC/DCS/APC/PM/SOS string (title, DECRQSS and colour replies), mouse
-  and focus reports (``CSI M…``, ``CSI < … M/m``, ``CSI I``, ``CSI O``), and bracketed-paste
-  markers ``CSI 200~``/``CSI 201~`` (a paste containing ``201~`` would end paste mode early and
-  run the rest), 8-bit and UTF-8 C1 controls, invalid UTF-8.
+  (``CSI … $ y``), every *terminated* OSC/DCS/APC/PM/SOS string (title, DECRQSS and colour
+  replies end in BEL or ST), mouse and focus reports (``CSI M…``, ``CSI < … M/m``, ``CSI I``,
+  ``CSI O``), and bracketed-paste markers ``CSI 200~``/``CSI 201~`` (a paste containing
+  ``201~`` would end paste mode early and run the rest), 8-bit and UTF-8 C1 controls, invalid
+  UTF-8. A lone ``ESC X``/``ESC ]``/``ESC P`` is Alt+X/Alt+]/Alt+P (emacs ``M-x``) and is kept.
+  Removal repeats until nothing changes, so a reply cannot be assembled out of the pieces
+  left around a removed one. Terminals send a reply in one write, so one ``session.input``
+  item carries it whole; a reply split across items is not recognised (the control plane's
+  client should not split them).
+* Known casualty: ``CSI 1;2R`` (Shift+F3 in some terminals) is indistinguishable from a
+  cursor position report and is dropped.
 
 Commands and paths are validated and refused with a clear ``WorkError``: no NUL bytes,
 commands up to ``COMMAND_MAX`` bytes, paths absolute, up to ``PATH_MAX`` bytes with components
@@ -33,31 +40,39 @@ NAME_MAX = 255
 TERM_SIZE_MAX = 1000
 
 _KEY_CSI = re.compile(rb"\x1b\[([0-9;]{0,16})([ABCDFHPQSZ~])")
-_STRING = re.compile(rb"\x1b[\]P_^X][^\x07\x1b]*(?:\x07|\x1b\\|$)", re.S)
-_ANY_CSI = re.compile(rb"\x1b\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?")
-_SS3 = re.compile(rb"\x1bO[A-Za-z]")
+# One pass finds, left to right, either a terminated string or a CSI (complete, or cut off).
+REPLY_OR_CSI = re.compile(
+    rb"(?P<string>\x1b[\]P_^X][^\x07\x1b]*(?:\x07|\x1b\\))"
+    rb"|(?P<csi>\x1b\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?)"
+)
 
 
-def _keep_csi(match: re.Match[bytes]) -> bytes:
-    seq = match.group(0)
+def is_key_sequence(seq: bytes) -> bool:
     key = _KEY_CSI.fullmatch(seq)
     if key is None:
-        return b""
+        return False
     params, final = key.groups()
-    if final == b"~" and params.split(b";")[0] in (b"200", b"201"):
-        return b""
-    return seq
+    return not (final == b"~" and params.split(b";")[0] in (b"200", b"201"))
+
+
+def _keep(match: re.Match[bytes]) -> bytes:
+    seq = match.group(0)
+    return seq if match.group("csi") and is_key_sequence(seq) else b""
 
 
 def sanitize_input(data: bytes) -> bytes:
     """Return the keystrokes of ``data`` with anything reply-like removed (policy above)."""
     if len(data) > INPUT_MAX:
         raise WorkError("input_too_long", f"input is {len(data)} bytes, the limit is {INPUT_MAX}")
-    data = _STRING.sub(b"", data)
-    data = _ANY_CSI.sub(_keep_csi, data)
+    # C1 and invalid UTF-8 first: what remains is valid UTF-8, and removing whole ASCII
+    # sequences from it below cannot create a C1 control again.
     text = data.decode("utf-8", errors="replace")
-    text = "".join(c for c in text if not 0x80 <= ord(c) <= 0x9F and c != "\ufffd")
-    return text.encode()
+    data = "".join(c for c in text if not 0x80 <= ord(c) <= 0x9F and c != "\ufffd").encode()
+    while True:
+        cleaned = REPLY_OR_CSI.sub(_keep, data)
+        if cleaned == data:
+            return data
+        data = cleaned
 
 
 def validate_command(command: object) -> str:
