@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from cmdop_install import check, render
+from cmdop_install import check, render, wheelhouse
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
 from cmdop_install.hashing import scram_sha256_verifier
@@ -36,10 +36,16 @@ def deploy_site(
             f"nothing was deployed; first: {problems[0]}"
         )
     site, inventory, secrets, pem = render.load_for_render(site_dir)
+    server_wheels = wheelhouse_facts("cmdop-server") if inventory.groups["control_plane"] else None
     with tempfile.TemporaryDirectory(prefix="cmdop-deploy-") as tmp:
         payload = Path(tmp)
         for host in inventory.hosts():
             write_payload(payload / host.name, site, inventory, host.name, secrets, pem)
+            if "control_plane" in inventory.roles_of(host.name):
+                _json(
+                    payload / host.name / "control_plane.json",
+                    {"wheelhouse": server_wheels, "credentials": list(render.CREDENTIALS)},
+                )
         groups = {g: [(h.name, h.data) for h in hosts] for g, hosts in inventory.groups.items()}
         return run_deploy(
             groups, SITE_DEPLOY, limit=limit, dry_run=dry_run, data={"cmdop_payload": str(payload)}
@@ -102,6 +108,16 @@ def postgres_facts(folder: Path, site, host, secrets: dict[str, str]) -> dict:
             }
         ],
     }
+
+
+def wheelhouse_facts(package: str) -> dict:
+    """What a host needs to install ``package`` from our wheelhouse (built once, cached)."""
+    folder = wheelhouse.build(package)
+    files = sorted(p.name for p in folder.iterdir() if p.suffix == ".whl")
+    files.append("requirements.txt")
+    distribution = package.replace("-", "_")
+    (ours,) = [f for f in files if f.startswith(distribution + "-")]
+    return {"key": folder.name, "path": str(folder), "files": files, "package_wheel": ours}
 
 
 def stable_verifier(password: str, role: str) -> str:

@@ -40,10 +40,15 @@ def prepare() -> None:
     files.directory(name="Private upload folder", path=temp_dir(), mode="700", present=True)
 
 
-def put_files(folder: str, directories: dict[str, tuple[str, str, str]] | None = None) -> list:
-    """Upload every rendered file directly in ``folder``; returns the operations (for ``_if``).
+def put_files(
+    folder: str,
+    directories: dict[str, tuple[str, str, str]] | None = None,
+    names: tuple[str, ...] | None = None,
+) -> list:
+    """Upload the rendered files directly in ``folder`` (only ``names``, if given).
 
-    ``directories`` maps a folder to (owner, group, mode) for folders we own.
+    ``directories`` maps a folder to (owner, group, mode) for folders we own. Returns the
+    operations, for ``any_changed``.
     """
     for path, (owner, group, mode) in (directories or {}).items():
         files.directory(
@@ -57,7 +62,8 @@ def put_files(folder: str, directories: dict[str, tuple[str, str, str]] | None =
         )
     changed = []
     for entry in manifest():
-        if str(PurePosixPath(entry["path"]).parent) != folder:
+        path = PurePosixPath(entry["path"])
+        if str(path.parent) != folder or (names is not None and path.name not in names):
             continue
         if entry["secret"]:
             # Exists with its final owner and mode before any byte of the secret arrives.

@@ -7,7 +7,8 @@ from cmdop_install.deploys.common import any_changed, put_files
 
 
 @deploy("nginx")
-def nginx() -> None:
+def nginx(restart_after: list | None = None) -> None:
+    """``restart_after``: operations whose change needs a full restart (new group membership)."""
     apt.packages(
         name="nginx package",
         packages=["nginx"],
@@ -32,4 +33,18 @@ def nginx() -> None:
     systemd.service(
         name="nginx enabled and running", service="nginx", running=True, enabled=True, _sudo=True
     )
-    systemd.service(name="Reload nginx", service="nginx", reloaded=True, _if=changed, _sudo=True)
+    restart = any_changed(restart_after or [])
+    systemd.service(
+        name="Restart nginx (new group membership)",
+        service="nginx",
+        restarted=True,
+        _if=restart,
+        _sudo=True,
+    )
+    systemd.service(
+        name="Reload nginx",
+        service="nginx",
+        reloaded=True,
+        _if=lambda: changed() and not restart(),
+        _sudo=True,
+    )

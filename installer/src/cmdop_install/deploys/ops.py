@@ -78,3 +78,44 @@ def postgres_password(
         remote_temp_filename=host.get_temp_filename(sql_file, temp_directory=temp_dir),
     )
     yield f"{psql} -f {sql_file}; status=$?; rm -f {sql_file}; exit $status"
+
+
+@operation()
+def python_venv(venv: str, wheelhouse: dict, temp_dir: str):
+    """A virtualenv at ``venv`` holding exactly the wheelhouse ``wheelhouse["key"]``.
+
+    The wheels are uploaded to ``<venv>/../wheels/<key>/`` and installed with
+    ``--no-index``: the host never reaches a package index. A marker file records the key,
+    so an unchanged wheelhouse is a no-op.
+    """
+    marker = f"{venv}/.cmdop-wheelhouse"
+    if read(f"cat {marker}") == wheelhouse["key"]:
+        host.noop(f"{venv} has wheelhouse {wheelhouse['key']}")
+        return
+    wheels = f"{venv.rsplit('/', 1)[0]}/wheels/{wheelhouse['key']}"
+    yield f"install -d -m 755 {wheels}"
+    for name in wheelhouse["files"]:
+        dest = f"{wheels}/{name}"
+        yield FileUploadCommand(
+            f"{wheelhouse['path']}/{name}",
+            dest,
+            remote_temp_filename=host.get_temp_filename(dest, temp_directory=temp_dir),
+        )
+    yield f"test -x {venv}/bin/python || python3 -m venv {venv}"
+    yield (
+        f"{venv}/bin/python -m pip install --quiet --no-index --find-links {wheels} "
+        f"--upgrade -r {wheels}/requirements.txt {wheels}/{wheelhouse['package_wheel']}"
+    )
+    yield f"echo {wheelhouse['key']} > {marker}"
+    # keep only the wheelhouse in use
+    parent = f"{wheels}/.."
+    yield f"find {parent} -mindepth 1 -maxdepth 1 ! -name {wheelhouse['key']} -exec rm -rf {{}} +"
+
+
+@operation()
+def managed_command(check: str, expected: str, command: str, what: str):
+    """``command`` unless ``check`` prints ``expected`` (both run as root)."""
+    if read(check) == expected:
+        host.noop(f"{what}: nothing to do")
+        return
+    yield command

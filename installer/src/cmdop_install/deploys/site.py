@@ -4,6 +4,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from cmdop_install.deploys.common import prepare
+from cmdop_install.deploys.control_plane import control_plane
 from cmdop_install.deploys.nginx import nginx
 from cmdop_install.deploys.postgres import postgres
 from cmdop_install.deploys.redis import redis
@@ -18,4 +19,4 @@ def site() -> None:
     if "redis" in groups:
         redis()
     if "control_plane" in groups:
-        nginx()
+        nginx(restart_after=control_plane())

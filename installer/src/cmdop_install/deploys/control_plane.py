@@ -1,0 +1,113 @@
+"""The control plane: cmdop_server in a virtualenv from our wheels, under gunicorn and systemd.
+
+Management commands (migrate, collectstatic) run through ``systemd-run`` with the same
+user, credentials (``LoadCredential=``) and settings as the service, so secrets never
+appear in argv or the environment and no command runs as root inside Django.
+"""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+from pyinfra.operations import apt, server, systemd
+
+from cmdop_install.deploys.common import any_changed, extra, put_files, temp_dir
+from cmdop_install.deploys.ops import managed_command, python_venv
+
+VENV = "/opt/cmdop/venv"
+UNITS = ("cmdop-server.service", "cmdop-audit-retention.service", "cmdop-audit-retention.timer")
+
+
+def manage(args: str, credentials: list[str]) -> str:
+    """A cmdop-server management command as the service runs it (user, credentials, settings)."""
+    props = " ".join(
+        f"-p LoadCredential={name}:/etc/cmdop/credentials/{name}" for name in credentials
+    )
+    return (
+        "systemd-run --quiet --wait --pipe --collect -p User=cmdop -p Group=cmdop "
+        f"{props} -E CMDOP_SERVER_TOML=/etc/cmdop/server.toml "
+        f"-E DJANGO_SETTINGS_MODULE=cmdop_server.settings.production {VENV}/bin/cmdop-server {args}"
+    )
+
+
+@deploy("Control plane")
+def control_plane() -> list:
+    """Returns the operations after which nginx must restart (it joined group cmdop)."""
+    cp = extra("control_plane")
+    apt.packages(
+        name="Python for the control plane",
+        packages=["python3", "python3-venv"],
+        update=True,
+        cache_time=86400,
+        no_recommends=True,
+        _sudo=True,
+    )
+    server.group(name="Group cmdop", group="cmdop", system=True, _sudo=True)
+    server.user(  # noqa: S604 - `shell` is the login shell, not a subprocess flag
+        name="User cmdop (runs gunicorn)",
+        user="cmdop",
+        group="cmdop",
+        system=True,
+        shell="/usr/sbin/nologin",
+        home="/var/lib/cmdop",
+        create_home=False,
+        _sudo=True,
+    )
+    nginx_group = server.user(
+        name="nginx may reach the gunicorn socket",
+        user="www-data",
+        groups=["cmdop"],
+        append=True,
+        _sudo=True,
+    )
+    venv = python_venv(
+        name="Virtualenv from the wheelhouse",
+        venv=VENV,
+        wheelhouse=cp["wheelhouse"],
+        temp_dir=temp_dir(),
+        _sudo=True,
+    )
+    config = put_files("/etc/cmdop", {"/etc/cmdop": ("root", "cmdop", "750")})
+    creds = put_files("/etc/cmdop/credentials", {"/etc/cmdop/credentials": ("root", "root", "700")})
+    tls = put_files("/etc/cmdop/tls", {"/etc/cmdop/tls": ("root", "cmdop", "750")})
+    units = put_files("/etc/systemd/system", names=UNITS)
+    systemd.daemon_reload(
+        name="Reload systemd (control-plane units)", _if=any_changed(units), _sudo=True
+    )
+    credentials = cp["credentials"]
+    managed_command(
+        name="Database migrations",
+        what="migrations",
+        check=manage("migrate --check >/dev/null && echo current", credentials),
+        expected="current",
+        command=manage("migrate --noinput", credentials),
+        _sudo=True,
+    )
+    systemd.service(
+        name="Control plane enabled and running",
+        service="cmdop-server.service",
+        running=True,
+        enabled=True,
+        _sudo=True,
+    )
+    systemd.service(
+        name="Restart the control plane (new code)",
+        service="cmdop-server.service",
+        restarted=True,
+        _if=any_changed([venv, *units]),
+        _sudo=True,
+    )
+    systemd.service(
+        name="Reload the control plane (new settings or secrets)",
+        service="cmdop-server.service",
+        reloaded=True,
+        _if=lambda: not any_changed([venv, *units])() and any_changed(config + creds + tls)(),
+        _sudo=True,
+    )
+    systemd.service(
+        name="Audit retention timer",
+        service="cmdop-audit-retention.timer",
+        running=True,
+        enabled=True,
+        _sudo=True,
+    )
+    return [nginx_group]
