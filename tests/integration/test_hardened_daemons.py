@@ -65,12 +65,22 @@ def test_postgres_tls13_verify_full_login_acts_as_owner_role(pg_and_site):
     assert user == "cmdop_owner"  # ALTER ROLE … SET role: objects belong to the owner
 
 
+def test_postgres_app_role_reaches_the_audit_database_too(pg_and_site):
+    pg, secrets, ca = pg_and_site
+    with _pg_connect(pg, ca, dbname="cmdop_audit",
+                     password=secrets["postgres_password_blue"]) as conn:
+        conn.execute("CREATE TABLE probe (id int)")  # owned by cmdop_owner via SET role
+        owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'probe'")
+        assert owner.fetchone() == ("cmdop_owner",)
+
+
 @pytest.mark.parametrize("overrides, why", [
     ({"ssl_max_protocol_version": "TLSv1.2"}, "TLS 1.2-only client"),
     ({"sslmode": "disable"}, "no TLS"),
     ({"password": "wrong-password-0123456789abcdefXYZ"}, "wrong password"),
     ({"user": "cmdop_green"}, "idle rotation role without a password"),
     ({"user": "postgres", "dbname": "postgres"}, "superuser over the network"),
+    ({"dbname": "postgres"}, "the app role to another database"),
     ({"host": "localhost", "hostaddr": "127.0.0.1"}, "name not in the certificate"),
 ])
 def test_postgres_refuses(pg_and_site, overrides, why):

@@ -150,15 +150,16 @@ def test_nginx_refuses_tls12(nginx):
 
 def test_nginx_plain_http_only_redirects(nginx):
     conn = http.client.HTTPConnection("127.0.0.1", nginx["http"], timeout=5)
-    conn.request("GET", "/api/sessions/", headers={"Host": nginx["domain"]})
+    conn.request("GET", "/api/v1/me", headers={"Host": nginx["domain"]})
     response = conn.getresponse()
     assert response.status == 301
     assert response.getheader("Location").startswith(f"https://{nginx['domain']}/")
 
 
 def test_nginx_rate_limits_auth_endpoints(nginx):
-    statuses = [_get(nginx, "/api/auth/token")[0].status for _ in range(10)]
+    statuses = [_get(nginx, "/api/v1/oauth/token")[0].status for _ in range(10)]
     assert 429 in statuses  # 10/min with a burst of 5: the second line behind the app
+    assert _get(nginx, "/api/v1/me")[0].status == 200  # other paths are not in that zone
 
 
 # --- systemd units --------------------------------------------------------------------------

@@ -124,6 +124,8 @@ def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, st
     prefix = site["postgres"]["role_prefix"]
     pg = {"owner": f"{prefix}_owner", "blue": f"{prefix}_blue", "green": f"{prefix}_green"}
     pg["active"] = pg[site["postgres"]["active_role"]]
+    database = site["postgres"]["database"]
+    pg["databases"] = [database, f"{database}_audit"]  # cmdop_server's "audit" alias
     centrifugo_hosts = inventory.groups["centrifugo"] if site.centrifugo_enabled else []
     redis_hosts = inventory.groups["redis"]
     centrifugo_redis = None

@@ -14,6 +14,9 @@ graceful_timeout = 30
 keepalive = 5
 # settings are re-imported on SIGHUP only without preloading (secret rotation reloads)
 preload_app = False
+# no control socket: the home folder is read-only under ProtectSystem=strict, and nothing
+# but systemd manages this service
+control_socket_disable = True
 # trust X-Forwarded-* only from nginx on this host
 forwarded_allow_ips = "127.0.0.1,::1"
 # bounded request headers: no memory exhaustion through giant headers

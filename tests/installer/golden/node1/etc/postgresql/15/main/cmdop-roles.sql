@@ -18,8 +18,15 @@ $$;
 -- objects created by either login role belong to the owner role
 ALTER ROLE cmdop_blue SET role = 'cmdop_owner';
 ALTER ROLE cmdop_green SET role = 'cmdop_owner';
+-- the app database, and the audit database kept apart from session data (the seed;
+-- cmdop_server's "audit" alias defaults to <name>_audit on the same server and role)
 SELECT 'CREATE DATABASE cmdop OWNER cmdop_owner'
   WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'cmdop')\gexec
--- nobody else may even connect to the app database
+-- nobody else may even connect to it
 REVOKE ALL ON DATABASE cmdop FROM PUBLIC;
 GRANT CONNECT, TEMPORARY ON DATABASE cmdop TO cmdop_owner;
+SELECT 'CREATE DATABASE cmdop_audit OWNER cmdop_owner'
+  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'cmdop_audit')\gexec
+-- nobody else may even connect to it
+REVOKE ALL ON DATABASE cmdop_audit FROM PUBLIC;
+GRANT CONNECT, TEMPORARY ON DATABASE cmdop_audit TO cmdop_owner;
