@@ -1,10 +1,13 @@
 """Backoff, the outbox's sequence numbers and backpressure accounting, the work journal."""
 
+import base64
 import random
 from pathlib import Path
 
 import pytest
+from cmdop_agent.config import Limits
 from cmdop_agent.runtime import Backoff, Journal, Outbox
+from cmdop_agent.work import Executor
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +79,13 @@ def test_journal_compacts_and_keeps_the_newest(tmp_path: Path, monkeypatch) -> N
     lines = (tmp_path / "work-journal").read_text().split()
     assert len(lines) <= 10 and lines[-1] == "w_29"
     assert not Journal(tmp_path).claim("w_29")
+
+
+def test_runaway_command_output_is_capped_and_killed(tmp_path: Path) -> None:
+    ex = Executor(Limits(command_output_bytes=100_000, command_timeout=5), Outbox(),
+                  Journal(tmp_path), sessions=None)  # type: ignore[arg-type]
+    result = ex.run_command({"command": "yes", "cwd": str(tmp_path)})
+    assert result["truncated"] and result["exit_code"] == -9
+    assert len(base64.b64decode(result["stdout_b64"])) == 100_000
+    slow = ex.run_command({"command": "sleep 30", "timeout": 0.5, "cwd": str(tmp_path)})
+    assert slow["timed_out"] and slow["duration_ms"] < 5000

@@ -78,9 +78,16 @@ class Agent:
 
     def _send_once(self, api: AgentApi) -> None:
         batch = self.outbox.batch(timeout=1.0)
-        if batch:
-            reply = api.post_events(self.boot_id, batch)
+        while batch:
+            try:
+                reply = api.post_events(self.boot_id, batch)
+            except ServerError as exc:
+                if exc.status != 413 or len(batch) == 1:
+                    raise
+                batch = batch[: len(batch) // 2]  # the protocol: split and retry
+                continue
             self.outbox.confirm(int(reply.get("accepted_through", 0)))
+            return
 
     def _heartbeat_once(self, api: AgentApi) -> None:
         reply = api.heartbeat(self.boot_id, len(self.sessions))

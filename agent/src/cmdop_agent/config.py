@@ -78,7 +78,8 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     server = data.get("server")
     parts = urlsplit(server) if isinstance(server, str) else None
-    if parts is None or parts.scheme != "https" or not parts.hostname:
+    if not isinstance(server, str) or parts is None or parts.scheme != "https" \
+            or not parts.hostname:
         raise ConfigError(f"{path}: server must be an https:// URL (TLS cannot be disabled)")
     base = path.parent
     ca = data.get("ca_file", "system")

@@ -237,16 +237,16 @@ class SessionManager:
                     except BlockingIOError:
                         pass
                     continue
-                session = sessions.get(fd)
-                if session is not None and not session.read_ready():
+                ready = sessions.get(fd)
+                if ready is not None and not ready.read_ready():
                     poller.unregister(fd)
                     registered.discard(fd)
-                    self._finish(session)
+                    self._finish(ready)
 
     def _finish(self, session: PtySession) -> None:
         with self._lock:
             self._sessions.pop(session.session_id, None)
         code = session.reap()
-        event = {"type": "session.exited", "session_id": session.session_id}
+        event: dict[str, object] = {"type": "session.exited", "session_id": session.session_id}
         event.update({"signal": -code} if code < 0 else {"exit_code": code})
         self.outbox.put(event)

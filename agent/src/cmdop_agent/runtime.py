@@ -57,7 +57,8 @@ class Outbox:
         with self._cond:
             if not self._events:
                 self._cond.wait(timeout)
-            out, size = [], 0
+            out: list[dict] = []
+            size = 0
             for _, event, _, _ in self._events:
                 size += event_size(event)
                 if out and size > BATCH_MAX_BYTES:

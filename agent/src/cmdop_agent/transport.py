@@ -16,7 +16,7 @@ import socket
 import ssl
 from pathlib import Path
 from urllib.parse import unquote, urlencode, urlsplit
-from urllib.request import proxy_bypass_environment
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
 from . import __version__
 from .errors import ServerError, TlsError, TransportError
@@ -60,7 +60,7 @@ def _describe(exc: BaseException, where: str, ca_file: Path | None) -> str:
         return f"TLS handshake with {where} failed: {exc.reason or exc}"
     if isinstance(exc, TimeoutError | socket.timeout):
         return f"timed out talking to {where}"
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return f"cannot reach {where}: {reason}"
 
 
