@@ -24,7 +24,7 @@ from .work import Executor
 log = logging.getLogger("cmdop_agent")
 
 POLL_WAIT = 25
-SHUTDOWN_FLUSH = 5.0
+SESSION_EXIT_WAIT = 2.0
 
 
 class Agent:
@@ -118,10 +118,11 @@ class Agent:
     def shutdown(self, sender: threading.Thread) -> None:
         self.sessions.close_all()
         if self.fatal is None:
-            # The sender stopped with the others; flush what is queued (exit reports too).
+            # Let the shells exit so their session.exited reports are queued, then flush
+            # what is queued: the sender thread stopped with the others.
+            self.sessions.wait_all_closed(SESSION_EXIT_WAIT)
             sender.join(timeout=2)
             flush_api = AgentApi(self.config, self.auth)
-            self.outbox.wait_empty(0.5)
             try:
                 for _ in range(10):
                     if not len(self.outbox):

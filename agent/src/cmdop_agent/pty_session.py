@@ -209,6 +209,14 @@ class SessionManager:
         for session in sessions:
             session.hangup()
 
+    def wait_all_closed(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while len(self):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def stop(self) -> None:
         self._stop.set()
         os.write(self._wake_w, b"x")
