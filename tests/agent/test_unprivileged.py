@@ -1,0 +1,75 @@
+"""The agent as an ordinary user (``nobody`` via setpriv), without --allow-root: the way it
+is meant to run. Uses the system python3 (the agent is standard library only), because the
+test venv's interpreter lives under /root where `nobody` cannot read."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not (shutil.which("setpriv") and Path("/usr/bin/python3").exists()),
+                       reason="needs setpriv and a system python3"),
+]
+
+NOBODY = 65534
+AGENT_SRC = Path(__file__).resolve().parents[2] / "agent" / "src"
+
+
+@pytest.fixture
+def nobody_home(standin, pki):
+    root = Path(tempfile.mkdtemp(prefix="cmdop-nobody-", dir="/var/tmp"))
+    conf = root / ".config" / "cmdop-agent"
+    conf.mkdir(parents=True)
+    shutil.copy(pki.ca, conf / "site-ca.pem")
+    (conf / "agent.toml").write_text(f'server = "{standin.url}"\nca_file = "site-ca.pem"\n')
+    (conf / "agent.toml").chmod(0o600)
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, NOBODY, NOBODY)
+    root.chmod(0o700)
+    yield root
+    shutil.rmtree(root)
+
+
+def as_nobody(root: Path, *args: str) -> list[str]:
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "env", "-i",
+            f"HOME={root}", f"PYTHONPATH={AGENT_SRC}", "SHELL=/bin/sh", "PATH=/usr/bin:/bin",
+            "/usr/bin/python3", "-m", "cmdop_agent.cli", *args]
+
+
+def test_enroll_and_work_as_an_ordinary_user(nobody_home: Path, standin) -> None:
+    enroll = subprocess.run(as_nobody(nobody_home, "enroll", "--token", "jt_good"),
+                            capture_output=True, text=True, timeout=60)
+    assert enroll.returncode == 0, enroll.stderr
+    cred = nobody_home / ".config" / "cmdop-agent" / "credential.json"
+    assert cred.stat().st_uid == NOBODY and cred.stat().st_mode & 0o777 == 0o600
+    proc = subprocess.Popen(as_nobody(nobody_home, "run"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        w = standin.push("command.run", command="id -u; grep NoNewPrivs /proc/self/status")
+        out = base64.b64decode(standin.event("command.result", work_id=w, timeout=20)
+                               ["stdout_b64"]).decode().split()
+        assert out == [str(NOBODY), "NoNewPrivs:", "1"]
+        denied = standin.push("file.read", path="/root/.bashrc")
+        assert standin.event("work.error", work_id=denied)["error"] == "file_error"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, proc.stderr.read()
+        proc.stderr.close()
+
+
+def test_ordinary_user_refuses_a_config_owned_by_root(nobody_home: Path) -> None:
+    config = nobody_home / ".config" / "cmdop-agent" / "agent.toml"
+    os.chown(config, 0, 0)
+    result = subprocess.run(as_nobody(nobody_home, "enroll", "--token", "jt_good"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78
+    assert result.stderr.strip().endswith(f"owned by uid 0, the agent runs as uid {NOBODY}")
