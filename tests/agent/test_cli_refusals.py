@@ -112,3 +112,13 @@ def test_revoked_credential_stops_the_agent(home: AgentHome, standin) -> None:
         [sys.executable, "-m", "cmdop_agent.cli", "--allow-root", "--config", str(home.config),
          "run"], capture_output=True, text=True, env=home.env(), timeout=30)
     assert_one_line_failure(result, "enroll again")
+
+
+def test_unsafe_credential_directory_refused_before_the_token_is_spent(home: AgentHome,
+                                                                     standin) -> None:
+    home.config.parent.chmod(0o777)
+    assert_one_line_failure(home.cli("enroll", "--token", "jt_good"), "directory")
+    assert not home.credential.exists()
+    assert not standin.state.credentials  # the server was never asked
+    home.config.parent.chmod(0o700)
+    assert home.cli("enroll", "--token", "jt_good").returncode == 0  # the token still works

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from . import __version__
 from .config import Config, load_credential, save_credential
 from .errors import AgentError, ServerError
+from .files import check_private, ensure_private_dir
 from .transport import HttpsClient
 from .vault import Vault
 
@@ -28,7 +29,18 @@ def host_facts() -> dict[str, str]:
             "version": __version__}
 
 
+def _preflight(config: Config, key_dir: bool = False) -> None:
+    """Fail before talking to the server (a join token is single-use) if we could not store
+    what it gives us."""
+    ensure_private_dir(config.credential_file.parent)
+    if config.credential_file.exists():
+        check_private(config.credential_file)
+    if key_dir:
+        ensure_private_dir(config.key_dir)
+
+
 def enroll_with_join_token(config: Config, token: str) -> dict:
+    _preflight(config)
     client = HttpsClient(config.server, config.ca_file)
     reply = client.request("POST", f"{AGENT}/enroll", body={"join_token": token, **host_facts()})
     cred = {"kind": "machine", "server": config.server, "machine_id": reply["machine_id"],
@@ -41,6 +53,7 @@ def login_with_device_flow(
     config: Config, show: Callable[[str], None], sleep: Callable[[float], None] = time.sleep
 ) -> dict:
     """RFC 8628: print where to go, poll honouring interval and slow_down, then enroll."""
+    _preflight(config, key_dir=True)
     client = HttpsClient(config.server, config.ca_file)
     grant = client.request("POST", f"{OAUTH}/device_authorization",
                            form={"client_id": CLIENT_ID, "scope": "agent"})
