@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "agent"))
 
+from agent_home import AgentHome, write_config  # noqa: E402
 from agent_standin import StandIn, make_ca, make_leaf  # noqa: E402
-from conftest import AgentHome, write_config  # noqa: E402
 
 
 class Reader:

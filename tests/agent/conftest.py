@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import ssl
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from agent_home import AgentHome, write_config
 from agent_standin import StandIn, make_ca, make_leaf
 
 
@@ -50,43 +49,6 @@ def standin_tls12(pki: Pki):
     server.state.join_tokens["jt_good"] = time.time() + 600
     yield server
     server.close()
-
-
-@dataclass
-class AgentHome:
-    root: Path
-    config: Path
-    credential: Path
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        env.update(HOME=str(self.root), XDG_CONFIG_HOME=str(self.root / ".config"),
-                   XDG_STATE_HOME=str(self.root / ".state"),
-                   XDG_DATA_HOME=str(self.root / ".share"), SHELL="/bin/bash",
-                   PYTHONUNBUFFERED="1")
-        return env
-
-    def cli(self, *args: str, stdin: str | None = None, timeout: float = 30
-            ) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "cmdop_agent.cli", "--allow-root", "--config",
-             str(self.config), *args],
-            input=stdin, capture_output=True, text=True, env=self.env(), timeout=timeout)
-
-    def start(self, *extra: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cmdop_agent.cli", "--allow-root", "--config",
-             str(self.config), *extra, "run", "-v"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env())
-
-
-def write_config(root: Path, server: str, ca: Path | str, extra: str = "") -> Path:
-    conf_dir = root / ".config" / "cmdop-agent"
-    conf_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    config = conf_dir / "agent.toml"
-    config.write_text(f'server = "{server}"\nca_file = "{ca}"\n{extra}')
-    config.chmod(0o600)
-    return config
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from agent_home import AgentHome, write_config
 from agent_standin import StandIn, make_leaf
-from conftest import AgentHome, write_config
 
 pytestmark = pytest.mark.integration
 
