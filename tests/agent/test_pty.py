@@ -83,3 +83,10 @@ def test_session_count_is_capped(monkeypatch) -> None:
         mgr.close_all()
         time.sleep(0.1)
         mgr.stop()
+
+
+def test_session_shell_has_no_new_privs_even_from_a_plain_process(manager) -> None:
+    mgr, box = manager
+    session = mgr.open("n", 80, 24)
+    session.write(b"grep NoNewPrivs /proc/$$/status\n")
+    wait_for(box, "n", b"NoNewPrivs:\t1")

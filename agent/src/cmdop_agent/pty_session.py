@@ -9,6 +9,7 @@ fills and the program writing to it blocks. Memory stays bounded and nothing is 
 from __future__ import annotations
 
 import base64
+import ctypes
 import errno
 import fcntl
 import os
@@ -27,6 +28,7 @@ from .privileges import PR_SET_NO_NEW_PRIVS
 from .runtime import Outbox
 
 READ_CHUNK = 16 * 1024
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class TokenBucket:
@@ -79,7 +81,9 @@ class PtySession:
                     os.dup2(slave, fd)
                 if slave > 2:
                     os.close(slave)
-                _prctl_no_new_privs()
+                # Inherited from the agent already; set again so a session started by other
+                # code (tests) is covered too. The libc handle was bound before fork.
+                _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
                 try:
                     os.chdir(home)
                 except OSError:
@@ -155,12 +159,6 @@ class PtySession:
             status = 0
         self.exit_code = os.waitstatus_to_exitcode(status)
         return self.exit_code
-
-
-def _prctl_no_new_privs() -> None:
-    import ctypes
-
-    ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
 class SessionManager:
