@@ -103,6 +103,9 @@ def _mount() -> None:
     from cmdop_server.sessions.api import router as sessions_router  # issue 5
 
     api.add_router("/workspaces", sessions_router)
+    from cmdop_server.audit.api import router as audit_router
+
+    api.add_router("/workspaces", audit_router)
 
 
 _mount()

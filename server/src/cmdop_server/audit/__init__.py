@@ -3,18 +3,22 @@
 Rows go to the separate ``audit`` database (``router.AuditRouter``). ``action()`` opens the
 audit transaction around the app's durable transaction, so a ``do_*`` action and its audit
 row commit together, and if the audit store is down the action fails instead of happening
-unrecorded. Issue 5 adds the hash chain, retention and export on top of this interface.
+unrecorded. Each row is hash-chained per workspace (``chain.py``; ``audit_verify`` proves
+it); ``audit_prune`` enforces retention; ``export.py`` streams rows as JSON lines or CSV.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, transaction
+from django.utils import timezone
 
 AUDIT_DB = "audit"
+CHAIN_LOCK = 0x617564  # advisory lock class for the audit chains ("aud")
 
 
 def record(
@@ -28,10 +32,16 @@ def record(
     reason: str = "",
     **data: Any,
 ):
-    """Store one audit event. Callers pass ids and labels, never credentials."""
+    """Store one audit event. Callers pass ids and labels, never credentials.
+
+    The row is linked into its workspace's hash chain (``chain.py``); an advisory lock per
+    chain, held until the audit transaction commits, keeps concurrent writers in order.
+    """
+    from cmdop_server.audit import chain
     from cmdop_server.audit.models import AuditEvent
 
-    return AuditEvent.objects.using(AUDIT_DB).create(
+    row = AuditEvent(
+        occurred_at=timezone.now(),
         event=event,
         success=success,
         user_id=getattr(user, "pk", user) if user is not None else None,
@@ -40,8 +50,18 @@ def record(
         method=method,
         ip=ip,
         reason=reason,
-        data=data,
+        data=json.loads(json.dumps(data, default=str)),  # exactly what jsonb will hand back
     )
+    with transaction.atomic(using=AUDIT_DB):
+        with connections[AUDIT_DB].cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                           [CHAIN_LOCK, row.workspace_id or 0])
+        last = (AuditEvent.objects.using(AUDIT_DB).filter(workspace_id=row.workspace_id)
+                .order_by("-id").values_list("row_hash", flat=True).first())
+        row.prev_hash = last or chain.GENESIS
+        row.row_hash = chain.link(row.prev_hash, row)
+        row.save(using=AUDIT_DB)
+    return row
 
 
 @contextlib.contextmanager

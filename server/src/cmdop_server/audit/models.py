@@ -16,3 +16,9 @@ class AuditEvent(models.Model):
     ip = models.GenericIPAddressField(null=True)
     reason = models.CharField(max_length=200, blank=True)
     data = models.JSONField(default=dict)
+    # the hash chain per workspace (audit/chain.py); filled by audit.record()
+    prev_hash = models.CharField(max_length=64, default="")
+    row_hash = models.CharField(max_length=64, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["workspace_id", "id"], name="audit_chain_order")]
