@@ -89,3 +89,14 @@ def test_runaway_command_output_is_capped_and_killed(tmp_path: Path) -> None:
     assert len(base64.b64decode(result["stdout_b64"])) == 100_000
     slow = ex.run_command({"command": "sleep 30", "timeout": 0.5, "cwd": str(tmp_path)})
     assert slow["timed_out"] and slow["duration_ms"] < 5000
+
+
+def test_outbox_size_tracks_queued_events() -> None:
+    box = Outbox()
+    box.put({"type": "command.result", "stdout_b64": "x" * 5000})
+    box.put({"type": "command.result", "stdout_b64": "x" * 5000})
+    assert box.size > 10_000 and not box.wait_below(10_000, timeout=0)
+    box.confirm(1)
+    assert box.wait_below(10_000, timeout=0)
+    box.confirm(2)
+    assert box.size == 0

@@ -25,6 +25,7 @@ log = logging.getLogger("cmdop_agent")
 
 POLL_WAIT = 25
 SESSION_EXIT_WAIT = 2.0
+OUTBOX_MAX_BYTES = 16 * 1024 * 1024
 
 
 class Agent:
@@ -69,6 +70,10 @@ class Agent:
         api.close()
 
     def _poll_once(self, api: AgentApi, state: dict) -> None:
+        # Results not yet delivered (command output, file contents) bound what we take on:
+        # while the outbox is full, no new work is fetched.
+        if not self.outbox.wait_below(OUTBOX_MAX_BYTES, timeout=1.0):
+            return
         reply = api.poll(state.get("cursor"), POLL_WAIT)
         ids = [i for i in (self.executor.handle(item) for item in reply.get("items", []))
                if i is not None]

@@ -33,12 +33,20 @@ class Outbox:
         self._events: deque[tuple[int, dict, str | None, int]] = deque()
         self._next_seq = 1
         self._pending: dict[str, int] = {}
+        self.size = 0  # encoded bytes of all queued events
+
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        """Block while the outbox holds ``limit`` bytes or more (the poller's backpressure)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.size < limit, timeout)
 
     def put(self, event: dict, session_id: str | None = None, output_bytes: int = 0) -> int:
         with self._cond:
             seq = self._next_seq
             self._next_seq += 1
-            self._events.append((seq, {"seq": seq, **event}, session_id, output_bytes))
+            full = {"seq": seq, **event}
+            self._events.append((seq, full, session_id, output_bytes))
+            self.size += event_size(full)
             if session_id is not None:
                 self._pending[session_id] = self._pending.get(session_id, 0) + output_bytes
             self._cond.notify_all()
@@ -69,7 +77,8 @@ class Outbox:
     def confirm(self, through: int) -> None:
         with self._cond:
             while self._events and self._events[0][0] <= through:
-                _, _, session_id, nbytes = self._events.popleft()
+                _, event, session_id, nbytes = self._events.popleft()
+                self.size -= event_size(event)
                 if session_id is not None:
                     left = self._pending.get(session_id, 0) - nbytes
                     if left > 0:
