@@ -18,17 +18,34 @@ django.setup()
 
 from tests.support.services import PostgresServer, RedisServer  # noqa: E402
 
+_SERVICES = pytest.StashKey[tuple]()
+
+
+def _services(config: pytest.Config) -> tuple:
+    """One Postgres and one Redis per test run, even when another conftest re-exports these
+    fixtures (tests/server_sessions does): a second copy of a session fixture would
+    otherwise start a second pair and point Django at databases that were never created."""
+    if _SERVICES not in config.stash:
+        pg = PostgresServer().__enter__()
+        try:
+            rd = RedisServer().__enter__()
+        except BaseException:
+            pg.stop()
+            raise
+        config.stash[_SERVICES] = (pg, rd)
+        config.add_cleanup(pg.stop)
+        config.add_cleanup(rd.stop)
+    return config.stash[_SERVICES]
+
 
 @pytest.fixture(scope="session")
-def postgres_server():
-    with PostgresServer() as pg:
-        yield pg
+def postgres_server(request):
+    return _services(request.config)[0]
 
 
 @pytest.fixture(scope="session")
-def redis_server():
-    with RedisServer() as r:
-        yield r
+def redis_server(request):
+    return _services(request.config)[1]
 
 
 @pytest.fixture(scope="session")
