@@ -17,12 +17,18 @@ from pathlib import Path
 import click
 
 from cmdop_install import check, render, wheelhouse
+from cmdop_install.deploys.control_plane import manage_command
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
 from cmdop_install.hashing import scram_sha256_verifier
 from cmdop_install.runner import RunResult, run_deploy
 
 SITE_DEPLOY = "cmdop_install.deploys.site:site"
+NOTHING = "cmdop_install.deploys.site:nothing"
+AGENT_CREDENTIAL = "/var/lib/cmdop-agent/credential.json"
+# payload file names (the files hold secrets; the names do not)
+JOIN_TOKEN_SRC = "files/join-token"  # noqa: S105
+OWNER_PASSWORD_SRC = "files/owner-password"  # noqa: S105
 
 
 def deploy_site(
@@ -36,20 +42,99 @@ def deploy_site(
             f"nothing was deployed; first: {problems[0]}"
         )
     site, inventory, secrets, pem = render.load_for_render(site_dir)
-    server_wheels = wheelhouse_facts("cmdop-server") if inventory.groups["control_plane"] else None
+    groups = {g: [(h.name, h.data) for h in hosts] for g, hosts in inventory.groups.items()}
+    wheels = {
+        "control_plane": wheelhouse_facts("cmdop-server")
+        if inventory.groups["control_plane"]
+        else None,
+        "agents": wheelhouse_facts("cmdop-agent") if inventory.groups["agents"] else None,
+    }
     with tempfile.TemporaryDirectory(prefix="cmdop-deploy-") as tmp:
         payload = Path(tmp)
         for host in inventory.hosts():
             write_payload(payload / host.name, site, inventory, host.name, secrets, pem)
-            if "control_plane" in inventory.roles_of(host.name):
-                _json(
-                    payload / host.name / "control_plane.json",
-                    {"wheelhouse": server_wheels, "credentials": list(render.CREDENTIALS)},
-                )
-        groups = {g: [(h.name, h.data) for h in hosts] for g, hosts in inventory.groups.items()}
-        return run_deploy(
-            groups, SITE_DEPLOY, limit=limit, dry_run=dry_run, data={"cmdop_payload": str(payload)}
+            write_extras(payload / host.name, site, inventory, host.name, wheels, secrets)
+        data = {"cmdop_payload": str(payload)}
+        facts = {"enrolled": f"test -s {AGENT_CREDENTIAL} && echo yes || echo no"}
+        result = run_deploy(
+            groups,
+            SITE_DEPLOY,
+            limit=limit,
+            dry_run=dry_run,
+            data=data,
+            facts=facts if inventory.groups["agents"] else None,
         )
+        waiting = [
+            h.name
+            for h in inventory.groups["agents"]
+            if h.name in result.hosts and result.hosts[h.name].facts.get("enrolled") == "no"
+        ]
+        if dry_run or not waiting or result.failed:
+            return result
+        # Second pass, only for agents not yet enrolled: one fresh single-use token each.
+        tokens = issue_join_tokens(groups, inventory, site, len(waiting))
+        for name, token in zip(waiting, tokens, strict=True):
+            write_atomic(payload / name / JOIN_TOKEN_SRC, (token + "\n").encode(), 0o600)
+            write_extras(payload / name, site, inventory, name, wheels, secrets, JOIN_TOKEN_SRC)
+        enrolled = run_deploy(groups, SITE_DEPLOY, limit=waiting, data=data)
+        for name, host_result in enrolled.hosts.items():
+            result.hosts[name].ops += host_result.ops
+            result.hosts[name].error = host_result.error
+        return result
+
+
+def write_extras(
+    folder: Path,
+    site,
+    inventory,
+    host_name: str,
+    wheels: dict,
+    secrets: dict[str, str],
+    join_token: str | None = None,
+) -> None:
+    """Per-component facts the deploys compare against (names, keys; no secret values)."""
+    roles = inventory.roles_of(host_name)
+    if "control_plane" in roles:
+        write_atomic(
+            folder / OWNER_PASSWORD_SRC, (secrets["owner_password"] + "\n").encode(), 0o600
+        )
+        owner = {
+            "email": site["site"]["owner_email"] or f"admin@{site['site']['domain']}",
+            "workspace": site["site"]["name"],
+            "password_src": OWNER_PASSWORD_SRC,
+        }
+        _json(
+            folder / "control_plane.json", {"wheelhouse": wheels["control_plane"], "owner": owner}
+        )
+    if "agents" in roles:
+        _json(
+            folder / "agent.json",
+            {
+                "wheelhouse": wheels["agents"],
+                "user": site["agent"]["user"],
+                "join_token_src": join_token,
+            },
+        )
+
+
+def issue_join_tokens(groups, inventory, site, count: int) -> list[str]:
+    """Single-use join tokens from the control plane (a management command on its first host).
+
+    The tokens come back as a pyinfra fact: they are never printed and live only in the
+    0600 payload folder of this run.
+    """
+    first = inventory.groups["control_plane"][0].name
+    command = manage_command(
+        f"issue_join_tokens --workspace {site['site']['name']} --count {count} --ttl 900"
+    )
+    result = run_deploy(groups, NOTHING, limit=[first], facts={"tokens": command})
+    tokens = result.hosts[first].facts.get("tokens", "").split()
+    if len(tokens) != count:
+        raise UserError(
+            f"{first}: the control plane issued {len(tokens)} of {count} join tokens; "
+            "is it up? (`cmdop-install status` shows it)"
+        )
+    return tokens
 
 
 def write_payload(
@@ -80,29 +165,31 @@ def write_payload(
 
 
 def postgres_facts(folder: Path, site, host, secrets: dict[str, str]) -> dict:
-    pg = site["postgres"]
-    prefix = pg["role_prefix"]
-    owner, login = f"{prefix}_owner", [f"{prefix}_blue", f"{prefix}_green"]
-    active = f"{prefix}_{pg['active_role']}"
-    password = secrets[f"postgres_password_{pg['active_role']}"]
-    verifier = stable_verifier(password, active)
+    pg = render.postgres_names(site)
+    password = secrets[f"postgres_password_{site['postgres']['active_role']}"]
+    verifier = stable_verifier(password, pg["active"])
     sql_src = "files/password-active.sql"
-    write_atomic(folder / sql_src, f"ALTER ROLE {active} PASSWORD '{verifier}';\n".encode(), 0o600)
-    roles = ", ".join(f"'{r}'" for r in [owner, *login])
+    write_atomic(
+        folder / sql_src, f"ALTER ROLE {pg['active']} PASSWORD '{verifier}';\n".encode(), 0o600
+    )
+    # names come from site.toml, validated as SQL identifiers ([a-z][a-z0-9_]*)
+    roles = ", ".join(f"'{pg[r]}'" for r in ("owner", "blue", "green"))
+    databases = ", ".join(f"'{d}'" for d in pg["databases"])
+    check = (
+        f"SELECT (SELECT count(*) FROM pg_roles WHERE rolname IN ({roles})) = 3"  # noqa: S608
+        f" AND (SELECT count(*) FROM pg_database WHERE datname IN ({databases}))"
+        f" = {len(pg['databases'])}"
+        " AND (SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole"
+        f" WHERE r.rolname IN ('{pg['blue']}', '{pg['green']}')"
+        f" AND 'role={pg['owner']}' = ANY (s.setconfig)) = 2"
+    )
     return {
-        "major": pg["major"],
+        "major": site["postgres"]["major"],
         "listen_addresses": host.address,
-        "roles_check_sql": (
-            # names come from site.toml, validated as SQL identifiers ([a-z][a-z0-9_]*)
-            f"SELECT (SELECT count(*) FROM pg_roles WHERE rolname IN ({roles})) = 3"  # noqa: S608
-            f" AND EXISTS (SELECT FROM pg_database WHERE datname = '{pg['database']}')"
-            f" AND (SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r"
-            f" ON r.oid = s.setrole WHERE r.rolname IN ('{login[0]}', '{login[1]}')"
-            f" AND 'role={owner}' = ANY (s.setconfig)) = 2"
-        ),
+        "roles_check_sql": check,
         "passwords": [
             {
-                "name": active,
+                "name": pg["active"],
                 "verifier_md5": hashlib.md5(verifier.encode(), usedforsecurity=False).hexdigest(),
                 "sql_src": sql_src,
             }

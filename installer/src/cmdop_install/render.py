@@ -119,13 +119,19 @@ def _cidr(address: str) -> str:
     return f"{ip}/{ip.max_prefixlen}"
 
 
-def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, str],
-             paths: Paths) -> dict:
+def postgres_names(site: Site) -> dict:
+    """The Postgres roles and databases of a site (the templates and the deploy share them)."""
     prefix = site["postgres"]["role_prefix"]
     pg = {"owner": f"{prefix}_owner", "blue": f"{prefix}_blue", "green": f"{prefix}_green"}
     pg["active"] = pg[site["postgres"]["active_role"]]
     database = site["postgres"]["database"]
     pg["databases"] = [database, f"{database}_audit"]  # cmdop_server's "audit" alias
+    return pg
+
+
+def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, str],
+             paths: Paths) -> dict:
+    pg = postgres_names(site)
     centrifugo_hosts = inventory.groups["centrifugo"] if site.centrifugo_enabled else []
     redis_hosts = inventory.groups["redis"]
     centrifugo_redis = None

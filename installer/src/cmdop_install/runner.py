@@ -165,6 +165,7 @@ def _child() -> int:
     from pyinfra.context import ctx_host, ctx_state
     from pyinfra.facts.server import Command
 
+    names = _record_operation_names()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     req = json.loads(sys.stdin.read())
     reply: dict = {"hosts": {}, "error": None}
@@ -203,7 +204,9 @@ def _child() -> int:
         if not req["dry_run"]:
             run_ops(state)
     except PyinfraError as exc:
-        reply["error"] = f"pyinfra: {exc}"
+        # "No hosts remaining": every host failed; the per-host results below say where
+        if not state.failed_hosts:
+            reply["error"] = f"pyinfra: {exc}"
     for host in inventory:
         entry = reply["hosts"][host.name]
         if host in state.failed_hosts and entry["error"] is None:
@@ -213,7 +216,7 @@ def _child() -> int:
             if host_op is None:
                 continue
             meta = host_op.operation_meta
-            name = ", ".join(sorted(state.op_meta[op_hash].names))
+            name = names.get((host.name, op_hash), op_hash)
             if req["dry_run"]:
                 with ctx_state.use(state), ctx_host.use(host):
                     would = bool(meta.will_change) and _conditions_hold(host_op)
@@ -222,12 +225,42 @@ def _child() -> int:
                 entry["ops"].append(
                     {"name": name, "changed": meta.did_change(), "success": meta.did_succeed()}
                 )
+        failed_ops = [op["name"] for op in entry["ops"] if not op["success"]]
+        if failed_ops and entry["error"] in (None, "an operation failed on this host"):
+            entry["error"] = f"failed at: {failed_ops[0]} (its output is above)"
         if host not in state.failed_hosts:
             for label, command in req["facts"].items():
-                entry["facts"][label] = host.get_fact(Command, command) or ""
+                entry["facts"][label] = (
+                    host.get_fact(Command, command, _sudo=True, _ignore_errors=True) or ""
+                )
     disconnect_all(state)
     print(json.dumps(reply))
     return 0
+
+
+def _record_operation_names() -> dict[tuple[str, str], str]:
+    """Each host's own name for each of its operations.
+
+    In API mode pyinfra orders a host's operations by position, so the Nth operation of
+    every host shares one hash and ``state.op_meta`` merges their names; hosts with
+    different roles run different operations at the same position. The names are
+    recorded per host where pyinfra assigns the hash.
+    """
+    import importlib
+
+    # the module, not the `operation` decorator that pyinfra.api re-exports under that name
+    operation_module = importlib.import_module("pyinfra.api.operation")
+
+    names: dict[tuple[str, str], str] = {}
+    assign = operation_module.solve_operation_consistency
+
+    def recording(op_names, state, host):
+        op_order, op_hash = assign(op_names, state, host)
+        names[(host.name, op_hash)] = ", ".join(sorted(op_names))
+        return op_order, op_hash
+
+    operation_module.solve_operation_consistency = recording
+    return names
 
 
 def _conditions_hold(host_op) -> bool:
@@ -244,5 +277,25 @@ def _conditions_hold(host_op) -> bool:
         return True
 
 
+def _child_main() -> int:
+    """The child never shows a traceback (it could quote operator data): one line instead."""
+    import os
+
+    try:
+        return _child()
+    except Exception as exc:  # noqa: BLE001 - reported as one line, with details on request
+        if os.environ.get("CMDOP_INSTALL_DEBUG") == "1":
+            raise
+        print(
+            json.dumps(
+                {
+                    "error": f"deploy code failed: {type(exc).__name__}: {exc} "
+                    "(rerun with CMDOP_INSTALL_DEBUG=1 for the traceback)"
+                }
+            )
+        )
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(_child())
+    sys.exit(_child_main())

@@ -59,6 +59,7 @@ SPECS: dict[str, SecretSpec] = {
     "centrifugo_hmac_key": SecretSpec("Centrifugo connection/subscription JWT HMAC key"),
     "centrifugo_api_key": SecretSpec("Centrifugo HTTP API key (X-API-Key)"),
     "agent_join_key": SecretSpec("Signing key of agent join tokens"),
+    "owner_password": SecretSpec("The first Owner's dashboard password (change it on login)", 24),
 }
 _GENERATED_BYTES = 48  # 384 bits; 64 url-safe characters
 _ALLOWED = re.compile(r"^[A-Za-z0-9!#$%&()*+,\-./:;<=>?@\[\]^_{|}~]+$")

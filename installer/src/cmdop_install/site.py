@@ -76,6 +76,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "domain": Key(str, "cmdop.example.com",
                       "Public DNS name of the control plane (nginx server_name, TLS SAN).",
                       _match(_DNS_NAME, "a lower-case DNS name like cmdop.example.com")),
+        "owner_email": Key(str, "", "The first Owner's login, made by the first deploy "
+                           "(default: admin@<domain>); password: `secrets show owner_password`.",
+                           lambda v: None if v == "" or re.match(r"^[^@\s]+@[^@\s]+$", v)
+                           else "must be an e-mail address or \"\""),
         "public_url": Key(str, "https://cmdop.example.com",
                           "URL people and agents use; its origin is CSRF- and WebSocket-trusted.",
                           _https_url),

@@ -10,17 +10,18 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.operations import apt, server, systemd
 
-from cmdop_install.deploys.common import any_changed, extra, put_files, temp_dir
-from cmdop_install.deploys.ops import managed_command, python_venv
+from cmdop_install.deploys.common import any_changed, extra, payload, put_files, temp_dir
+from cmdop_install.deploys.ops import command_with_secret_stdin, managed_command, python_venv
+from cmdop_install.render import CREDENTIALS
 
 VENV = "/opt/cmdop/venv"
 UNITS = ("cmdop-server.service", "cmdop-audit-retention.service", "cmdop-audit-retention.timer")
 
 
-def manage(args: str, credentials: list[str]) -> str:
+def manage_command(args: str) -> str:
     """A cmdop-server management command as the service runs it (user, credentials, settings)."""
     props = " ".join(
-        f"-p LoadCredential={name}:/etc/cmdop/credentials/{name}" for name in credentials
+        f"-p LoadCredential={name}:/etc/cmdop/credentials/{name}" for name in CREDENTIALS
     )
     return (
         "systemd-run --quiet --wait --pipe --collect -p User=cmdop -p Group=cmdop "
@@ -73,13 +74,29 @@ def control_plane() -> list:
     systemd.daemon_reload(
         name="Reload systemd (control-plane units)", _if=any_changed(units), _sudo=True
     )
-    credentials = cp["credentials"]
-    managed_command(
-        name="Database migrations",
-        what="migrations",
-        check=manage("migrate --check >/dev/null && echo current", credentials),
-        expected="current",
-        command=manage("migrate --noinput", credentials),
+    migrations = []
+    for database in ("default", "audit"):  # the audit log lives in its own database
+        migrate = managed_command(
+            name=f"Database migrations ({database})",
+            what=f"migrations of {database}",
+            check=manage_command(
+                f"migrate --database {database} --check >/dev/null && echo current"
+            ),
+            expected="current",
+            command=manage_command(f"migrate --database {database} --noinput"),
+            _sudo=True,
+        )
+        migrations.append(migrate)
+    owner = cp["owner"]
+    bootstrap = f"bootstrap_owner --email {owner['email']} --workspace {owner['workspace']}"
+    command_with_secret_stdin(
+        name="The first Owner and workspace (once)",
+        what="owner",
+        check=manage_command(f"{bootstrap} --check"),
+        expected="present",
+        command=manage_command(bootstrap),
+        secret_src=str(payload() / owner["password_src"]),
+        temp_dir=temp_dir(),
         _sudo=True,
     )
     systemd.service(
@@ -93,14 +110,16 @@ def control_plane() -> list:
         name="Restart the control plane (new code)",
         service="cmdop-server.service",
         restarted=True,
-        _if=any_changed([venv, *units]),
+        _if=any_changed([venv, *units, *migrations]),
         _sudo=True,
     )
     systemd.service(
         name="Reload the control plane (new settings or secrets)",
         service="cmdop-server.service",
         reloaded=True,
-        _if=lambda: not any_changed([venv, *units])() and any_changed(config + creds + tls)(),
+        _if=lambda: (
+            not any_changed([venv, *units, *migrations])() and any_changed(config + creds + tls)()
+        ),
         _sudo=True,
     )
     systemd.service(

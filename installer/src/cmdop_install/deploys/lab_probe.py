@@ -3,8 +3,10 @@
 Used by the demo and the lab tests; a second run must report no change.
 """
 
+import re
 from io import StringIO
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 
@@ -48,5 +50,21 @@ def probe() -> None:
         service="cmdop-lab-probe.service",
         running=True,
         enabled=True,
+        _sudo=True,
+    )
+
+
+@deploy("Lab name resolution")
+def lab_dns() -> None:
+    """Lab hosts have no DNS for the site's domain: map it to the control-plane host.
+
+    Host data ``cmdop_lab_dns`` is ``{"name": ..., "address": ...}`` (set by the caller).
+    """
+    entry = host.data.cmdop_lab_dns
+    files.line(
+        name=f"{entry['name']} in /etc/hosts",
+        path="/etc/hosts",
+        line=rf"^\S+\s+{re.escape(entry['name'])}$",
+        replace=f"{entry['address']} {entry['name']}",
         _sudo=True,
     )

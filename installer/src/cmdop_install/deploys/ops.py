@@ -102,10 +102,10 @@ def python_venv(venv: str, wheelhouse: dict, temp_dir: str):
             remote_temp_filename=host.get_temp_filename(dest, temp_directory=temp_dir),
         )
     yield f"test -x {venv}/bin/python || python3 -m venv {venv}"
-    yield (
-        f"{venv}/bin/python -m pip install --quiet --no-index --find-links {wheels} "
-        f"--upgrade -r {wheels}/requirements.txt {wheels}/{wheelhouse['package_wheel']}"
-    )
+    pip = f"{venv}/bin/python -m pip install --quiet --no-index --find-links {wheels}"
+    yield f"{pip} --upgrade -r {wheels}/requirements.txt"
+    # our own wheel keeps its version between builds: reinstall it, always
+    yield f"{pip} --no-deps --force-reinstall {wheels}/{wheelhouse['package_wheel']}"
     yield f"echo {wheelhouse['key']} > {marker}"
     # keep only the wheelhouse in use
     parent = f"{wheels}/.."
@@ -119,3 +119,46 @@ def managed_command(check: str, expected: str, command: str, what: str):
         host.noop(f"{what}: nothing to do")
         return
     yield command
+
+
+@operation()
+def enroll_agent(
+    user: str, venv: str, config: str, credential: str, token_src: str | None, temp_dir: str
+):
+    """``cmdop-agent enroll`` unless ``credential`` exists; the token goes in on stdin."""
+    if read(f"test -s {credential} && echo enrolled") == "enrolled":
+        host.noop("the agent is enrolled")
+        return
+    if token_src is None:
+        host.noop("not enrolled and no join token for this host (is the control plane up?)")
+        return
+    token_file = f"{temp_dir}/join-token"
+    yield f"install -m 600 /dev/null {token_file}"
+    yield FileUploadCommand(
+        token_src,
+        token_file,
+        remote_temp_filename=host.get_temp_filename(token_file, temp_directory=temp_dir),
+    )
+    yield (
+        f"runuser -u {user} -- {venv}/bin/cmdop-agent --config {config} enroll --token - "
+        f"< {token_file}; status=$?; rm -f {token_file}; exit $status"
+    )
+
+
+@operation()
+def command_with_secret_stdin(
+    check: str, expected: str, command: str, secret_src: str, temp_dir: str, what: str
+):
+    """``command < secret`` unless ``check`` prints ``expected``; the secret travels as a
+    0600 file in the SSH user's private folder and is removed right after."""
+    if read(check) == expected:
+        host.noop(f"{what}: nothing to do")
+        return
+    secret_file = f"{temp_dir}/stdin-secret"
+    yield f"install -m 600 /dev/null {secret_file}"
+    yield FileUploadCommand(
+        secret_src,
+        secret_file,
+        remote_temp_filename=host.get_temp_filename(secret_file, temp_directory=temp_dir),
+    )
+    yield f"{command} < {secret_file}; status=$?; rm -f {secret_file}; exit $status"

@@ -3,6 +3,7 @@
 from pyinfra import host
 from pyinfra.api import deploy
 
+from cmdop_install.deploys.agent import agent
 from cmdop_install.deploys.common import prepare
 from cmdop_install.deploys.control_plane import control_plane
 from cmdop_install.deploys.nginx import nginx
@@ -20,3 +21,10 @@ def site() -> None:
         redis()
     if "control_plane" in groups:
         nginx(restart_after=control_plane())
+    if "agents" in groups:
+        agent()
+
+
+@deploy("Nothing")
+def nothing() -> None:
+    """No operation: used to read facts (e.g. management command output) from a host."""

@@ -486,3 +486,16 @@ def _write_if_changed(path: Path, text: str, mode: int = 0o600) -> bool:
     os.chmod(tmp, mode)
     os.replace(tmp, path)
     return True
+
+
+def map_site_domain(groups: dict, domain: str, address: str) -> None:
+    """Make ``domain`` resolve to ``address`` on every lab host of ``groups`` (/etc/hosts)."""
+    from cmdop_install.runner import run_deploy
+
+    result = run_deploy(
+        groups,
+        "cmdop_install.deploys.lab_probe:lab_dns",
+        data={"cmdop_lab_dns": {"name": domain, "address": address}},
+    )
+    if result.failed:
+        raise UserError(f"could not map {domain} on {', '.join(result.failed)}")
