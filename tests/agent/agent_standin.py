@@ -88,6 +88,7 @@ class State:
     lose_events_replies: int = 0  # store the batch, then answer 503 (a "lost" reply)
     fail_requests: int = 0  # answer 503 to the next N agent requests
     stall_events: bool = False  # answer 503 to every events POST (nothing drains)
+    refuse_event_type: str | None = None  # answer 422 to any batch holding this event type
     # device flow
     device_pending: int = 2
     device_slow_down: bool = True
@@ -339,6 +340,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.standin.cond:
             if st.stall_events:
                 return self._error(503, "unavailable", "stand-in is stalling events")
+            if any(e["type"] == st.refuse_event_type for e in body["events"]):
+                return self._error(422, "bad_request", "stand-in refuses this event type")
             high = st.high_seq.get(boot, 0)
             for event in body["events"]:
                 if event["seq"] <= high:

@@ -229,3 +229,16 @@ def test_control_plane_killed_mid_session(running_agent, standin, home) -> None:
     assert log.read_text() == "typed\n"
     seqs = [e["seq"] for e in standin.state.events]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_an_event_the_server_refuses_does_not_block_the_rest(running_agent, standin,
+                                                             home) -> None:
+    standin.state.refuse_event_type = "file.result"
+    bad = standin.push("file.read", path=str(home.config))
+    good = standin.push("command.run", command="echo later")
+    standin.event("command.result", work_id=good)
+    dropped = standin.event("agent.dropped", work_id=bad)
+    assert dropped["dropped_type"] == "file.result" and "422" in dropped["detail"]
+    seqs = [e["seq"] for e in standin.state.events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert running_agent.poll() is None  # still running

@@ -87,9 +87,25 @@ class Agent:
             try:
                 reply = api.post_events(self.boot_id, batch)
             except ServerError as exc:
-                if exc.status != 413 or len(batch) == 1:
+                if exc.status == 413 and len(batch) > 1:
+                    batch = batch[: len(batch) // 2]  # the protocol: split and retry
+                    continue
+                if exc.status not in (400, 413, 422):
                     raise
-                batch = batch[: len(batch) // 2]  # the protocol: split and retry
+                if len(batch) > 1:
+                    batch = batch[:1]  # find the event the server refuses
+                    continue
+                # One event the server will never take: replace it, keeping seq gapless, so
+                # it cannot block every later event of this boot.
+                bad = batch[0]
+                if bad["type"] == "agent.dropped":
+                    raise
+                log.warning("control plane refused event %d (%s): %s", bad["seq"], bad["type"],
+                            exc.detail)
+                batch = [self.outbox.replace(bad["seq"], {
+                    "type": "agent.dropped", "dropped_type": str(bad["type"])[:40],
+                    "work_id": bad.get("work_id"), "session_id": bad.get("session_id"),
+                    "detail": f"{exc.status} {exc.code}"[:200]})]
                 continue
             self.outbox.confirm(int(reply.get("accepted_through", 0)))
             return

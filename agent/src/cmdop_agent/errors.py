@@ -27,7 +27,9 @@ class ServerError(AgentError):
 
     @property
     def retryable(self) -> bool:
-        return self.status >= 500 or self.status == 429
+        """Only a rejected identity (401, 403) or version (426) stops a running agent; a
+        malformed-request answer is retried with backoff rather than ending the agent."""
+        return self.status not in (401, 403, 426)
 
 
 class TransportError(AgentError):

@@ -74,6 +74,17 @@ class Outbox:
                 out.append(event)
             return out
 
+    def replace(self, seq: int, event: dict) -> dict:
+        """Swap the queued event ``seq`` for ``event`` (same seq); return the new event."""
+        with self._cond:
+            for i, (s, old, session_id, nbytes) in enumerate(self._events):
+                if s == seq:
+                    new = {"seq": seq, **event}
+                    self._events[i] = (s, new, session_id, nbytes)
+                    self.size += event_size(new) - event_size(old)
+                    return new
+            raise KeyError(seq)
+
     def confirm(self, through: int) -> None:
         with self._cond:
             while self._events and self._events[0][0] <= through:
