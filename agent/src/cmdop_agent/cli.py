@@ -12,7 +12,10 @@ from .errors import AgentError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cmdop-agent", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="cmdop-agent",
+        description="CMDOP agent: connects out to the control plane (never listens) and runs "
+                    "terminal sessions, commands and file work as the user running it.")
     p.add_argument("--version", action="version", version=f"cmdop-agent {__version__}")
     p.add_argument("--config", type=Path, help="config file (default: "
                    "$CMDOP_AGENT_CONFIG or ~/.config/cmdop-agent/agent.toml)")
