@@ -15,6 +15,9 @@ import pytest
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cmdop_server.settings.test")
 django.setup()
+# Loaded now; keep the choice out of the environment that every later test (and its
+# subprocesses) inherits. Our own subprocesses name their settings explicitly.
+os.environ.pop("DJANGO_SETTINGS_MODULE")
 
 from tests.support.services import PostgresServer, RedisServer  # noqa: E402
 
