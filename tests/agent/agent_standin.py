@@ -95,6 +95,7 @@ class State:
     token_polls: list[float] = field(default_factory=list)
     access_ttl: int = 3600
     refreshes: int = 0
+    require_workspace: str | None = None  # the user is in several workspaces
 
 
 class StandIn:
@@ -310,6 +311,9 @@ class _Handler(BaseHTTPRequestHandler):
             if "join_token" not in body:
                 if self._machine() is None:
                     return self._error(401, "unauthorized", "no valid access token")
+                if st.require_workspace and body.get("workspace") != st.require_workspace:
+                    return self._error(400, "bad_request", "you are in several workspaces: "
+                                       "say which one")
                 return self._reply(201, {"machine_id": "m_oauth", "workspace": "acme",
                                          "heartbeat_interval": 30, "poll_timeout": 25})
             expiry = st.join_tokens.get(body["join_token"])

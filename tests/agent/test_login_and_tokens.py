@@ -66,3 +66,13 @@ def test_cli_login_then_run_with_refreshing_tokens(home, standin) -> None:
         assert proc.wait(timeout=15) == 0
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_cli_login_names_the_workspace(home, standin) -> None:
+    standin.state.device_slow_down = False
+    standin.state.device_pending = 0
+    standin.state.require_workspace = "acme"
+    refused = home.cli("login")
+    assert refused.returncode != 0 and "several workspaces" in refused.stderr
+    assert not home.credential.exists()
+    assert home.cli("login", "--workspace", "acme").returncode == 0

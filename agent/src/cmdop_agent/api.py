@@ -50,7 +50,8 @@ def enroll_with_join_token(config: Config, token: str) -> dict:
 
 
 def login_with_device_flow(
-    config: Config, show: Callable[[str], None], sleep: Callable[[float], None] = time.sleep
+    config: Config, show: Callable[[str], None], sleep: Callable[[float], None] = time.sleep,
+    workspace: str | None = None,
 ) -> dict:
     """RFC 8628: print where to go, poll honouring interval and slow_down, then enroll."""
     _preflight(config, key_dir=True)
@@ -81,8 +82,10 @@ def login_with_device_flow(
             if exc.code in ("access_denied", "expired_token"):
                 raise AgentError(f"login was not approved ({exc.code})") from None
             raise
-    reply = client.request("POST", f"{AGENT}/enroll", body=host_facts(),
-                           token=tokens["access_token"])
+    body: dict[str, str] = host_facts()
+    if workspace:
+        body["workspace"] = workspace  # needed when the user belongs to several workspaces
+    reply = client.request("POST", f"{AGENT}/enroll", body=body, token=tokens["access_token"])
     cred = {"kind": "oauth", "server": config.server, "machine_id": reply["machine_id"],
             "workspace": reply.get("workspace")}
     _store_tokens(config, cred, tokens)

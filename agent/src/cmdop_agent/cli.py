@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     enroll = sub.add_parser("enroll", help="enroll this machine with a join token")
     enroll.add_argument("--token", required=True, help="join token from the dashboard; "
                         "'-' reads it from stdin (keeps it out of ps and shell history)")
-    sub.add_parser("login", help="enroll with the OAuth device flow (prints a URL and a code)")
+    login = sub.add_parser("login",
+                           help="enroll with the OAuth device flow (prints a URL and a code)")
+    login.add_argument("--workspace", help="workspace slug (if your user is in several)")
     run = sub.add_parser("run", help="connect to the control plane and do work until SIGTERM")
     run.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -48,7 +50,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "login":
         from .api import login_with_device_flow
 
-        cred = login_with_device_flow(config, show=lambda line: print(line, flush=True))
+        cred = login_with_device_flow(config, show=lambda line: print(line, flush=True),
+                                      workspace=args.workspace)
         print(f"logged in as machine {cred['machine_id']}")
         return 0
     from .agent import Agent
