@@ -27,6 +27,7 @@ def client() -> redis.Redis:
 # Async clients for the long-poll views, one per event loop (a redis.asyncio connection
 # pool belongs to the loop that created it). Added by the machines/sessions work (issue 5).
 _async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+ASYNC_POOL_SIZE = 32
 
 
 def async_client(subscriber: bool = False) -> redis.asyncio.Redis:
@@ -35,10 +36,18 @@ def async_client(subscriber: bool = False) -> redis.asyncio.Redis:
     loop = asyncio.get_running_loop()
     clients = _async_clients.setdefault(loop, {})
     if subscriber not in clients:
-        clients[subscriber] = redis.asyncio.Redis(
+        plain = redis.asyncio.Redis(
             socket_timeout=None if subscriber else 2, socket_connect_timeout=2,
             health_check_interval=30, **settings.CMDOP_REDIS,
         )
+        # thousands of parked long-polls re-read at once when woken: they queue for one of
+        # a bounded set of connections instead of failing with MaxConnectionsError
+        pool = redis.asyncio.BlockingConnectionPool(
+            connection_class=plain.connection_pool.connection_class,
+            max_connections=ASYNC_POOL_SIZE, timeout=5,
+            **plain.connection_pool.connection_kwargs,
+        )
+        clients[subscriber] = redis.asyncio.Redis(connection_pool=pool)
     return clients[subscriber]
 
 

@@ -134,7 +134,7 @@ class WorkQuery(Schema):
     wait: float = MAX_WAIT
 
 
-@api.get("/work", auth=auth.machine, response=WorkOut)
+@api.get("/work", auth=auth.machine_pooled, response=WorkOut)
 async def work(request: HttpRequest, query: Query[WorkQuery]):
     """Long-poll: returns at once when there is work after ``cursor``, else after ``wait``
     seconds (at most 25) with no items."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
@@ -55,7 +57,23 @@ class MachineAuth(HttpBearer):
         return AgentCaller(machine)
 
 
+class PooledMachineAuth(MachineAuth):
+    """MachineAuth for the async long-poll. Under ASGI, Django runs a request's sync code in
+    a thread of its own, and that thread's DB connection would stay open for the whole
+    wait: 2,000 waiting agents = 2,000 Postgres connections. This runs the lookup on the
+    event loop's small shared thread pool instead, whose persistent connections are
+    reused by every poll (and recycled like any request's: close_old_connections)."""
+
+    async def authenticate(self, request: HttpRequest, token: str) -> AgentCaller | None:
+        return await sync_to_async(self._in_pool, thread_sensitive=False)(request, token)
+
+    def _in_pool(self, request: HttpRequest, token: str) -> AgentCaller | None:
+        close_old_connections()
+        return MachineAuth.authenticate(self, request, token)
+
+
 machine = MachineAuth()
+machine_pooled = PooledMachineAuth()
 
 
 class EnrollAuth:

@@ -8,6 +8,7 @@ seed's permission for it. Views stay thin: ``do_*`` actions change state.
 from __future__ import annotations
 
 from asgiref.sync import sync_to_async
+from django.db import connections
 from django.http import HttpRequest
 from ninja import Query, Router, Schema
 from pydantic import Field
@@ -48,6 +49,12 @@ class ResourceAuth(UserAuth):
 
 def scoped(action: Action) -> ResourceAuth:
     return ResourceAuth(action)
+
+
+def _release_db_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:  # (a test's transaction stays open)
+            connection.close()
 
 
 def _access(request: HttpRequest, session_id: str, permission: SessionPermission,
@@ -210,6 +217,9 @@ async def read_output(request, slug: str, session_id: str, query: Query[OutputQu
     """Output after ``cursor`` (omit: from the oldest held); waits up to ``wait`` seconds
     (max 25) when there is none yet. A ``dropped`` item marks output trimmed away."""
     access = await sync_to_async(_access)(request, session_id, P.VIEW_OUTPUT)
+    # this request's thread (auth, the check above) must not hold a DB connection while
+    # the read waits: under ASGI every request has a thread of its own
+    await sync_to_async(_release_db_connections)()
     wait = max(0.0, min(float(query.wait), MAX_OUTPUT_WAIT))
     try:
         page = await output.read(access.session.pk, query.cursor, wait)
