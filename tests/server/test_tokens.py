@@ -239,3 +239,25 @@ def test_guests_lose_access_when_guests_are_disabled(client):
     assert client.get("/api/v1/workspaces/acme", **bearer(token)).status_code == 200
     actions.do_update_workspace(owner, {"guests_enabled": False})
     assert client.get("/api/v1/workspaces/acme", **bearer(token)).status_code == 403
+
+
+def test_no_secret_reaches_the_logs(client, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    user = make_user()
+    start = start_device(client)
+    body = tokens_for(user)
+    rotated = refresh(client, body["refresh_token"]).json()
+    _, owner = _setup_workspace(user)
+    _, key = actions.do_create_api_key(owner, "logs")
+    client.get("/api/v1/me", **bearer(key))
+    client.get("/api/v1/me", **bearer(body["access_token"]))
+    refresh(client, body["refresh_token"])  # reuse: logged as a 400, without the token
+    client.post("/api/v1/workspaces", "{bad json", content_type="application/json",
+                **bearer(rotated["access_token"]))
+    secrets_out = [start["device_code"], start["user_code"], body["access_token"],
+                   body["refresh_token"], rotated["access_token"], rotated["refresh_token"], key]
+    assert caplog.records, "expected some request logging to scan"
+    for secret in secrets_out:
+        assert secret not in caplog.text
