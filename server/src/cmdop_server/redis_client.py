@@ -44,7 +44,7 @@ def async_client(subscriber: bool = False) -> redis.asyncio.Redis:
         # a bounded set of connections instead of failing with MaxConnectionsError
         pool = redis.asyncio.BlockingConnectionPool(
             connection_class=plain.connection_pool.connection_class,
-            max_connections=ASYNC_POOL_SIZE, timeout=5,
+            max_connections=ASYNC_POOL_SIZE, timeout=20,
             **plain.connection_pool.connection_kwargs,
         )
         clients[subscriber] = redis.asyncio.Redis(connection_pool=pool)

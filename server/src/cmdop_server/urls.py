@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from cmdop_server.agent_api.api import api as agent_api
 from cmdop_server.api.main import api
@@ -15,6 +15,7 @@ urlpatterns = [
     path("tokens/<int:family_id>/revoke/", views.revoke_family, name="revoke-family"),
     path("keys/<slug:slug>/<int:key_id>/revoke/", views.revoke_api_key, name="revoke-key"),
     path("healthz", views.healthz, name="healthz"),
+    path("w/<slug:slug>/", include("cmdop_server.sessions.pages")),
 ]
 
 handler500 = "cmdop_server.web.views.server_error"

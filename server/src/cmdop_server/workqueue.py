@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import re
 import weakref
 from dataclasses import dataclass
@@ -139,17 +140,18 @@ async def wait_for_work(machine_pk: int, cursor: str | None, wait: float) -> Bat
 
 async def wait_until(channel: str, key: int, read, wait: float):
     """``read()`` at once; if it found nothing, again when ``key`` is published on
-    ``channel`` or after ``wait`` seconds. ``read`` returns something with ``.items``."""
-    batch = await read()
-    if batch.items or wait <= 0:
-        return batch
+    ``channel``, until about ``wait`` seconds have passed. ``read`` returns something with
+    ``.items``. The wait is cut by up to a fifth at random: pollers that all started
+    together (a control-plane restart) drift apart instead of re-polling in one storm."""
+    if wait <= 0:
+        return await read()
     hub = _hub(channel)
     event = hub.register(key)
     try:
-        deadline = asyncio.get_running_loop().time() + wait
+        deadline = asyncio.get_running_loop().time() + wait * random.uniform(0.8, 1.0)
         while True:
-            # clear, then read: a wake-up during the read is kept for the wait below, and
-            # the first pass catches what arrived before the registration
+            # registered first, then clear and read: anything published from here on sets
+            # the event, so nothing falls between the read and the wait
             event.clear()
             batch = await read()
             remaining = deadline - asyncio.get_running_loop().time()
