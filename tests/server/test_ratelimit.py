@@ -81,9 +81,12 @@ def test_forwarded_for_is_only_trusted_from_proxies():
 @DB
 def test_failed_bearer_attempts_count_against_the_ip():
     fresh_window()
+    from cmdop_server.audit.models import AuditEvent
+
     codes = [Client().get("/api/v1/me", HTTP_AUTHORIZATION="Bearer cmd_at_nope",
-                          REMOTE_ADDR="198.51.100.60").status_code for _ in range(11)]
-    assert codes == [401] * 10 + [429]
+                          REMOTE_ADDR="198.51.100.60").status_code for _ in range(14)]
+    assert codes == [401] * 10 + [429] * 4
+    assert AuditEvent.objects.filter(event="auth.bearer", success=False).count() == 10
 
 
 _WORKER = """
@@ -150,3 +153,18 @@ def test_http_threshold_across_two_gunicorn_workers():
         for t in threads:
             t.join(60)
     assert sorted(codes) == [200] * 10 + [429] * 4
+
+
+@DB
+def test_guessing_device_codes_is_limited_and_audited():
+    from cmdop_server.audit.models import AuditEvent
+
+    from tests.server.helpers import poll
+
+    fresh_window()
+    codes = [poll(Client(REMOTE_ADDR="198.51.100.70"), f"guess-{i}").status_code
+             for i in range(15)]
+    assert codes == [400] * 10 + [429] * 5
+    # once exhausted, a guess is refused before any lookup: no audit flood
+    assert AuditEvent.objects.filter(event="auth.token.issue", success=False,
+                                     reason="unknown_device_code").count() == 10

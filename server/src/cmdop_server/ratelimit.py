@@ -46,17 +46,28 @@ def parse_rate(rate: str) -> tuple[int, int]:
     return int(count), _UNITS[unit.strip().lower()]
 
 
-def hit(scope: str, subject: str, now: float | None = None) -> Decision:
-    """Count one request of ``subject`` (e.g. "ip:10.0.0.1") against ``scope``'s limit."""
+def _window(scope: str, subject: str, now: float | None) -> tuple[int, str, float]:
     limit, window = parse_rate(settings.CMDOP_RATE_LIMITS[scope])
     now = time.time() if now is None else now
     index = int(now // window)
     digest = hashlib.sha256(subject.encode()).hexdigest()[:32]
-    key = redis_client.key(f"rl:{scope}:{digest}:{index}")
-    remaining = (index + 1) * window - now
+    return limit, redis_client.key(f"rl:{scope}:{digest}:{index}"), (index + 1) * window - now
+
+
+def hit(scope: str, subject: str, now: float | None = None) -> Decision:
+    """Count one request of ``subject`` (e.g. "ip:10.0.0.1") against ``scope``'s limit."""
+    limit, key, remaining = _window(scope, subject, now)
     expire_ms = int(remaining * 1000) + 1000
     count = int(redis_client.client().eval(_SCRIPT, 1, key, expire_ms))
     return Decision(count <= limit, max(1, math.ceil(remaining)))
+
+
+def refuse_if_exhausted(scope: str, subject: str) -> None:
+    """Refuse without counting when ``subject`` has no requests left in this window: for
+    endpoints that count only failures, so an exhausted client does no work at all."""
+    limit, key, remaining = _window(scope, subject, None)
+    if int(redis_client.client().get(key) or 0) >= limit:
+        raise RateLimitedError(max(1, math.ceil(remaining)))
 
 
 def enforce(scope: str, *subjects: str) -> None:

@@ -41,6 +41,7 @@ class UserAuth(HttpBearer):
         principal, reason = authenticate_bearer(token)
         if principal is None:
             ip = client_ip(request)
+            ratelimit.refuse_if_exhausted("auth", f"ip:{ip}")
             # A failed credential counts against the client's auth rate limit; the limiter
             # also bounds how many failure rows one client can write to the audit log.
             ratelimit.enforce("auth", f"ip:{ip}")

@@ -98,8 +98,15 @@ def token(request: HttpRequest, form: Form[TokenForm]):
     if form.grant_type == DEVICE_GRANT:
         if not form.device_code:
             raise actions.OAuthError("invalid_request", "device_code is required.")
-        # Polling is paced per device code by slow_down, not by the auth rate limit.
-        grant = actions.do_poll_device_token(form.device_code, form.client_id, ip)
+        # Polling is paced per device code by slow_down, not by the auth rate limit; only
+        # presenting a code that is not (or no longer) valid counts as a failed attempt.
+        ratelimit.refuse_if_exhausted("auth", f"ip:{ip}")
+        try:
+            grant = actions.do_poll_device_token(form.device_code, form.client_id, ip)
+        except actions.OAuthError as exc:
+            if exc.code == "invalid_grant":
+                ratelimit.enforce("auth", f"ip:{ip}")
+            raise
     elif form.grant_type == "refresh_token":
         if not form.refresh_token:
             raise actions.OAuthError("invalid_request", "refresh_token is required.")

@@ -283,8 +283,12 @@ def do_poll_device_token(device_code: str, client_id: str, ip: str | None) -> To
         now = timezone.now()
         if (da is None or da.client_id != client_id
                 or not credentials.same_digest(da.device_code_hash, device_code)):
+            audit.record("auth.token.issue", success=False, method="device_code", ip=ip,
+                         reason="unknown_device_code", client_id=client_id)
             outcome = OAuthError("invalid_grant", "Unknown device code.")
         elif da.status == Status.REDEEMED:
+            audit.record("auth.token.issue", success=False, user=da.user, method="device_code",
+                         ip=ip, reason="device_code_reused", client_id=client_id)
             outcome = OAuthError("invalid_grant", "This device code was already used.")
         elif da.status == Status.DEAD or da.expires_at <= now:
             outcome = OAuthError("expired_token", "The device code expired; start again.")
