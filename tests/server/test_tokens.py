@@ -1,6 +1,7 @@
 """Access/refresh tokens and API keys: rotation, reuse detection, concurrent refreshes,
 revocation on the next request, throttled last_used_at, and no clear secret in any table."""
 
+import io
 import threading
 from datetime import timedelta
 
@@ -261,3 +262,25 @@ def test_no_secret_reaches_the_logs(client, caplog):
     assert caplog.records, "expected some request logging to scan"
     for secret in secrets_out:
         assert secret not in caplog.text
+
+
+def test_purge_removes_only_dead_credentials():
+    from cmdop_server.identity.models import DeviceAuthorization, RefreshToken
+    from django.core.management import call_command
+
+    user = make_user()
+    alive = tokens_for(user)
+    tokens_for(user)
+    long_ago = timezone.now() - timedelta(days=2)
+    dead_family = TokenFamily.objects.order_by("-pk").first()
+    RefreshToken.objects.filter(family=dead_family).update(expires_at=long_ago)
+    start_device(Client())  # pending, not expired: kept
+    DeviceAuthorization.objects.filter(status="redeemed").update(expires_at=long_ago)
+    out = io.StringIO()
+    call_command("purge_credentials", stdout=out)
+    assert out.getvalue().startswith("purged 2 device authorizations, 1 token families")
+    assert list(TokenFamily.objects.values_list("pk", flat=True)) != []
+    assert not TokenFamily.objects.filter(pk=dead_family.pk).exists()
+    assert DeviceAuthorization.objects.filter(status="pending").count() == 1
+    assert DeviceAuthorization.objects.filter(status="redeemed").count() == 0
+    assert Client().get("/api/v1/me", **bearer(alive["access_token"])).status_code == 200

@@ -361,3 +361,21 @@ def do_decide_device(user: User, typed: str, approve: bool, ip: str | None) -> b
                      method="device_code", ip=ip, client_id=da.client_id,
                      device_authorization_id=da.pk)
     return True
+
+
+# ---- housekeeping -------------------------------------------------------------------------
+
+PURGE_GRACE = timedelta(days=1)
+
+
+def do_purge_dead_credentials() -> tuple[int, int]:
+    """(device authorizations, token families) deleted; kept a day past death for support."""
+    cutoff = timezone.now() - PURGE_GRACE
+    with audit.action():
+        devices, _ = DeviceAuthorization.objects.filter(expires_at__lt=cutoff).delete()
+        dead = (TokenFamily.objects.exclude(refresh__expires_at__gte=cutoff)
+                | TokenFamily.objects.filter(revoked_at__lt=cutoff))
+        ids = list(dead.values_list("pk", flat=True).distinct())
+        TokenFamily.objects.filter(pk__in=ids).delete()
+        audit.record("auth.purge", device_authorizations=devices, token_families=len(ids))
+    return devices, len(ids)
