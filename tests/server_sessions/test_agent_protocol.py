@@ -337,3 +337,38 @@ def test_openapi_documents_the_agent_protocol():
     paths = set(schema["paths"])
     assert {"/api/agent/v1/enroll", "/api/agent/v1/heartbeat", "/api/agent/v1/work",
             "/api/agent/v1/work/ack", "/api/agent/v1/events"} <= paths
+
+
+def test_silent_machines_sessions_become_disconnected():
+    from django.core.management import call_command
+
+    ws, owner = make_workspace()
+    body = enroll(ws, owner)
+    post(Client(), "/api/agent/v1/heartbeat", {**BODY, "boot_id": "b_1"}, token=body["credential"])
+    m = Machine.objects.in_workspace(ws).get()
+    live = make_session(ws, m, Status.CONNECTED, owner)
+    call_command("sessions_sweep")
+    live.refresh_from_db()
+    assert live.status == Status.CONNECTED  # still heart-beating
+    Machine.unscoped.filter(pk=m.pk).update(last_seen_at=timezone.now() - timedelta(seconds=91))
+    call_command("sessions_sweep")
+    live.refresh_from_db()
+    assert live.status == Status.DISCONNECTED
+    assert AuditEvent.objects.filter(event="machine.silent").count() == 1
+
+
+def test_agent_dropped_and_timed_out_are_recorded():
+    ws, owner = make_workspace()
+    body = enroll(ws, owner)
+    m = Machine.objects.in_workspace(ws).get()
+    s = make_session(ws, m, Status.CONNECTED, owner)
+    resp = _events(body["credential"], "b_1", [
+        {"seq": 1, "type": "command.result", "work_id": "w_t", "session_id": s.public_id,
+         "command": "sleep 99", "exit_code": -9, "duration_ms": 60000, "stdout_b64": "",
+         "stderr_b64": "", "truncated": False, "timed_out": True},
+        {"seq": 2, "type": "agent.dropped", "dropped_type": "session.output",
+         "session_id": s.public_id, "detail": "refused as a single event"}])
+    assert resp.json() == {"accepted_through": 2}
+    assert AuditEvent.objects.get(event="command.executed").data["timed_out"] is True
+    dropped = AuditEvent.objects.get(event="agent.dropped")
+    assert not dropped.success and dropped.reason == "session.output"

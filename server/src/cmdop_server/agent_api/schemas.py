@@ -79,6 +79,8 @@ class EventIn(Lenient):
     stdout_b64: str | None = None
     stderr_b64: str | None = None
     truncated: bool | None = None
+    timed_out: bool | None = None
+    dropped_type: str | None = Field(default=None, max_length=40)
     path: str | None = Field(default=None, max_length=4096)
     operation: str | None = Field(default=None, max_length=16)
     bytes: int | None = None

@@ -255,9 +255,10 @@ def _sessions_of(machine: Machine, events: list[dict]) -> dict[str, Session]:
 
 _RESULT_FIELDS = {
     "command.result": ("work_id", "command", "exit_code", "duration_ms", "stdout_b64",
-                       "stderr_b64", "truncated"),
+                       "stderr_b64", "truncated", "timed_out"),
     "file.result": ("work_id", "path", "operation", "bytes", "data_b64", "truncated"),
     "work.error": ("work_id", "error", "detail"),
+    "agent.dropped": ("work_id", "dropped_type", "detail"),
 }
 
 
@@ -287,14 +288,19 @@ def _apply(machine: Machine, session: Session | None, event: dict, effects: _Eff
             audit.record("command.executed", workspace=ws, method="agent", ip=ip,
                          command=str(event.get("command", ""))[:8192],
                          exit_code=event.get("exit_code"),
-                         duration_ms=event.get("duration_ms"), **facts)
+                         duration_ms=event.get("duration_ms"),
+                         timed_out=bool(event.get("timed_out")), **facts)
         elif kind == "file.result":
             audit.record("file.access", workspace=ws, method="agent", ip=ip,
                          path=str(event.get("path", ""))[:4096],
                          operation=event.get("operation"), bytes=event.get("bytes"), **facts)
-        else:
+        elif kind == "work.error":
             audit.record("work.error", workspace=ws, success=False, method="agent", ip=ip,
                          reason=str(event.get("error", ""))[:200], **facts)
+        else:  # an event this control plane refused once; the agent sent this in its place
+            audit.record("agent.dropped", workspace=ws, success=False, method="agent", ip=ip,
+                         reason=str(event.get("dropped_type", ""))[:200],
+                         detail=str(event.get("detail", ""))[:500], **facts)
         if session is not None:
             effects.appends.append((session.pk, kind, record))
 
@@ -302,3 +308,24 @@ def _apply(machine: Machine, session: Session | None, event: dict, effects: _Eff
 def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
+
+
+def do_disconnect_silent_machines() -> int:
+    """Sessions of machines that stopped heart-beating become disconnected (the protocol:
+    three missed intervals). Run periodically (``sessions_sweep``); returns how many."""
+    ended = 0
+    open_machines = (Machine.unscoped.filter(sessions__status__in=OPEN_STATUSES)
+                     .distinct().only("pk", "workspace_id", "public_id", "last_seen_at",
+                                      "heartbeat_interval", "disabled_at"))
+    for machine in open_machines:
+        if machine.online:
+            continue
+        with audit.action():
+            stale = list(Session.unscoped.select_for_update()
+                         .filter(machine=machine, status__in=OPEN_STATUSES))
+            for session in stale:
+                _set_status(session, Status.DISCONNECTED)
+            audit.record("machine.silent", workspace=machine.workspace_id, method="sweep",
+                         machine=machine.public_id, sessions_disconnected=len(stale))
+        ended += len(stale)
+    return ended
