@@ -8,7 +8,7 @@ import re
 import subprocess
 
 import pytest
-from cmdop_install.lab import paths
+from cmdop_install.lab import core, paths
 
 from tests.lab.helpers import cli
 
@@ -54,6 +54,12 @@ def test_up_then_down_leaves_nothing_behind(clean_up_on_failure) -> None:
     before = snapshot()
     cli("lab", "up", "--name", LAB, "--hosts", "1", "--airgapped", "lifeair")
     during = snapshot()
+    state = core.LabState.load(LAB)
+    ours = (
+        state.subnet.removesuffix("0/24"),
+        state.air_subnet.removesuffix("0/24"),
+        f"cmdop-lab:{LAB}",
+    )
     assert {f"{LAB}-host1", f"{LAB}-lifeair"} <= during["containers"]
     assert {f"{LAB}-net", f"{LAB}-air"} <= during["networks"]
     assert any("blackhole 10.89.0.0/16" in r for r in during["routes"])
@@ -74,6 +80,7 @@ def test_up_then_down_leaves_nothing_behind(clean_up_on_failure) -> None:
     for key in ("filter", "nat"):
         new = {r for r in after[key] - before[key] if not NETAVARK_BASE.match(r)}
         assert new == set(), key
-        assert not [r for r in after[key] if "10.89." in r or "cmdop-lab" in r]
+        # other labs may be up; nothing may mention this lab's subnets or tag
+        assert not [r for r in after[key] if any(mark in r for mark in ours)]
     assert not paths.lab_dir(LAB).exists()
     assert paths.image_tar().exists(), "down keeps the cached image"
