@@ -90,6 +90,9 @@ def test_openapi_schema_is_served():
     assert schema["openapi"].startswith("3.")
     assert "/api/v1/oauth/device_authorization" in schema["paths"]
     assert "/api/v1/workspaces/{slug}/api-keys" in schema["paths"]
+    invite = schema["paths"]["/api/v1/workspaces/{slug}/members"]["post"]
+    assert invite["x-cmdop-action"] == "member.invite"
+    assert invite["x-cmdop-roles"] == ["admin", "owner"]
 
 
 @settings(max_examples=40, deadline=None,
