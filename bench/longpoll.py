@@ -4,12 +4,15 @@ Loopback only, bounded: a scratch Postgres and Redis (tests/support/services.py)
 control plane under gunicorn's native ``asgi`` worker on a free 127.0.0.1 port, and N
 simulated agents in one asyncio process, each a keep-alive HTTP/1.1 connection doing
 ``GET /api/agent/v1/work?wait=25&cursor=…`` in a loop exactly like cmdop-agent. Per level
-(default 100, 1000, 2000 agents) it ramps the agents up, then for ``--seconds`` enqueues
-work for a random idle agent ``--rate`` times a second (workqueue.enqueue: XADD + PUBLISH,
-what a session endpoint does) and measures enqueue → response-received. The window is
+(default 100, 1000, 2000 agents) it ramps the agents up (``--ramp`` seconds: 25 = spread
+over one poll interval like a running fleet, 1 = all reconnecting at once), then for
+``--seconds`` enqueues work for a random idle agent ``--rate`` times a second
+(workqueue.enqueue: XADD + PUBLISH, what a session endpoint does) and measures
+enqueue → response-received. The window is
 longer than the 25 s poll timeout, so every agent's re-poll falls inside it.
 
-    .venv/bin/python bench/longpoll.py [--levels 100,1000,2000 --workers 2 --seconds 30]
+    .venv/bin/python bench/longpoll.py [--levels 100,1000,2000 --workers 2 --seconds 30
+                                        --ramp 25]
 """
 
 from __future__ import annotations
@@ -140,21 +143,23 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _level(port: int, machines: list[tuple[int, str]], seconds: float,
-                 rate: float) -> dict:
+                 rate: float, ramp: float) -> dict:
     from cmdop_server import workqueue
 
     stats = Stats()
     agents = [Agent(port, pk, cred, stats) for pk, cred in machines]
     tasks = []
-    for i in range(0, len(agents), 100):  # ramp: 100 new connections every 50 ms
-        tasks += [asyncio.create_task(a.run()) for a in agents[i:i + 100]]
+    # ramp: agents connect evenly over ``ramp`` seconds, in a batch every 50 ms
+    step = max(1, round(len(agents) * 0.05 / max(ramp, 0.05)))
+    for i in range(0, len(agents), step):
+        tasks += [asyncio.create_task(a.run()) for a in agents[i:i + step]]
         await asyncio.sleep(0.05)
     deadline = time.monotonic() + 60
     while sum(a.waiting for a in agents) < len(agents) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    # the server works through the connect storm at a few hundred polls/s on 2 cores: give
-    # it that long (plus a second) before timing deliveries to parked polls
-    await asyncio.sleep(1.0 + len(agents) / 200)
+    # after a fast ramp the server is still working through the connect storm at a few
+    # hundred polls/s on 2 cores: give it that long before timing deliveries
+    await asyncio.sleep(1.0 + (len(agents) / 200 if ramp < 5 else 0))
     held_at_start = sum(a.waiting for a in agents)
     end = time.monotonic() + seconds
     interval = 1.0 / rate
@@ -188,6 +193,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=20.0, help="deliveries per second")
+    parser.add_argument("--ramp", type=float, default=25.0,
+                        help="seconds over which agents connect: 25 (one poll interval) is a "
+                        "fleet in its steady state; 1 is every agent reconnecting at once")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     if max(levels) > MAX_AGENTS_SAFETY:
@@ -209,7 +217,8 @@ def main() -> None:
             wait_for_port("127.0.0.1", port, server)
             results = []
             for n in levels:
-                result = asyncio.run(_level(port, machines[:n], args.seconds, args.rate))
+                result = asyncio.run(_level(port, machines[:n], args.seconds, args.rate,
+                                            args.ramp))
                 import redis
 
                 info = redis.Redis(host=rd.host, port=rd.port).info("clients")

@@ -4,3 +4,7 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cmdop_server.settings.production")
 application = get_asgi_application()
+
+from cmdop_server.agent_api.asgi import route_agent_api  # noqa: E402  (after Django setup)
+
+application = route_agent_api(application)  # agent calls skip the browser middleware
