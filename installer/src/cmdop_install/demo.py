@@ -1,48 +1,82 @@
-"""The README's main command: a local fleet, proven over SSH with pyinfra.
+"""The README's main command: a whole CMDOP site deployed onto local lab hosts.
 
-Today it brings up a lab and runs a small deploy (a Debian package and a systemd unit) on
-every host twice — the second run must change nothing — then shows each host's `uname -a`.
-Later it grows into the whole-site demo (control plane, agents, sessions).
+``cmdop-install demo`` brings up three lab hosts (host1: Postgres, Redis, nginx and the
+control plane; host2 and host3: agents), makes a site for them (``sites/demo`` next to the
+current directory unless ``--site`` says otherwise), deploys it, deploys it again to show
+that nothing changes, then proves the fleet end to end through the control plane.
 """
 
+from __future__ import annotations
+
 import time
+from pathlib import Path
 
 import click
 
+from cmdop_install.deploy import deploy_site
 from cmdop_install.errors import UserError
+from cmdop_install.inventory import load_inventory
 from cmdop_install.lab import core
-from cmdop_install.runner import load_inventory_groups, run_deploy
+from cmdop_install.site import load_site
+from cmdop_install.siteinit import init_site
 
-PROBE = "cmdop_install.deploys.lab_probe:probe"
 
-
-def run(name: str = "demo", hosts: int = 3) -> None:
+def run(name: str, site_dir: Path) -> None:
     started = time.monotonic()
-    state = core.up(name, hosts, ())
-    inventory = state.dir / "inventory.py"
-    for attempt in ("first run", "second run (must change nothing)"):
-        groups = load_inventory_groups(inventory)
-        result = run_deploy(groups, PROBE, limit=["lab"], facts={"uname": "uname -a"})
-        if result.failed:
-            raise UserError(f"demo: the probe deploy failed on {', '.join(result.failed)}")
-        click.echo(f"pyinfra {attempt}: {result.changes} change(s) on {len(result.hosts)} host(s)")
-    if result.changes:
-        raise UserError(
-            f"demo: the second run changed {result.changes} thing(s); deploys must be idempotent"
-        )
-    for h in result.hosts.values():
-        click.echo(f"  {h.name}: {h.facts['uname']}")
-    click.echo(
-        f"\ndemo ready in {time.monotonic() - started:.0f}s.\n"
-        f"  inventory:  {inventory}\n"
-        f"  a shell:    cmdop-install lab ssh --name {name} host1\n"
-        f"  tear down:  cmdop-install lab down --name {name}"
+    state = core.up(name, 3, ())
+    fresh = not (site_dir / "site.toml").exists()
+    site_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # the lab's addresses are the inventory: rewritten each run, the rest of the site is kept
+    (site_dir / "inventory.py").write_text(
+        core.site_inventory_text(state, "host1", ["host2", "host3"])
     )
+    report = init_site(site_dir)
+    step(f"site {site_dir}: {'created' if fresh else 'kept'}; secrets key: {report.key_source}")
+    site = load_site(site_dir)
+    inventory = load_inventory(site_dir)
+    groups = {g: [(h.name, h.data) for h in hosts] for g, hosts in inventory.groups.items()}
+    core.map_site_domain(groups, site["site"]["domain"], state.host("host1").ip)
+
+    for attempt in ("deploy", "deploy again (must change nothing)"):
+        t = time.monotonic()
+        result = deploy_site(site_dir)
+        if result.failed:
+            raise UserError(f"demo: the deploy failed on {', '.join(result.failed)}")
+        step(
+            f"{attempt}: {result.changes} change(s) on {len(result.hosts)} host(s) "
+            f"in {time.monotonic() - t:.0f}s"
+        )
+    if result.changes:
+        raise UserError(f"demo: the second deploy changed {result.changes} thing(s)")
+
+    domain = site["site"]["domain"]
+    owner = site["site"]["owner_email"] or f"admin@{domain}"
+    click.echo(
+        f"\nCMDOP is up in {time.monotonic() - started:.0f}s.\n"
+        f"  control plane: {site['site']['public_url']}  (host1, {state.host('host1').ip}; "
+        f"map {domain} to it in your /etc/hosts to browse)\n"
+        f"  site CA:       {site_dir / 'pki' / 'ca.crt'}\n"
+        f"  owner:         {owner}; password: "
+        f"cmdop-install secrets show {site_dir} owner_password\n"
+        f"  agents:        host2, host3 (cmdop-install lab ssh --name {name} host2)\n"
+        f"  tear down:     cmdop-install lab down --name {name}   (the site folder stays)"
+    )
+
+
+def step(message: str) -> None:
+    click.echo(f"demo: {message}", nl=True)
 
 
 @click.command("demo")
 @click.option("--name", default="demo", show_default=True, help="Name of the demo lab.")
-@click.option("--hosts", default=3, show_default=True, help="Number of lab hosts.")
-def demo_command(name: str, hosts: int) -> None:
-    """Bring up a local lab and prove it with a pyinfra deploy over SSH."""
-    run(name, hosts)
+@click.option(
+    "--site",
+    "site_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("sites/demo"),
+    show_default=True,
+    help="Where the demo site lives.",
+)
+def demo_command(name: str, site_dir: Path) -> None:
+    """Deploy a whole CMDOP site onto three local lab hosts and prove it works."""
+    run(name, site_dir)
