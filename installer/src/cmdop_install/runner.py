@@ -166,6 +166,7 @@ def _child() -> int:
     from pyinfra.facts.server import Command
 
     names = _record_operation_names()
+    timer = _PhaseTimer()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     req = json.loads(sys.stdin.read())
     reply: dict = {"hosts": {}, "error": None}
@@ -193,7 +194,9 @@ def _child() -> int:
     module_name, func_name = req["deploy"].split(":")
     deploy_func = getattr(importlib.import_module(module_name), func_name)
     try:
+        timer.mark()
         connect_all(state)
+        timer.mark("connect")
         for host in inventory:
             reply["hosts"][host.name] = {"ops": [], "error": None, "facts": {}}
         for host in state.failed_hosts:
@@ -201,8 +204,10 @@ def _child() -> int:
                 "cannot connect over ssh (host down, wrong key or address?)"
             )
         add_deploy(state, deploy_func)
+        timer.mark("plan")
         if not req["dry_run"]:
             run_ops(state)
+            timer.mark("run")
     except PyinfraError as exc:
         # "No hosts remaining": every host failed; the per-host results below say where
         if not state.failed_hosts:
@@ -233,9 +238,34 @@ def _child() -> int:
                 entry["facts"][label] = (
                     host.get_fact(Command, command, _sudo=True, _ignore_errors=True) or ""
                 )
+    timer.mark("facts")
     disconnect_all(state)
+    timer.report()
     print(json.dumps(reply))
     return 0
+
+
+class _PhaseTimer:
+    """With CMDOP_INSTALL_PROFILE=1, seconds per phase (connect, plan, run, facts) on stderr."""
+
+    def __init__(self) -> None:
+        import os
+        import time
+
+        self.enabled = os.environ.get("CMDOP_INSTALL_PROFILE") == "1"
+        self.clock = time.monotonic
+        self.last = self.clock()
+        self.phases: list[str] = []
+
+    def mark(self, phase: str | None = None) -> None:
+        now = self.clock()
+        if phase:
+            self.phases.append(f"{phase} {now - self.last:.1f}s")
+        self.last = now
+
+    def report(self) -> None:
+        if self.enabled:
+            print("pyinfra phases: " + ", ".join(self.phases), file=sys.stderr)
 
 
 def _record_operation_names() -> dict[tuple[str, str], str]:

@@ -9,7 +9,7 @@ The join token reaches the host as a 0600 root-owned file and goes to ``cmdop-ag
 from __future__ import annotations
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from cmdop_install.deploys.common import any_changed, extra, payload, put_files, temp_dir
 from cmdop_install.deploys.ops import enroll_agent, python_venv, read
@@ -33,14 +33,6 @@ def enrolled_now_or_before(enroll):
 def agent() -> None:
     a = extra("agent")
     user = a["user"]
-    apt.packages(
-        name="Python for the agent",
-        packages=["python3", "python3-venv"],
-        update=True,
-        cache_time=86400,
-        no_recommends=True,
-        _sudo=True,
-    )
     # a login shell: interactive sessions run the user's shell
     server.user(  # noqa: S604 - `shell` is the login shell, not a subprocess flag
         name=f"User {user} (runs the agent and its sessions)",

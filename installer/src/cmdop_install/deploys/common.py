@@ -15,6 +15,8 @@ from pyinfra import host
 from pyinfra.facts.server import Home
 from pyinfra.operations import files
 
+from cmdop_install.deploys.ops import sync_files
+
 TMP_NAME = ".cmdop-install-tmp"
 
 
@@ -45,12 +47,13 @@ def put_files(
     directories: dict[str, tuple[str, str, str]] | None = None,
     names: tuple[str, ...] | None = None,
 ) -> list:
-    """Upload the rendered files directly in ``folder`` (only ``names``, if given).
+    """Converge the rendered files directly in ``folder`` (only ``names``, if given).
 
-    ``directories`` maps a folder to (owner, group, mode) for folders we own. Returns the
-    operations, for ``any_changed``.
+    ``directories`` maps a folder to (owner, group, mode) for folders we own. One operation
+    compares every file with a single remote command (content hash, mode, owner) and sends
+    only what differs. Returns the operations, for ``any_changed``.
     """
-    for path, (owner, group, mode) in (directories or {}).items():
+    ops = [
         files.directory(
             name=f"Folder {path}",
             path=path,
@@ -60,35 +63,18 @@ def put_files(
             present=True,
             _sudo=True,
         )
-    changed = []
+        for path, (owner, group, mode) in (directories or {}).items()
+    ]
+    wanted = []
     for entry in manifest():
         path = PurePosixPath(entry["path"])
-        if str(path.parent) != folder or (names is not None and path.name not in names):
-            continue
-        if entry["secret"]:
-            # Exists with its final owner and mode before any byte of the secret arrives.
-            files.file(
-                name=f"Secret file {entry['path']}",
-                path=entry["path"],
-                user=entry["owner"],
-                group=entry["group"],
-                mode=entry["mode"],
-                present=True,
-                touch=False,
-                _sudo=True,
-            )
-        op = files.put(
-            name=f"File {entry['path']}",
-            src=str(payload() / entry["src"]),
-            dest=entry["path"],
-            user=entry["owner"],
-            group=entry["group"],
-            mode=entry["mode"],
-            _temp_dir=temp_dir(),
-            _sudo=True,
+        if str(path.parent) == folder and (names is None or path.name in names):
+            wanted.append({**entry, "src": str(payload() / entry["src"])})
+    if wanted:
+        ops.append(
+            sync_files(name=f"Files in {folder}", files=wanted, temp_dir=temp_dir(), _sudo=True)
         )
-        changed.append(op)
-    return changed
+    return ops
 
 
 def any_changed(ops):

@@ -8,10 +8,10 @@ appear in argv or the environment and no command runs as root inside Django.
 from __future__ import annotations
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, server, systemd
+from pyinfra.operations import server, systemd
 
 from cmdop_install.deploys.common import any_changed, extra, payload, put_files, temp_dir
-from cmdop_install.deploys.ops import command_with_secret_stdin, managed_command, python_venv
+from cmdop_install.deploys.ops import control_plane_database, python_venv
 from cmdop_install.render import CREDENTIALS
 
 VENV = "/opt/cmdop/venv"
@@ -34,14 +34,6 @@ def manage_command(args: str) -> str:
 def control_plane() -> list:
     """Returns the operations after which nginx must restart (it joined group cmdop)."""
     cp = extra("control_plane")
-    apt.packages(
-        name="Python for the control plane",
-        packages=["python3", "python3-venv"],
-        update=True,
-        cache_time=86400,
-        no_recommends=True,
-        _sudo=True,
-    )
     server.group(name="Group cmdop", group="cmdop", system=True, _sudo=True)
     server.user(  # noqa: S604 - `shell` is the login shell, not a subprocess flag
         name="User cmdop (runs gunicorn)",
@@ -74,27 +66,16 @@ def control_plane() -> list:
     systemd.daemon_reload(
         name="Reload systemd (control-plane units)", _if=any_changed(units), _sudo=True
     )
-    migrations = []
-    for database in ("default", "audit"):  # the audit log lives in its own database
-        migrate = managed_command(
-            name=f"Database migrations ({database})",
-            what=f"migrations of {database}",
-            check=manage_command(
-                f"migrate --database {database} --check >/dev/null && echo current"
-            ),
-            expected="current",
-            command=manage_command(f"migrate --database {database} --noinput"),
-            _sudo=True,
-        )
-        migrations.append(migrate)
     owner = cp["owner"]
-    bootstrap = f"bootstrap_owner --email {owner['email']} --workspace {owner['workspace']}"
-    command_with_secret_stdin(
-        name="The first Owner and workspace (once)",
-        what="owner",
-        check=manage_command(f"{bootstrap} --check"),
-        expected="present",
-        command=manage_command(bootstrap),
+    database = control_plane_database(
+        name="Databases migrated, the first Owner and workspace created (once)",
+        state_command=manage_command(f"installer_state --workspace {owner['workspace']}"),
+        migrate={
+            db: manage_command(f"migrate --database {db} --noinput") for db in ("default", "audit")
+        },  # the audit log lives in its own database
+        bootstrap=manage_command(
+            f"bootstrap_owner --email {owner['email']} --workspace {owner['workspace']}"
+        ),
         secret_src=str(payload() / owner["password_src"]),
         temp_dir=temp_dir(),
         _sudo=True,
@@ -110,7 +91,7 @@ def control_plane() -> list:
         name="Restart the control plane (new code)",
         service="cmdop-server.service",
         restarted=True,
-        _if=any_changed([venv, *units, *migrations]),
+        _if=any_changed([venv, *units, database]),
         _sudo=True,
     )
     systemd.service(
@@ -118,7 +99,7 @@ def control_plane() -> list:
         service="cmdop-server.service",
         reloaded=True,
         _if=lambda: (
-            not any_changed([venv, *units, *migrations])() and any_changed(config + creds + tls)()
+            not any_changed([venv, *units, database])() and any_changed(config + creds + tls)()
         ),
         _sudo=True,
     )

@@ -1,7 +1,7 @@
 """nginx in front of the control plane: TLS 1.3 only, our certificate, validated before reload."""
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from cmdop_install.deploys.common import any_changed, put_files
 
@@ -9,14 +9,6 @@ from cmdop_install.deploys.common import any_changed, put_files
 @deploy("nginx")
 def nginx(restart_after: list | None = None) -> None:
     """``restart_after``: operations whose change needs a full restart (new group membership)."""
-    apt.packages(
-        name="nginx package",
-        packages=["nginx"],
-        update=True,
-        cache_time=86400,
-        no_recommends=True,
-        _sudo=True,
-    )
     # Debian's default site serves plain HTTP content on port 80: not on our hosts.
     default = files.link(
         name="No default site", path="/etc/nginx/sites-enabled/default", present=False, _sudo=True

@@ -6,6 +6,7 @@ role already matches.) Facts here never fail a host: a missing program reads as 
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 
 from pyinfra import host
@@ -113,15 +114,6 @@ def python_venv(venv: str, wheelhouse: dict, temp_dir: str):
 
 
 @operation()
-def managed_command(check: str, expected: str, command: str, what: str):
-    """``command`` unless ``check`` prints ``expected`` (both run as root)."""
-    if read(check) == expected:
-        host.noop(f"{what}: nothing to do")
-        return
-    yield command
-
-
-@operation()
 def enroll_agent(
     user: str, venv: str, config: str, credential: str, token_src: str | None, temp_dir: str
 ):
@@ -146,19 +138,71 @@ def enroll_agent(
 
 
 @operation()
-def command_with_secret_stdin(
-    check: str, expected: str, command: str, secret_src: str, temp_dir: str, what: str
+def control_plane_database(
+    state_command: str, migrate: dict[str, str], bootstrap: str, secret_src: str, temp_dir: str
 ):
-    """``command < secret`` unless ``check`` prints ``expected``; the secret travels as a
-    0600 file in the SSH user's private folder and is removed right after."""
-    if read(check) == expected:
-        host.noop(f"{what}: nothing to do")
-        return
-    secret_file = f"{temp_dir}/stdin-secret"
-    yield f"install -m 600 /dev/null {secret_file}"
-    yield FileUploadCommand(
-        secret_src,
-        secret_file,
-        remote_temp_filename=host.get_temp_filename(secret_file, temp_directory=temp_dir),
+    """Migrate each database that has pending migrations, then create the first Owner if
+    the workspace does not exist; one Django start (``installer_state``) decides all of it.
+
+    The Owner's password goes to ``bootstrap`` on stdin from a 0600 file in the SSH user's
+    private folder, removed right after.
+    """
+    state = dict(item.split("=", 1) for item in read(state_command).split() if "=" in item)
+    todo = False
+    for database, command in migrate.items():
+        if state.get(database) != "current":
+            todo = True
+            yield command
+    if state.get("owner") != "present":
+        todo = True
+        secret_file = f"{temp_dir}/stdin-secret"
+        yield f"install -m 600 /dev/null {secret_file}"
+        yield FileUploadCommand(
+            secret_src,
+            secret_file,
+            remote_temp_filename=host.get_temp_filename(secret_file, temp_directory=temp_dir),
+        )
+        yield f"{bootstrap} < {secret_file}; status=$?; rm -f {secret_file}; exit $status"
+    if not todo:
+        host.noop("databases current, owner present")
+
+
+@operation()
+def sync_files(files: list[dict], temp_dir: str):
+    """Make each file's content, mode, owner and group what ``files`` says.
+
+    One remote command reads the sha256, mode, owner and group of every path. A file whose
+    content differs is first (re)created empty with its final owner and mode, then filled:
+    ``cp`` onto an existing file keeps both, so a secret is never readable by anyone else,
+    not even for a moment.
+    """
+    quoted = " ".join(shlex.quote(f["path"]) for f in files)
+    listing = read(
+        f'for p in {quoted}; do if [ -f "$p" ]; then '
+        'printf \'%s %s %s %s %s\\n\' "$(sha256sum < "$p" | cut -c1-64)" '
+        '$(stat -c \'%a %U %G\' "$p") "$p"; fi; done'
     )
-    yield f"{command} < {secret_file}; status=$?; rm -f {secret_file}; exit $status"
+    current = {}
+    for line in listing.splitlines():
+        digest, mode, owner, group, path = line.split(" ", 4)
+        current[path] = (digest, mode, owner, group)
+    changed = 0
+    for f in files:
+        with open(f["src"], "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()
+        want = (f["mode"].lstrip("0") or "0", f["owner"], f["group"])
+        have = current.get(f["path"])
+        path = shlex.quote(f["path"])
+        if have is None or have[0] != digest:
+            yield f"install -o {f['owner']} -g {f['group']} -m {f['mode']} /dev/null {path}"
+            yield FileUploadCommand(
+                f["src"],
+                f["path"],
+                remote_temp_filename=host.get_temp_filename(f["path"], temp_directory=temp_dir),
+            )
+            changed += 1
+        elif have[1:] != want:
+            yield f"chown {f['owner']}:{f['group']} {path} && chmod {f['mode']} {path}"
+            changed += 1
+    if not changed:
+        host.noop(f"{len(files)} file(s) already as rendered")

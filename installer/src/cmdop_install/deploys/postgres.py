@@ -9,7 +9,7 @@ md5 of its stored verifier differs from ours, so a rerun changes nothing.
 from __future__ import annotations
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, systemd
+from pyinfra.operations import systemd
 
 from cmdop_install.deploys.common import any_changed, extra, payload, put_files, temp_dir
 from cmdop_install.deploys.ops import (
@@ -26,14 +26,6 @@ def postgres() -> None:
     pg = extra("postgres")
     conf_dir = f"/etc/postgresql/{pg['major']}/main"
     service = f"postgresql@{pg['major']}-main"
-    apt.packages(
-        name="PostgreSQL packages",
-        packages=[f"postgresql-{pg['major']}"],
-        update=True,
-        cache_time=86400,
-        no_recommends=True,
-        _sudo=True,
-    )
     tls = put_files("/etc/postgresql/tls", {"/etc/postgresql/tls": ("root", "postgres", "750")})
     conf = put_files(conf_dir) + put_files(f"{conf_dir}/conf.d")
     systemd.service(

@@ -1,21 +1,13 @@
 """Redis from Debian's package with our redis.conf and users.acl: TLS only, ACLs, no plain port."""
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, systemd
+from pyinfra.operations import systemd
 
 from cmdop_install.deploys.common import any_changed, put_files
 
 
 @deploy("Redis")
 def redis() -> None:
-    apt.packages(
-        name="Redis package",
-        packages=["redis-server"],
-        update=True,
-        cache_time=86400,
-        no_recommends=True,
-        _sudo=True,
-    )
     # Debian's /etc/redis is setgid redis (2770); a sub-folder inherits the bit.
     tls = put_files("/etc/redis/tls", {"/etc/redis/tls": ("redis", "redis", "2750")})
     conf = put_files("/etc/redis")

@@ -2,19 +2,42 @@
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.operations import apt
 
 from cmdop_install.deploys.agent import agent
-from cmdop_install.deploys.common import prepare
+from cmdop_install.deploys.common import extra, prepare
 from cmdop_install.deploys.control_plane import control_plane
 from cmdop_install.deploys.nginx import nginx
 from cmdop_install.deploys.postgres import postgres
 from cmdop_install.deploys.redis import redis
 
 
+def debian_packages(groups: set[str]) -> list[str]:
+    wanted = []
+    if "postgres" in groups:
+        wanted.append(f"postgresql-{extra('postgres')['major']}")
+    if "redis" in groups:
+        wanted.append("redis-server")
+    if "control_plane" in groups:
+        wanted += ["nginx", "python3", "python3-venv"]
+    if "agents" in groups:
+        wanted += ["python3", "python3-venv"]
+    return sorted(set(wanted))
+
+
 @deploy("CMDOP site")
 def site() -> None:
     groups = set(host.groups)
     prepare()
+    # one package operation for the whole host: one dpkg query instead of one per component
+    apt.packages(
+        name="Debian packages",
+        packages=debian_packages(groups),
+        update=True,
+        cache_time=86400,
+        no_recommends=True,
+        _sudo=True,
+    )
     if "postgres" in groups:
         postgres()
     if "redis" in groups:
