@@ -141,3 +141,27 @@ def test_tokens_endpoint_is_for_participants_only():
         assert call(outsider).status_code == 403
     with override_settings(CMDOP_CENTRIFUGO={}):
         assert call(observer).json() == {"enabled": False}
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(databases=["default", "audit"], transaction=True)
+def test_agent_output_is_published_once_per_batch_after_commit(fake_centrifugo):
+    from cmdop_server.machines.models import Machine
+    from cmdop_server.sessions.models import Status
+
+    from tests.server_sessions.helpers import enroll, make_session, make_workspace, post
+
+    ws, owner = make_workspace()
+    agent = enroll(ws, owner)
+    m = Machine.objects.in_workspace(ws).get()
+    s = make_session(ws, m, Status.CONNECTED, owner)
+    events = [{"seq": i, "type": "session.output", "session_id": s.public_id,
+               "data_b64": b} for i, b in ((1, "YWI="), (2, "Y2Q="), (3, "ZQ=="))]
+    with override_settings(CMDOP_CENTRIFUGO=CF | {"api_url": fake_centrifugo,
+                                                  "api_key": "apikey"}):
+        resp = post(Client(), "/api/agent/v1/events", {"boot_id": "b", "events": events},
+                    token=agent["credential"])
+    assert resp.json() == {"accepted_through": 3}
+    (published,) = [b for _, _, b in _FakeCentrifugo.received]
+    assert published == {"channel": f"session:{s.public_id}",
+                         "data": {"type": "output", "data_b64": "YWJjZGU="}}

@@ -210,16 +210,22 @@ def disconnect_stale_sessions(machine: Machine, boot_id: str) -> int:
 
 @dataclass
 class _Effects:
-    """Redis writes to do once the batch's transaction committed."""
+    """Redis writes (and live publishes) to do once the batch's transaction committed."""
 
     appends: list
 
     def run(self) -> None:
-        for session_pk, kind, value in self.appends:
+        live: dict[str, bytearray] = {}
+        for session, kind, value in self.appends:
             if kind == "output":
-                output.append_output(session_pk, value)
+                output.append_output(session.pk, value)
+                live.setdefault(session.public_id, bytearray()).extend(value)
             else:
-                output.append_record(session_pk, kind, value)
+                output.append_record(session.pk, kind, value)
+        # one publish per session per batch, not one per event
+        for public_id, data in live.items():
+            realtime.publish(realtime.session_channel(public_id),
+                             {"type": "output", "data_b64": base64.b64encode(data).decode()})
 
 
 def do_apply_agent_events(machine: Machine, boot_id: str, events: list[dict],
@@ -270,9 +276,7 @@ def _apply(machine: Machine, session: Session | None, event: dict, effects: _Eff
              "work_id": str(event.get("work_id", ""))[:40]}
     if kind == "session.output" and session is not None:
         data = base64.b64decode(str(event.get("data_b64", "")), validate=False)
-        effects.appends.append((session.pk, "output", data))
-        realtime.publish_on_commit(realtime.session_channel(session.public_id),
-                                   {"type": "output", "data_b64": event.get("data_b64", "")})
+        effects.appends.append((session, "output", data))
     elif kind == "session.opened" and session is not None:
         if session.status == Status.PENDING:
             _set_status(session, Status.CONNECTED, pid=_int(event.get("pid")))
@@ -302,7 +306,7 @@ def _apply(machine: Machine, session: Session | None, event: dict, effects: _Eff
                          reason=str(event.get("dropped_type", ""))[:200],
                          detail=str(event.get("detail", ""))[:500], **facts)
         if session is not None:
-            effects.appends.append((session.pk, kind, record))
+            effects.appends.append((session, kind, record))
 
 
 def _int(value) -> int | None:
