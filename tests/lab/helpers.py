@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 from cmdop_install.lab import core
-from cmdop_install.runner import load_inventory_groups
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -27,5 +26,5 @@ def lab_ssh(state: core.LabState, host: str, command: str) -> subprocess.Complet
 
 
 def inventory(state: core.LabState) -> dict:
-    """The groups of the inventory.py the lab wrote, read as pyinfra reads them."""
-    return load_inventory_groups(state.dir / "inventory.py")
+    """The lab's hosts as pyinfra groups."""
+    return core.inventory_groups(state)

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cmdop_install.errors import UserError
 
@@ -110,40 +109,6 @@ def run_deploy(
         },
         dry_run=dry_run,
     )
-
-
-def load_inventory_groups(path: Path) -> Groups:
-    """The groups of a pyinfra inventory file: top-level lists of hosts, as pyinfra reads them.
-
-    Like pyinfra, names starting with "_" are not groups, and neither is a single host
-    tuple ``("name", {data})`` that is not in a list.
-    """
-    import runpy
-
-    if not path.exists():
-        raise UserError(f"{path}: inventory file not found")
-    try:
-        namespace = runpy.run_path(str(path))
-    except Exception as exc:  # noqa: BLE001 - an operator's file: report, don't crash
-        raise UserError(
-            f"{path}: cannot load the inventory ({type(exc).__name__}: {exc})"
-        ) from None
-    groups: dict[str, list[tuple[str, dict]]] = {}
-    for key, value in namespace.items():
-        if key.startswith("_") or not isinstance(value, list | tuple):
-            continue
-        if isinstance(value, tuple) and value and isinstance(value[0], str):
-            continue  # one host's (name, data): referenced by groups, not a group itself
-        hosts = []
-        for item in value:
-            if isinstance(item, str):
-                hosts.append((item, {}))
-            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], dict):
-                hosts.append((str(item[0]), dict(item[1])))
-            else:
-                raise UserError(f"{path}: group {key!r}: each host is a name or (name, {{data}})")
-        groups[key] = hosts
-    return groups
 
 
 # ---------------------------------------------------------------- child process side

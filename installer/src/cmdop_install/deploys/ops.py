@@ -21,6 +21,21 @@ def read(command: str) -> str:
     return (out or "").strip()
 
 
+def upload(src: str, dest: str, temp_dir: str) -> FileUploadCommand:
+    """Send ``src`` to ``dest`` through the SSH user's private folder (never the shared /tmp)."""
+    return FileUploadCommand(
+        src, dest, remote_temp_filename=host.get_temp_filename(dest, temp_directory=temp_dir)
+    )
+
+
+def secret_file_commands(src: str, dest: str, command: str, temp_dir: str, owner: str = "root"):
+    """A secret as a file that exists 0600 (``owner``) before it has content, is used by
+    ``command`` (which names it), and is removed whatever ``command`` does."""
+    yield f"install -o {owner} -g {owner} -m 600 /dev/null {dest}"
+    yield upload(src, dest, temp_dir)
+    yield f"{command}; status=$?; rm -f {dest}; exit $status"
+
+
 def psql_value(sql: str) -> str:
     return read(f"runuser -u postgres -- psql -X -tA -c {shlex.quote(sql)}")
 
@@ -72,13 +87,9 @@ def postgres_password(
         host.noop(f"password of {role} is already set")
         return
     sql_file = f"{conf_dir}/.cmdop-password-{role}.sql"
-    yield f"install -o postgres -g postgres -m 600 /dev/null {sql_file}"
-    yield FileUploadCommand(
-        sql_src,
-        sql_file,
-        remote_temp_filename=host.get_temp_filename(sql_file, temp_directory=temp_dir),
+    yield from secret_file_commands(
+        sql_src, sql_file, f"{psql} -f {sql_file}", temp_dir, owner="postgres"
     )
-    yield f"{psql} -f {sql_file}; status=$?; rm -f {sql_file}; exit $status"
 
 
 @operation()
@@ -97,11 +108,7 @@ def python_venv(venv: str, wheelhouse: dict, temp_dir: str):
     yield f"install -d -m 755 {wheels}"
     for name in wheelhouse["files"]:
         dest = f"{wheels}/{name}"
-        yield FileUploadCommand(
-            f"{wheelhouse['path']}/{name}",
-            dest,
-            remote_temp_filename=host.get_temp_filename(dest, temp_directory=temp_dir),
-        )
+        yield upload(f"{wheelhouse['path']}/{name}", dest, temp_dir)
     yield f"test -x {venv}/bin/python || python3 -m venv {venv}"
     pip = f"{venv}/bin/python -m pip install --quiet --no-index --find-links {wheels}"
     yield f"{pip} --upgrade -r {wheels}/requirements.txt"
@@ -125,16 +132,8 @@ def enroll_agent(
         host.noop("not enrolled and no join token for this host (is the control plane up?)")
         return
     token_file = f"{temp_dir}/join-token"
-    yield f"install -m 600 /dev/null {token_file}"
-    yield FileUploadCommand(
-        token_src,
-        token_file,
-        remote_temp_filename=host.get_temp_filename(token_file, temp_directory=temp_dir),
-    )
-    yield (
-        f"runuser -u {user} -- {venv}/bin/cmdop-agent --config {config} enroll --token - "
-        f"< {token_file}; status=$?; rm -f {token_file}; exit $status"
-    )
+    enroll = f"runuser -u {user} -- {venv}/bin/cmdop-agent --config {config} enroll --token -"
+    yield from secret_file_commands(token_src, token_file, f"{enroll} < {token_file}", temp_dir)
 
 
 @operation()
@@ -156,13 +155,9 @@ def control_plane_database(
     if state.get("owner") != "present":
         todo = True
         secret_file = f"{temp_dir}/stdin-secret"
-        yield f"install -m 600 /dev/null {secret_file}"
-        yield FileUploadCommand(
-            secret_src,
-            secret_file,
-            remote_temp_filename=host.get_temp_filename(secret_file, temp_directory=temp_dir),
+        yield from secret_file_commands(
+            secret_src, secret_file, f"{bootstrap} < {secret_file}", temp_dir
         )
-        yield f"{bootstrap} < {secret_file}; status=$?; rm -f {secret_file}; exit $status"
     if not todo:
         host.noop("databases current, owner present")
 
@@ -195,11 +190,7 @@ def sync_files(files: list[dict], temp_dir: str):
         path = shlex.quote(f["path"])
         if have is None or have[0] != digest:
             yield f"install -o {f['owner']} -g {f['group']} -m {f['mode']} /dev/null {path}"
-            yield FileUploadCommand(
-                f["src"],
-                f["path"],
-                remote_temp_filename=host.get_temp_filename(f["path"], temp_directory=temp_dir),
-            )
+            yield upload(f["src"], f["path"], temp_dir)
             changed += 1
         elif have[1:] != want:
             yield f"chown {f['owner']}:{f['group']} {path} && chmod {f['mode']} {path}"

@@ -333,30 +333,42 @@ def ssh_config_text(state: LabState) -> str:
     return "\n".join(blocks)
 
 
+def ssh_data(state: LabState) -> dict:
+    """pyinfra connection data of every lab host: the deploy user, the lab key, pinned keys."""
+    return {
+        "ssh_user": "deploy",
+        "ssh_key": str(state.dir / "id_ed25519"),
+        "ssh_known_hosts_file": str(state.dir / "known_hosts"),
+        "ssh_strict_host_key_checking": "yes",
+    }
+
+
+def inventory_groups(state: LabState) -> dict[str, list[tuple[str, dict]]]:
+    """The lab as pyinfra groups: `lab` (normal hosts) and `airgapped`."""
+
+    def group(air: bool) -> list[tuple[str, dict]]:
+        return [
+            (h.name, {"ssh_hostname": h.ip, **ssh_data(state), "_sudo": True})
+            for h in state.hosts
+            if h.airgapped == air
+        ]
+
+    return {"lab": group(False), "airgapped": group(True)}
+
+
 def inventory_text(state: LabState) -> str:
-    """A pyinfra inventory: group `lab` (normal hosts) and `airgapped`."""
-    common = (
-        "_SSH = {\n"
-        '    "ssh_user": "deploy",\n'
-        f'    "ssh_key": {str(state.dir / "id_ed25519")!r},\n'
-        f'    "ssh_known_hosts_file": {str(state.dir / "known_hosts")!r},\n'
-        '    "ssh_strict_host_key_checking": "yes",\n'
-        '    "_sudo": True,\n'
-        "}\n"
-    )
-
-    def group(hosts: list[LabHost]) -> str:
-        rows = "".join(f'    ("{h.name}", {{"ssh_hostname": "{h.ip}", **_SSH}}),\n' for h in hosts)
-        return "[\n" + rows + "]\n"
-
+    """inventory.py for pyinfra's own CLI: the groups of ``inventory_groups``."""
+    rows = {
+        name: "".join(
+            f'    ("{h}", {{"ssh_hostname": "{d["ssh_hostname"]}", **_SSH}}),\n' for h, d in hosts
+        )
+        for name, hosts in inventory_groups(state).items()
+    }
     return (
         f"# managed by cmdop-install lab {state.name!r}; `lab up` rewrites it.\n"
         "# pyinfra inventory: every top-level list is a group.\n"
-        + common
-        + "\nlab = "
-        + group([h for h in state.hosts if not h.airgapped])
-        + "\nairgapped = "
-        + group([h for h in state.hosts if h.airgapped])
+        f"_SSH = {{**{ssh_data(state)!r}, '_sudo': True}}\n\n"
+        + "".join(f"{name} = [\n{body}]\n" for name, body in rows.items())
     )
 
 
@@ -366,21 +378,15 @@ def site_inventory_text(state: LabState, control_plane: str, agents: list[str]) 
     ``control_plane`` carries Postgres, Redis and the control plane (a single-node site);
     ``agents`` are the fleet.
     """
-    ssh = (
-        f'{{"ssh_user": "deploy", "ssh_key": {str(state.dir / "id_ed25519")!r}, '
-        f'"ssh_known_hosts_file": {str(state.dir / "known_hosts")!r}, '
-        '"ssh_strict_host_key_checking": "yes"}'
-    )
 
     def entry(name: str) -> str:
         return f'("{name}", {{"ssh_hostname": "{state.host(name).ip}", **_SSH}})'
 
-    cp = entry(control_plane)
     fleet = "".join(f"    {entry(a)},\n" for a in agents)
     return (
         f"# cmdop-install site inventory over lab {state.name!r} (written by the demo)\n"
-        f"_SSH = {ssh}\n"
-        f"_CONTROL = {cp}\n\n"
+        f"_SSH = {ssh_data(state)!r}\n"
+        f"_CONTROL = {entry(control_plane)}\n\n"
         "postgres = [_CONTROL]\nredis = [_CONTROL]\ncentrifugo = []\ncontrol_plane = [_CONTROL]\n"
         f"agents = [\n{fleet}]\n"
     )

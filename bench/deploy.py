@@ -1,0 +1,54 @@
+"""Seconds for a first full deploy, a no-op redeploy, and how they grow with the fleet.
+
+For N in (1, 5, 10) agent hosts: a lab of 1 control-plane host + N agents, a fresh site,
+`deploy` (first: packages, databases, control plane, enrollment of every agent), then
+`deploy` again (nothing to change). Run as root: `.venv/bin/python bench/deploy.py [N ...]`.
+Agent rollout (upgrade in batches) has no command yet, so it is not measured here.
+"""
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cmdop_install.deploy import deploy_site
+from cmdop_install.inventory import load_inventory
+from cmdop_install.lab import core
+from cmdop_install.site import load_site
+from cmdop_install.siteinit import init_site
+
+LAB = "benchdeploy"
+
+
+def measure(agents: int) -> tuple[float, float, int]:
+    state = core.up(LAB, agents + 1, ())
+    with tempfile.TemporaryDirectory() as tmp:
+        site_dir = Path(tmp) / "site"
+        site_dir.mkdir(mode=0o700)
+        names = [f"host{i}" for i in range(2, agents + 2)]
+        (site_dir / "inventory.py").write_text(core.site_inventory_text(state, "host1", names))
+        init_site(site_dir, key_file=Path(tmp) / "key")
+        site, inventory = load_site(site_dir), load_inventory(site_dir)
+        groups = {g: [(h.name, h.data) for h in hs] for g, hs in inventory.groups.items()}
+        core.map_site_domain(groups, site["site"]["domain"], state.host("host1").ip)
+        started = time.monotonic()
+        first = deploy_site(site_dir)
+        first_s = time.monotonic() - started
+        assert not first.failed, first.failed
+        started = time.monotonic()
+        again = deploy_site(site_dir)
+        noop_s = time.monotonic() - started
+    core.down(LAB)
+    return first_s, noop_s, again.changes
+
+
+def main() -> None:
+    sizes = [int(a) for a in sys.argv[1:]] or [1, 5, 10]
+    print(f"{'agents':>6} {'hosts':>5} {'first deploy':>13} {'no-op redeploy':>15} {'changes':>8}")
+    for n in sizes:
+        first_s, noop_s, changes = measure(n)
+        print(f"{n:>6} {n + 1:>5} {first_s:>12.1f}s {noop_s:>14.1f}s {changes:>8}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
