@@ -231,3 +231,18 @@ def test_control_plane_answers_over_nginx_with_its_api_schema(lab, site) -> None
     response = conn.getresponse()
     assert response.status == 200
     assert json.loads(response.read())["openapi"].startswith("3.")
+
+
+def test_status_reports_services_versions_certificates_and_online_agents(lab, site) -> None:
+    info = json.loads(cli("status", str(site.dir), "--json").stdout)
+    assert info["last_deploy"]["changes"] > 0
+    by_host = {h["host"]: h for h in info["hosts"]}
+    control = {c["component"]: c for c in by_host["host1"]["components"]}
+    for component in ("postgres", "redis", "control_plane", "nginx"):
+        assert control[component]["state"] == "active", control[component]
+        assert control[component]["version"], component
+    assert "nginx-host1" in by_host["host1"]["certificates"]
+    for name in ("host2", "host3"):
+        (agent,) = by_host[name]["components"]
+        assert agent["state"] == "active" and agent["version"] == "0.1.0"
+        assert agent["online"] is True, agent

@@ -22,6 +22,7 @@ from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
 from cmdop_install.hashing import scram_sha256_verifier
 from cmdop_install.runner import RunResult, run_deploy
+from cmdop_install.status import record_deploy
 
 SITE_DEPLOY = "cmdop_install.deploys.site:site"
 NOTHING = "cmdop_install.deploys.site:nothing"
@@ -235,6 +236,8 @@ def deploy_command(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> Non
     Secrets never appear in the output.
     """
     result = deploy_site(site_dir, limit=list(limit) or None, dry_run=dry_run)
+    if not dry_run:
+        record_deploy(site_dir, result.changes, result.failed)
     verb = "would change" if dry_run else "changed"
     for host in result.hosts.values():
         if host.error:

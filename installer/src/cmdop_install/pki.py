@@ -241,6 +241,16 @@ def expiry_findings(site_dir: Path, site: Site, inventory: Inventory) -> list[st
     return findings
 
 
+def expiry_dates(site_dir: Path) -> dict[str, str]:
+    """Each certificate of pki/ (by name, e.g. "nginx-node1") and the day it expires."""
+    dates = {}
+    for path in sorted((Path(site_dir) / PKI_DIR).glob("*.crt")):
+        cert = _load_cert(path)
+        if cert is not None:
+            dates[path.stem] = f"{cert.not_valid_after_utc:%Y-%m-%d}"
+    return dates
+
+
 def public_tls(site: Site) -> tuple[bytes, bytes] | None:
     """(chain PEM, key PEM) of the operator's public certificate, checked; None if unset.
 
