@@ -1,7 +1,7 @@
 """Audit: a scripted list of security-relevant actions gives exactly one row each with the
 seed's fields; the hash chain verifies and one flipped byte is caught; export returns
 exactly the range and workspace; retention deletes only old rows; the app's role cannot
-UPDATE or DELETE audit rows."""
+UPDATE or DELETE audit rows (nor change the retention), only purge past it."""
 
 from __future__ import annotations
 
@@ -147,6 +147,7 @@ def test_export_needs_audit_view_and_stays_in_the_workspace():
 
 def test_retention_deletes_only_rows_older_than_the_setting(settings, monkeypatch):
     settings.CMDOP_AUDIT_RETENTION_DAYS = 30
+    call_command("audit_grants", "postgres", "--retention-days", "30")
     ws, _ = make_workspace()
     now = timezone.now()
     ids = {}
@@ -155,7 +156,7 @@ def test_retention_deletes_only_rows_older_than_the_setting(settings, monkeypatc
         monkeypatch.setattr(audit.timezone, "now", lambda age=age: now - timedelta(days=age))
         ids[age] = audit.record("test.event", workspace=ws, age=age).pk
     monkeypatch.undo()
-    call_command("audit_prune")
+    call_command("purge_audit")
     left = set(AuditEvent.objects.filter(workspace_id=ws.pk).values_list("pk", flat=True))
     assert ids[31] not in left and {ids[29], ids[0]} <= left
     # the remaining chain still verifies (its oldest row is the anchor)
@@ -165,23 +166,30 @@ def test_retention_deletes_only_rows_older_than_the_setting(settings, monkeypatc
 def test_the_app_role_cannot_update_or_delete_audit_rows(postgres_server):
     db = settings.DATABASES["audit"]["NAME"]
     postgres_server.psql("DROP ROLE IF EXISTS cmdop_app; CREATE ROLE cmdop_app LOGIN;")
-    call_command("audit_grants", "cmdop_app")
+    call_command("audit_grants", "cmdop_app", "--retention-days", "90")
     row = audit.record("test.event", reason="keep me")
     dsn = postgres_server.dsn(dbname=db, user="cmdop_app")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO audit_auditevent (occurred_at, event, success, user_label, "
-                     "method, reason, data, prev_hash, row_hash) VALUES "
-                     "(now(), 'x', true, '', '', '', '{}', '', '')")
-        assert conn.execute("SELECT count(*) FROM audit_auditevent").fetchone()[0] >= 2
-        for statement in ("UPDATE audit_auditevent SET reason = 'gone'",
-                          "DELETE FROM audit_auditevent", "TRUNCATE audit_auditevent"):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(statement)
-    assert AuditEvent.objects.get(pk=row.pk).reason == "keep me"
-    with connections["audit"].cursor() as cursor:  # leave the test DB as we found it
-        cursor.execute("REVOKE ALL ON audit_auditevent FROM cmdop_app")
-        cursor.execute("REVOKE ALL ON SEQUENCE audit_auditevent_id_seq FROM cmdop_app")
-    postgres_server.psql("DROP OWNED BY cmdop_app; DROP ROLE cmdop_app;", dbname=db)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO audit_auditevent (occurred_at, event, success, "
+                         "user_label, method, reason, data, prev_hash, row_hash) VALUES "
+                         "(now(), 'x', true, '', '', '', '{}', '', '')")
+            assert conn.execute("SELECT count(*) FROM audit_auditevent").fetchone()[0] >= 2
+            for statement in ("UPDATE audit_auditevent SET reason = 'gone'",
+                              "DELETE FROM audit_auditevent", "TRUNCATE audit_auditevent",
+                              "UPDATE audit_retention SET days = 1"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+            # retention is the one way rows leave, and only past the owner's period
+            assert conn.execute("SELECT audit_purge()").fetchone()[0] == 0
+        assert AuditEvent.objects.get(pk=row.pk).reason == "keep me"
+    finally:
+        with connections["audit"].cursor() as cursor:  # leave the test DB as we found it
+            cursor.execute("REVOKE ALL ON audit_auditevent FROM cmdop_app")
+            cursor.execute("REVOKE ALL ON SEQUENCE audit_auditevent_id_seq FROM cmdop_app")
+            cursor.execute("REVOKE ALL ON audit_retention FROM cmdop_app")
+            cursor.execute("REVOKE ALL ON FUNCTION audit_purge() FROM cmdop_app")
+        postgres_server.psql("DROP OWNED BY cmdop_app; DROP ROLE cmdop_app;", dbname=db)
 
 
 def test_audit_store_down_refuses_a_privileged_operation(monkeypatch):

@@ -4,7 +4,7 @@ Rows go to the separate ``audit`` database (``router.AuditRouter``). ``action()`
 audit transaction around the app's durable transaction, so a ``do_*`` action and its audit
 row commit together, and if the audit store is down the action fails instead of happening
 unrecorded. Each row is hash-chained per workspace (``chain.py``; ``audit_verify`` proves
-it); ``audit_prune`` enforces retention; ``export.py`` streams rows as JSON lines or CSV.
+it); ``purge_audit`` enforces retention; ``export.py`` streams rows as JSON lines or CSV.
 """
 
 from __future__ import annotations

@@ -1,52 +1,60 @@
-"""Retention (default 90 days, ``CMDOP_AUDIT_RETENTION_DAYS``) and the append-only grants.
+"""Retention and the append-only grants of the audit database.
 
-The app's database role may only INSERT and SELECT audit rows: ``grant_sql`` is what the
-installer runs as the audit database's owner. Pruning therefore runs as the owner (the
-installer's systemd timer runs ``cmdop-server audit_prune --database <owner alias>``).
+- The app's role may only INSERT and SELECT audit rows (``grant_sql``; the installer runs
+  ``cmdop-server audit_grants <app role> --retention-days N`` as the audit DB's owner, the
+  role that ran the migrations). The owner must be a different role: an owner can always
+  give itself UPDATE/DELETE back.
+- Old rows go through ``audit_purge()`` (migration 0003), which the app's role may
+  EXECUTE: it deletes only rows older than the owner-set ``audit_retention.days``, so a
+  stolen app credential cannot shorten the log to nothing.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from django.conf import settings
 from django.db import connections
-from django.utils import timezone
 
 from cmdop_server.audit import AUDIT_DB
 
 TABLE = "audit_auditevent"
 
 
-def cutoff(days: int | None = None):
-    days = settings.CMDOP_AUDIT_RETENTION_DAYS if days is None else days
-    if days < 1:
-        raise ValueError("retention must be at least one day")
-    return timezone.now() - timedelta(days=days)
-
-
-def prune(days: int | None = None, using: str = AUDIT_DB) -> int:
+def purge(using: str = AUDIT_DB) -> int:
     """Delete rows older than the retention period; returns how many."""
-    from cmdop_server.audit.models import AuditEvent
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT audit_purge()")
+        return int(cursor.fetchone()[0])
 
-    deleted, _ = AuditEvent.objects.using(using).filter(occurred_at__lt=cutoff(days)).delete()
-    return deleted
+
+def retention_days(using: str = AUDIT_DB) -> int:
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT days FROM audit_retention WHERE id = 1")
+        return int(cursor.fetchone()[0])
 
 
-def grant_sql(app_role: str, using: str = AUDIT_DB) -> list[str]:
-    """Statements that make the audit table append-only for ``app_role``."""
+def grant_sql(app_role: str, retention_days: int | None = None,
+              using: str = AUDIT_DB) -> list[str]:
+    """Statements (run as the owner) that make the audit log append-only for ``app_role``."""
     qn = connections[using].ops.quote_name
     role, table = qn(app_role), qn(TABLE)
-    sequence = qn(f"{TABLE}_id_seq")
-    return [
+    statements = [
+        f"REVOKE ALL ON {table} FROM PUBLIC",
         f"REVOKE ALL ON {table} FROM {role}",
         f"GRANT SELECT, INSERT ON {table} TO {role}",
-        f"GRANT USAGE ON SEQUENCE {sequence} TO {role}",
-        f"REVOKE ALL ON {table} FROM PUBLIC",
+        f"GRANT USAGE ON SEQUENCE {qn(TABLE + '_id_seq')} TO {role}",
+        f"REVOKE ALL ON audit_retention FROM {role}",
+        f"GRANT SELECT ON audit_retention TO {role}",
+        f"GRANT EXECUTE ON FUNCTION audit_purge() TO {role}",
     ]
+    if retention_days is not None:
+        if retention_days < 1:
+            raise ValueError("retention must be at least one day")
+        days = int(retention_days)  # an int: nothing to inject
+        statements.append(f"UPDATE audit_retention SET days = {days} WHERE id = 1")  # noqa: S608
+    return statements
 
 
-def apply_grants(app_role: str, using: str = AUDIT_DB) -> None:
+def apply_grants(app_role: str, retention_days: int | None = None,
+                 using: str = AUDIT_DB) -> None:
     with connections[using].cursor() as cursor:
-        for statement in grant_sql(app_role, using):
+        for statement in grant_sql(app_role, retention_days, using):
             cursor.execute(statement)
