@@ -43,7 +43,9 @@ def _site(tmp_path: Path, secret_key=STRONG, fallbacks=(), extra_server="") -> d
     creds = tmp_path / "credentials"
     creds.mkdir()
     files = {"secret_key": secret_key + "\n", "db_password": "pw-db\n",
-             "redis_password": "pw-redis\n"}
+             "redis_password": "pw-redis\n",
+             # read when [centrifugo] enabled = true (issue 5)
+             "centrifugo_api_key": "k" * 40 + "\n", "centrifugo_hmac_key": "h" * 48 + "\n"}
     if fallbacks:
         files["secret_key_fallbacks"] = "\n".join(fallbacks) + "\n"
     for name, value in files.items():

@@ -3,7 +3,7 @@
 Settings (``CMDOP_CENTRIFUGO``; empty = Centrifugo absent, everything still works through
 the REST cursor API)::
 
-    {"api_url": "https://cf.internal:9000/api", "api_key": "...",
+    {"api_url": "https://cf.internal:9000/api", "api_key": "...", "ws_url": "wss://…",
      "hmac_secret": "...", "ca_file": "/etc/cmdop/pki/ca.crt", "token_ttl": 900,
      "audience": "centrifugo", "issuer": "cmdop"}
 
@@ -42,6 +42,10 @@ def _config() -> dict:
 def enabled() -> bool:
     cfg = _config()
     return bool(cfg.get("hmac_secret"))
+
+
+def websocket_url() -> str:
+    return _config().get("ws_url", "")
 
 
 def session_channel(session_public_id: str) -> str:

@@ -299,6 +299,7 @@ def realtime_tokens(request, slug: str, session_id: str):
     if not realtime.enabled():
         return {"enabled": False}
     return {"enabled": True, "channel": realtime.session_channel(access.session.public_id),
+            "ws_url": realtime.websocket_url(),
             "connection_token": realtime.connection_token(user_id),
             "subscription_token": realtime.subscription_token(user_id,
                                                               access.session.public_id)}

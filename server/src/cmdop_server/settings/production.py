@@ -110,3 +110,19 @@ CMDOP_ACCESS_TOKEN_TTL = int(_tokens.get("access_ttl_seconds", 3600))
 CMDOP_REFRESH_TOKEN_TTL = int(_tokens.get("refresh_ttl_days", 30)) * 24 * 3600
 CMDOP_RATE_LIMITS = CMDOP_RATE_LIMITS | dict(_site.get("rate_limits", {}))  # noqa: F405
 CMDOP_AUDIT_RETENTION_DAYS = int(_site.get("audit", {}).get("retention_days", 90))
+
+# Realtime and agent knobs (issue 5). Centrifugo is optional: disabled, the REST cursor API
+# carries everything and no Centrifugo secret is read.
+_centrifugo = _site.get("centrifugo", {})
+CMDOP_CENTRIFUGO: dict = {}
+if _centrifugo.get("enabled"):
+    CMDOP_CENTRIFUGO = {
+        "api_url": _centrifugo["api_url"],
+        "ws_url": _centrifugo.get("ws_url", ""),
+        "ca_file": _centrifugo.get("ssl_ca_certs"),
+        "audience": _centrifugo.get("token_audience", ""),
+        "issuer": _centrifugo.get("token_issuer", ""),
+        "api_key": config.read_secret("centrifugo_api_key"),
+        "hmac_secret": config.read_secret("centrifugo_hmac_key"),
+    }
+CMDOP_SESSION_OUTPUT_MAX_BYTES = int(_site.get("agent", {}).get("output_limit_kb", 1024)) * 1024
