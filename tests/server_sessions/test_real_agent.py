@@ -25,16 +25,52 @@ from tests.support.services import free_port, wait_for_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 from agent_home import AgentHome, write_config  # noqa: E402
-from agent_standin import make_ca, make_leaf  # noqa: E402
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.django_db(databases=["default", "audit"], transaction=True)]
 
 
+def _pki(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a leaf for localhost: (ca.pem, leaf.crt, leaf.key)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test-ca")).issuer_name(name("test-ca"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+            .public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "leaf.crt", directory / "leaf.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM,
+                                                serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    paths[2].chmod(0o600)
+    return paths
+
+
 @pytest.fixture
 def tls_control_plane(tmp_path):
-    ca, ca_key, ca_cert = make_ca(tmp_path, "site-ca")
-    cert, key = make_leaf(tmp_path, ca_key, ca_cert, host="localhost")
+    ca, cert, key = _pki(tmp_path)
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "cmdop_server.settings.test"}
     proc = subprocess.Popen(
