@@ -38,6 +38,10 @@ def measure(agents: int) -> tuple[float, float, int]:
         started = time.monotonic()
         again = deploy_site(site_dir)
         noop_s = time.monotonic() - started
+        for h in again.hosts.values():
+            for op in h.ops:
+                if op.changed:
+                    print(f"    not idempotent: {h.name}: {op.name}", flush=True)
     core.down(LAB)
     return first_s, noop_s, again.changes
 

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import click
 
-from cmdop_install.deploy import deploy_site
+from cmdop_install.deploy import NOTHING, deploy_site
+from cmdop_install.deploys.control_plane import manage_command
 from cmdop_install.errors import UserError
 from cmdop_install.inventory import load_inventory
 from cmdop_install.lab import core
+from cmdop_install.runner import run_deploy
 from cmdop_install.site import load_site
+from cmdop_install.site_api import SiteApi
 from cmdop_install.siteinit import init_site
 
 
@@ -49,6 +52,8 @@ def run(name: str, site_dir: Path) -> None:
     if result.changes:
         raise UserError(f"demo: the second deploy changed {result.changes} thing(s)")
 
+    prove_fleet(site_dir, site, groups, state, ["host2", "host3"])
+
     domain = site["site"]["domain"]
     owner = site["site"]["owner_email"] or f"admin@{domain}"
     click.echo(
@@ -61,6 +66,28 @@ def run(name: str, site_dir: Path) -> None:
         f"  agents:        host2, host3 (cmdop-install lab ssh --name {name} host2)\n"
         f"  tear down:     cmdop-install lab down --name {name}   (the site folder stays)"
     )
+
+
+def prove_fleet(site_dir: Path, site, groups: dict, state, agents: list[str]) -> None:
+    """Through the control plane's API: every agent is online, and a terminal session on
+    each one runs `uname -a`. The API key used for it is made for this and revoked after."""
+    workspace = site["site"]["name"]
+    command = manage_command(f"issue_api_key --workspace {workspace} --name demo")
+    issued = run_deploy(groups, NOTHING, limit=["host1"], facts={"key": command})
+    key_id, _, key = issued.hosts["host1"].facts.get("key", "").partition(" ")
+    if not key:
+        raise UserError("demo: the control plane did not issue an API key (is it running?)")
+    api = SiteApi(
+        state.host("host1").ip, site["site"]["domain"], site_dir / "pki" / "ca.crt", key, workspace
+    )
+    try:
+        machines = api.wait_online(agents)
+        step(f"agents online: {', '.join(agents)}")
+        for name in agents:
+            line = api.run_in_session(machines[name]["machine_id"], "uname -a", b"Linux")
+            step(f"session on {name}: $ uname -a -> {line.decode(errors='replace')}")
+    finally:
+        api.call("DELETE", f"/api-keys/{key_id}")
 
 
 def step(message: str) -> None:

@@ -118,10 +118,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "http_port": Key(int, 80, "nginx HTTP port: redirects to HTTPS, serves nothing.",
                          _range(1, 65535)),
         "workers": Key(int, 4, "gunicorn worker processes per host.", _range(1, 64)),
-        "threads": Key(int, 8, "Threads per worker (gthread; long-polls hold one each).",
-                       _range(1, 256)),
-        "long_poll_seconds": Key(int, 50, "How long an agent poll waits for work; nginx and "
-                                 "gunicorn timeouts are set above it.", _range(5, 300)),
+        "worker_connections": Key(int, 4096, "Open connections per worker (asgi): each "
+                                  "enrolled agent holds one long-poll.", _range(64, 65536)),
+        "long_poll_seconds": Key(int, 25, "How long an agent poll waits for work (the agent "
+                                 "protocol caps it at 25 s); nginx and gunicorn time out later.",
+                                 _range(5, 25)),
         "max_upload_mb": Key(int, 50, "Largest file transfer / request body.", _range(1, 4096)),
     },
     "rate_limits": {

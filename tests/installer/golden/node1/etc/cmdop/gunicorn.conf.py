@@ -5,11 +5,14 @@
 bind = "unix:/run/cmdop/gunicorn.sock"
 # socket 0660: the nginx user gets in through the shared group, nobody else
 umask = 0o117
-worker_class = "gthread"
+# gunicorn's native ASGI worker: an agent's long-poll waits on an event loop, not a thread,
+# so one worker holds thousands of them (cmdop_server.asgi serves the sync API too)
+worker_class = "asgi"
 workers = 4
-threads = 8
-# agent long-polls last up to 50s: time out only after that
-timeout = 80
+# concurrent connections per worker: every enrolled agent keeps one long-poll open
+worker_connections = 4096
+# agent long-polls last up to 25s: time out only after that
+timeout = 55
 graceful_timeout = 30
 keepalive = 5
 # settings are re-imported on SIGHUP only without preloading (secret rotation reloads)
