@@ -58,6 +58,10 @@ class SiteApi:
                 raise UserError(f"agents not online after {timeout:.0f}s: {', '.join(missing)}")
             time.sleep(1)
 
+    def _status(self, session: str) -> str | None:
+        mine = [s for s in self.call("GET", "/sessions") if s["session_id"] == session]
+        return mine[0]["status"] if mine else None
+
     def run_in_session(
         self, machine_id: str, line: str, expect: bytes, timeout: float = 30
     ) -> bytes:
@@ -66,7 +70,9 @@ class SiteApi:
         session = self.call("POST", "/sessions", {"machine_id": machine_id})["session_id"]
         try:
             deadline = time.monotonic() + timeout
-            while self.call("GET", f"/sessions/{session}")["status"] != "connected":
+            # a session is readable once it is active (the seed's check 2): until the agent
+            # has opened the terminal, the list is where its status shows
+            while self._status(session) != "connected":
                 if time.monotonic() > deadline:
                     raise UserError("the session did not connect")
                 time.sleep(0.2)
