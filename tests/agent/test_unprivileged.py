@@ -24,8 +24,21 @@ NOBODY = 65534
 AGENT_SRC = Path(__file__).resolve().parents[2] / "agent" / "src"
 
 
+@pytest.fixture(scope="module")
+def agent_src() -> Path:
+    """A world-readable copy of the agent's source: the checkout may sit in a folder that
+    `nobody` cannot enter (a CI clone in a 0700 mktemp dir), as a real install would not."""
+    root = Path(tempfile.mkdtemp(prefix="cmdop-agent-src-", dir="/var/tmp"))
+    shutil.copytree(AGENT_SRC / "cmdop_agent", root / "cmdop_agent",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    yield root
+    shutil.rmtree(root)
+
+
 @pytest.fixture
-def nobody_home(standin, pki):
+def nobody_home(standin, pki, agent_src):
     root = Path(tempfile.mkdtemp(prefix="cmdop-nobody-", dir="/var/tmp"))
     conf = root / ".config" / "cmdop-agent"
     conf.mkdir(parents=True)
@@ -35,14 +48,15 @@ def nobody_home(standin, pki):
     for path in [root, *root.rglob("*")]:
         os.chown(path, NOBODY, NOBODY)
     root.chmod(0o700)
+    (root / ".agent-src").symlink_to(agent_src)
     yield root
     shutil.rmtree(root)
 
 
 def as_nobody(root: Path, *args: str) -> list[str]:
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "env", "-i",
-            f"HOME={root}", f"PYTHONPATH={AGENT_SRC}", "SHELL=/bin/sh", "PATH=/usr/bin:/bin",
-            "/usr/bin/python3", "-m", "cmdop_agent.cli", *args]
+            f"HOME={root}", f"PYTHONPATH={(root / '.agent-src').resolve()}", "SHELL=/bin/sh",
+            "PATH=/usr/bin:/bin", "/usr/bin/python3", "-m", "cmdop_agent.cli", *args]
 
 
 def test_enroll_and_work_as_an_ordinary_user(nobody_home: Path, standin) -> None:
