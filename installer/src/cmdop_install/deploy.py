@@ -43,6 +43,11 @@ def deploy_site(
             f"nothing was deployed; first: {problems[0]}"
         )
     site, inventory, secrets, pem = render.load_for_render(site_dir)
+    if site.centrifugo_enabled:
+        raise UserError(
+            "site.toml: centrifugo.binary is set, but this version cannot deploy Centrifugo yet; "
+            'set it to "" (live output then flows through the REST cursor API)'
+        )
     groups = {g: [(h.name, h.data) for h in hosts] for g, hosts in inventory.groups.items()}
     wheels = {
         "control_plane": wheelhouse_facts("cmdop-server")
@@ -236,6 +241,8 @@ def deploy_command(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> Non
     Secrets never appear in the output.
     """
     result = deploy_site(site_dir, limit=list(limit) or None, dry_run=dry_run)
+    click.echo("centrifugo: skipped (no binary in site.toml [centrifugo]); live output flows "
+               "through the REST cursor API")
     if not dry_run:
         record_deploy(site_dir, result.changes, result.failed)
     verb = "would change" if dry_run else "changed"

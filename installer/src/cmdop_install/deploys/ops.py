@@ -41,19 +41,10 @@ def psql_value(sql: str) -> str:
 
 
 @operation()
-def converge(check: str, expected: str, commands: list[str], what: str = "state"):
-    """Run ``commands`` unless ``check`` (shell, run as root) already prints ``expected``."""
-    if read(check) == expected:
-        host.noop(f"{what} is already as wanted")
-        return
-    yield from commands
-
-
-@operation()
 def postgres_sql(
     check_sql: str, expected: str, commands: list[str], what: str = "state", force=None
 ):
-    """Like ``converge``, the check being a query run by the postgres superuser;
+    """Run ``commands`` unless ``check_sql`` (run by the postgres superuser) gives ``expected``;
     ``force()`` true (e.g. the SQL file changed) runs the commands anyway."""
     if psql_value(check_sql) == expected and not (force and force()):
         host.noop(f"{what} is already as wanted")
