@@ -5,6 +5,7 @@ host1 carries Postgres, Redis and the control plane; host2 and host3 are agent h
 
 import http.client
 import json
+import shutil
 import socket
 import ssl
 import subprocess
@@ -246,3 +247,57 @@ def test_status_reports_services_versions_certificates_and_online_agents(lab, si
         (agent,) = by_host[name]["components"]
         assert agent["state"] == "active" and agent["version"] == "0.1.0"
         assert agent["online"] is True, agent
+
+
+def _variant(site, lab, tmp_path: Path, agents: list[str], extra_agent: str = "") -> Path:
+    """A copy of the deployed site whose inventory adds ``extra_agent`` (raw Python)."""
+    copy = tmp_path / "variant"
+    shutil.copytree(site.dir, copy)
+    text = core.site_inventory_text(lab, "host1", agents)
+    (copy / "inventory.py").write_text(text.replace("agents = [\n", f"agents = [\n{extra_agent}"))
+    return copy
+
+
+def test_unreachable_host_stops_the_deploy_before_any_change(lab, site, tmp_path: Path) -> None:
+    ghost = lab.host("host3").ip.rsplit(".", 1)[0] + ".99"  # inside the lab subnet, nobody there
+    variant = _variant(
+        site,
+        lab,
+        tmp_path,
+        ["host2", "host3"],
+        f'    ("ghost", {{"ssh_hostname": "{ghost}", **_SSH}}),\n',
+    )
+    cli("init", str(variant))
+    out = cli("deploy", str(variant), check=False)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]  # above it, pyinfra's own "Could not connect"
+    assert last.startswith("cmdop-install: error: nothing was changed: ghost (")
+    assert "cannot connect over ssh" in out.stderr
+    assert "changed" not in out.stdout
+
+
+def test_wrong_ssh_key_stops_the_deploy_before_any_change(lab, site, tmp_path: Path) -> None:
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    variant = _variant(
+        site,
+        lab,
+        tmp_path,
+        ["host2"],
+        f'    ("host3", {{"ssh_hostname": "{lab.host("host3").ip}", '
+        f'**_SSH, "ssh_key": "{key}"}}),\n',
+    )
+    out = cli("deploy", str(variant), check=False)
+    assert out.returncode == 1
+    assert "nothing was changed: host3 (" in out.stderr and "cannot connect" in out.stderr
+
+
+def test_a_site_that_check_rejects_is_not_deployed(site, tmp_path: Path) -> None:
+    copy = tmp_path / "broken"
+    shutil.copytree(site.dir, copy)
+    toml = copy / "site.toml"
+    toml.write_text(toml.read_text() + '\n[postgres]\nmajor = "fifteen"\n')
+    out = cli("deploy", str(copy), check=False)
+    assert out.returncode == 2
+    assert out.stderr.startswith("cmdop-install: error: site.toml:")
+    assert out.stdout == ""

@@ -141,7 +141,11 @@ class Agent:
         if self.fatal is None:
             # Let the shells exit so their session.exited reports are queued, then flush
             # what is queued: the sender thread stopped with the others.
-            self.sessions.wait_all_closed(SESSION_EXIT_WAIT)
+            if not self.sessions.wait_all_closed(SESSION_EXIT_WAIT):
+                # a shell that ignores SIGHUP (or a slow machine): end it, so that its
+                # session.exited is still reported before the agent goes
+                self.sessions.close_all(signal.SIGKILL)
+                self.sessions.wait_all_closed(SESSION_EXIT_WAIT)
             sender.join(timeout=2)
             flush_api = AgentApi(self.config, self.auth)
             try:

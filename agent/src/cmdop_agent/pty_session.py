@@ -142,9 +142,9 @@ class PtySession:
                             session_id=self.session_id, output_bytes=len(data))
         return True
 
-    def hangup(self) -> None:
+    def hangup(self, sig: int = signal.SIGHUP) -> None:
         try:
-            os.killpg(self.pid, signal.SIGHUP)
+            os.killpg(self.pid, sig)
         except ProcessLookupError:
             pass
 
@@ -201,11 +201,11 @@ class SessionManager:
     def close(self, session_id: str) -> None:
         self.get(session_id).hangup()  # the reader reaps it and reports session.exited
 
-    def close_all(self) -> None:
+    def close_all(self, sig: int = signal.SIGHUP) -> None:
         with self._lock:
             sessions = list(self._sessions.values())
         for session in sessions:
-            session.hangup()
+            session.hangup(sig)
 
     def wait_all_closed(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -49,6 +49,7 @@ def deploy_site(
             'set it to "" (live output then flows through the REST cursor API)'
         )
     groups = {g: [(h.name, h.data) for h in hosts] for g, hosts in inventory.groups.items()}
+    preflight(groups, limit)
     wheels = {
         "control_plane": wheelhouse_facts("cmdop-server")
         if inventory.groups["control_plane"]
@@ -87,6 +88,31 @@ def deploy_site(
             result.hosts[name].ops += host_result.ops
             result.hosts[name].error = host_result.error
         return result
+
+
+SUPPORTED_OS = "debian-12"
+
+
+def preflight(groups, limit: list[str] | None) -> None:
+    """Every host answers over SSH and runs Debian 12, or nothing is changed anywhere."""
+    probe = run_deploy(
+        groups, NOTHING, limit=limit, facts={"os": ". /etc/os-release && echo $ID-$VERSION_ID"}
+    )
+    problems = []
+    for name, host in sorted(probe.hosts.items()):
+        address = next(
+            (d.get("ssh_hostname", name) for hs in groups.values() for n, d in hs if n == name),
+            name,
+        )
+        if host.error:
+            problems.append(f"{name} ({address}): {host.error}")
+        elif host.facts.get("os") != SUPPORTED_OS:
+            problems.append(
+                f"{name} ({address}): runs {host.facts.get('os') or 'an unknown OS'}; "
+                "cmdop-install supports Debian 12 (bookworm) only"
+            )
+    if problems:
+        raise UserError("nothing was changed: " + "; ".join(problems))
 
 
 def write_extras(
@@ -241,8 +267,10 @@ def deploy_command(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> Non
     Secrets never appear in the output.
     """
     result = deploy_site(site_dir, limit=list(limit) or None, dry_run=dry_run)
-    click.echo("centrifugo: skipped (no binary in site.toml [centrifugo]); live output flows "
-               "through the REST cursor API")
+    click.echo(
+        "centrifugo: skipped (no binary in site.toml [centrifugo]); live output flows "
+        "through the REST cursor API"
+    )
     if not dry_run:
         record_deploy(site_dir, result.changes, result.failed)
     verb = "would change" if dry_run else "changed"
