@@ -29,7 +29,7 @@ def measure(agents: int) -> tuple[float, float, int]:
         (site_dir / "inventory.py").write_text(core.site_inventory_text(state, "host1", names))
         init_site(site_dir, key_file=Path(tmp) / "key")
         site, inventory = load_site(site_dir), load_inventory(site_dir)
-        groups = {g: [(h.name, h.data) for h in hs] for g, hs in inventory.groups.items()}
+        groups = inventory.pyinfra_groups()
         core.map_site_domain(groups, site["site"]["domain"], state.host("host1").ip)
         started = time.monotonic()
         first = deploy_site(site_dir)

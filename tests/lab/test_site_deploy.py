@@ -38,7 +38,7 @@ def site(lab, tmp_path_factory: pytest.TempPathFactory):
     cli("init", str(site_dir), "--key-file", str(base / "site.key"))
     site = load_site(site_dir)
     inventory = load_inventory(site_dir)
-    groups = {g: [(h.name, h.data) for h in hosts] for g, hosts in inventory.groups.items()}
+    groups = inventory.pyinfra_groups()
     core.map_site_domain(groups, site["site"]["domain"], lab.host("host1").ip)
     sampler = subprocess.Popen(
         core.ssh_argv(

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import click
 
-from cmdop_install.deploy import NOTHING, deploy_site
+from cmdop_install.deploy import deploy_site
 from cmdop_install.deploys.control_plane import manage_command
 from cmdop_install.errors import UserError
 from cmdop_install.inventory import load_inventory
 from cmdop_install.lab import core
-from cmdop_install.runner import run_deploy
+from cmdop_install.runner import read_facts
 from cmdop_install.site import load_site
 from cmdop_install.site_api import SiteApi
 from cmdop_install.siteinit import init_site
@@ -37,7 +37,7 @@ def run(name: str, site_dir: Path) -> None:
     step(f"site {site_dir}: {'created' if fresh else 'kept'}; secrets key: {report.key_source}")
     site = load_site(site_dir)
     inventory = load_inventory(site_dir)
-    groups = {g: [(h.name, h.data) for h in hosts] for g, hosts in inventory.groups.items()}
+    groups = inventory.pyinfra_groups()
     core.map_site_domain(groups, site["site"]["domain"], state.host("host1").ip)
 
     for attempt in ("deploy", "deploy again (must change nothing)"):
@@ -73,7 +73,7 @@ def prove_fleet(site_dir: Path, site, groups: dict, state, agents: list[str]) ->
     each one runs `uname -a`. The API key used for it is made for this and revoked after."""
     workspace = site["site"]["name"]
     command = manage_command(f"issue_api_key --workspace {workspace} --name demo")
-    issued = run_deploy(groups, NOTHING, limit=["host1"], facts={"key": command})
+    issued = read_facts(groups, {"key": command}, limit=["host1"])
     key_id, _, key = issued.hosts["host1"].facts.get("key", "").partition(" ")
     if not key:
         raise UserError("demo: the control plane did not issue an API key (is it running?)")

@@ -21,11 +21,10 @@ from cmdop_install.deploys.control_plane import manage_command
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
 from cmdop_install.hashing import scram_sha256_verifier
-from cmdop_install.runner import RunResult, run_deploy
+from cmdop_install.runner import RunResult, read_facts, run_deploy
 from cmdop_install.status import record_deploy
 
 SITE_DEPLOY = "cmdop_install.deploys.site:site"
-NOTHING = "cmdop_install.deploys.site:nothing"
 AGENT_CREDENTIAL = "/var/lib/cmdop-agent/credential.json"
 # payload file names (the files hold secrets; the names do not)
 JOIN_TOKEN_SRC = "files/join-token"  # noqa: S105
@@ -48,8 +47,8 @@ def deploy_site(
             "site.toml: centrifugo.binary is set, but this version cannot deploy Centrifugo yet; "
             'set it to "" (live output then flows through the REST cursor API)'
         )
-    groups = {g: [(h.name, h.data) for h in hosts] for g, hosts in inventory.groups.items()}
-    preflight(groups, limit)
+    groups = inventory.pyinfra_groups()
+    preflight(inventory, limit)
     wheels = {
         "control_plane": wheelhouse_facts("cmdop-server")
         if inventory.groups["control_plane"]
@@ -93,17 +92,16 @@ def deploy_site(
 SUPPORTED_OS = "debian-12"
 
 
-def preflight(groups, limit: list[str] | None) -> None:
+def preflight(inventory, limit: list[str] | None) -> None:
     """Every host answers over SSH and runs Debian 12, or nothing is changed anywhere."""
-    probe = run_deploy(
-        groups, NOTHING, limit=limit, facts={"os": ". /etc/os-release && echo $ID-$VERSION_ID"}
+    probe = read_facts(
+        inventory.pyinfra_groups(),
+        {"os": ". /etc/os-release && echo $ID-$VERSION_ID"},
+        limit=limit,
     )
     problems = []
     for name, host in sorted(probe.hosts.items()):
-        address = next(
-            (d.get("ssh_hostname", name) for hs in groups.values() for n, d in hs if n == name),
-            name,
-        )
+        address = inventory.host(name).ssh_hostname
         if host.error:
             problems.append(f"{name} ({address}): {host.error}")
         elif host.facts.get("os") != SUPPORTED_OS:
@@ -159,7 +157,7 @@ def issue_join_tokens(groups, inventory, site, count: int) -> list[str]:
     command = manage_command(
         f"issue_join_tokens --workspace {site['site']['name']} --count {count} --ttl 900"
     )
-    result = run_deploy(groups, NOTHING, limit=[first], facts={"tokens": command})
+    result = read_facts(groups, {"tokens": command}, limit=[first])
     tokens = result.hosts[first].facts.get("tokens", "").split()
     if len(tokens) != count:
         raise UserError(

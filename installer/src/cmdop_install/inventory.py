@@ -88,6 +88,10 @@ class Inventory:
         raise UserError(f"{INVENTORY_FILE}: no host named {name!r} "
                         f"(known: {', '.join(h.name for h in self.hosts()) or 'none'})")
 
+    def pyinfra_groups(self) -> dict[str, list[tuple[str, dict]]]:
+        """The groups as pyinfra takes them: ``(host name, host data)`` pairs."""
+        return {g: [(h.name, h.data) for h in hosts] for g, hosts in self.groups.items()}
+
     def roles_of(self, name: str) -> list[str]:
         return [g for g in GROUPS if any(h.name == name for h in self.groups.get(g, []))]
 

@@ -114,6 +114,14 @@ def run_deploy(
 # ---------------------------------------------------------------- child process side
 
 
+READ_ONLY = "cmdop_install.deploys.site:nothing"
+
+
+def read_facts(groups: Groups, facts: dict[str, str], limit: list[str] | None = None) -> RunResult:
+    """Run ``facts`` (label -> shell command, as root) on the hosts and change nothing."""
+    return run_deploy(groups, READ_ONLY, limit=limit, facts=facts)
+
+
 def _child() -> int:
     from gevent import monkey
 

@@ -17,10 +17,9 @@ from cmdop_install import pki
 from cmdop_install.deploys.control_plane import manage_command
 from cmdop_install.errors import UserError
 from cmdop_install.inventory import load_inventory
-from cmdop_install.runner import run_deploy
+from cmdop_install.runner import read_facts
 from cmdop_install.site import load_site
 
-NOTHING = "cmdop_install.deploys.site:nothing"
 DEPLOY_LOG = "deploys.json"
 
 # component -> (systemd unit, shell command printing its version)
@@ -42,18 +41,18 @@ COMPONENTS = {
 def site_status(site_dir: Path) -> dict:
     site, inventory = load_site(site_dir), load_inventory(site_dir)
     major = site["postgres"]["major"]
-    groups = {g: [(h.name, h.data) for h in hosts] for g, hosts in inventory.groups.items()}
+    groups = inventory.pyinfra_groups()
     facts: dict[str, str] = {}
     for component, (unit, version) in COMPONENTS.items():
         unit, version = unit.format(major=major), version.format(major=major)
         facts[f"{component}.state"] = f"systemctl is-active {unit} 2>/dev/null || true"
         facts[f"{component}.version"] = version
     fleet_cmd = manage_command(f"fleet_status --workspace {site['site']['name']}")
-    result = run_deploy(groups, NOTHING, facts=facts)
+    result = read_facts(groups, facts)
     fleet: dict[str, dict] = {}
     if inventory.groups["control_plane"]:
         first = inventory.groups["control_plane"][0].name
-        cp = run_deploy(groups, NOTHING, limit=[first], facts={"fleet": fleet_cmd})
+        cp = read_facts(groups, {"fleet": fleet_cmd}, limit=[first])
         for line in cp.hosts[first].facts.get("fleet", "").splitlines():
             row = json.loads(line)
             fleet[row["hostname"]] = row

@@ -145,9 +145,10 @@ def up(name: str, hosts: int, airgapped: tuple[str, ...]) -> LabState:
             changes.append("ssh key")
         changes += _ensure_networks(state)
         changes += _ensure_hosts(state)
-        _wait_ready(state)
+        # written before waiting: the readiness probe goes through this ssh_config
         if _write_access_files(state):
             changes.append("inventory and ssh config")
+        _wait_ready(state)
         if changes:
             print(f"lab {name}: made {', '.join(changes)}")
         else:
@@ -273,7 +274,6 @@ def _wait_ready(state: LabState) -> None:
             _give_up_at(deadline, h, "its ssh host key never appeared")
             time.sleep(0.3)
         _known_host(state, h, key.stdout.split()[1])
-    _write_access_files(state)
     for h in state.hosts:
         while True:
             probe = system.run(
