@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from cmdop_agent.config import Limits
+from cmdop_agent.errors import WorkError
 from cmdop_agent.runtime import Backoff, Journal, Outbox
 from cmdop_agent.work import Executor
 
@@ -100,3 +101,22 @@ def test_outbox_size_tracks_queued_events() -> None:
     assert box.wait_below(10_000, timeout=0)
     box.confirm(2)
     assert box.size == 0
+
+
+def test_file_read_is_capped_by_the_agent_limit_not_refused(tmp_path: Path) -> None:
+    """The control plane asks for up to 1 MiB by default; an agent whose site set a lower
+    file limit reads up to its own limit and marks the content truncated."""
+    ex = Executor(Limits(file_max_bytes=4), Outbox(), Journal(tmp_path / "state"),
+                  sessions=None)  # type: ignore[arg-type]
+    target = tmp_path / "f"
+    target.write_bytes(b"0123456789")
+    result = ex._file("file.read", {"path": str(target), "max_bytes": 1024 * 1024})
+    assert result["truncated"] and base64.b64decode(result["data_b64"]) == b"0123"
+    small = ex._file("file.read", {"path": str(target), "max_bytes": 2})
+    assert small["truncated"] and base64.b64decode(small["data_b64"]) == b"01"
+    target.write_bytes(b"abcd")
+    whole = ex._file("file.read", {"path": str(target), "max_bytes": 1024 * 1024})
+    assert not whole["truncated"] and base64.b64decode(whole["data_b64"]) == b"abcd"
+    for bad in (0, -1, True, "10"):
+        with pytest.raises(WorkError, match="max_bytes"):
+            ex._file("file.read", {"path": str(target), "max_bytes": bad})

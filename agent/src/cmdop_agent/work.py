@@ -129,9 +129,11 @@ class Executor:
         limit = self.limits.file_max_bytes
         if kind == "file.read":
             max_bytes = payload.get("max_bytes", limit)
-            if not isinstance(max_bytes, int) or not 0 < max_bytes <= limit:
-                raise WorkError("bad_payload", f"max_bytes must be between 1 and {limit}")
-            data, truncated = _read_file(path, max_bytes)
+            if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+                raise WorkError("bad_payload", "max_bytes must be a positive integer")
+            # The caller's ceiling and ours: a site may cap files below what the control
+            # plane asks for by default; the reply then says it is truncated.
+            data, truncated = _read_file(path, min(max_bytes, limit))
             return {"path": path, "operation": "read", "bytes": len(data),
                     "data_b64": _b64(data), "truncated": truncated}
         data = _unb64(payload.get("data_b64"))
