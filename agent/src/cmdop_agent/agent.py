@@ -2,8 +2,9 @@
 
 Threads, each with its own HTTPS connection: ``poll`` (GET work, run it, ack), ``send``
 (POST event batches from the outbox), ``heartbeat``, plus ``pty-io`` (pty_session.py).
-Every network failure is retried with full-jitter exponential backoff (cap 2 minutes); a
-credential the control plane rejects, or TLS it cannot offer, stops the agent with an error.
+Every network failure is retried with full-jitter exponential backoff (capped at the config's
+``reconnect_max_delay``, 2 minutes by default); a credential the control plane rejects, or
+TLS it cannot offer, stops the agent with an error.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ OUTBOX_MAX_BYTES = 16 * 1024 * 1024
 
 
 class Agent:
-    def __init__(self, config: Config, auth: Auth, heartbeat_interval: float = 30.0,
-                 backoff_cap: float = 120.0) -> None:
+    def __init__(self, config: Config, auth: Auth, heartbeat_interval: float = 30.0) -> None:
         self.config = config
         self.auth = auth
         self.boot_id = "b_" + secrets.token_hex(8)
@@ -39,14 +39,13 @@ class Agent:
         self.sessions = SessionManager(config.limits, self.outbox)
         self.executor = Executor(config.limits, self.outbox, self.journal, self.sessions)
         self.heartbeat_interval = heartbeat_interval
-        self.backoff_cap = backoff_cap
         self.stopping = threading.Event()
         self.fatal: BaseException | None = None
 
     def _retrying(self, name: str, step: Callable[[AgentApi], None]) -> None:
         """Run ``step`` until stopped; back off on failures, stop the agent on fatal ones."""
         api = AgentApi(self.config, self.auth)
-        backoff = Backoff(cap=self.backoff_cap)
+        backoff = Backoff(cap=self.config.reconnect_max_delay)
         while not self.stopping.is_set():
             try:
                 step(api)

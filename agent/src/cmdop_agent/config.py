@@ -8,6 +8,7 @@ Example ``~/.config/cmdop-agent/agent.toml`` (mode 0600, owned by the agent's us
     credential_file = "<config dir>/credential.json"
     state_dir = "~/.local/state/cmdop-agent"
     key_dir = "~/.local/share/cmdop-agent/keys"
+    reconnect_max_delay = 120    # seconds: the cap of the jittered reconnect backoff
     [limits]
     output_buffer_bytes = 262144
     output_rate_bytes = 1048576
@@ -38,6 +39,13 @@ def default_config_path() -> Path:
     return base / "cmdop-agent" / "agent.toml"
 
 
+# The reconnect backoff's cap (docs/agent-protocol.md: full jitter, cap 120 s). A site may
+# lower it (a small fleet that should come back quickly) or raise it up to 10 minutes (a
+# large one, spread wider after a control-plane restart); below 1 s is a retry storm.
+RECONNECT_MAX_DELAY = 120.0
+RECONNECT_MAX_DELAY_RANGE = (1.0, 600.0)
+
+
 @dataclass(frozen=True)
 class Limits:
     output_buffer_bytes: int = 256 * 1024
@@ -57,6 +65,7 @@ class Config:
     state_dir: Path
     key_dir: Path
     limits: Limits = field(default_factory=Limits)
+    reconnect_max_delay: float = RECONNECT_MAX_DELAY
 
     @property
     def host(self) -> str:
@@ -91,6 +100,11 @@ def load_config(path: Path) -> Config:
         limits = Limits(**{k: int(v) for k, v in limits_raw.items()})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: [limits]: {exc}") from None
+    reconnect = data.get("reconnect_max_delay", RECONNECT_MAX_DELAY)
+    low, high = RECONNECT_MAX_DELAY_RANGE
+    if isinstance(reconnect, bool) or not isinstance(reconnect, int | float) \
+            or not low <= reconnect <= high:
+        raise ConfigError(f"{path}: reconnect_max_delay must be {low:g} to {high:g} seconds")
     config = Config(
         path=path,
         server=server.rstrip("/"),
@@ -102,6 +116,7 @@ def load_config(path: Path) -> Config:
         key_dir=_path(data.get("key_dir", str(data_default / "cmdop-agent" / "keys")),
                       "key_dir", base),
         limits=limits,
+        reconnect_max_delay=float(reconnect),
     )
     if config.ca_file is not None and not config.ca_file.is_file():
         raise ConfigError(f"{path}: ca_file {config.ca_file} does not exist")
