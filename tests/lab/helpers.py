@@ -6,10 +6,11 @@ import sys
 from cmdop_install.lab import core
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The real command line, as an operator runs it."""
+def cli(*args: str, check: bool = True, input: str = "") -> subprocess.CompletedProcess[str]:
+    """The real command line, as an operator runs it (``input`` on its stdin)."""
     proc = subprocess.run(
         [sys.executable, "-m", "cmdop_install.cli", *args],
+        input=input,
         capture_output=True,
         text=True,
         check=False,

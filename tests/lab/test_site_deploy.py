@@ -1,6 +1,7 @@
 """A whole site deployed onto lab hosts over SSH: idempotent, TLS 1.3 only, no secret leaks.
 
-host1 carries Postgres, Redis and the control plane; host2 and host3 are agent hosts.
+The site (conftest ``site``): host1 carries Postgres, Redis and the control plane; the other
+hosts run agents.
 """
 
 import http.client
@@ -10,55 +11,20 @@ import socket
 import ssl
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import psycopg
 import pytest
 from cmdop_install.deploy import deploy_site
-from cmdop_install.inventory import load_inventory
 from cmdop_install.lab import core
-from cmdop_install.secrets import SecretStore
-from cmdop_install.site import load_site
 
+from tests.lab.conftest import AGENT_HOSTS, NORMAL_HOSTS
 from tests.lab.helpers import cli, lab_ssh
 
 pytestmark = pytest.mark.lab
 
-PS_SAMPLES = 3000  # bounded: at most ~5 minutes of `ps` every 0.1 s
-
-
-@pytest.fixture(scope="module")
-def site(lab, tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("site")
-    site_dir = base / "labsite"
-    site_dir.mkdir(mode=0o700)
-    (site_dir / "inventory.py").write_text(
-        core.site_inventory_text(lab, "host1", ["host2", "host3"])
-    )
-    cli("init", str(site_dir), "--key-file", str(base / "site.key"))
-    site = load_site(site_dir)
-    inventory = load_inventory(site_dir)
-    groups = inventory.pyinfra_groups()
-    core.map_site_domain(groups, site["site"]["domain"], lab.host("host1").ip)
-    sampler = subprocess.Popen(
-        core.ssh_argv(
-            lab, "host1", f"for i in $(seq {PS_SAMPLES}); do ps -eo args; sleep 0.1; done"
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    first = cli("deploy", str(site_dir))
-    sampler.terminate()
-    ps_output, _ = sampler.communicate(timeout=30)
-    secrets = SecretStore.open(site_dir, site["site"]["key_file"]).values()
-    return SimpleNamespace(
-        dir=site_dir, first=first, ps=ps_output, secrets=secrets, ca=site_dir / "pki" / "ca.crt"
-    )
-
 
 def test_first_deploy_converges_and_second_changes_nothing(site) -> None:
-    assert "change(s) on 3 host(s)" in site.first.stdout
+    assert f"change(s) on {len(NORMAL_HOSTS)} host(s)" in site.first.stdout
     assert not site.first.stdout.startswith("0 change")
     again = deploy_site(site.dir)
     assert again.failed == []
@@ -68,7 +34,7 @@ def test_first_deploy_converges_and_second_changes_nothing(site) -> None:
 
 def test_dry_run_on_a_converged_site_would_change_nothing(site) -> None:
     out = cli("deploy", str(site.dir), "--dry-run")
-    assert out.stdout.strip().endswith("dry run: 0 change(s) on 3 host(s)")
+    assert out.stdout.strip().endswith(f"dry run: 0 change(s) on {len(NORMAL_HOSTS)} host(s)")
 
 
 def test_no_secret_in_output_or_ps(site) -> None:
@@ -210,7 +176,7 @@ def test_manifest_modes_match_the_hosts(lab, site, host: str, tmp_path: Path) ->
 
 
 def test_agents_are_enrolled_running_and_listen_nowhere(lab, site) -> None:
-    for name in ("host2", "host3"):
+    for name in AGENT_HOSTS:
         out = lab_ssh(
             lab,
             name,
@@ -243,7 +209,7 @@ def test_status_reports_services_versions_certificates_and_online_agents(lab, si
         assert control[component]["state"] == "active", control[component]
         assert control[component]["version"], component
     assert "nginx-host1" in by_host["host1"]["certificates"]
-    for name in ("host2", "host3"):
+    for name in AGENT_HOSTS:
         (agent,) = by_host[name]["components"]
         assert agent["state"] == "active" and agent["version"] == "0.1.0"
         assert agent["online"] is True, agent
@@ -301,3 +267,97 @@ def test_a_site_that_check_rejects_is_not_deployed(site, tmp_path: Path) -> None
     assert out.returncode == 2
     assert out.stderr.startswith("cmdop-install: error: site.toml:")
     assert out.stdout == ""
+
+
+def test_no_secret_in_any_hosts_journal(lab, site) -> None:
+    """journald of every host, read back here: no secret value (they never go to the hosts'
+    logs through argv, environment or our programs' output)."""
+    for name in NORMAL_HOSTS:
+        journal = lab_ssh(lab, name, "sudo journalctl --no-pager -q -o cat")
+        assert journal.returncode == 0 and journal.stdout.count("\n") > 50, journal.stderr
+        for secret, value in site.secrets.items():
+            assert value not in journal.stdout, f"{secret} is in the journal of {name}"
+
+
+@pytest.mark.parametrize(
+    ("host", "unit"),
+    [
+        ("host1", "cmdop-server.service"),
+        ("host1", "cmdop-audit-retention.service"),
+        ("host1", "cmdop-firewall.service"),
+        ("host2", "cmdop-agent.service"),
+    ],
+)
+def test_our_units_score_at_most_2_on_systemd_analyze_security(lab, site, host, unit) -> None:
+    out = lab_ssh(lab, host, f"sudo systemd-analyze security --no-pager {unit} | tail -1")
+    # "→ Overall exposure level for cmdop-agent.service: 1.6 OK 🙂"
+    assert f"Overall exposure level for {unit}:" in out.stdout, out.stdout + out.stderr
+    score = float(out.stdout.split(f"{unit}:", 1)[1].split()[0])
+    assert score <= 2.0, out.stdout
+
+
+def test_a_host_that_is_not_debian_12_stops_the_deploy_before_any_change(lab, site) -> None:
+    # the host's own answer to "what are you": /etc/os-release, swapped for the test
+    swap = (
+        "sudo mv /etc/os-release /root/os-release.saved && "
+        "printf 'ID=ubuntu\\nVERSION_ID=\"22.04\"\\n' | sudo tee /etc/os-release >/dev/null"
+    )
+    assert lab_ssh(lab, "host3", swap).returncode == 0
+    try:
+        out = cli("deploy", str(site.dir), check=False)
+    finally:
+        restore = lab_ssh(lab, "host3", "sudo mv -f /root/os-release.saved /etc/os-release")
+        assert restore.returncode == 0, restore.stderr
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"cmdop-install: error: nothing was changed: host3 ({lab.host('host3').ip}): runs "
+        "ubuntu-22.04; cmdop-install supports Debian 12 (bookworm) only"
+    )
+    assert "changed" not in out.stdout
+
+
+def test_a_host_failing_mid_deploy_leaves_the_others_consistent_and_a_rerun_completes(
+    lab, site
+) -> None:
+    # a path the deploy must write is a folder on host4: its run fails after it has begun
+    config = "/etc/cmdop-agent/agent.toml"
+    assert lab_ssh(lab, "host4", f"sudo rm {config} && sudo mkdir {config}").returncode == 0
+    failed = cli("deploy", str(site.dir), check=False)
+    assert failed.returncode == 1
+    assert "deploy failed on host4" in failed.stderr
+    lines = failed.stdout.splitlines()
+    assert any(line.startswith("host4: FAILED") for line in lines), failed.stdout
+    for name in NORMAL_HOSTS:
+        if name != "host4":
+            assert f"{name}: 0 changed" in lines, failed.stdout
+    assert "not a regular file (move it away, then rerun): " + config in failed.stderr
+    assert lab_ssh(lab, "host4", f"sudo rmdir {config}").returncode == 0
+    rerun = cli("deploy", str(site.dir))
+    assert "host4: 0 changed" not in rerun.stdout
+    for name in NORMAL_HOSTS:
+        if name != "host4":
+            assert f"{name}: 0 changed" in rerun.stdout.splitlines(), rerun.stdout
+    again = deploy_site(site.dir)
+    assert again.failed == [] and again.changes == 0
+    active = lab_ssh(lab, "host4", f"systemctl is-active cmdop-agent; sudo stat -c %a {config}")
+    assert active.stdout.split() == ["active", "600"], active.stdout
+
+
+def _tcp_from(lab, host: str, ip: str, port: int) -> str:
+    """From ``host``: does a TCP connection to ip:port open? ("open" or "refused")."""
+    out = lab_ssh(
+        lab, host, f"timeout 5 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' && echo open || echo refused"
+    )
+    return out.stdout.strip()
+
+
+def test_postgres_and_redis_answer_the_control_plane_and_admin_sources_only(lab, site) -> None:
+    ip = lab.host("host1").ip
+    for port in (5432, 6379):
+        assert _tcp_from(lab, "host1", ip, port) == "open"  # the control plane's own address
+        for agent in ("host2", "host5"):
+            assert _tcp_from(lab, agent, ip, port) == "refused", (agent, port)
+        # this machine is the site's [firewall] admin_sources (conftest): it may connect
+        socket.create_connection((ip, port), timeout=5).close()
+    # ports that are not ours stay open to everyone
+    assert _tcp_from(lab, "host2", ip, 443) == "open"

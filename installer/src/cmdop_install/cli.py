@@ -13,7 +13,9 @@ from cmdop_install.demo import demo_command
 from cmdop_install.deploy import deploy_command
 from cmdop_install.errors import UserError
 from cmdop_install.lab.cli import lab
+from cmdop_install.rollout import agents
 from cmdop_install.status import status_command
+from cmdop_install.uninstall import uninstall_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +28,8 @@ cli.add_command(lab)
 cli.add_command(demo_command)
 cli.add_command(deploy_command)
 cli.add_command(status_command)
+cli.add_command(agents)
+cli.add_command(uninstall_command)
 for _command in SITE_COMMANDS:
     cli.add_command(_command)
 

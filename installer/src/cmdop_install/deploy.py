@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from cmdop_install import check, render, wheelhouse
+from cmdop_install import agent_releases, check, render, wheelhouse
 from cmdop_install.deploys.control_plane import manage_command
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
@@ -32,8 +32,14 @@ OWNER_PASSWORD_SRC = "files/owner-password"  # noqa: S105
 
 
 def deploy_site(
-    site_dir: Path, *, limit: list[str] | None = None, dry_run: bool = False
+    site_dir: Path,
+    *,
+    limit: list[str] | None = None,
+    dry_run: bool = False,
+    agent_release: agent_releases.Release | None = None,
 ) -> RunResult:
+    """Converge the hosts (``limit``: some of them). With ``agent_release`` (a rollout), the
+    agents switch to that release; otherwise an agent host without one gets the shipped one."""
     site_dir = Path(site_dir)
     problems = [p for p in check.check_site(site_dir) if not p.startswith("warning:")]
     if problems:
@@ -53,7 +59,9 @@ def deploy_site(
         "control_plane": wheelhouse_facts("cmdop-server")
         if inventory.groups["control_plane"]
         else None,
-        "agents": wheelhouse_facts("cmdop-agent") if inventory.groups["agents"] else None,
+        "agents": (agent_release or agent_releases.shipped()).facts(switch=bool(agent_release))
+        if inventory.groups["agents"]
+        else None,
     }
     with tempfile.TemporaryDirectory(prefix="cmdop-deploy-") as tmp:
         payload = Path(tmp)
@@ -140,7 +148,7 @@ def write_extras(
         _json(
             folder / "agent.json",
             {
-                "wheelhouse": wheels["agents"],
+                "release": wheels["agents"],
                 "user": site["agent"]["user"],
                 "join_token_src": join_token,
             },
@@ -229,12 +237,7 @@ def postgres_facts(folder: Path, site, host, secrets: dict[str, str]) -> dict:
 
 def wheelhouse_facts(package: str) -> dict:
     """What a host needs to install ``package`` from our wheelhouse (built once, cached)."""
-    folder = wheelhouse.build(package)
-    files = sorted(p.name for p in folder.iterdir() if p.suffix == ".whl")
-    files.append("requirements.txt")
-    distribution = package.replace("-", "_")
-    (ours,) = [f for f in files if f.startswith(distribution + "-")]
-    return {"key": folder.name, "path": str(folder), "files": files, "package_wheel": ours}
+    return wheelhouse.describe(wheelhouse.build(package), package)
 
 
 def stable_verifier(password: str, role: str) -> str:

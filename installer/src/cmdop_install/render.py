@@ -88,9 +88,10 @@ class Paths:
             "gunicorn_socket": "/run/cmdop/gunicorn.sock",
             "server_venv": "/opt/cmdop/venv",
             "agent_etc": "/etc/cmdop-agent",
-            "agent_bin": "/opt/cmdop-agent/venv/bin/cmdop-agent",
+            "agent_bin": "/opt/cmdop-agent/current/venv/bin/cmdop-agent",
             "agent_state": "/var/lib/cmdop-agent",
             "systemd": "/etc/systemd/system",
+            "firewall_etc": "/etc/cmdop-firewall",
         }
         if name not in table:
             raise AttributeError(name)
@@ -117,6 +118,34 @@ def _cidr(address: str) -> str:
     except ValueError:
         return address  # a host name: pg_hba resolves it (check warns)
     return f"{ip}/{ip.max_prefixlen}"
+
+
+def firewall(site: Site, inventory: Inventory, host: Host) -> dict:
+    """Who may reach this host's Postgres and Redis ports: the control-plane hosts (and
+    Centrifugo's, for Redis) plus ``[firewall] admin_sources``."""
+    roles = inventory.roles_of(host.name)
+    ports = []
+    if "postgres" in roles:
+        ports.append(site["postgres"]["port"])
+    if "redis" in roles:
+        ports.append(site["redis"]["port"])
+    clients = [h.address for h in inventory.groups["control_plane"]]
+    if "redis" in roles and site.centrifugo_enabled:
+        clients += [h.address for h in inventory.groups["centrifugo"]]
+    clients += admin_sources(site)
+    four, six = set(), set()
+    for address in clients:
+        try:
+            net = ipaddress.ip_network(address, strict=False)
+        except ValueError:
+            four.add(address)  # a host name: nft resolves it when the table loads
+            continue
+        (four if net.version == 4 else six).add(str(net))
+    return {"ports": sorted(ports), "sources4": sorted(four), "sources6": sorted(six)}
+
+
+def admin_sources(site: Site) -> list[str]:
+    return [a.strip() for a in site["firewall"]["admin_sources"].split(",") if a.strip()]
 
 
 def postgres_names(site: Site) -> dict:
@@ -159,6 +188,8 @@ def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, st
             {"name": "workspace", "presence": False, "history_size": 100},
         ],
         "credential_names": list(CREDENTIALS),
+        "roles": inventory.roles_of(host.name),
+        "firewall": firewall(site, inventory, host),
         "redis": {
             "app_user": f"{name}-app",
             "app_prefix": f"{name}:",
@@ -205,6 +236,10 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
             "postgres", "postgres")
         tls(host_paths.pg_tls, f"postgres-{host.name}", "server", "postgres", "postgres")
         ca(host_paths.pg_tls)
+    if {"postgres", "redis"} & set(roles):
+        add("firewall/cmdop.nft.j2", f"{host_paths.firewall_etc}/cmdop.nft", 0o600)
+        add("systemd/cmdop-firewall.service.j2", f"{host_paths.systemd}/cmdop-firewall.service",
+            0o644)
     if "redis" in roles:
         add("redis/redis.conf.j2", f"{host_paths.redis}/redis.conf", 0o640, "redis", "redis")
         add("redis/users.acl.j2", f"{host_paths.redis}/users.acl", 0o600, "redis", "redis",

@@ -7,6 +7,7 @@ reads the resulting ``Site`` mapping (defaults filled in). Secrets never live he
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass
@@ -62,6 +63,17 @@ def _agent_user(v: str) -> str | None:
         return "must be a user name (lower-case letters, digits, '-' or '_')"
     if v in SERVICE_ACCOUNTS:
         return "must not be root or a service account (its keys would be readable)"
+    return None
+
+
+def _sources(v: str) -> str | None:
+    for item in (a.strip() for a in v.split(",")):
+        if not item:
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an address or network like 10.0.0.5 or 10.0.0.0/24"
     return None
 
 
@@ -145,6 +157,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       _abs_or_empty),
         "port": Key(int, 8000, "Public WebSocket port (proxied by nginx).", _range(1, 65535)),
         "internal_port": Key(int, 9000, "HTTP API port, loopback only.", _range(1, 65535)),
+    },
+    "firewall": {
+        "admin_sources": Key(str, "", "Comma-separated addresses or networks that may reach "
+                             "Postgres and Redis besides the control-plane hosts (e.g. a "
+                             "backup host); every other source is refused on those ports.",
+                             _sources),
     },
     "agent": {
         "user": Key(str, "cmdop-agent", "Unprivileged user the agent runs as on fleet hosts; "

@@ -33,7 +33,7 @@ COMPONENTS = {
     "nginx": ("nginx", "dpkg-query -W -f='${{Version}}' nginx"),
     "agents": (
         "cmdop-agent",
-        "/opt/cmdop-agent/venv/bin/pip show cmdop-agent 2>/dev/null | sed -n 's/^Version: //p'",
+        "basename \"$(readlink /opt/cmdop-agent/current)\" 2>/dev/null",
     ),
 }
 
@@ -47,15 +47,13 @@ def site_status(site_dir: Path) -> dict:
         unit, version = unit.format(major=major), version.format(major=major)
         facts[f"{component}.state"] = f"systemctl is-active {unit} 2>/dev/null || true"
         facts[f"{component}.version"] = version
-    fleet_cmd = manage_command(f"fleet_status --workspace {site['site']['name']}")
     result = read_facts(groups, facts)
     fleet: dict[str, dict] = {}
     if inventory.groups["control_plane"]:
-        first = inventory.groups["control_plane"][0].name
-        cp = read_facts(groups, {"fleet": fleet_cmd}, limit=[first])
-        for line in cp.hosts[first].facts.get("fleet", "").splitlines():
-            row = json.loads(line)
-            fleet[row["hostname"]] = row
+        try:
+            fleet = read_fleet(site, inventory)
+        except UserError:
+            pass  # the control plane is down: its host's rows say so, agents show offline
     expiry = pki.expiry_dates(site_dir)
     hosts = []
     for host in inventory.hosts():
@@ -81,6 +79,24 @@ def site_status(site_dir: Path) -> dict:
         entry["certificates"] = {k: v for k, v in expiry.items() if k.endswith(f"-{host.name}")}
         hosts.append(entry)
     return {"site": site["site"]["name"], "last_deploy": last_deploy(site_dir), "hosts": hosts}
+
+
+def read_fleet(site, inventory) -> dict[str, dict]:
+    """The control plane's view of its agents, by host name: online, last_seen,
+    agent_version, boot_id (``fleet_status`` on the first control-plane host)."""
+    first = inventory.groups["control_plane"][0].name
+    command = manage_command(f"fleet_status --workspace {site['site']['name']}")
+    cp = read_facts(inventory.pyinfra_groups(), {"fleet": command}, limit=[first])
+    if cp.hosts[first].error:
+        raise UserError(f"{first}: cannot read the fleet: {cp.hosts[first].error}")
+    fleet = {}
+    for line in cp.hosts[first].facts.get("fleet", "").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # not ours (e.g. a warning line)
+        fleet[row["hostname"]] = row
+    return fleet
 
 
 def record_deploy(site_dir: Path, changes: int, failed: list[str]) -> None:

@@ -107,6 +107,15 @@ def build(package: str) -> Path:
     return out
 
 
+def describe(folder: Path, package: str) -> dict:
+    """What a host needs to install ``package`` from ``folder`` (``deploys.ops.venv_commands``)."""
+    files = sorted(p.name for p in folder.iterdir() if p.suffix == ".whl")
+    files.append("requirements.txt")
+    distribution = package.replace("-", "_")
+    (ours,) = [f for f in files if f.startswith(distribution + "-")]
+    return {"key": folder.name, "path": str(folder), "files": files, "package_wheel": ours}
+
+
 # The environment markers of Debian 12's interpreter: pip would evaluate them for the
 # machine it runs on instead (e.g. redis needs async-timeout below Python 3.11.3).
 DEBIAN12_MARKERS = {

@@ -1,6 +1,10 @@
 """The agent on a fleet host: its own unprivileged user, a virtualenv from our wheel, its
 config and CA, a sandboxed unit, and enrollment with a fresh single-use join token.
 
+Code lives in ``/opt/cmdop-agent/releases/<version>/venv`` behind the ``current`` link (and
+``previous``, the release a rollout replaced, for rollback). ``deploy`` installs a release
+only where none is; changing versions is ``agents rollout``'s job.
+
 The join token reaches the host as a 0600 root-owned file and goes to ``cmdop-agent enroll
 --token -`` on stdin: never argv, never the environment. A host that is already enrolled
 (its credential file exists) gets no token.
@@ -8,13 +12,15 @@ The join token reaches the host as a 0600 root-owned file and goes to ``cmdop-ag
 
 from __future__ import annotations
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
 from cmdop_install.deploys.common import any_changed, extra, payload, put_files, temp_dir
-from cmdop_install.deploys.ops import enroll_agent, python_venv, read
+from cmdop_install.deploys.ops import agent_release, agent_rollback, enroll_agent, read
 
-VENV = "/opt/cmdop-agent/venv"
+ROOT = "/opt/cmdop-agent"
+VENV = f"{ROOT}/current/venv"
 STATE = "/var/lib/cmdop-agent"
 CONFIG = "/etc/cmdop-agent/agent.toml"
 
@@ -43,11 +49,14 @@ def agent() -> None:
         create_home=True,
         _sudo=True,
     )
-    venv = python_venv(
-        name="Agent virtualenv from the wheelhouse",
-        venv=VENV,
-        wheelhouse=a["wheelhouse"],
+    release = a["release"]
+    code = agent_release(
+        name=f"Agent release {release['version']}",
+        root=ROOT,
+        version=release["version"],
+        wheelhouse=release["wheelhouse"],
         temp_dir=temp_dir(),
+        switch=release["switch"],
         _sudo=True,
     )
     config = put_files("/etc/cmdop-agent", {"/etc/cmdop-agent": ("root", user, "750")})
@@ -84,6 +93,22 @@ def agent() -> None:
         name="Restart the agent (new code or settings)",
         service="cmdop-agent.service",
         restarted=True,
-        _if=any_changed([venv, *config, *units]),
+        _if=any_changed([code, *config, *units]),
+        _sudo=True,
+    )
+
+
+@deploy("Agent rollback")
+def rollback() -> None:
+    """Back to release ``host.data.cmdop_rollback_to`` (what ran before a rollout), restarted."""
+    version = host.data.cmdop_rollback_to
+    back = agent_rollback(
+        name=f"Agent back to release {version}", root=ROOT, version=version, _sudo=True
+    )
+    systemd.service(
+        name="Restart the agent (previous release)",
+        service="cmdop-agent.service",
+        restarted=True,
+        _if=any_changed([back]),
         _sudo=True,
     )

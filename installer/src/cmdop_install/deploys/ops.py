@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from pathlib import PurePosixPath
 
 from pyinfra import host
 from pyinfra.api import operation
@@ -91,10 +92,13 @@ def python_venv(venv: str, wheelhouse: dict, temp_dir: str):
     ``--no-index``: the host never reaches a package index. A marker file records the key,
     so an unchanged wheelhouse is a no-op.
     """
-    marker = f"{venv}/.cmdop-wheelhouse"
-    if read(f"cat {marker}") == wheelhouse["key"]:
+    if read(f"cat {venv}/.cmdop-wheelhouse") == wheelhouse["key"]:
         host.noop(f"{venv} has wheelhouse {wheelhouse['key']}")
         return
+    yield from venv_commands(venv, wheelhouse, temp_dir)
+
+
+def venv_commands(venv: str, wheelhouse: dict, temp_dir: str):
     wheels = f"{venv.rsplit('/', 1)[0]}/wheels/{wheelhouse['key']}"
     yield f"install -d -m 755 {wheels}"
     for name in wheelhouse["files"]:
@@ -105,10 +109,54 @@ def python_venv(venv: str, wheelhouse: dict, temp_dir: str):
     yield f"{pip} --upgrade -r {wheels}/requirements.txt"
     # our own wheel keeps its version between builds: reinstall it, always
     yield f"{pip} --no-deps --force-reinstall {wheels}/{wheelhouse['package_wheel']}"
-    yield f"echo {wheelhouse['key']} > {marker}"
+    yield f"echo {wheelhouse['key']} > {venv}/.cmdop-wheelhouse"
     # keep only the wheelhouse in use
     parent = f"{wheels}/.."
     yield f"find {parent} -mindepth 1 -maxdepth 1 ! -name {wheelhouse['key']} -exec rm -rf {{}} +"
+
+
+@operation()
+def agent_release(root: str, version: str, wheelhouse: dict, temp_dir: str, switch: bool):
+    """The agent's code: ``root/releases/<version>/venv``, run through ``root/current``.
+
+    A deploy (``switch`` false) installs ``version`` only where no agent is installed yet:
+    on a host that has one, the version belongs to ``agents rollout``. A rollout (``switch``
+    true) installs ``version`` if it is missing or was built differently, points
+    ``root/previous`` at the release it replaces and swaps ``root/current`` atomically
+    (``mv -T`` of a new link). Releases other than current and previous are removed.
+    """
+    current = read(f"readlink {root}/current")
+    target = f"{root}/releases/{version}"
+    if current and not switch:
+        host.noop(f"agent {current.rsplit('/', 1)[-1]} installed (`agents rollout` upgrades it)")
+        return
+    built = read(f"cat {target}/venv/.cmdop-wheelhouse") == wheelhouse["key"]
+    if current == target and built:
+        host.noop(f"agent {version} is current")
+        return
+    if not built:
+        yield f"rm -rf {target}"
+        yield from venv_commands(f"{target}/venv", wheelhouse, temp_dir)
+    keep = [version]
+    if current and current != target:
+        yield f"ln -sfn {current} {root}/previous.new && mv -T {root}/previous.new {root}/previous"
+        keep.append(current.rsplit("/", 1)[-1])
+    yield f"ln -sfn {target} {root}/current.new && mv -T {root}/current.new {root}/current"
+    spare = " ".join(f"! -name {shlex.quote(k)}" for k in keep)
+    yield f"find {root}/releases -mindepth 1 -maxdepth 1 {spare} -exec rm -rf {{}} +"
+
+
+@operation()
+def agent_rollback(root: str, version: str):
+    """Point ``root/current`` back at release ``version`` (the one a rollout replaced)."""
+    target = f"{root}/releases/{version}"
+    if read(f"readlink {root}/current") == target:
+        host.noop(f"agent {version} is current")
+        return
+    if read(f"test -x {target}/venv/bin/cmdop-agent && echo yes") != "yes":
+        yield f"echo 'agent release {version} is no longer on this host' >&2; exit 1"
+        return
+    yield f"ln -sfn {target} {root}/current.new && mv -T {root}/current.new {root}/current"
 
 
 @operation()
@@ -154,6 +202,21 @@ def control_plane_database(
 
 
 @operation()
+def absent(paths: list[str]):
+    """None of ``paths`` exists afterwards; one remote command finds those that do."""
+    shallow = [p for p in paths if not p.startswith("/") or len(PurePosixPath(p).parts) < 3]
+    if shallow:  # a bug upstream, never a reason to remove /etc or /opt
+        raise ValueError(f"refusing to remove {shallow}")
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    found = read(f'for p in {quoted}; do if [ -e "$p" ] || [ -L "$p" ]; then echo "$p"; fi; done')
+    present = [p for p in found.splitlines() if p]
+    if not present:
+        host.noop(f"none of {len(paths)} path(s) exists")
+        return
+    yield "rm -rf -- " + " ".join(shlex.quote(p) for p in present)
+
+
+@operation()
 def sync_files(files: list[dict], temp_dir: str):
     """Make each file's content, mode, owner and group what ``files`` says.
 
@@ -164,14 +227,21 @@ def sync_files(files: list[dict], temp_dir: str):
     """
     quoted = " ".join(shlex.quote(f["path"]) for f in files)
     listing = read(
-        f'for p in {quoted}; do if [ -f "$p" ]; then '
+        f'for p in {quoted}; do if [ -f "$p" ] && [ ! -L "$p" ]; then '
         'printf \'%s %s %s %s %s\\n\' "$(sha256sum < "$p" | cut -c1-64)" '
-        '$(stat -c \'%a %U %G\' "$p") "$p"; fi; done'
+        '$(stat -c \'%a %U %G\' "$p") "$p"; '
+        'elif [ -e "$p" ] || [ -L "$p" ]; then printf \'other - - - %s\\n\' "$p"; fi; done'
     )
     current = {}
     for line in listing.splitlines():
         digest, mode, owner, group, path = line.split(" ", 4)
         current[path] = (digest, mode, owner, group)
+    odd = [path for path, have in current.items() if have[0] == "other"]
+    if odd:
+        # a folder or link where our file belongs: someone else's, never written through
+        why = "not a regular file (move it away, then rerun): " + ", ".join(odd)
+        yield f"echo {shlex.quote(why)} >&2; exit 1"
+        return
     changed = 0
     for f in files:
         with open(f["src"], "rb") as fh:

@@ -7,6 +7,7 @@ from pyinfra.operations import apt
 from cmdop_install.deploys.agent import agent
 from cmdop_install.deploys.common import extra, prepare
 from cmdop_install.deploys.control_plane import control_plane
+from cmdop_install.deploys.firewall import firewall
 from cmdop_install.deploys.nginx import nginx
 from cmdop_install.deploys.postgres import postgres
 from cmdop_install.deploys.redis import redis
@@ -14,6 +15,8 @@ from cmdop_install.deploys.redis import redis
 
 def debian_packages(groups: set[str]) -> list[str]:
     wanted = []
+    if {"postgres", "redis"} & groups:
+        wanted.append("nftables")
     if "postgres" in groups:
         wanted.append(f"postgresql-{extra('postgres')['major']}")
     if "redis" in groups:
@@ -38,6 +41,8 @@ def site() -> None:
         no_recommends=True,
         _sudo=True,
     )
+    if {"postgres", "redis"} & groups:
+        firewall()
     if "postgres" in groups:
         postgres()
     if "redis" in groups:

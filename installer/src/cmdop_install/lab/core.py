@@ -240,6 +240,9 @@ def _ensure_hosts(state: LabState) -> list[str]:
             "--ip",
             h.ip,
             "--systemd=always",
+            # like a real host's root: it may set its own firewall (its own netns only)
+            "--cap-add",
+            "NET_ADMIN",
             "--label",
             f"cmdop-lab={state.name}",
             "--mount",

@@ -1,5 +1,5 @@
 """``cmdop-server fleet_status --workspace SLUG``: every machine as one JSON line
-(hostname, online, last_seen, agent_version, os) for the installer's status and rollout."""
+(hostname, online, last_seen, agent_version, boot_id, os) for the installer's status and rollout."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ class Command(BaseCommand):
                         "online": m.online,
                         "last_seen": m.last_seen_at.isoformat() if m.last_seen_at else None,
                         "agent_version": m.agent_version,
+                        # changes whenever the agent process restarts
+                        "boot_id": m.boot_id,
                         "os": m.os,
                     }
                 )
