@@ -2,8 +2,10 @@
 
 ``cmdop-install demo`` brings up three lab hosts (host1: Postgres, Redis, nginx and the
 control plane; host2 and host3: agents), makes a site for them (``sites/demo`` next to the
-current directory unless ``--site`` says otherwise), deploys it, deploys it again to show
-that nothing changes, then proves the fleet end to end through the control plane.
+current directory unless ``--site`` says otherwise), deploys the control-plane host, rolls
+the agents out (``agents rollout``: a canary, then the rest, each gated on the control
+plane), deploys the whole site again to show that nothing changes, then proves the fleet end
+to end through the control plane.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cmdop_install.deploys.control_plane import manage_command
 from cmdop_install.errors import UserError
 from cmdop_install.inventory import load_inventory
 from cmdop_install.lab import core
+from cmdop_install.rollout import Rollout, summary_lines
 from cmdop_install.runner import read_facts
 from cmdop_install.site import load_site
 from cmdop_install.site_api import SiteApi
@@ -40,16 +43,30 @@ def run(name: str, site_dir: Path) -> None:
     groups = inventory.pyinfra_groups()
     core.map_site_domain(groups, site["site"]["domain"], state.host("host1").ip)
 
-    for attempt in ("deploy", "deploy again (must change nothing)"):
-        t = time.monotonic()
-        result = deploy_site(site_dir)
-        if result.failed:
-            raise UserError(f"demo: the deploy failed on {', '.join(result.failed)}")
-        step(
-            f"{attempt}: {result.changes} change(s) on {len(result.hosts)} host(s) "
-            f"in {time.monotonic() - t:.0f}s"
-        )
-    if result.changes:
+    t = time.monotonic()
+    result = deploy_site(site_dir, limit=["control_plane"])
+    if result.failed:
+        raise UserError(f"demo: the deploy failed on {', '.join(result.failed)}")
+    step(
+        f"deploy host1 (Postgres, Redis, control plane, nginx): {result.changes} change(s) "
+        f"in {time.monotonic() - t:.0f}s"
+    )
+    t = time.monotonic()
+    rollout = Rollout(site_dir, lambda line: step(f"  {line}"), health_timeout=180)
+    step("roll the agents out (a canary first, then the rest; each must report in):")
+    outcome = rollout.run(None, "100%", 1, "0")
+    for line in summary_lines(outcome):
+        step(f"  {line}")
+    if outcome.stopped or outcome.failed:
+        raise UserError(f"demo: the agent rollout failed on {', '.join(outcome.failed)}")
+    step(f"agents rolled out in {time.monotonic() - t:.0f}s")
+    t = time.monotonic()
+    result = deploy_site(site_dir)
+    step(
+        f"deploy the whole site again (must change nothing): {result.changes} change(s) on "
+        f"{len(result.hosts)} host(s) in {time.monotonic() - t:.0f}s"
+    )
+    if result.failed or result.changes:
         raise UserError(f"demo: the second deploy changed {result.changes} thing(s)")
 
     prove_fleet(site_dir, site, groups, state, ["host2", "host3"])
