@@ -244,7 +244,9 @@ class Rollout:
                 outcome.hosts[name].detail = unhealthy[name]
             else:
                 outcome.hosts[name].after = release.version
-                outcome.hosts[name].result = "upgraded"
+                outcome.hosts[name].result = (
+                    "upgraded" if outcome.hosts[name].before else "installed"
+                )
         return failed
 
     def roll_back(self, names: list[str], outcome: Outcome) -> None:
