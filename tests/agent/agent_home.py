@@ -30,11 +30,16 @@ class AgentHome:
              str(self.config), *args],
             input=stdin, capture_output=True, text=True, env=self.env(), timeout=timeout)
 
-    def start(self, *extra: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cmdop_agent.cli", "--allow-root", "--config",
-             str(self.config), *extra, "run", "-v"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env())
+    def start(self, *extra: str, log: Path | None = None) -> subprocess.Popen:
+        """The agent process; its output in pipes, or appended to ``log`` (a long-running
+        agent whose pipes nobody reads would block once they fill)."""
+        argv = [sys.executable, "-m", "cmdop_agent.cli", "--allow-root", "--config",
+                str(self.config), *extra, "run", "-v"]
+        if log is None:
+            return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=self.env())
+        with open(log, "ab") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=out, env=self.env())
 
 
 def write_config(root: Path, server: str, ca: Path | str, extra: str = "") -> Path:

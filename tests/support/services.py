@@ -301,3 +301,11 @@ class RedisServer(_Daemon):
             wait_for_port(self.host, self.port, self.proc)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        """kill -9 by PID, as a crash would (no shutdown, no save). The scratch dir stays:
+        ``start()`` brings the server back on the same port with the same config and dir
+        (and, in plain mode, no data: it persists nothing, like a crash between snapshots)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
