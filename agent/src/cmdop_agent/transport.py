@@ -21,6 +21,10 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 from . import __version__
 from .errors import ServerError, TlsError, TransportError
 
+# What a kept-alive connection that the server closed while it sat idle fails with.
+_CLOSED_WHILE_IDLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                      ConnectionAbortedError, ssl.SSLEOFError)
+
 
 def make_tls_context(ca_file: Path | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname on
@@ -91,6 +95,16 @@ class HttpsClient:
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
+    def _exchange(self, method: str, path: str, payload: bytes | None, headers: dict,
+                  timeout: float) -> tuple[http.client.HTTPResponse, bytes]:
+        if self._conn is None:
+            self._conn = self._connect(timeout)
+        assert self._conn.sock is not None
+        self._conn.sock.settimeout(timeout)
+        self._conn.request(method, self.prefix + path, body=payload, headers=headers)
+        resp = self._conn.getresponse()
+        return resp, resp.read()
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -119,14 +133,21 @@ class HttpsClient:
             headers["Authorization"] = f"Bearer {token}"
         where = f"{self.host}:{self.port}"
         timeout = timeout or self.timeout
+        reused = self._conn is not None
         try:
-            if self._conn is None:
-                self._conn = self._connect(timeout)
-            assert self._conn.sock is not None
-            self._conn.sock.settimeout(timeout)
-            self._conn.request(method, self.prefix + path, body=payload, headers=headers)
-            resp = self._conn.getresponse()
-            raw = resp.read()
+            try:
+                resp, raw = self._exchange(method, path, payload, headers, timeout)
+            except _CLOSED_WHILE_IDLE:
+                if not reused:
+                    raise
+                # The kept-alive connection was closed by the server while we were idle
+                # (its keep-alive timeout: gunicorn 2 s, nginx 75 s) and failed before any
+                # reply. Once more on a new connection, at once: not a control-plane
+                # failure worth a backoff. Repeating is safe for every agent request (events
+                # carry seq, acks are idempotent, unacknowledged work is delivered again);
+                # a token refresh never reuses a connection.
+                self.close()
+                resp, raw = self._exchange(method, path, payload, headers, timeout)
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             kind = TlsError if isinstance(exc, ssl.SSLError) else TransportError
