@@ -11,7 +11,7 @@ import pytest
 from cmdop_server import output
 from cmdop_server.audit.models import AuditEvent
 from cmdop_server.identity import actions as identity_actions
-from cmdop_server.machines.models import Machine
+from cmdop_server.machines.models import AgentBoot, Machine
 from cmdop_server.sessions.models import Session, Status
 from django.test import AsyncClient, Client, override_settings
 
@@ -23,6 +23,8 @@ from tests.server_sessions.helpers import (
     owner_membership,
     post,
 )
+from tests.support.control_plane import until
+from tests.support.services import RedisServer
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.django_db(databases=["default", "audit"], transaction=True)]
@@ -151,3 +153,107 @@ def test_output_cursor_validation():
     resp = Client().get(f"/api/v1/workspaces/{ws.slug}/sessions/{s.public_id}/output",
                         {"cursor": "garbage"}, HTTP_AUTHORIZATION=f"Bearer {_key(ws, owner)}")
     assert resp.status_code == 400
+
+
+@pytest.fixture
+def own_redis(settings):
+    """A Redis of this test's own (so it can be killed), in place of the shared one."""
+    from cmdop_server import redis_client
+
+    with RedisServer() as redis:
+        settings.CMDOP_REDIS = {"host": redis.host, "port": redis.port}
+        redis_client.client.cache_clear()
+        yield redis
+    redis_client.client.cache_clear()
+
+
+def _output_and_result(sid: str, work_id: str) -> list[dict]:
+    return [{"seq": 1, "type": "session.output", "session_id": sid, "data_b64": "b25jZQo="},
+            {"seq": 2, "type": "command.result", "work_id": work_id, "session_id": sid,
+             "command": "true", "exit_code": 0, "duration_ms": 1, "stdout_b64": "",
+             "stderr_b64": "", "truncated": False}]
+
+
+def _buffered(session_pk: int) -> list[dict]:
+    return asyncio.run(output.read(session_pk, None, 0)).items
+
+
+def test_events_are_refused_not_lost_while_redis_is_down(own_redis):
+    """The batch is refused as a whole (503, nothing stored, nothing audited) while the
+    output buffer cannot take it, so the agent's retry after Redis is back delivers it."""
+    ws, owner = make_workspace()
+    agent = enroll(ws, owner)
+    m = Machine.objects.in_workspace(ws).get()
+    s = make_session(ws, m, Status.CONNECTED, owner)
+    batch = {"boot_id": "b_r", "events": _output_and_result(s.public_id, "w_r1")}
+    own_redis.kill()
+    refused = post(Client(), "/api/agent/v1/events", batch, token=agent["credential"])
+    assert refused.status_code == 503
+    assert not AgentBoot.objects.filter(machine=m, boot_id="b_r", accepted_through__gt=0)
+    assert not AuditEvent.objects.filter(event="command.executed").exists()
+    own_redis.start()  # back, empty, as after a crash
+    for _ in range(2):  # the retry, and a retry of that (its reply lost): stored once
+        taken = post(Client(), "/api/agent/v1/events", batch, token=agent["credential"])
+        assert taken.json() == {"accepted_through": 2}
+    items = _buffered(s.pk)
+    assert [i["type"] for i in items] == ["output", "command.result"]
+    assert AuditEvent.objects.filter(event="command.executed").count() == 1
+
+
+def test_a_batch_whose_commit_failed_is_not_buffered_twice(monkeypatch):
+    """The buffer takes a batch before the database commits it; if the commit fails, the
+    agent sends the batch again and the buffer does not take it a second time."""
+    from cmdop_server.sessions import actions as session_actions
+    from django.db import OperationalError
+
+    ws, owner = make_workspace()
+    agent = enroll(ws, owner)
+    m = Machine.objects.in_workspace(ws).get()
+    s = make_session(ws, m, Status.CONNECTED, owner)
+    batch = {"boot_id": "b_c", "events": _output_and_result(s.public_id, "w_c1")}
+    buffered = session_actions._Effects.append_to_buffers
+
+    def then_the_database_fails(self):
+        buffered(self)
+        raise OperationalError("the database went away at commit time")
+
+    monkeypatch.setattr(session_actions._Effects, "append_to_buffers", then_the_database_fails)
+    failed = post(Client(), "/api/agent/v1/events", batch, token=agent["credential"])
+    assert failed.status_code >= 500
+    assert not AuditEvent.objects.filter(event="command.executed").exists()
+    monkeypatch.undo()
+    taken = post(Client(), "/api/agent/v1/events", batch, token=agent["credential"])
+    assert taken.json() == {"accepted_through": 2}
+    assert [i["type"] for i in _buffered(s.pk)] == ["output", "command.result"]
+    assert AuditEvent.objects.filter(event="command.executed").count() == 1
+
+
+def test_a_parked_poll_sees_work_sent_as_redis_comes_back(own_redis):
+    """Redis restarts under a waiting long-poll and work is sent at once: whether the wake
+    subscription was re-made by us or by redis-py's own reconnect, the poll returns the
+    work, long before its 25 s wait is over."""
+    from cmdop_server import redis_client, workqueue
+
+    ws, owner = make_workspace()
+    m = Machine.unscoped.create(workspace=ws, hostname="h", public_id="m_rr",
+                                enrollment="join_token")
+    channel = redis_client.key(workqueue.WAKE_CHANNEL)
+
+    def subscribed() -> bool:
+        return redis_client.client().pubsub_numsub(channel)[0][1] > 0
+
+    async def scenario():
+        poll = asyncio.create_task(workqueue.wait_for_work(m.pk, None, 25))
+        await asyncio.to_thread(until, subscribed, 10, "the wake subscription")
+        await asyncio.to_thread(own_redis.kill)
+        # an outage within redis-py's own retrying (10 attempts, up to ~5 s): it re-makes
+        # the subscription itself, after the work below was published to nobody
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(own_redis.start)
+        sent = await asyncio.to_thread(workqueue.enqueue, m.pk, "session.input",
+                                       {"data_b64": "eA=="}, "s_x")
+        batch = await asyncio.wait_for(poll, 12)
+        return sent, batch
+
+    sent, batch = asyncio.run(scenario())
+    assert [i["id"] for i in batch.items] == [sent]

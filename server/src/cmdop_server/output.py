@@ -11,6 +11,11 @@ session holds at most ``CMDOP_SESSION_OUTPUT_MAX_BYTES``: memory stays bounded w
 machine sends. A reader whose cursor is older than the last trimmed entry gets a
 ``{"type": "dropped"}`` marker first, so a gap is never silent. A chunk larger than the
 whole cap keeps its tail (the newest bytes). Output expires a day after its last write.
+
+An append may carry ``once=(boot_id, seq)``, the agent event it comes from: the meta hash
+keeps the highest seq taken per boot (field ``once:<boot_id>``) and the same event is never
+appended twice, so a batch of agent events can be appended before its transaction commits
+and sent again by the agent if the commit fails.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ READ_BATCH = 200
 _APPEND = """
 local key, meta = KEYS[1], KEYS[2]
 local cap, size, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if ARGV[6] ~= '' then
+  if tonumber(ARGV[7]) <= tonumber(redis.call('HGET', meta, ARGV[6]) or '0') then
+    return false
+  end
+  redis.call('HSET', meta, ARGV[6], ARGV[7])
+end
 local id = redis.call('XADD', key, '*', 'kind', ARGV[4], 'data', ARGV[5], 'size', ARGV[2])
 local total = redis.call('HINCRBY', meta, 'bytes', size)
 while total > cap do
@@ -60,26 +71,35 @@ def _key(session_pk: int) -> str:
     return redis_client.key(f"out:{session_pk}")
 
 
-def append_output(session_pk: int, data: bytes) -> str:
-    """Terminal bytes (untrusted: stored and returned base64, never interpreted)."""
+Once = tuple[str, int]  # (agent boot id, event seq)
+
+
+def append_output(session_pk: int, data: bytes, once: Once | None = None) -> str | None:
+    """Terminal bytes (untrusted: stored and returned base64, never interpreted). Returns
+    the entry id, or None when ``once`` names an event this session already took."""
     cap = max_bytes()
     if len(data) > cap:
         data = data[-cap:]
     return _append(session_pk, "output", {"data_b64": base64.b64encode(data).decode()},
-                   len(data))
+                   len(data), once)
 
 
-def append_record(session_pk: int, kind: str, record: dict) -> str:
+def append_record(session_pk: int, kind: str, record: dict,
+                  once: Once | None = None) -> str | None:
     """A result or status record (command.result, file.result, work.error, status)."""
     body = json.dumps(record, separators=(",", ":"))
-    return _append(session_pk, kind, record, min(len(body), max_bytes()))
+    return _append(session_pk, kind, record, min(len(body), max_bytes()), once)
 
 
-def _append(session_pk: int, kind: str, record: dict, size: int) -> str:
+def _append(session_pk: int, kind: str, record: dict, size: int,
+            once: Once | None) -> str | None:
     r = redis_client.client()
     key = _key(session_pk)
+    tag, seq = (f"once:{once[0]}", once[1]) if once else ("", 0)
     entry = r.eval(_APPEND, 2, key, key + ":meta", max_bytes(), max(size, 1), TTL_SECONDS,
-                   kind, json.dumps(record, separators=(",", ":")))
+                   kind, json.dumps(record, separators=(",", ":")), tag, seq)
+    if entry is None:
+        return None
     workqueue.wake(WAKE_CHANNEL, session_pk)
     return entry.decode() if isinstance(entry, bytes) else entry
 

@@ -201,20 +201,25 @@ class _WakeHub:
             pubsub = redis_client.async_client(subscriber=True).pubsub()
             try:
                 await pubsub.subscribe(redis_client.key(self.channel))
-                # anything published while we were not subscribed: let every waiter re-read
-                self._wake(None)
-                delay = 0.1
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                    kind = message.get("type")
+                    if kind == "message":
                         with contextlib.suppress(ValueError):
                             self._wake(int(message["data"]))
+                    elif kind == "subscribe":
+                        # (Re)subscribed: ours above, or redis-py's own after it reconnected
+                        # on its own (a Redis restart). From here on nothing is missed;
+                        # what was published before, every waiter re-reads now.
+                        self._wake(None)
+                        delay = 0.1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a Redis hiccup must not end the worker
                 logger.warning("wake subscription lost (%s); resubscribing",
                                type(exc).__name__)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # at most a second: parked polls wait on this to see work sent meanwhile
+                delay = min(delay * 2, 1.0)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

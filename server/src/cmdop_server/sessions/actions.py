@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.utils import timezone
@@ -45,13 +45,19 @@ def _publish_status(session: Session) -> None:
                                {"type": "status", "status": session.status})
 
 
-def _set_status(session: Session, status: Status, **fields) -> None:
+def _set_status(session: Session, status: Status, effects: _Effects | None = None,
+                **fields) -> None:
+    """The new status, and its record in the session's output: after commit, or with the
+    batch of agent events (``effects``) that caused it."""
     session.status, session.updated_at = status, timezone.now()
     for name, value in fields.items():
         setattr(session, name, value)
     session.save(update_fields=["status", "updated_at", *fields])
     record = {"status": str(status), **{k: v for k, v in fields.items() if k == "exit_code"}}
-    transaction.on_commit(lambda: output.append_record(session.pk, "status", record))
+    if effects is not None:
+        effects.add(session, "status", record)
+    else:
+        transaction.on_commit(lambda: output.append_record(session.pk, "status", record))
     _publish_status(session)
 
 
@@ -210,19 +216,35 @@ def disconnect_stale_sessions(machine: Machine, boot_id: str) -> int:
 
 @dataclass
 class _Effects:
-    """Redis writes (and live publishes) to do once the batch's transaction committed."""
+    """What one batch of agent events writes outside the database: records and output for
+    the sessions' output buffers (Redis), each tagged with the event it comes from."""
 
-    appends: list
+    boot_id: str
+    appends: list[tuple[Session, str, object, int]] = field(default_factory=list)
+    seq: int = 0  # the event being applied
 
-    def run(self) -> None:
-        live: dict[str, bytearray] = {}
-        for session, kind, value in self.appends:
+    def add(self, session: Session, kind: str, value: bytes | dict) -> None:
+        self.appends.append((session, kind, value, self.seq))
+
+    def append_to_buffers(self) -> None:
+        """Called inside the batch's transaction, before it commits: if Redis is down the
+        whole batch rolls back and the agent sends it again later. (Appended after the
+        commit, a Redis failure would lose output of a batch the database had already
+        accepted: the agent's resend is a duplicate by seq and ignored.) A batch sent again
+        after a failed commit is not appended twice: each append carries (boot, seq)."""
+        for session, kind, value, seq in self.appends:
+            once = (self.boot_id, seq)
             if kind == "output":
-                output.append_output(session.pk, value)
-                live.setdefault(session.public_id, bytearray()).extend(value)
+                output.append_output(session.pk, value, once=once)
             else:
-                output.append_record(session.pk, kind, value)
-        # one publish per session per batch, not one per event
+                output.append_record(session.pk, kind, value, once=once)
+
+    def publish_live(self) -> None:
+        """After commit: one Centrifugo publish per session per batch, not one per event."""
+        live: dict[str, bytearray] = {}
+        for session, kind, value, _ in self.appends:
+            if kind == "output":
+                live.setdefault(session.public_id, bytearray()).extend(value)
         for public_id, data in live.items():
             realtime.publish(realtime.session_channel(public_id),
                              {"type": "output", "data_b64": base64.b64encode(data).decode()})
@@ -232,7 +254,7 @@ def do_apply_agent_events(machine: Machine, boot_id: str, events: list[dict],
                           ip: str | None = None) -> int:
     """Store one batch of agent events; events at or below the boot's cursor are ignored
     (a retried batch), a batch that starts after a gap is refused. Returns accepted_through."""
-    effects = _Effects([])
+    effects = _Effects(boot_id)
     with audit.action():
         cursor = boot_cursor(machine, boot_id)
         fresh = [e for e in events if e["seq"] > cursor.accepted_through]
@@ -243,11 +265,13 @@ def do_apply_agent_events(machine: Machine, boot_id: str, events: list[dict],
             expected += 1
         sessions = _sessions_of(machine, fresh)
         for event in fresh:
+            effects.seq = event["seq"]
             _apply(machine, sessions.get(event.get("session_id") or ""), event, effects, ip)
         if fresh:
             cursor.accepted_through = fresh[-1]["seq"]
             cursor.save(update_fields=["accepted_through"])
-        transaction.on_commit(effects.run)
+        effects.append_to_buffers()
+        transaction.on_commit(effects.publish_live)
     return cursor.accepted_through
 
 
@@ -276,14 +300,15 @@ def _apply(machine: Machine, session: Session | None, event: dict, effects: _Eff
              "work_id": str(event.get("work_id", ""))[:40]}
     if kind == "session.output" and session is not None:
         data = base64.b64decode(str(event.get("data_b64", "")), validate=False)
-        effects.appends.append((session, "output", data))
+        effects.add(session, "output", data)
     elif kind == "session.opened" and session is not None:
         if session.status == Status.PENDING:
-            _set_status(session, Status.CONNECTED, pid=_int(event.get("pid")))
+            _set_status(session, Status.CONNECTED, effects, pid=_int(event.get("pid")))
         audit.record("session.opened", workspace=ws, method="agent", ip=ip, **facts)
     elif kind == "session.exited" and session is not None:
         if session.status in OPEN_STATUSES:
-            _set_status(session, Status.CLOSED, exit_code=_int(event.get("exit_code")))
+            _set_status(session, Status.CLOSED, effects,
+                        exit_code=_int(event.get("exit_code")))
         audit.record("session.exited", workspace=ws, method="agent", ip=ip,
                      exit_code=event.get("exit_code"), signal=event.get("signal"), **facts)
     elif kind in _RESULT_FIELDS:
@@ -306,7 +331,7 @@ def _apply(machine: Machine, session: Session | None, event: dict, effects: _Eff
                          reason=str(event.get("dropped_type", ""))[:200],
                          detail=str(event.get("detail", ""))[:500], **facts)
         if session is not None:
-            effects.appends.append((session, kind, record))
+            effects.add(session, kind, record)
 
 
 def _int(value) -> int | None:
