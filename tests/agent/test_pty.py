@@ -5,7 +5,7 @@ import time
 
 import pytest
 from cmdop_agent.config import Limits
-from cmdop_agent.pty_session import READ_CHUNK, SessionManager
+from cmdop_agent.pty_session import MIN_THROTTLED_READ, READ_CHUNK, SessionManager
 from cmdop_agent.runtime import Outbox
 
 pytestmark = pytest.mark.integration
@@ -90,3 +90,28 @@ def test_session_shell_has_no_new_privs_even_from_a_plain_process(manager) -> No
     session = mgr.open("n", 80, 24)
     session.write(b"grep NoNewPrivs /proc/$$/status\n")
     wait_for(box, "n", b"NoNewPrivs:\t1")
+
+
+def test_throttled_output_leaves_in_useful_chunks(manager) -> None:
+    """At the rate cap the reader waits for a few KiB instead of reading the trickle that
+    refilled since its last read (which made thousands of ~100-byte events a second)."""
+    mgr, box = manager
+    session = mgr.open("c", 80, 24)
+    session.write(b"yes | head -c 300000; echo END-$((40+2))\n")
+    sizes: list[int] = []
+    tail = b""
+    deadline = time.monotonic() + 30
+    while b"END-42" not in tail:
+        assert time.monotonic() < deadline, "the output did not finish"
+        batch = box.batch(0.1)
+        for event in batch:
+            if event["type"] == "session.output":
+                data = base64.b64decode(event["data_b64"])
+                sizes.append(len(data))
+                tail = (tail + data)[-64:]
+        if batch:
+            box.confirm(batch[-1]["seq"])  # as the control plane would
+    assert sum(sizes) > 300_000
+    # 300 kB at 200 kB/s through a 32 KiB buffer: chunks of at least 4 KiB, bar a few
+    small = [n for n in sizes if n < MIN_THROTTLED_READ]
+    assert len(small) <= 5, (len(sizes), sorted(sizes)[:20])
