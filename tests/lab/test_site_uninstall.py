@@ -4,6 +4,7 @@ Runs last (file order): it takes the site away.
 """
 
 import json
+import time
 
 import pytest
 
@@ -48,12 +49,19 @@ def test_uninstall_keeping_data_then_deploy_brings_the_site_back(lab, site) -> N
     assert all(f"{n}: 0 changed" in again.stdout for n in NORMAL_HOSTS), again.stdout
 
     cli("deploy", str(site.dir))
-    info = json.loads(cli("status", str(site.dir), "--json").stdout)
-    for host in info["hosts"]:
-        for component in host["components"]:
-            assert component["state"] == "active", (host["host"], component)
-            if "online" in component:  # the agents kept their enrollment
-                assert component["online"], host["host"]
+    # the agents kept their enrollment; started before the control plane was back, they
+    # reconnect with their backoff (capped at 120 s): wait for every one to report in
+    deadline = time.monotonic() + 200
+    while True:
+        info = json.loads(cli("status", str(site.dir), "--json").stdout)
+        rows = [(h["host"], c) for h in info["hosts"] for c in h["components"]]
+        for host, component in rows:
+            assert component["state"] == "active", (host, component)
+        offline = [host for host, c in rows if "online" in c and not c["online"]]
+        if not offline:
+            break
+        assert time.monotonic() < deadline, f"still offline: {offline}"
+        time.sleep(5)
 
 
 def test_uninstall_removes_everything_it_installed(lab, site) -> None:

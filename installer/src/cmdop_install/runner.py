@@ -139,6 +139,7 @@ def _child() -> int:
     from pyinfra.facts.server import Command
 
     names = _record_operation_names()
+    _cache_facts_until_a_change()
     timer = _PhaseTimer()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     req = json.loads(sys.stdin.read())
@@ -206,6 +207,7 @@ def _child() -> int:
         failed_ops = [op["name"] for op in entry["ops"] if not op["success"]]
         if failed_ops and entry["error"] in (None, "an operation failed on this host"):
             entry["error"] = f"failed at: {failed_ops[0]} (its output is above)"
+
     def read_host_facts(host) -> None:
         if host not in state.failed_hosts:
             for label, command in req["facts"].items():
@@ -222,6 +224,56 @@ def _child() -> int:
     return 0
 
 
+def _cache_facts_until_a_change() -> None:
+    """Read each fact once per host until that host runs a command that may change it.
+
+    pyinfra 3 caches no fact: every ``get_fact`` is a remote command, and each operation's
+    generator runs twice (planning, then execution), so a no-op run read everything twice
+    (including a Django start for ``installer_state``). A host's cache is dropped as soon as
+    it runs anything that is not a fact (an operation's command or upload): what an
+    operation reads at execution after an earlier change is read afresh.
+    """
+    import copy
+    from collections import Counter
+
+    import pyinfra.api.facts as facts_module
+    from gevent.event import AsyncResult
+    from pyinfra.api.host import Host
+
+    read_fact = facts_module._get_fact
+    cache: dict[int, dict] = {}
+    reading: Counter = Counter()  # reads in flight per host (a prefetch runs beside the plan)
+
+    def cached_get_fact(state, host, cls, args=None, kwargs=None, *rest, **more):
+        key = (cls, repr(args), repr(sorted((kwargs or {}).items())))
+        per_host = cache.setdefault(id(host), {})
+        entry = per_host.get(key)
+        if entry is None:
+            entry = per_host[key] = AsyncResult()
+            reading[id(host)] += 1
+            try:
+                entry.set(read_fact(state, host, cls, args, kwargs, *rest, **more))
+            except BaseException as exc:
+                per_host.pop(key, None)
+                entry.set_exception(exc)
+                raise
+            finally:
+                reading[id(host)] -= 1
+        return copy.deepcopy(entry.get())
+
+    def forgetting(method):
+        def run(self, *args, **kwargs):
+            if not reading[id(self)]:
+                cache.pop(id(self), None)
+            return method(self, *args, **kwargs)
+
+        return run
+
+    facts_module._get_fact = cached_get_fact
+    for name in ("run_shell_command", "put_file", "get_file"):
+        setattr(Host, name, forgetting(getattr(Host, name)))
+
+
 def _plan_in_parallel(state, deploy_func) -> None:
     """pyinfra's ``add_deploy``, but every host plans at once (one greenlet each).
 
@@ -230,16 +282,29 @@ def _plan_in_parallel(state, deploy_func) -> None:
     greenlet-local in pyinfra's context, and in API mode each host numbers its own
     operations (``len(host.op_hash_order)``), whatever order the hosts plan in.
     """
+    import os
+    import time
+
     from gevent.pool import Pool
     from pyinfra.context import ctx_host, ctx_state
 
+    took: dict[str, float] = {}
+
     def plan(host) -> None:
+        started = time.monotonic()
         with ctx_host.use(host):
             deploy_func()
+        took[host.name] = time.monotonic() - started
 
     hosts = list(state.inventory.get_active_hosts())
     with ctx_state.use(state):
         Pool(max(len(hosts), 1)).map(plan, hosts)
+    if os.environ.get("CMDOP_INSTALL_PROFILE") == "1" and took:
+        slowest = sorted(took.items(), key=lambda kv: -kv[1])[:3]
+        print(
+            "planning, slowest hosts: " + ", ".join(f"{n} {s:.1f}s" for n, s in slowest),
+            file=sys.stderr,
+        )
 
 
 class _PhaseTimer:

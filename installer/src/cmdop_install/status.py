@@ -33,7 +33,7 @@ COMPONENTS = {
     "nginx": ("nginx", "dpkg-query -W -f='${{Version}}' nginx"),
     "agents": (
         "cmdop-agent",
-        "basename \"$(readlink /opt/cmdop-agent/current)\" 2>/dev/null",
+        'basename "$(readlink /opt/cmdop-agent/current)" 2>/dev/null',
     ),
 }
 

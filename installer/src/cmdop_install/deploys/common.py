@@ -15,7 +15,7 @@ from pyinfra import host
 from pyinfra.facts.server import Home
 from pyinfra.operations import files
 
-from cmdop_install.deploys.ops import sync_files
+from cmdop_install.deploys.ops import folder, sync_files
 
 TMP_NAME = ".cmdop-install-tmp"
 
@@ -43,24 +43,25 @@ def prepare() -> None:
 
 
 def put_files(
-    folder: str,
+    folder_path: str,
     directories: dict[str, tuple[str, str, str]] | None = None,
     names: tuple[str, ...] | None = None,
 ) -> list:
-    """Converge the rendered files directly in ``folder`` (only ``names``, if given).
+    """Converge the rendered files directly in ``folder_path`` (only ``names``, if given).
 
     ``directories`` maps a folder to (owner, group, mode) for folders we own. One operation
     compares every file with a single remote command (content hash, mode, owner) and sends
     only what differs. Returns the operations, for ``any_changed``.
     """
+    known = known_paths()
     ops = [
-        files.directory(
+        folder(
             name=f"Folder {path}",
             path=path,
-            user=owner,
+            owner=owner,
             group=group,
             mode=mode,
-            present=True,
+            known=known,
             _sudo=True,
         )
         for path, (owner, group, mode) in (directories or {}).items()
@@ -68,13 +69,25 @@ def put_files(
     wanted = []
     for entry in manifest():
         path = PurePosixPath(entry["path"])
-        if str(path.parent) == folder and (names is None or path.name in names):
+        if str(path.parent) == folder_path and (names is None or path.name in names):
             wanted.append({**entry, "src": str(payload() / entry["src"])})
     if wanted:
         ops.append(
-            sync_files(name=f"Files in {folder}", files=wanted, temp_dir=temp_dir(), _sudo=True)
+            sync_files(
+                name=f"Files in {folder_path}",
+                files=wanted,
+                temp_dir=temp_dir(),
+                known=known,
+                _sudo=True,
+            )
         )
     return ops
+
+
+def known_paths() -> list[str]:
+    """Every rendered file of this host and its folder: one listing answers them all."""
+    paths = [entry["path"] for entry in manifest()]
+    return sorted({*paths, *(str(PurePosixPath(p).parent) for p in paths)})
 
 
 def any_changed(ops):

@@ -11,7 +11,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import server, systemd
 
 from cmdop_install.deploys.common import any_changed, extra, payload, put_files, temp_dir
-from cmdop_install.deploys.ops import control_plane_database, python_venv
+from cmdop_install.deploys.ops import control_plane_database, prefetch, python_venv
 from cmdop_install.render import CREDENTIALS
 
 VENV = "/opt/cmdop/venv"
@@ -34,6 +34,9 @@ def manage_command(args: str) -> str:
 def control_plane() -> list:
     """Returns the operations after which nginx must restart (it joined group cmdop)."""
     cp = extra("control_plane")
+    owner = cp["owner"]
+    state_command = manage_command(f"installer_state --workspace {owner['workspace']}")
+    prefetch(state_command)  # a Django start: read it while the other facts are read
     server.group(name="Group cmdop", group="cmdop", system=True, _sudo=True)
     server.user(  # noqa: S604 - `shell` is the login shell, not a subprocess flag
         name="User cmdop (runs gunicorn)",
@@ -66,10 +69,9 @@ def control_plane() -> list:
     systemd.daemon_reload(
         name="Reload systemd (control-plane units)", _if=any_changed(units), _sudo=True
     )
-    owner = cp["owner"]
     database = control_plane_database(
         name="Databases migrated, the first Owner and workspace created (once)",
-        state_command=manage_command(f"installer_state --workspace {owner['workspace']}"),
+        state_command=state_command,
         migrate={
             db: manage_command(f"migrate --database {db} --noinput") for db in ("default", "audit")
         },  # the audit log lives in its own database

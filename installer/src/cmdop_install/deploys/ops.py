@@ -22,6 +22,24 @@ def read(command: str) -> str:
     return (out or "").strip()
 
 
+def prefetch(command: str) -> None:
+    """Start ``read(command)`` now, beside this host's other reads (for a slow one, e.g. a
+    Django start); the runner's fact cache hands the result to the operation that asks."""
+    import gevent
+    from pyinfra.context import ctx_host
+
+    current = ctx_host.get()
+
+    def warm() -> None:
+        with ctx_host.use(current):
+            try:
+                read(command)
+            except Exception:  # noqa: BLE001, S110 - the operation reads it again and reports
+                pass
+
+    gevent.spawn(warm)
+
+
 def upload(src: str, dest: str, temp_dir: str) -> FileUploadCommand:
     """Send ``src`` to ``dest`` through the SSH user's private folder (never the shared /tmp)."""
     return FileUploadCommand(
@@ -216,27 +234,56 @@ def absent(paths: list[str]):
     yield "rm -rf -- " + " ".join(shlex.quote(p) for p in present)
 
 
+def path_states(paths: list[str]) -> dict[str, tuple[str, str, str, str]]:
+    """path -> (kind, sha256 or "-", mode, "owner group") for each of ``paths`` that exists;
+    kind is "file", "dir" or "other" (a link, a device...).
+
+    One remote command. Callers pass the same list for a whole host (every rendered file
+    and its folder), so the runner's fact cache answers the next operation without asking
+    the host again, until something on the host changes.
+    """
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    listing = read(
+        f'for p in {quoted}; do if [ -L "$p" ]; then printf \'other - - - - %s\\n\' "$p"; '
+        "elif [ -f \"$p\" ]; then printf 'file %s %s %s %s %s\\n' "
+        '"$(sha256sum < "$p" | cut -c1-64)" $(stat -c \'%a %U %G\' "$p") "$p"; '
+        'elif [ -d "$p" ]; then printf \'dir - %s %s %s %s\\n\' $(stat -c \'%a %U %G\' "$p") "$p"; '
+        'elif [ -e "$p" ]; then printf \'other - - - - %s\\n\' "$p"; fi; done'
+    )
+    found = {}
+    for line in listing.splitlines():
+        kind, digest, mode, owner, group, path = line.split(" ", 5)
+        found[path] = (kind, digest, mode, f"{owner} {group}")
+    return found
+
+
 @operation()
-def sync_files(files: list[dict], temp_dir: str):
+def folder(path: str, owner: str, group: str, mode: str, known: list[str]):
+    """A folder with this owner, group and mode (read from the host's shared listing of
+    ``known`` paths, which includes ``path``)."""
+    have = path_states(known if path in known else [path]).get(path)
+    quoted = shlex.quote(path)
+    if have is None:
+        yield f"install -d -o {owner} -g {group} -m {mode} {quoted}"
+    elif have[0] != "dir":
+        yield f"echo {shlex.quote(f'not a folder (move it away, then rerun): {path}')} >&2; exit 1"
+    elif (have[2], have[3]) != (mode.lstrip("0") or "0", f"{owner} {group}"):
+        yield f"chown {owner}:{group} {quoted} && chmod {mode} {quoted}"
+    else:
+        host.noop(f"{path} is as wanted")
+
+
+@operation()
+def sync_files(files: list[dict], temp_dir: str, known: list[str]):
     """Make each file's content, mode, owner and group what ``files`` says.
 
-    One remote command reads the sha256, mode, owner and group of every path. A file whose
-    content differs is first (re)created empty with its final owner and mode, then filled:
-    ``cp`` onto an existing file keeps both, so a secret is never readable by anyone else,
-    not even for a moment.
+    ``path_states`` reads the sha256, mode, owner and group of every path (``known``: all
+    of the host's, one command for the host). A file whose content differs is first
+    (re)created empty with its final owner and mode, then filled: ``cp`` onto an existing
+    file keeps both, so a secret is never readable by anyone else, not even for a moment.
     """
-    quoted = " ".join(shlex.quote(f["path"]) for f in files)
-    listing = read(
-        f'for p in {quoted}; do if [ -f "$p" ] && [ ! -L "$p" ]; then '
-        'printf \'%s %s %s %s %s\\n\' "$(sha256sum < "$p" | cut -c1-64)" '
-        '$(stat -c \'%a %U %G\' "$p") "$p"; '
-        'elif [ -e "$p" ] || [ -L "$p" ]; then printf \'other - - - %s\\n\' "$p"; fi; done'
-    )
-    current = {}
-    for line in listing.splitlines():
-        digest, mode, owner, group, path = line.split(" ", 4)
-        current[path] = (digest, mode, owner, group)
-    odd = [path for path, have in current.items() if have[0] == "other"]
+    current = path_states(known)
+    odd = [f["path"] for f in files if current.get(f["path"], ("file",))[0] != "file"]
     if odd:
         # a folder or link where our file belongs: someone else's, never written through
         why = "not a regular file (move it away, then rerun): " + ", ".join(odd)
@@ -246,14 +293,14 @@ def sync_files(files: list[dict], temp_dir: str):
     for f in files:
         with open(f["src"], "rb") as fh:
             digest = hashlib.sha256(fh.read()).hexdigest()
-        want = (f["mode"].lstrip("0") or "0", f["owner"], f["group"])
+        want = (f["mode"].lstrip("0") or "0", f"{f['owner']} {f['group']}")
         have = current.get(f["path"])
         path = shlex.quote(f["path"])
-        if have is None or have[0] != digest:
+        if have is None or have[1] != digest:
             yield f"install -o {f['owner']} -g {f['group']} -m {f['mode']} /dev/null {path}"
             yield upload(f["src"], f["path"], temp_dir)
             changed += 1
-        elif have[1:] != want:
+        elif (have[2], have[3]) != want:
             yield f"chown {f['owner']}:{f['group']} {path} && chmod {f['mode']} {path}"
             changed += 1
     if not changed:
