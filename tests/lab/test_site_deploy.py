@@ -285,6 +285,7 @@ def test_no_secret_in_any_hosts_journal(lab, site) -> None:
         ("host1", "cmdop-server.service"),
         ("host1", "cmdop-audit-retention.service"),
         ("host1", "cmdop-firewall.service"),
+        ("host1", "cmdop-sessions-sweep.service"),
         ("host2", "cmdop-agent.service"),
     ],
 )

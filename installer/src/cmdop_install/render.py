@@ -276,7 +276,8 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
                                       (value + "\n").encode() if value else b"", 0o600,
                                       secret=True))
         for unit in ("cmdop-server.service", "cmdop-audit-retention.service",
-                     "cmdop-audit-retention.timer"):
+                     "cmdop-audit-retention.timer", "cmdop-sessions-sweep.service",
+                     "cmdop-sessions-sweep.timer"):
             add(f"systemd/{unit}.j2", f"{host_paths.systemd}/{unit}", 0o644)
     if "centrifugo" in roles and site.centrifugo_enabled:
         add("centrifugo/config.json.j2", f"{host_paths.centrifugo_etc}/config.json", 0o640,

@@ -15,7 +15,18 @@ from cmdop_install.deploys.ops import control_plane_database, prefetch, python_v
 from cmdop_install.render import CREDENTIALS
 
 VENV = "/opt/cmdop/venv"
-UNITS = ("cmdop-server.service", "cmdop-audit-retention.service", "cmdop-audit-retention.timer")
+UNITS = (
+    "cmdop-server.service",
+    "cmdop-audit-retention.service",
+    "cmdop-audit-retention.timer",
+    "cmdop-sessions-sweep.service",
+    "cmdop-sessions-sweep.timer",
+)
+# timer -> what it does (each runs a management command as the service does)
+TIMERS = {
+    "cmdop-audit-retention.timer": "Audit retention timer",
+    "cmdop-sessions-sweep.timer": "Sessions sweep timer (every minute)",
+}
 
 
 def manage_command(args: str) -> str:
@@ -105,11 +116,6 @@ def control_plane() -> list:
         ),
         _sudo=True,
     )
-    systemd.service(
-        name="Audit retention timer",
-        service="cmdop-audit-retention.timer",
-        running=True,
-        enabled=True,
-        _sudo=True,
-    )
+    for timer, what in TIMERS.items():
+        systemd.service(name=what, service=timer, running=True, enabled=True, _sudo=True)
     return [nginx_group]

@@ -22,6 +22,8 @@ SERVICES = [
     ("cmdop-agent.service", {"agents"}),
     ("cmdop-audit-retention.timer", {"control_plane"}),
     ("cmdop-audit-retention.service", {"control_plane"}),
+    ("cmdop-sessions-sweep.timer", {"control_plane"}),
+    ("cmdop-sessions-sweep.service", {"control_plane"}),
     ("cmdop-server.service", {"control_plane"}),
     ("nginx.service", {"control_plane"}),
     ("redis-server.service", {"redis"}),
