@@ -5,7 +5,12 @@ import time
 
 import pytest
 from cmdop_agent.config import Limits
-from cmdop_agent.pty_session import MIN_THROTTLED_READ, READ_CHUNK, SessionManager
+from cmdop_agent.pty_session import (
+    MIN_THROTTLED_READ,
+    READ_CHUNK,
+    SessionManager,
+    TokenBucket,
+)
 from cmdop_agent.runtime import Outbox
 
 pytestmark = pytest.mark.integration
@@ -51,12 +56,15 @@ def test_runaway_output_stops_at_the_buffer_cap(manager) -> None:
     mgr, box = manager
     session = mgr.open("y", 80, 24)
     session.write(b"yes\n")
-    time.sleep(1.5)
+    # nothing is confirmed by a control plane: the reader fills the cap, then stops
+    deadline = time.monotonic() + 20
+    while box.pending_output("y") < 32 * 1024 - MIN_THROTTLED_READ:
+        assert time.monotonic() < deadline, "the buffer did not fill"
+        time.sleep(0.02)
     first = session.bytes_out
-    time.sleep(1.0)
-    # nothing was confirmed by a control plane: the reader stopped, `yes` is blocked
-    assert session.bytes_out == first
-    assert box.pending_output("y") <= 32 * 1024 + READ_CHUNK
+    time.sleep(0.5)
+    assert session.bytes_out == first  # stopped for good: `yes` is blocked on the PTY
+    assert box.pending_output("y") <= 32 * 1024
     # draining resumes reading, at no more than the rate cap
     start, t0 = session.bytes_out, time.monotonic()
     while time.monotonic() - t0 < 2.0:
@@ -92,26 +100,40 @@ def test_session_shell_has_no_new_privs_even_from_a_plain_process(manager) -> No
     wait_for(box, "n", b"NoNewPrivs:\t1")
 
 
-def test_throttled_output_leaves_in_useful_chunks(manager) -> None:
-    """At the rate cap the reader waits for a few KiB instead of reading the trickle that
-    refilled since its last read (which made thousands of ~100-byte events a second)."""
+def test_a_throttled_reader_waits_for_a_useful_chunk(manager) -> None:
+    """At the rate cap the bucket refills continuously; the reader does not read the trickle
+    that came in since its last read (that was a flood of ~100-byte events)."""
+    mgr, _ = manager
+    session = mgr.open("t", 80, 24)
+    now = [0.0]
+    session.bucket = TokenBucket(1_000_000, 64 * 1024, clock=lambda: now[0])
+    session.bucket.take(64 * 1024)  # a burst of output drained it
+    now[0] += 0.0001  # 100 bytes' worth
+    assert session.read_budget() == 0
+    now[0] += 0.005  # 5 kB more
+    assert session.read_budget() >= MIN_THROTTLED_READ
+
+
+def test_a_busy_pty_is_read_into_one_event(manager) -> None:
+    """One PTY read returns at most what the line discipline holds (~4 KiB): output that
+    piled up while the reader was held back leaves in events of up to READ_CHUNK."""
     mgr, box = manager
-    session = mgr.open("c", 80, 24)
-    session.write(b"yes | head -c 300000; echo END-$((40+2))\n")
-    sizes: list[int] = []
-    tail = b""
-    deadline = time.monotonic() + 30
-    while b"END-42" not in tail:
-        assert time.monotonic() < deadline, "the output did not finish"
-        batch = box.batch(0.1)
-        for event in batch:
-            if event["type"] == "session.output":
-                data = base64.b64decode(event["data_b64"])
-                sizes.append(len(data))
-                tail = (tail + data)[-64:]
-        if batch:
-            box.confirm(batch[-1]["seq"])  # as the control plane would
-    assert sum(sizes) > 300_000
-    # 300 kB at 200 kB/s through a 32 KiB buffer: chunks of at least 4 KiB, bar a few
-    small = [n for n in sizes if n < MIN_THROTTLED_READ]
-    assert len(small) <= 5, (len(sizes), sorted(sizes)[:20])
+    session = mgr.open("b", 80, 24)
+    session.write(b"yes\n")
+    # nothing confirmed: the reader stops near the 32 KiB cap and `yes` fills the PTY
+    deadline = time.monotonic() + 20
+    while box.pending_output("b") < 32 * 1024 - MIN_THROTTLED_READ:
+        assert time.monotonic() < deadline, "the buffer did not fill"
+        time.sleep(0.02)
+    box.confirm(10**9)  # delivered: the reader goes on, with a full PTY to drain
+
+    def sizes() -> list[int]:
+        return [len(base64.b64decode(e["data_b64"])) for e in box.batch(0)
+                if e["type"] == "session.output"]
+
+    deadline = time.monotonic() + 20
+    while sum(sizes()) < 16 * 1024:
+        assert time.monotonic() < deadline, f"no output after the confirmation: {sizes()}"
+        time.sleep(0.02)
+    assert max(sizes()) > 4096, sizes()
+    session.write(b"\x03")
