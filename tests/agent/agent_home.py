@@ -49,3 +49,13 @@ def write_config(root: Path, server: str, ca: Path | str, extra: str = "") -> Pa
     config.write_text(f'server = "{server}"\nca_file = "{ca}"\n{extra}')
     config.chmod(0o600)
     return config
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess, *needles: str) -> None:
+    """A refusal as the agent must give it: non-zero, one line on stderr, no traceback."""
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cmdop-agent: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]

@@ -1,10 +1,19 @@
 """TEST-ONLY stand-in for the control plane's agent endpoints (docs/agent-protocol.md).
 
-The real endpoints are issue 5 and do not exist yet. This small HTTPS server implements the
-protocol document so the agent's transport is tested end to end (TLS 1.3, long-poll, event
-sequence numbers, acks, device flow, error shape). It is not a control plane: no database, no
-authorization model. When issue 5 lands, the end-to-end tests move to the real control plane
-and this file is deleted.
+Everything the real control plane does is tested against it (tests/server_sessions/
+test_real_agent*.py: sessions, commands, files, resize, enrollment, the device flow,
+refresh, a proxy, kill -9 of gunicorn and Redis). This small HTTPS server remains for what
+the real one cannot be made to do, on purpose or at all:
+
+- offer only TLS 1.2, or a certificate for another host (tests/agent/test_cli_refusals.py);
+- misbehave: answer 503 to every event batch (stall), store a batch and then lose the
+  reply, deliver an acknowledged work item again, refuse one event type with 422
+  (tests/agent/test_e2e.py);
+- script RFC 8628 replies (authorization_pending, slow_down) without real-time intervals
+  (tests/agent/test_login_and_tokens.py).
+
+It implements the protocol's shapes (TLS 1.3, long-poll, seq numbers, acks, device flow,
+error bodies) and nothing else: no database, no authorization model.
 """
 
 from __future__ import annotations
@@ -75,7 +84,7 @@ def make_leaf(directory: Path, ca_key, ca_cert, host: str = "localhost") -> tupl
 # --- the stand-in ----------------------------------------------------------------------------
 @dataclass
 class State:
-    join_tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (epoch)
+    join_tokens: set[str] = field(default_factory=set)
     credentials: dict[str, str] = field(default_factory=dict)  # bearer -> machine id
     work: list[dict] = field(default_factory=list)
     acked: set[str] = field(default_factory=set)
@@ -86,16 +95,11 @@ class State:
     heartbeats: list[dict] = field(default_factory=list)
     # fault injection
     lose_events_replies: int = 0  # store the batch, then answer 503 (a "lost" reply)
-    fail_requests: int = 0  # answer 503 to the next N agent requests
     stall_events: bool = False  # answer 503 to every events POST (nothing drains)
     refuse_event_type: str | None = None  # answer 422 to any batch holding this event type
     # device flow
     device_pending: int = 2
     device_slow_down: bool = True
-    token_polls: list[float] = field(default_factory=list)
-    access_ttl: int = 3600
-    refreshes: int = 0
-    require_workspace: str | None = None  # the user is in several workspaces
 
 
 class StandIn:
@@ -116,7 +120,6 @@ class StandIn:
 
             def get_request(self):
                 sock, addr = self.socket.accept()
-                standin.connections.append(sock)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
@@ -127,33 +130,14 @@ class StandIn:
             pass
 
         Handler.standin = standin
-        self.connections: list = []
-        self._make = lambda port: Server(("127.0.0.1", port), Handler)
-        self._serve(0)
-        self.url = f"https://localhost:{self.port}"
-
-    def _serve(self, port: int) -> None:
-        self.httpd = self._make(port)
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.url = f"https://localhost:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-    def kill(self) -> None:
-        """Like kill -9 of the control plane: listener gone, every connection cut."""
-        self.close()
-        for sock in self.connections:
-            try:
-                sock.shutdown(2)
-            except OSError:
-                pass
-        self.connections.clear()
-
-    def revive(self) -> None:
-        self._serve(self.port)
 
     # helpers for tests
     def push(self, type_: str, session_id: str | None = None, **payload) -> str:
@@ -262,10 +246,6 @@ class _Handler(BaseHTTPRequestHandler):
         machine = self._machine()
         if machine is None:
             return self._error(401, "unauthorized", "missing, invalid or expired credential")
-        with self.standin.cond:
-            if st.fail_requests > 0:
-                st.fail_requests -= 1
-                return self._error(503, "unavailable", "stand-in told to fail")
         if url.path == "/api/agent/v1/heartbeat":
             with self.standin.cond:
                 st.heartbeats.append(body)
@@ -283,12 +263,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _token(self, body: dict) -> None:
         st = self.standin.state
         with self.standin.cond:
-            if body.get("grant_type") == "refresh_token":
-                if body.get("refresh_token") != "rt_secret":
-                    return self._reply(400, {"error": "invalid_grant"})
-                st.refreshes += 1
-                return self._issue_tokens()
-            st.token_polls.append(time.monotonic())
             if st.device_slow_down:
                 st.device_slow_down = False
                 return self._reply(400, {"error": "slow_down"})
@@ -302,7 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
         access = "at_" + secrets.token_hex(8)
         st.credentials[access] = "m_oauth"
         self._reply(200, {"access_token": access, "token_type": "Bearer",
-                          "expires_in": st.access_ttl, "refresh_token": "rt_secret",
+                          "expires_in": 3600, "refresh_token": "rt_secret",
                           "scope": "agent"})
 
     def _enroll(self, body: dict) -> None:
@@ -311,16 +285,10 @@ class _Handler(BaseHTTPRequestHandler):
             if "join_token" not in body:
                 if self._machine() is None:
                     return self._error(401, "unauthorized", "no valid access token")
-                if st.require_workspace and body.get("workspace") != st.require_workspace:
-                    return self._error(400, "bad_request", "you are in several workspaces: "
-                                       "say which one")
                 return self._reply(201, {"machine_id": "m_oauth", "workspace": "acme",
                                          "heartbeat_interval": 30, "poll_timeout": 25})
-            expiry = st.join_tokens.get(body["join_token"])
-            if expiry is None:
+            if body["join_token"] not in st.join_tokens:
                 return self._error(401, "join_token_invalid", "unknown or revoked join token")
-            if expiry < time.time():
-                return self._error(401, "join_token_expired", "the join token has expired")
             credential = "mc_" + secrets.token_hex(16)
             st.credentials[credential] = f"m_{body['hostname']}"
             return self._reply(201, {"machine_id": f"m_{body['hostname']}",

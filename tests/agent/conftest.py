@@ -1,5 +1,7 @@
 """Fixtures for the agent tests: a throwaway PKI, the test-only stand-in control plane
-(agent_standin.py), an agent home with a 0600 config, and the agent as a real process."""
+(agent_standin.py: only for what the real control plane cannot be made to do), an agent
+home with a 0600 config, and the agent as a real process. Tests against the real control
+plane live in tests/server_sessions/test_real_agent*.py (they need its databases)."""
 
 from __future__ import annotations
 
@@ -37,8 +39,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture
 def standin(pki: Pki):
     server = StandIn(pki.cert, pki.key)
-    server.state.join_tokens["jt_good"] = time.time() + 600
-    server.state.join_tokens["jt_expired"] = time.time() - 1
+    server.state.join_tokens.add("jt_good")
     yield server
     server.close()
 
@@ -46,7 +47,7 @@ def standin(pki: Pki):
 @pytest.fixture
 def standin_tls12(pki: Pki):
     server = StandIn(pki.cert, pki.key, tls_max=ssl.TLSVersion.TLSv1_2)
-    server.state.join_tokens["jt_good"] = time.time() + 600
+    server.state.join_tokens.add("jt_good")
     yield server
     server.close()
 

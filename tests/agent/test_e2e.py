@@ -1,13 +1,13 @@
-"""The agent as a real process against the TEST-ONLY stand-in control plane (agent_standin.py).
-
-These move to the real control plane (issue 5) when its agent endpoints exist.
+"""The agent as a real process against a control plane that misbehaves: the TEST-ONLY
+stand-in (agent_standin.py) told to stop taking events, to lose its replies, to deliver an
+acknowledged item again, to refuse one event type. The real control plane does none of
+that on purpose; everything it does do is tested against it, in
+tests/server_sessions/test_real_agent*.py.
 """
 
 from __future__ import annotations
 
 import base64
-import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -25,110 +25,68 @@ def type_(standin, session: str, text: bytes) -> None:
     standin.push("session.input", session, data_b64=b64(text))
 
 
-def test_pty_echo_resize_filter_and_close(running_agent, standin) -> None:
-    standin.push("session.open", "s_1", cols=80, rows=24)
-    opened = standin.event("session.opened", session_id="s_1")
-    assert opened["pid"] > 0
-    type_(standin, "s_1", b"echo $((6*7))\n")
-    standin.wait_output("s_1", b"42")
-    standin.push("session.resize", "s_1", cols=132, rows=43)
-    type_(standin, "s_1", b"stty size\n")
-    standin.wait_output("s_1", b"43 132")
-    # a hostile program's title/clipboard/report sequences never leave the agent
-    type_(standin, "s_1", b"printf '\\033]0;evil\\007\\033]52;c;eA==\\007\\033[21t<%s>\\n' ok\n")
-    out = standin.wait_output("s_1", b"<ok>")
-    assert b"\x1b]" not in out and b"\x1b[21t" not in out
-    # a typed-in terminal reply (cursor position report) is dropped by the input policy
-    type_(standin, "s_1", b"echo A\x1b[12;1RB\n")
-    standin.wait_output("s_1", b"AB")
-    standin.push("session.close", "s_1")
-    exited = standin.event("session.exited", session_id="s_1")
-    assert "exit_code" in exited or "signal" in exited
+def until(predicate, timeout: float = 30, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
 
 
-def test_command_reports_exit_code_duration_and_no_new_privs(running_agent, standin) -> None:
-    work = standin.push("command.run", command="grep NoNewPrivs /proc/self/status; exit 3")
-    result = standin.event("command.result", work_id=work)
-    assert result["exit_code"] == 3
-    assert isinstance(result["duration_ms"], int) and result["duration_ms"] >= 0
-    assert re.search(rb"NoNewPrivs:\s+1", base64.b64decode(result["stdout_b64"]))
-    # the shell of a PTY session inherits it too
-    standin.push("session.open", "s_2")
-    standin.event("session.opened", session_id="s_2")
-    type_(standin, "s_2", b"grep NoNewPrivs /proc/$$/status\n")
-    assert re.search(rb"NoNewPrivs:\s+1", standin.wait_output("s_2", b"NoNewPrivs:\t1"))
-
-
-def test_file_read_write_and_refusals(running_agent, standin, home) -> None:
-    target = home.root / "notes.txt"
-    w = standin.push("file.write", path=str(target), data_b64=b64(b"hello\n"))
-    assert standin.event("file.result", work_id=w)["operation"] == "write"
-    assert target.read_bytes() == b"hello\n"
-    r = standin.push("file.read", path=str(target))
-    result = standin.event("file.result", work_id=r)
-    assert base64.b64decode(result["data_b64"]) == b"hello\n" and result["path"] == str(target)
-    for payload, code in [
-        ({"path": "relative.txt"}, "bad_path"),
-        ({"path": "/etc/a\x00b"}, "bad_path"),
-        ({"path": "/" + "a" * 5000}, "bad_path"),
-        ({"path": "/dev/zero"}, "not_regular_file"),
-        ({"path": str(home.root / "missing")}, "file_error"),
-    ]:
-        w = standin.push("file.read", **payload)
-        assert standin.event("work.error", work_id=w)["error"] == code
-    big = standin.push("file.write", path=str(target), data_b64=b64(b"x" * (1024 * 1024 + 1)))
-    assert standin.event("work.error", work_id=big)["error"] == "file_too_large"
-    assert target.read_bytes() == b"hello\n"
-    nul = standin.push("command.run", command="echo a\x00b")
-    assert standin.event("work.error", work_id=nul)["error"] == "bad_command"
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            target = os.readlink(fd)
+            found += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
+    return found
 
 
-def _listening_inodes() -> set[str]:
-    listening = set()
-    for name in ("tcp", "tcp6", "udp", "udp6"):
-        path = Path("/proc/net") / name
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines()[1:]:
-            f = line.split()
-            # TCP state 0A is LISTEN; an unconnected UDP socket (07 with no peer) receives
-            if f[3] == "0A" or (name.startswith("udp") and f[2].endswith(":0000")):
-                listening.add(f[9])
-    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-        f = line.split()
-        if int(f[3], 16) & 0x10000:  # __SO_ACCEPTCON: a listening UNIX socket
-            listening.add(f[6])
-    return listening
+def _descendant(pid: int, name: str) -> int | None:
+    """A process called ``name`` below ``pid`` (the agent → its shell → the command)."""
+    todo = [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            try:
+                if Path(f"/proc/{child}/comm").read_text().strip() == name:
+                    return child
+            except OSError:
+                continue
+            todo.append(child)
+    return None
 
 
-def test_agent_never_listens(running_agent, standin) -> None:
-    standin.push("session.open", "s_3")
-    standin.event("session.opened", session_id="s_3")
-    for i in range(20):
-        type_(standin, "s_3", f"echo tick{i}\n".encode())
-        standin.push("command.run", command=f"echo {i}")
-        sockets = _socket_inodes(running_agent.pid)
-        assert sockets, "the agent should hold its outbound connections"
-        assert not sockets & _listening_inodes()
-        time.sleep(0.05)
-    standin.wait_output("s_3", b"tick19")
+def _written(pid: int) -> int:
+    """Bytes ``pid`` has written so far (its /proc io counter)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar")
+
+
+def _stopped_writing(pid: int, samples: int = 4, every: float = 0.25):
+    """A predicate: true once ``pid``'s write counter has not moved for ``samples`` looks
+    in a row (it is blocked on a full PTY); returns the counter."""
+    seen: list[int] = []
+
+    def check():
+        seen.append(_written(pid))
+        time.sleep(every)
+        return seen[-1] if len(seen) >= samples and len(set(seen[-samples:])) == 1 else None
+    return check
 
 
 def test_runaway_output_is_bounded_by_backpressure(home, standin) -> None:
-    text = home.config.read_text() + "[limits]\noutput_buffer_bytes = 65536\n"
-    home.config.write_text(text)
+    """The control plane stops taking events (503 to every batch) while `yes` runs: the
+    agent stops reading the PTY once its buffer cap is unsent, so `yes` blocks on the full
+    PTY after writing no more than the cap plus what the kernel holds. When events are taken
+    again the output flows and the session still answers."""
+    home.config.write_text(home.config.read_text() + "reconnect_max_delay = 1\n"
+                           "[limits]\noutput_buffer_bytes = 65536\n")
     assert home.cli("enroll", "--token", "jt_good").returncode == 0
     proc = home.start()
     try:
@@ -136,28 +94,22 @@ def test_runaway_output_is_bounded_by_backpressure(home, standin) -> None:
         standin.event("session.opened", session_id="s_yes")
         standin.state.stall_events = True
         type_(standin, "s_yes", b"yes\n")
-        time.sleep(1.0)
-        rss_start = _rss_kib(proc.pid)
-        time.sleep(3.0)
-        rss_end = _rss_kib(proc.pid)
-        assert rss_end - rss_start < 4096, (rss_start, rss_end)  # no growth beyond noise
+        yes = until(lambda: _descendant(proc.pid, "yes"), what="yes to start")
+        written = until(_stopped_writing(yes), what="yes to block on the full PTY")
+        # the agent's 64 KiB cap + one read + the kernel's PTY buffers; unbounded, `yes`
+        # would have written megabytes by now (the read rate cap is 1 MiB/s)
+        assert written < 512 * 1024, written
+        assert proc.poll() is None
         standin.state.stall_events = False
-        standin.wait_output("s_yes", b"y\r\ny\r\n")
+        standin.wait_output("s_yes", b"y\r\ny\r\n", timeout=30)
         type_(standin, "s_yes", b"\x03")
         type_(standin, "s_yes", b"echo done-$((1+1))\n")
-        standin.wait_output("s_yes", b"done-2", timeout=20)
+        standin.wait_output("s_yes", b"done-2", timeout=30)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
+        proc.wait(timeout=30)
         proc.stdout.close()
         proc.stderr.close()
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_lost_replies_and_redelivery_never_duplicate(running_agent, standin, home) -> None:
@@ -191,44 +143,6 @@ def test_journal_survives_restart(home, standin) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
     assert log.read_text() == "once\n"
-
-
-def test_reconnects_after_outage_within_backoff_bound(running_agent, standin) -> None:
-    standin.state.fail_requests = 6
-    started = time.monotonic()
-    w = standin.push("command.run", command="echo back")
-    standin.event("command.result", work_id=w, timeout=60)
-    # six failures at full jitter: at most 0.5+1+2+4+8+16 s of waiting, usually far less
-    assert time.monotonic() - started < 32
-
-
-def test_sigterm_is_graceful(running_agent, standin) -> None:
-    standin.push("session.open", "s_t")
-    standin.event("session.opened", session_id="s_t")
-    running_agent.send_signal(signal.SIGTERM)
-    assert running_agent.wait(timeout=15) == 0
-    standin.event("session.exited", session_id="s_t")
-
-
-def test_control_plane_killed_mid_session(running_agent, standin, home) -> None:
-    """The stand-in dies (listener and connections) and comes back: the agent reconnects
-    within its backoff bound, output produced meanwhile arrives once, no input runs twice."""
-    log = home.root / "typed.log"
-    standin.push("session.open", "s_k")
-    standin.event("session.opened", session_id="s_k")
-    type_(standin, "s_k", f"echo typed >> {log}; (sleep 1; echo during-$((3*3))) &\n".encode())
-    standin.wait_output("s_k", b"typed")
-    standin.kill()
-    time.sleep(3)
-    standin.revive()
-    revived = time.monotonic()
-    type_(standin, "s_k", b"echo after-$((2+2))\n")
-    out = standin.wait_output("s_k", b"after-4", timeout=40)
-    assert time.monotonic() - revived < 35  # a backoff of a few attempts, not a hang
-    assert out.count(b"during-9") == 1
-    assert log.read_text() == "typed\n"
-    seqs = [e["seq"] for e in standin.state.events]
-    assert seqs == list(range(1, len(seqs) + 1))
 
 
 def test_an_event_the_server_refuses_does_not_block_the_rest(running_agent, standin,

@@ -86,6 +86,9 @@ def test_command_exit_code_and_duration_are_audited(agent) -> None:
     result = out.wait_record("command.result", work_id=work_id)
     assert result["exit_code"] == 3 and result["duration_ms"] == ran.data["duration_ms"]
     assert re.search(rb"NoNewPrivs:\s+1", base64.b64decode(result["stdout_b64"]))
+    # the session's shell has no way to gain privileges either (setuid binaries stay inert)
+    agent.api.type(sid, b"grep NoNewPrivs /proc/$$/status\n")
+    out.wait_for(b"NoNewPrivs:\t1")
 
 
 def test_operator_writes_and_reads_a_file(agent) -> None:

@@ -37,3 +37,10 @@ def _db(name: str) -> dict:
 
 DATABASES = {"default": _db("cmdop"), "audit": _db("cmdop_audit")}
 CMDOP_REDIS = {"host": "127.0.0.1", "port": int(os.environ.get("CMDOP_TEST_REDIS_PORT", "6379"))}
+
+# Tests that run the device flow and token refresh against their own gunicorn in seconds,
+# not minutes (tests/server_sessions/test_real_agent_enroll.py); unset, the base values.
+CMDOP_ACCESS_TOKEN_TTL = int(os.environ.get("CMDOP_TEST_ACCESS_TOKEN_TTL",
+                                            CMDOP_ACCESS_TOKEN_TTL))  # noqa: F405
+CMDOP_DEVICE_POLL_INTERVAL = int(os.environ.get("CMDOP_TEST_DEVICE_POLL_INTERVAL",
+                                                CMDOP_DEVICE_POLL_INTERVAL))  # noqa: F405
