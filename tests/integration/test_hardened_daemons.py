@@ -45,6 +45,8 @@ def pg_and_site(tmp_path_factory):
         pg.psql(by_path[f"{conf_dir}/cmdop-roles.sql"].content.decode())
         verifier = scram_sha256_verifier(secrets["postgres_password_blue"])
         pg.psql(f"ALTER ROLE cmdop_blue PASSWORD '{verifier}'")  # via stdin, never argv
+        admin = scram_sha256_verifier(secrets["postgres_password_audit_admin"])
+        pg.psql(f"ALTER ROLE cmdop_audit_admin PASSWORD '{admin}'")
         yield pg, secrets, pg.dir / "etc/postgresql/tls/ca.crt"
 
 
@@ -65,13 +67,30 @@ def test_postgres_tls13_verify_full_login_acts_as_owner_role(pg_and_site):
     assert user == "cmdop_owner"  # ALTER ROLE … SET role: objects belong to the owner
 
 
-def test_postgres_app_role_reaches_the_audit_database_too(pg_and_site):
+def test_the_audit_database_belongs_to_a_role_the_app_cannot_become(pg_and_site):
+    """The audit log is append-only for the app: its tables belong to the audit owner (made by
+    the audit admin's migrations); the app gets INSERT and SELECT (audit_grants) only."""
     pg, secrets, ca = pg_and_site
+    with _pg_connect(pg, ca, dbname="cmdop_audit", user="cmdop_audit_admin",
+                     password=secrets["postgres_password_audit_admin"]) as admin:
+        admin.execute("CREATE TABLE probe (id int)")  # a migration, as the audit owner
+        owner = admin.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'probe'")
+        assert owner.fetchone() == ("cmdop_audit_owner",)
+        admin.execute("GRANT SELECT, INSERT ON probe TO cmdop_owner")  # what audit_grants does
+        admin.commit()
     with _pg_connect(pg, ca, dbname="cmdop_audit",
-                     password=secrets["postgres_password_blue"]) as conn:
-        conn.execute("CREATE TABLE probe (id int)")  # owned by cmdop_owner via SET role
-        owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'probe'")
-        assert owner.fetchone() == ("cmdop_owner",)
+                     password=secrets["postgres_password_blue"]) as app:
+        app.autocommit = True
+        app.execute("INSERT INTO probe VALUES (1)")
+        assert app.execute("SELECT count(*) FROM probe").fetchone() == (1,)
+        for statement in ("UPDATE probe SET id = 2", "DELETE FROM probe", "TRUNCATE probe",
+                          "DROP TABLE probe", "ALTER TABLE probe ADD COLUMN x int",
+                          "CREATE TABLE mine (id int)", "SET ROLE cmdop_audit_owner"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement)
+    with pytest.raises(psycopg.OperationalError, match="pg_hba"):  # only its own database
+        _pg_connect(pg, ca, dbname="cmdop", user="cmdop_audit_admin",
+                    password=secrets["postgres_password_audit_admin"]).close()
 
 
 @pytest.mark.parametrize("overrides, why", [

@@ -362,3 +362,45 @@ def test_postgres_and_redis_answer_the_control_plane_and_admin_sources_only(lab,
         socket.create_connection((ip, port), timeout=5).close()
     # ports that are not ours stay open to everyone
     assert _tcp_from(lab, "host2", ip, 443) == "open"
+
+
+def test_the_deployed_audit_log_is_append_only_for_the_app(lab, site) -> None:
+    ip = lab.host("host1").ip
+    password = site.secrets["postgres_password_blue"]
+    psql = (
+        f"psql 'host={ip} dbname=cmdop_audit user=cmdop_blue sslmode=verify-full "
+        "sslrootcert=/etc/postgresql/tls/ca.crt' -XtA"
+    )
+
+    def as_app(sql: str) -> subprocess.CompletedProcess[str]:
+        # the password goes through ssh's stdin into a 0600 file, never into argv
+        return subprocess.run(
+            core.ssh_argv(
+                lab,
+                "host1",
+                f"f=$(mktemp); cat > $f; sudo PGPASSFILE=$f {psql} -c '{sql}'; rm -f $f",
+            ),
+            input=f"*:*:*:cmdop_blue:{password}\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    rows = as_app("SELECT count(*) FROM audit_auditevent")
+    assert rows.returncode == 0 and int(rows.stdout) > 0, rows.stderr  # the app writes rows
+    for sql in (
+        "DELETE FROM audit_auditevent",
+        "UPDATE audit_auditevent SET id = id",
+        "TRUNCATE audit_auditevent",
+    ):
+        refused = as_app(sql)
+        assert "permission denied" in refused.stderr, (sql, refused.stdout, refused.stderr)
+    # retention still works: it runs the audit owner's purge function
+    purge = lab_ssh(
+        lab,
+        "host1",
+        "sudo systemctl start cmdop-audit-retention.service && "
+        "systemctl show -p Result --value cmdop-audit-retention.service",
+    )
+    assert purge.stdout.strip() == "success", purge.stdout + purge.stderr

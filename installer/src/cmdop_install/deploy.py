@@ -141,8 +141,13 @@ def write_extras(
             "workspace": site["site"]["name"],
             "password_src": OWNER_PASSWORD_SRC,
         }
+        audit = {
+            "app_role": render.postgres_names(site)["owner"],
+            "retention_days": site["audit"]["retention_days"],
+        }
         _json(
-            folder / "control_plane.json", {"wheelhouse": wheels["control_plane"], "owner": owner}
+            folder / "control_plane.json",
+            {"wheelhouse": wheels["control_plane"], "owner": owner, "audit": audit},
         )
     if "agents" in roles:
         _json(
@@ -204,34 +209,47 @@ def write_payload(
 
 def postgres_facts(folder: Path, site, host, secrets: dict[str, str]) -> dict:
     pg = render.postgres_names(site)
-    password = secrets[f"postgres_password_{site['postgres']['active_role']}"]
-    verifier = stable_verifier(password, pg["active"])
-    sql_src = "files/password-active.sql"
-    write_atomic(
-        folder / sql_src, f"ALTER ROLE {pg['active']} PASSWORD '{verifier}';\n".encode(), 0o600
-    )
+    passwords = []
+    for role, secret in (
+        (pg["active"], f"postgres_password_{site['postgres']['active_role']}"),
+        (pg["audit_admin"], "postgres_password_audit_admin"),
+    ):
+        verifier = stable_verifier(secrets[secret], role)
+        sql_src = f"files/password-{role}.sql"
+        write_atomic(
+            folder / sql_src, f"ALTER ROLE {role} PASSWORD '{verifier}';\n".encode(), 0o600
+        )
+        passwords.append(
+            {
+                "name": role,
+                "verifier_md5": hashlib.md5(verifier.encode(), usedforsecurity=False).hexdigest(),
+                "sql_src": sql_src,
+            }
+        )
     # names come from site.toml, validated as SQL identifiers ([a-z][a-z0-9_]*)
-    roles = ", ".join(f"'{pg[r]}'" for r in ("owner", "blue", "green"))
+    roles = ("owner", "blue", "green", "audit_owner", "audit_admin")
+    listed = ", ".join(f"'{pg[r]}'" for r in roles)
     databases = ", ".join(f"'{d}'" for d in pg["databases"])
+    settings = [(pg["blue"], pg["owner"]), (pg["green"], pg["owner"])]
+    settings.append((pg["audit_admin"], pg["audit_owner"]))
+    setting_sql = " OR ".join(
+        f"(r.rolname = '{login}' AND 'role={acts_as}' = ANY (s.setconfig))"
+        for login, acts_as in settings
+    )
     check = (
-        f"SELECT (SELECT count(*) FROM pg_roles WHERE rolname IN ({roles})) = 3"  # noqa: S608
+        f"SELECT (SELECT count(*) FROM pg_roles WHERE rolname IN ({listed})) = {len(roles)}"  # noqa: S608
         f" AND (SELECT count(*) FROM pg_database WHERE datname IN ({databases}))"
         f" = {len(pg['databases'])}"
         " AND (SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole"
-        f" WHERE r.rolname IN ('{pg['blue']}', '{pg['green']}')"
-        f" AND 'role={pg['owner']}' = ANY (s.setconfig)) = 2"
+        f" WHERE {setting_sql}) = {len(settings)}"
+        f" AND (SELECT pg_get_userbyid(datdba) FROM pg_database"
+        f" WHERE datname = '{pg['audit_database']}') = '{pg['audit_owner']}'"
     )
     return {
         "major": site["postgres"]["major"],
         "listen_addresses": host.address,
         "roles_check_sql": check,
-        "passwords": [
-            {
-                "name": pg["active"],
-                "verifier_md5": hashlib.md5(verifier.encode(), usedforsecurity=False).hexdigest(),
-                "sql_src": sql_src,
-            }
-        ],
+        "passwords": passwords,
     }
 
 

@@ -84,6 +84,7 @@ class Paths:
             "nginx_tls": "/etc/nginx/tls",
             "cmdop_etc": "/etc/cmdop",
             "cmdop_secrets": "/etc/cmdop/credentials",
+            "cmdop_admin": "/etc/cmdop/admin",
             "cmdop_tls": "/etc/cmdop/tls",
             "gunicorn_socket": "/run/cmdop/gunicorn.sock",
             "server_venv": "/opt/cmdop/venv",
@@ -153,8 +154,12 @@ def postgres_names(site: Site) -> dict:
     prefix = site["postgres"]["role_prefix"]
     pg = {"owner": f"{prefix}_owner", "blue": f"{prefix}_blue", "green": f"{prefix}_green"}
     pg["active"] = pg[site["postgres"]["active_role"]]
+    # the audit log belongs to a role the app can never become: the app may only add rows
+    pg["audit_owner"] = f"{prefix}_audit_owner"
+    pg["audit_admin"] = f"{prefix}_audit_admin"  # logs in for audit migrations only
     database = site["postgres"]["database"]
-    pg["databases"] = [database, f"{database}_audit"]  # cmdop_server's "audit" alias
+    pg["audit_database"] = f"{database}_audit"  # cmdop_server's "audit" alias
+    pg["databases"] = [database, pg["audit_database"]]
     return pg
 
 
@@ -262,6 +267,14 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
         add("control_plane/gunicorn.conf.py.j2", f"{host_paths.cmdop_etc}/gunicorn.conf.py",
             0o644)
         add("control_plane/server.toml.j2", f"{host_paths.cmdop_etc}/server.toml", 0o644)
+        # the same settings, but the audit database as its owner: only the installer's
+        # migrate runs with it (its credential is never loaded by the service)
+        ctx["audit_admin"] = True
+        add("control_plane/server.toml.j2", f"{host_paths.cmdop_admin}/server.toml", 0o644)
+        ctx["audit_admin"] = False
+        files.append(RenderedFile(
+            f"{host_paths.cmdop_admin}/credentials/audit_db_password",
+            (secrets["postgres_password_audit_admin"] + "\n").encode(), 0o600, secret=True))
         tls(host_paths.cmdop_tls, f"app-{host.name}", "app", "root", "cmdop", 0o640)
         ca(host_paths.cmdop_tls)
         for cred, secret_name in CREDENTIALS.items():

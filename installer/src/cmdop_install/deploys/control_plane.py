@@ -15,6 +15,7 @@ from cmdop_install.deploys.ops import control_plane_database, prefetch, python_v
 from cmdop_install.render import CREDENTIALS
 
 VENV = "/opt/cmdop/venv"
+ADMIN = "/etc/cmdop/admin"
 UNITS = (
     "cmdop-server.service",
     "cmdop-audit-retention.service",
@@ -29,14 +30,22 @@ TIMERS = {
 }
 
 
-def manage_command(args: str) -> str:
-    """A cmdop-server management command as the service runs it (user, credentials, settings)."""
+def manage_command(args: str, audit_admin: bool = False) -> str:
+    """A cmdop-server management command as the service runs it (user, credentials, settings).
+
+    ``audit_admin``: with the audit database as its owner's login (``/etc/cmdop/admin``), for
+    audit migrations and grants; the service itself never gets that credential.
+    """
     props = " ".join(
         f"-p LoadCredential={name}:/etc/cmdop/credentials/{name}" for name in CREDENTIALS
     )
+    toml = "/etc/cmdop/server.toml"
+    if audit_admin:
+        props += f" -p LoadCredential=audit_db_password:{ADMIN}/credentials/audit_db_password"
+        toml = f"{ADMIN}/server.toml"
     return (
         "systemd-run --quiet --wait --pipe --collect -p User=cmdop -p Group=cmdop "
-        f"{props} -E CMDOP_SERVER_TOML=/etc/cmdop/server.toml "
+        f"{props} -E CMDOP_SERVER_TOML={toml} "
         f"-E DJANGO_SETTINGS_MODULE=cmdop_server.settings.production {VENV}/bin/cmdop-server {args}"
     )
 
@@ -46,7 +55,9 @@ def control_plane() -> list:
     """Returns the operations after which nginx must restart (it joined group cmdop)."""
     cp = extra("control_plane")
     owner = cp["owner"]
-    state_command = manage_command(f"installer_state --workspace {owner['workspace']}")
+    state_command = manage_command(
+        f"installer_state --workspace {owner['workspace']}", audit_admin=True
+    )
     prefetch(state_command)  # a Django start: read it while the other facts are read
     server.group(name="Group cmdop", group="cmdop", system=True, _sudo=True)
     server.user(  # noqa: S604 - `shell` is the login shell, not a subprocess flag
@@ -76,21 +87,39 @@ def control_plane() -> list:
     config = put_files("/etc/cmdop", {"/etc/cmdop": ("root", "cmdop", "750")})
     creds = put_files("/etc/cmdop/credentials", {"/etc/cmdop/credentials": ("root", "root", "700")})
     tls = put_files("/etc/cmdop/tls", {"/etc/cmdop/tls": ("root", "cmdop", "750")})
+    admin = put_files(ADMIN, {ADMIN: ("root", "cmdop", "750")}) + put_files(
+        f"{ADMIN}/credentials", {f"{ADMIN}/credentials": ("root", "root", "700")}
+    )
     units = put_files("/etc/systemd/system", names=UNITS)
     systemd.daemon_reload(
         name="Reload systemd (control-plane units)", _if=any_changed(units), _sudo=True
+    )
+    audit = cp["audit"]
+    grants = manage_command(
+        f"audit_grants {audit['app_role']} --retention-days {audit['retention_days']}",
+        audit_admin=True,
     )
     database = control_plane_database(
         name="Databases migrated, the first Owner and workspace created (once)",
         state_command=state_command,
         migrate={
-            db: manage_command(f"migrate --database {db} --noinput") for db in ("default", "audit")
-        },  # the audit log lives in its own database
+            "default": manage_command("migrate --database default --noinput"),
+            # the audit log lives in its own database, owned by a role the app is not: the
+            # app may only add and read rows (audit_grants, after every audit migration)
+            "audit": manage_command("migrate --database audit --noinput", audit_admin=True)
+            + f" && {grants}",
+        },
         bootstrap=manage_command(
             f"bootstrap_owner --email {owner['email']} --workspace {owner['workspace']}"
         ),
         secret_src=str(payload() / owner["password_src"]),
         temp_dir=temp_dir(),
+        _sudo=True,
+    )
+    server.shell(
+        name="Audit log append-only for the app, retention as configured",
+        commands=[grants],
+        _if=lambda: any_changed(config + admin)() and not any_changed([database])(),
         _sudo=True,
     )
     systemd.service(
