@@ -7,7 +7,6 @@ import pytest
 from cmdop_agent.config import Limits
 from cmdop_agent.pty_session import (
     MIN_THROTTLED_READ,
-    READ_CHUNK,
     SessionManager,
     TokenBucket,
 )
