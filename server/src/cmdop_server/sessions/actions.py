@@ -220,7 +220,7 @@ class _Effects:
     the sessions' output buffers (Redis), each tagged with the event it comes from."""
 
     boot_id: str
-    appends: list[tuple[Session, str, object, int]] = field(default_factory=list)
+    appends: list[tuple[Session, str, bytes | dict, int]] = field(default_factory=list)
     seq: int = 0  # the event being applied
 
     def add(self, session: Session, kind: str, value: bytes | dict) -> None:
@@ -234,7 +234,7 @@ class _Effects:
         after a failed commit is not appended twice: each append carries (boot, seq)."""
         for session, kind, value, seq in self.appends:
             once = (self.boot_id, seq)
-            if kind == "output":
+            if isinstance(value, bytes):  # kind "output": terminal bytes
                 output.append_output(session.pk, value, once=once)
             else:
                 output.append_record(session.pk, kind, value, once=once)
@@ -242,8 +242,8 @@ class _Effects:
     def publish_live(self) -> None:
         """After commit: one Centrifugo publish per session per batch, not one per event."""
         live: dict[str, bytearray] = {}
-        for session, kind, value, _ in self.appends:
-            if kind == "output":
+        for session, _, value, _ in self.appends:
+            if isinstance(value, bytes):
                 live.setdefault(session.public_id, bytearray()).extend(value)
         for public_id, data in live.items():
             realtime.publish(realtime.session_channel(public_id),
