@@ -37,7 +37,7 @@ def _call(app, method: str, path: str, headers: dict, body: bytes = b""):
 
 
 def _browser_app(scope, receive, send):
-    raise AssertionError("agent paths must not reach the browser stack")
+    raise AssertionError("API paths must not reach the browser stack")
 
 
 def test_agent_paths_use_the_lean_stack_with_the_same_error_shape():
@@ -64,3 +64,16 @@ def test_the_lean_stack_keeps_security_headers_and_drops_the_browser_middleware(
                           {"host": "x", "authorization": "Bearer mc_nope"})
     assert headers[b"x-content-type-options"] == b"nosniff"
     assert b"set-cookie" not in headers and b"vary" not in headers
+
+
+def test_the_user_api_is_bearer_only_and_takes_the_lean_stack_too():
+    """/api/v1/ reads no session, cookie user or CSRF token, so it skips that middleware
+    (each one is a thread hop per request under ASGI); browser pages keep the full stack."""
+    app = route_agent_api(_browser_app)
+    status, body, headers = _call(app, "GET", "/api/v1/me",
+                                  {"host": "x", "authorization": "Bearer cmd_nope"})
+    assert status == 401 and body["error"] == "unauthorized"
+    assert headers[b"x-content-type-options"] == b"nosniff"
+    assert b"set-cookie" not in headers
+    with pytest.raises(AssertionError, match="API paths must not reach the browser stack"):
+        _call(app, "GET", "/login/", {"host": "x"})  # a page: the full (browser) app
