@@ -62,7 +62,7 @@ def _access(request: HttpRequest, session_id: str, permission: SessionPermission
     caller = request.auth
     ratelimit.enforce(limit, f"user:{caller.user.pk}")
     return authorize(caller.user, session_id, permission, workspace=caller.workspace,
-                     ip=client_ip(request))
+                     ip=client_ip(request), membership=caller.membership)
 
 
 # ---- schemas -------------------------------------------------------------------------------
