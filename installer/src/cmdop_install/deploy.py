@@ -292,15 +292,8 @@ def deploy_command(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> Non
     )
     if not dry_run:
         record_deploy(site_dir, result.changes, result.failed)
-    verb = "would change" if dry_run else "changed"
-    for host in result.hosts.values():
-        if host.error:
-            click.echo(f"{host.name}: FAILED: {host.error}")
-            continue
-        click.echo(f"{host.name}: {host.changes} {verb}")
-        for op in host.ops:
-            if op.changed or not op.success:
-                click.echo(f"    {'FAILED ' if not op.success else ''}{op.name}")
+    for line in result.host_lines("would change" if dry_run else "changed"):
+        click.echo(line)
     if result.failed:
         raise UserError(
             f"deploy failed on {', '.join(result.failed)}; fix and rerun "

@@ -31,11 +31,12 @@ from cmdop_install.deploys.agent import ROOT
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import write_atomic
 from cmdop_install.inventory import load_inventory
-from cmdop_install.runner import read_facts, run_deploy
+from cmdop_install.runner import read_facts, run_deploy, with_host_data
 from cmdop_install.site import load_site
 from cmdop_install.status import read_fleet
 
 STATE_FILE = "rollout.json"
+RECORD_KEYS = {"version", "status", "hosts", "started"}
 ROLLBACK_DEPLOY = "cmdop_install.deploys.agent:rollback"
 POLL_SECONDS = 2.0
 # the agent deploy's operations that (re)start the agent process
@@ -128,6 +129,7 @@ class Rollout:
                 f"{self.site_dir}/inventory.py: no control_plane host to check agents against"
             )
         self.state_path = self.site_dir / STATE_FILE
+        self.hostnames: dict[str, str] = {}  # inventory name -> the host's own name
 
     # ---------------------------------------------------------------- reading the fleet
 
@@ -200,7 +202,7 @@ class Rollout:
             fleet = self.fleet()
             if failed:
                 failures += len(failed)
-                self.roll_back(failed, outcome)
+                self.roll_back(failed, outcome, fleet)
                 if canary_batch:
                     outcome.stopped = "a canary failed"
                 elif failures > plan.allowed_failures:
@@ -249,9 +251,9 @@ class Rollout:
                 )
         return failed
 
-    def roll_back(self, names: list[str], outcome: Outcome) -> None:
-        """Each failed host back to the release it ran before the rollout, and online on it."""
-        fleet = self.fleet()
+    def roll_back(self, names: list[str], outcome: Outcome, fleet: dict[str, dict]) -> None:
+        """Each failed host back to the release it ran before the rollout, and online on it
+        (``fleet``: the control plane's view, read after the batch)."""
         targets = {n: outcome.hosts[n].before for n in names}
         back = [n for n, v in targets.items() if v]
         for name in names:
@@ -260,11 +262,9 @@ class Rollout:
         if not back:
             return
         boots = {n: self.machine(fleet, n).get("boot_id") for n in back}
-        groups = self.inventory.pyinfra_groups()
-        for hosts in groups.values():
-            for i, (name, data) in enumerate(hosts):
-                if name in targets:
-                    hosts[i] = (name, {**data, "cmdop_rollback_to": targets[name]})
+        groups = with_host_data(
+            self.inventory.pyinfra_groups(), {n: {"cmdop_rollback_to": targets[n]} for n in back}
+        )
         self.echo(f"rolling back: {', '.join(f'{n} -> {targets[n]}' for n in back)}")
         result = run_deploy(groups, ROLLBACK_DEPLOY, limit=back)
         waiting = {}
@@ -316,7 +316,7 @@ class Rollout:
         return {n: f"{why.get(n, 'no report')} after {self.health_timeout:.0f} s" for n in pending}
 
     def machine(self, fleet: dict[str, dict], name: str) -> dict:
-        return fleet.get(getattr(self, "hostnames", {}).get(name, name), {})
+        return fleet.get(self.hostnames.get(name, name), {})
 
     def healthy(self, fleet: dict[str, dict], name: str, version: str) -> bool:
         machine = self.machine(fleet, name)
@@ -329,11 +329,10 @@ class Rollout:
             return None
         try:
             record = json.loads(self.state_path.read_text())
-            record["version"], record["status"], record["hosts"], record["started"]  # noqa: B018
-        except (ValueError, KeyError, TypeError):
-            raise UserError(
-                f"{self.state_path}: not a rollout record (delete it to start afresh)"
-            ) from None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not RECORD_KEYS <= record.keys():
+            raise UserError(f"{self.state_path}: not a rollout record (delete it to start afresh)")
         return record
 
     def save_state(self, version: str, started: str, outcome: Outcome, status: str) -> None:

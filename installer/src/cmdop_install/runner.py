@@ -51,8 +51,33 @@ class RunResult:
             h.name for h in self.hosts.values() if h.error or not all(op.success for op in h.ops)
         ]
 
+    def host_lines(self, verb: str = "changed") -> list[str]:
+        """Per host: its count of changes (or why it failed), then each changed or failed
+        operation, indented."""
+        lines = []
+        for host in self.hosts.values():
+            if host.error:
+                lines.append(f"{host.name}: FAILED: {host.error}")
+                continue
+            lines.append(f"{host.name}: {host.changes} {verb}")
+            lines += [
+                f"    {'FAILED ' if not op.success else ''}{op.name}"
+                for op in host.ops
+                if op.changed or not op.success
+            ]
+        return lines
+
 
 Groups = dict[str, list[tuple[str, dict]]]
+
+
+def with_host_data(groups: Groups, per_host: dict[str, dict]) -> Groups:
+    """``groups`` with ``per_host[name]`` added to each named host's data (pyinfra's
+    ``host.data``), wherever the host appears."""
+    return {
+        group: [(name, {**data, **per_host.get(name, {})}) for name, data in hosts]
+        for group, hosts in groups.items()
+    }
 
 
 def run_deploy(

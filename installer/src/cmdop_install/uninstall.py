@@ -14,7 +14,7 @@ import click
 from cmdop_install import render
 from cmdop_install.deploy import preflight
 from cmdop_install.errors import UserError
-from cmdop_install.runner import RunResult, run_deploy
+from cmdop_install.runner import RunResult, run_deploy, with_host_data
 
 UNINSTALL_DEPLOY = "cmdop_install.deploys.uninstall:uninstall"
 
@@ -22,19 +22,18 @@ UNINSTALL_DEPLOY = "cmdop_install.deploys.uninstall:uninstall"
 def uninstall_site(site_dir: Path, *, keep_data: bool, limit: list[str] | None = None) -> RunResult:
     site, inventory, secrets, pem = render.load_for_render(Path(site_dir))
     preflight(inventory, limit)
-    groups = inventory.pyinfra_groups()
-    per_host = {}
-    for host in inventory.hosts():
-        files = render.render_host(site, inventory, host.name, secrets, pem)
-        per_host[host.name] = {
-            "cmdop_files": [f.path for f in files],
+    per_host = {
+        host.name: {
+            "cmdop_files": [
+                f.path for f in render.render_host(site, inventory, host.name, secrets, pem)
+            ],
             "cmdop_keep_data": keep_data,
             "cmdop_agent_user": site["agent"]["user"],
             "cmdop_pg_major": str(site["postgres"]["major"]),
         }
-    for hosts in groups.values():
-        for i, (name, data) in enumerate(hosts):
-            hosts[i] = (name, {**data, **per_host[name]})
+        for host in inventory.hosts()
+    }
+    groups = with_host_data(inventory.pyinfra_groups(), per_host)
     return run_deploy(groups, UNINSTALL_DEPLOY, limit=limit)
 
 
@@ -65,14 +64,8 @@ def uninstall_command(site_dir: Path, keep_data: bool, limit: tuple[str, ...], y
         what = "keeping the data" if keep_data else "INCLUDING ALL DATA (databases, audit log)"
         click.confirm(f"Uninstall CMDOP from the hosts of {site_dir}, {what}?", abort=True)
     result = uninstall_site(site_dir, keep_data=keep_data, limit=list(limit) or None)
-    for host in result.hosts.values():
-        if host.error:
-            click.echo(f"{host.name}: FAILED: {host.error}")
-            continue
-        click.echo(f"{host.name}: {host.changes} changed")
-        for op in host.ops:
-            if op.changed or not op.success:
-                click.echo(f"    {'FAILED ' if not op.success else ''}{op.name}")
+    for line in result.host_lines():
+        click.echo(line)
     if result.failed:
         raise UserError(f"uninstall failed on {', '.join(result.failed)}; fix and rerun")
     kept = " (data kept: `cmdop-install deploy` brings the site back)" if keep_data else ""

@@ -133,6 +133,11 @@ def venv_commands(venv: str, wheelhouse: dict, temp_dir: str):
     yield f"find {parent} -mindepth 1 -maxdepth 1 ! -name {wheelhouse['key']} -exec rm -rf {{}} +"
 
 
+def relink(link: str, target: str) -> str:
+    """Point ``link`` at ``target`` atomically: a new link renamed over the old one."""
+    return f"ln -sfn {target} {link}.new && mv -T {link}.new {link}"
+
+
 @operation()
 def agent_release(root: str, version: str, wheelhouse: dict, temp_dir: str, switch: bool):
     """The agent's code: ``root/releases/<version>/venv``, run through ``root/current``.
@@ -157,9 +162,9 @@ def agent_release(root: str, version: str, wheelhouse: dict, temp_dir: str, swit
         yield from venv_commands(f"{target}/venv", wheelhouse, temp_dir)
     keep = [version]
     if current and current != target:
-        yield f"ln -sfn {current} {root}/previous.new && mv -T {root}/previous.new {root}/previous"
+        yield relink(f"{root}/previous", current)
         keep.append(current.rsplit("/", 1)[-1])
-    yield f"ln -sfn {target} {root}/current.new && mv -T {root}/current.new {root}/current"
+    yield relink(f"{root}/current", target)
     spare = " ".join(f"! -name {shlex.quote(k)}" for k in keep)
     yield f"find {root}/releases -mindepth 1 -maxdepth 1 {spare} -exec rm -rf {{}} +"
 
@@ -174,7 +179,7 @@ def agent_rollback(root: str, version: str):
     if read(f"test -x {target}/venv/bin/cmdop-agent && echo yes") != "yes":
         yield f"echo 'agent release {version} is no longer on this host' >&2; exit 1"
         return
-    yield f"ln -sfn {target} {root}/current.new && mv -T {root}/current.new {root}/current"
+    yield relink(f"{root}/current", target)
 
 
 @operation()

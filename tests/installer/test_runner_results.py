@@ -1,0 +1,34 @@
+"""What the runner hands back: per-host lines for the CLI, per-host data for pyinfra."""
+
+import pytest
+from cmdop_install.runner import HostResult, OpResult, RunResult, with_host_data
+
+pytestmark = pytest.mark.unit
+
+
+def test_host_lines_show_changes_failures_and_unreachable_hosts() -> None:
+    result = RunResult(
+        {
+            "web1": HostResult(
+                "web1", [OpResult("Files", True, True), OpResult("Ok", False, True)]
+            ),
+            "web2": HostResult("web2", [OpResult("Restart", False, False)]),
+            "web3": HostResult("web3", error="cannot connect over ssh"),
+        },
+        dry_run=False,
+    )
+    assert result.host_lines() == [
+        "web1: 1 changed", "    Files",
+        "web2: 0 changed", "    FAILED Restart",
+        "web3: FAILED: cannot connect over ssh",
+    ]
+    assert result.host_lines("would change")[0] == "web1: 1 would change"
+
+
+def test_host_data_reaches_a_host_in_every_group_and_leaves_the_rest() -> None:
+    groups = {"postgres": [("db", {"ssh_user": "root"})],
+              "agents": [("db", {"ssh_user": "root"}), ("web", {})]}
+    added = with_host_data(groups, {"db": {"cmdop_rollback_to": "0.1.0"}})
+    assert added["postgres"] == [("db", {"ssh_user": "root", "cmdop_rollback_to": "0.1.0"})]
+    assert added["agents"][1] == ("web", {})
+    assert groups["postgres"] == [("db", {"ssh_user": "root"})]  # the caller's stays as it was
