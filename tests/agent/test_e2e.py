@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.control_plane import until
+
 pytestmark = pytest.mark.integration
 
 
@@ -23,17 +25,6 @@ def b64(data: bytes) -> str:
 
 def type_(standin, session: str, text: bytes) -> None:
     standin.push("session.input", session, data_b64=b64(text))
-
-
-def until(predicate, timeout: float = 30, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _children(pid: int) -> list[int]:
@@ -94,8 +85,9 @@ def test_runaway_output_is_bounded_by_backpressure(home, standin) -> None:
         standin.event("session.opened", session_id="s_yes")
         standin.state.stall_events = True
         type_(standin, "s_yes", b"yes\n")
-        yes = until(lambda: _descendant(proc.pid, "yes"), what="yes to start")
-        written = until(_stopped_writing(yes), what="yes to block on the full PTY")
+        yes = until(lambda: _descendant(proc.pid, "yes"), timeout=30, what="yes to start")
+        written = until(_stopped_writing(yes), timeout=30,
+                        what="yes to block on the full PTY")
         # the agent's 64 KiB cap + one read + the kernel's PTY buffers; unbounded, `yes`
         # would have written megabytes by now (the read rate cap is 1 MiB/s)
         assert written < 512 * 1024, written

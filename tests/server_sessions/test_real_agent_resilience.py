@@ -68,8 +68,9 @@ def background_output(agent, session_id: str, name: str) -> tuple[Path, Path]:
     return go, done
 
 
-def test_control_plane_killed_mid_session(own_control_plane: ControlPlane, real_agent) -> None:
-    cp = own_control_plane
+def running_session(real_agent, cp):
+    """The agent (retry cap ``CAP``) with a session in which three lines already ran and a
+    background job waits for its go: (agent, session id, output reader, typist, go, done)."""
     agent = real_agent(cp, f"reconnect_max_delay = {CAP:g}\n")
     agent.start()
     sid, out = agent.open_session()
@@ -78,6 +79,12 @@ def test_control_plane_killed_mid_session(own_control_plane: ControlPlane, real_
     for i in range(3):
         typist.type(f"before-{i}")
     typist.wait_ran("before-2")
+    return agent, sid, out, typist, go, done
+
+
+def test_control_plane_killed_mid_session(own_control_plane: ControlPlane, real_agent) -> None:
+    cp = own_control_plane
+    agent, sid, out, typist, go, done = running_session(real_agent, cp)
     # a burst still in flight (queued in Redis, maybe delivered but not yet acknowledged)
     # when the control plane dies: redelivered afterwards, run once
     for i in range(5):
@@ -114,14 +121,7 @@ def test_redis_killed_mid_session(own_redis: RedisServer, tls_pki, django_db_set
                                   django_db_modify_db_settings, real_agent, tmp_path) -> None:
     with ControlPlane(tls_pki, tmp_path / "gunicorn.log",
                       env={"CMDOP_TEST_REDIS_PORT": str(own_redis.port)}) as cp:
-        agent = real_agent(cp, f"reconnect_max_delay = {CAP:g}\n")
-        agent.start()
-        sid, out = agent.open_session()
-        typist = Typist(agent, sid)
-        go, done = background_output(agent, sid, "during")
-        for i in range(3):
-            typist.type(f"before-{i}")
-        typist.wait_ran("before-2")
+        agent, sid, out, typist, go, done = running_session(real_agent, cp)
         out.wait_for(b"before-2")
         own_redis.kill()
         go.touch()
