@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   podman runc debootstrap iptables iproute2 openssh-client   # the lab
+  # podman's netavark backend, pinned in the lab's containers.conf: only recommends of podman,
+  # so --no-install-recommends leaves them out, and podman's CNI fallback gives an --internal
+  # network no address on the bridge (an air-gapped host is then unreachable from here).
+  netavark aardvark-dns
   python3-venv                                                # the workspace venv
   postgresql redis-server nginx openssl                       # integration tier: real servers
   chromium chromium-driver                                    # the verification page, headless

@@ -17,7 +17,9 @@ from cmdop_install.site import load_site
 
 from tests.lab.helpers import cli
 
-LAB = "citest"
+# CMDOP_TEST_LAB lets two developers on one machine run lab tests side by side
+# (each lab gets its own subnets); never two full lab suites at once on 2 cores.
+LAB = os.environ.get("CMDOP_TEST_LAB", "citest")
 NORMAL_HOSTS = ["host1", "host2", "host3", "host4", "host5"]
 AGENT_HOSTS = NORMAL_HOSTS[1:]
 PS_SAMPLES = 3000  # bounded: at most ~5 minutes of `ps` every 0.1 s

@@ -107,6 +107,6 @@ def test_lab_ssh_unknown_host_is_one_line(lab) -> None:
     out = cli("lab", "ssh", "--name", lab.name, "nosuchhost", check=False)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
-        "cmdop-install: error: lab 'citest' has no host 'nosuchhost' "
+        f"cmdop-install: error: lab '{lab.name}' has no host 'nosuchhost' "
         f"(hosts: {', '.join(NORMAL_HOSTS)}, air1)"
     ]

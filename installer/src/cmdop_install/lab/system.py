@@ -21,6 +21,8 @@ DEBIAN_PACKAGES = {
     "ip": "iproute2",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
+    "/usr/lib/podman/netavark": "netavark",
+    "/usr/lib/podman/aardvark-dns": "aardvark-dns",
 }
 
 
@@ -66,6 +68,8 @@ def write_containers_conf() -> None:
         'runtime = "runc"\n'
         'cgroup_manager = "cgroupfs"\n'
         'events_logger = "file"\n'
+        "[network]\n"
+        'network_backend = "netavark"\n'
     )
     conf = paths.containers_conf()
     conf.parent.mkdir(parents=True, exist_ok=True)
