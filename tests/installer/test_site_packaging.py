@@ -1,12 +1,12 @@
 """The wheel carries templates/ (the one template source) and renders from it installed."""
 
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from cmdop_install.wheelhouse import uv_command
 
 pytestmark = pytest.mark.unit
 
@@ -15,9 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    uv = shutil.which("uv")
-    if uv is None:
-        pytest.fail("uv is not installed: scripts/bootstrap.sh installs it")
+    uv = uv_command(ROOT)
     out = tmp_path_factory.mktemp("dist")
     # sdist first, then the wheel from the sdist: the path a release build takes
     subprocess.run([uv, "build", "--package", "cmdop-install", "-q", "-o", str(out)],

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from cmdop_install.wheelhouse import repo_root
+from cmdop_install.wheelhouse import repo_root, uv_command
 
 
 def build_agent_wheel(version: str, out: Path) -> Path:
@@ -21,7 +21,7 @@ def build_agent_wheel(version: str, out: Path) -> Path:
         new = re.sub(rf'^{name} = "[^"]+"', f'{name} = "{version}"', text, count=1, flags=re.M)
         assert new != text, f"no {name} line in {path}"
         path.write_text(new)
-    uv = shutil.which("uv") or str(root / ".cache/uv/bin/uv")
+    uv = uv_command(root)
     subprocess.run([uv, "build", "--wheel", "-q", "-o", str(out), str(src)], check=True)
     (wheel,) = out.glob(f"cmdop_agent-{version}-*.whl")
     return wheel

@@ -1,12 +1,12 @@
 """Each package builds a wheel on its own; the agent's wheel depends on nothing (no Django)."""
 
-import shutil
 import subprocess
 import zipfile
 from email.parser import Parser
 from pathlib import Path
 
 import pytest
+from cmdop_install.wheelhouse import uv_command
 
 pytestmark = pytest.mark.unit
 
@@ -14,10 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _uv() -> str:
-    found = shutil.which("uv") or str(ROOT / ".cache/uv/bin/uv")
-    if not Path(found).exists():
-        pytest.fail("uv is not installed: scripts/bootstrap.sh installs it")
-    return found
+    return uv_command(ROOT)
 
 
 @pytest.fixture(scope="module")

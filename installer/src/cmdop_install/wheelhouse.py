@@ -47,6 +47,14 @@ def repo_root() -> Path | None:
     return None
 
 
+def uv_command(root: Path) -> str:
+    """uv from PATH, else the private copy scripts/bootstrap.sh installs into the checkout."""
+    found = shutil.which("uv") or str(root / ".cache/uv/bin/uv")
+    if not Path(found).is_file():
+        raise UserError("uv is not installed: run scripts/bootstrap.sh (it installs uv)")
+    return found
+
+
 def cache_dir() -> Path:
     return Path.home() / ".cache" / "cmdop-install" / "wheelhouse"
 
@@ -58,7 +66,7 @@ def build(package: str) -> Path:
         raise UserError(
             "no wheelhouse: run from a checkout of cmdop-install or deploy from a bundle"
         )
-    uv = shutil.which("uv") or str(root / ".cache/uv/bin/uv")
+    uv = uv_command(root)
     key = _source_hash(root, package)
     out = cache_dir() / f"{package}-{key}"
     if (out / ".complete").exists():
