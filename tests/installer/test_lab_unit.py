@@ -172,3 +172,39 @@ def test_mirror_is_read_from_deb822_sources(tmp_path: Path) -> None:
     stanzas = image._deb822_stanzas(tmp_path)
     assert stanzas[0]["uris"] == "http://mirror.example/debian"
     assert stanzas[1]["suites"] == "bookworm-security"
+
+
+def test_a_host_this_machine_cannot_route_to_fails_at_once_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a fresh machine on podman's CNI backend showed: the --internal network's bridge
+    had no address, so the blackhole route answered for air1 — say so before any wait."""
+    from cmdop_install.errors import UserError
+    from cmdop_install.lab import network, system
+
+    state = core.LabState("t", 0, "10.89.10.0/24", "10.89.11.0/24")
+    state.hosts = core.wanted_hosts(state, 1, ("air1",))
+    monkeypatch.setattr(network, "bridge_of", lambda net: {"t-net": "podman1"}.get(net, ""))
+    monkeypatch.setattr(
+        network, "route_device", lambda ip: "podman1" if ip == "10.89.10.11" else None
+    )
+    monkeypatch.setattr(
+        system, "run", lambda argv, **kw: subprocess.CompletedProcess(argv, 0, "cni\n", "")
+    )
+    with pytest.raises(UserError) as caught:
+        core._check_routes(state)
+    message = caught.value.message
+    assert "\n" not in message
+    assert message == (
+        "lab t: this machine cannot reach air1 (10.89.11.11): its route goes nowhere instead "
+        "of bridge (none) of t-air (podman network backend: cni; the lab needs netavark)"
+    )
+
+
+def test_the_lab_pins_podmans_netavark_backend() -> None:
+    from cmdop_install.lab import system
+
+    system.write_containers_conf()
+    text = paths.containers_conf().read_text()
+    assert '[network]\nnetwork_backend = "netavark"\n' in text
+    assert "netavark" in system.DEBIAN_PACKAGES.values()

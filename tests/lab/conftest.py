@@ -29,11 +29,14 @@ PS_SAMPLES = 3000  # bounded: at most ~5 minutes of `ps` every 0.1 s
 def lab() -> Iterator[core.LabState]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
-    cli("lab", "up", "--name", LAB, "--hosts", str(len(NORMAL_HOSTS)), "--airgapped", "air1")
-    state = core.LabState.load(LAB)
-    assert state is not None
-    yield state
-    cli("lab", "down", "--name", LAB)
+    try:
+        cli("lab", "up", "--name", LAB, "--hosts", str(len(NORMAL_HOSTS)), "--airgapped", "air1")
+        state = core.LabState.load(LAB)
+        assert state is not None
+        yield state
+    finally:
+        # also after a failed `lab up`: no half-made lab (containers, networks, rules) stays
+        cli("lab", "down", "--name", LAB, check=False)
 
 
 @pytest.fixture(scope="session")

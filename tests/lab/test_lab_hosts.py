@@ -110,3 +110,13 @@ def test_lab_ssh_unknown_host_is_one_line(lab) -> None:
         f"cmdop-install: error: lab '{lab.name}' has no host 'nosuchhost' "
         f"(hosts: {', '.join(NORMAL_HOSTS)}, air1)"
     ]
+
+
+def test_every_host_routes_through_its_bridge_and_unused_lab_addresses_go_nowhere(lab) -> None:
+    """The check `lab up` makes before waiting, on real routes: hosts via their bridges,
+    an address of the lab range that no bridge carries hits the blackhole route."""
+    from cmdop_install.lab import network
+
+    for h in lab.hosts:
+        assert network.route_device(h.ip) == network.bridge_of(lab.net_name(h.airgapped))
+    assert network.route_device("10.89.255.254") is None

@@ -148,6 +148,7 @@ def up(name: str, hosts: int, airgapped: tuple[str, ...]) -> LabState:
         # written before waiting: the readiness probe goes through this ssh_config
         if _write_access_files(state):
             changes.append("inventory and ssh config")
+        _check_routes(state)
         _wait_ready(state)
         if changes:
             print(f"lab {name}: made {', '.join(changes)}")
@@ -261,6 +262,26 @@ def _container_states(state: LabState) -> dict[str, str]:
         what="listing lab hosts",
     )
     return {c["Names"][0]: c["State"] for c in json.loads(out.stdout or "[]")}
+
+
+def _check_routes(state: LabState) -> None:
+    """Fail at once, in one line, when this machine cannot reach a host it just made (rather
+    than after the readiness timeout): every host's address must route through its bridge."""
+    bridges = {
+        air: network.bridge_of(state.net_name(air)) for air in {h.airgapped for h in state.hosts}
+    }
+    for h in state.hosts:
+        via = network.route_device(h.ip)
+        if via != bridges[h.airgapped]:
+            backend = system.run(
+                ["podman", "info", "--format", "{{.Host.NetworkBackend}}"], check=False
+            ).stdout.strip()
+            raise UserError(
+                f"lab {state.name}: this machine cannot reach {h.name} ({h.ip}): "
+                f"its route goes {'to ' + via if via else 'nowhere'} instead of bridge "
+                f"{bridges[h.airgapped] or '(none)'} of {state.net_name(h.airgapped)} "
+                f"(podman network backend: {backend or 'unknown'}; the lab needs netavark)"
+            )
 
 
 def _wait_ready(state: LabState) -> None:

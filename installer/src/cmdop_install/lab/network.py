@@ -56,3 +56,21 @@ def gateway(subnet: str) -> str:
     """podman gives a bridge the first address of its subnet."""
     base = subnet.split("/")[0].rsplit(".", 1)[0]
     return f"{base}.1"
+
+
+def route_device(address: str) -> str | None:
+    """The interface this machine would send a packet to ``address`` through (None: no route,
+    e.g. the lab's blackhole answers because no bridge carries the address's subnet)."""
+    out = system.run(["ip", "-4", "route", "get", address], check=False)
+    words = out.stdout.split()
+    if out.returncode != 0 or words[:1] == ["blackhole"] or "dev" not in words:
+        return None
+    return words[words.index("dev") + 1]
+
+
+def bridge_of(net: str) -> str:
+    out = system.run(
+        ["podman", "network", "inspect", net, "--format", "{{.NetworkInterface}}"],
+        what=f"reading network {net}",
+    )
+    return out.stdout.strip()
