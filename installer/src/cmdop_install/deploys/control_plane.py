@@ -51,8 +51,7 @@ def manage_command(args: str, audit_admin: bool = False) -> str:
 
 
 @deploy("Control plane")
-def control_plane() -> list:
-    """Returns the operations after which nginx must restart (it joined group cmdop)."""
+def control_plane() -> None:
     cp = extra("control_plane")
     owner = cp["owner"]
     state_command = manage_command(
@@ -68,13 +67,6 @@ def control_plane() -> list:
         shell="/usr/sbin/nologin",
         home="/var/lib/cmdop",
         create_home=False,
-        _sudo=True,
-    )
-    nginx_group = server.user(
-        name="nginx may reach the gunicorn socket",
-        user="www-data",
-        groups=["cmdop"],
-        append=True,
         _sudo=True,
     )
     venv = python_venv(
@@ -147,4 +139,3 @@ def control_plane() -> list:
     )
     for timer, what in TIMERS.items():
         systemd.service(name=what, service=timer, running=True, enabled=True, _sudo=True)
-    return [nginx_group]

@@ -7,8 +7,15 @@ from cmdop_install.deploys.common import any_changed, put_files
 
 
 @deploy("nginx")
-def nginx(restart_after: list | None = None) -> None:
-    """``restart_after``: operations whose change needs a full restart (new group membership)."""
+def nginx() -> None:
+    """Runs after the control-plane deploy, which creates group cmdop (gunicorn's socket)."""
+    socket_access = server.user(
+        name="nginx may reach the gunicorn socket",
+        user="www-data",
+        groups=["cmdop"],
+        append=True,
+        _sudo=True,
+    )
     # Debian's default site serves plain HTTP content on port 80: not on our hosts.
     default = files.link(
         name="No default site", path="/etc/nginx/sites-enabled/default", present=False, _sudo=True
@@ -25,7 +32,8 @@ def nginx(restart_after: list | None = None) -> None:
     systemd.service(
         name="nginx enabled and running", service="nginx", running=True, enabled=True, _sudo=True
     )
-    restart = any_changed(restart_after or [])
+    # a running nginx keeps its old groups until it restarts; a reload is not enough
+    restart = any_changed([socket_access])
     systemd.service(
         name="Restart nginx (new group membership)",
         service="nginx",

@@ -48,7 +48,8 @@ def site() -> None:
     if "redis" in groups:
         redis()
     if "control_plane" in groups:
-        nginx(restart_after=control_plane())
+        control_plane()
+        nginx()
     if "agents" in groups:
         agent()
 
