@@ -138,7 +138,7 @@ def _issue_ca(site: Site, now: datetime) -> tuple[x509.Certificate, ec.EllipticC
 def _issue_leaf(spec: LeafSpec, site: Site, ca: x509.Certificate,
                 ca_key: ec.EllipticCurvePrivateKey, now: datetime):
     key = ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.DNSName(d) for d in spec.dns]
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in spec.dns]
     sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in spec.ips]
     not_after = min(now + timedelta(days=site["pki"]["leaf_days"]),
                     ca.not_valid_after_utc)
@@ -157,7 +157,7 @@ def _issue_leaf(spec: LeafSpec, site: Site, ca: x509.Certificate,
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                        critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                        critical=False)
         .sign(ca_key, hashes.SHA256())
     )

@@ -134,7 +134,8 @@ def firewall(site: Site, inventory: Inventory, host: Host) -> dict:
     if "redis" in roles and site.centrifugo_enabled:
         clients += [h.address for h in inventory.groups["centrifugo"]]
     clients += admin_sources(site)
-    four, six = set(), set()
+    four: set[str] = set()
+    six: set[str] = set()
     for address in clients:
         try:
             net = ipaddress.ip_network(address, strict=False)
@@ -152,14 +153,17 @@ def admin_sources(site: Site) -> list[str]:
 def postgres_names(site: Site) -> dict:
     """The Postgres roles and databases of a site (the templates and the deploy share them)."""
     prefix = site["postgres"]["role_prefix"]
-    pg = {"owner": f"{prefix}_owner", "blue": f"{prefix}_blue", "green": f"{prefix}_green"}
+    pg: dict[str, str | list[str]] = {
+        "owner": f"{prefix}_owner", "blue": f"{prefix}_blue", "green": f"{prefix}_green"
+    }
     pg["active"] = pg[site["postgres"]["active_role"]]
     # the audit log belongs to a role the app can never become: the app may only add rows
     pg["audit_owner"] = f"{prefix}_audit_owner"
     pg["audit_admin"] = f"{prefix}_audit_admin"  # logs in for audit migrations only
     database = site["postgres"]["database"]
-    pg["audit_database"] = f"{database}_audit"  # cmdop_server's "audit" alias
-    pg["databases"] = [database, pg["audit_database"]]
+    audit_database = f"{database}_audit"  # cmdop_server's "audit" alias
+    pg["audit_database"] = audit_database
+    pg["databases"] = [database, audit_database]
     return pg
 
 

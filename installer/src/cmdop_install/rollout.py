@@ -165,11 +165,11 @@ class Rollout:
         self.hostnames = {name: hostname for name, (_, hostname) in on_hosts.items()}
         fleet = self.fleet()
         record = self.load_state()
-        resumed = bool(
-            record and record["version"] == release.version and record["status"] != "complete"
-        )
+        if record and (record["version"] != release.version or record["status"] == "complete"):
+            record = None  # another release's rollout, or a finished one: start afresh
+        resumed = record is not None
         before = {name: current for name, (current, _) in on_hosts.items()}
-        if resumed:
+        if record is not None:
             # the release each host ran before the interrupted run started
             before.update({n: h["before"] for n, h in record["hosts"].items() if n in before})
         outcome = Outcome(
@@ -186,12 +186,12 @@ class Rollout:
                 todo.append(name)
         plan = make_plan(todo, len(self.agents), release.version, batch_size, canary, max_fail)
         outcome.batches = plan.batches
-        if resumed:
+        if record is not None:
             self.echo(
                 f"resuming the rollout of {release.version} started {record['started']}: "
                 f"{len(self.agents) - len(todo)} of {len(self.agents)} agent(s) already on it"
             )
-        started = record["started"] if resumed else _now()
+        started = record["started"] if record is not None else _now()
         failures = 0
         for index, batch in enumerate(plan.batches):
             canary_batch = index == 0 and plan.canaries > 0
@@ -254,10 +254,10 @@ class Rollout:
     def roll_back(self, names: list[str], outcome: Outcome, fleet: dict[str, dict]) -> None:
         """Each failed host back to the release it ran before the rollout, and online on it
         (``fleet``: the control plane's view, read after the batch)."""
-        targets = {n: outcome.hosts[n].before for n in names}
-        back = [n for n, v in targets.items() if v]
+        targets = {n: before for n in names if (before := outcome.hosts[n].before)}
+        back = list(targets)
         for name in names:
-            if not targets[name]:
+            if name not in targets:
                 outcome.hosts[name].detail += "; no earlier release to go back to (new install)"
         if not back:
             return

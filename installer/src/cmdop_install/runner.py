@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from cmdop_install.errors import UserError
 
@@ -365,8 +366,9 @@ def _record_operation_names() -> dict[tuple[str, str], str]:
     """
     import importlib
 
-    # the module, not the `operation` decorator that pyinfra.api re-exports under that name
-    operation_module = importlib.import_module("pyinfra.api.operation")
+    # the module, not the `operation` decorator that pyinfra.api re-exports under that name;
+    # Any, because we replace one of its functions and ModuleType declares none
+    operation_module: Any = importlib.import_module("pyinfra.api.operation")
 
     names: dict[tuple[str, str], str] = {}
     assign = operation_module.solve_operation_consistency

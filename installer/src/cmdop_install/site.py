@@ -242,8 +242,10 @@ def _line_of(text: str, section: str, key: str | None = None) -> int:
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
-    names = {int: "an integer", str: "a string", bool: "true or false", list: "a list"}
-    return names.get(t, getattr(t, "__name__", str(t)))
+    names: dict[type | tuple[type, ...], str] = {
+        int: "an integer", str: "a string", bool: "true or false", list: "a list"
+    }
+    return names.get(t) or str(getattr(t, "__name__", t))
 
 
 def parse_site(text: str, filename: str = SITE_FILE) -> Site:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -59,14 +60,14 @@ def site_status(site_dir: Path) -> dict:
     for host in inventory.hosts():
         roles = inventory.roles_of(host.name)
         shown = [*roles, *(["nginx"] if "control_plane" in roles else [])]
-        entry = {"host": host.name, "address": host.address, "components": []}
+        entry: dict[str, Any] = {"host": host.name, "address": host.address, "components": []}
         res = result.hosts.get(host.name)
         if res is None or res.error:
             entry["error"] = res.error if res else "not reached"
         for component in shown:
             if component not in COMPONENTS:
                 continue
-            row = {
+            row: dict[str, Any] = {
                 "component": component,
                 "state": res.facts.get(f"{component}.state", "?") if res else "?",
                 "version": res.facts.get(f"{component}.version", "") if res else "",
