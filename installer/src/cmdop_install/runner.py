@@ -5,16 +5,22 @@ a child Python process (``python -m cmdop_install.runner``) that receives a JSON
 stdin and answers with a JSON result on stdout; progress goes to stderr. Callers use
 ``run_deploy`` and get a ``RunResult`` back — nothing else in cmdop_install imports
 ``pyinfra.api``. Deploy code (``cmdop_install.deploys.*``) uses pyinfra *operations* only.
+What pyinfra has no public API for (a fact cache, per-host operation names, planning all
+hosts at once) is ``pyinfra_internals``'s, which knows the one pyinfra release it fits.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
+import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
-from typing import Any
+import time
+from dataclasses import asdict, dataclass, field
 
+from cmdop_install import pyinfra_internals
 from cmdop_install.errors import UserError
 
 
@@ -81,6 +87,28 @@ def with_host_data(groups: Groups, per_host: dict[str, dict]) -> Groups:
     }
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """What the child runs: the parent's arguments to ``run_deploy``, as JSON on its stdin."""
+
+    groups: Groups
+    deploy: str
+    limit: list[str] | None = None
+    dry_run: bool = False
+    data: dict = field(default_factory=dict)
+    facts: dict[str, str] = field(default_factory=dict)
+    parallel: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunRequest:
+        raw = json.loads(text)
+        groups = {g: [(n, d) for n, d in hosts] for g, hosts in raw.pop("groups").items()}
+        return cls(groups=groups, **raw)
+
+
 def run_deploy(
     groups: Groups,
     deploy: str,
@@ -100,18 +128,11 @@ def run_deploy(
     fact) on every host after the run; with ``dry_run`` nothing is executed and each
     operation reports whether it *would* change.
     """
-    request = {
-        "groups": {g: [[name, data] for name, data in hosts] for g, hosts in groups.items()},
-        "deploy": deploy,
-        "limit": limit,
-        "dry_run": dry_run,
-        "data": data or {},
-        "facts": facts or {},
-        "parallel": parallel,
-    }
+    pyinfra_internals.refuse_unknown_version()
+    request = RunRequest(groups, deploy, limit, dry_run, data or {}, facts or {}, parallel)
     proc = subprocess.run(
         [sys.executable, "-m", "cmdop_install.runner"],
-        input=json.dumps(request),
+        input=request.to_json(),
         stdout=subprocess.PIPE,
         text=True,
         check=False,
@@ -137,9 +158,6 @@ def run_deploy(
     )
 
 
-# ---------------------------------------------------------------- child process side
-
-
 READ_ONLY = "cmdop_install.deploys.site:nothing"
 
 
@@ -148,272 +166,183 @@ def read_facts(groups: Groups, facts: dict[str, str], limit: list[str] | None = 
     return run_deploy(groups, READ_ONLY, limit=limit, facts=facts)
 
 
-def _child() -> int:
-    from gevent import monkey
+# ---------------------------------------------------------------- child process side
+# build the inventory -> connect -> plan -> execute -> collect each host's result
 
-    monkey.patch_all()
 
-    import importlib
-    import logging
+UNREACHABLE = "cannot connect over ssh (host down, wrong key or address?)"
 
-    from gevent.pool import Pool
-    from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.connect import connect_all, disconnect_all
-    from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.operations import run_ops
-    from pyinfra.context import ctx_host, ctx_state
-    from pyinfra.facts.server import Command
 
-    names = _record_operation_names()
-    _cache_facts_until_a_change()
-    timer = _PhaseTimer()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
-    req = json.loads(sys.stdin.read())
-    reply: dict = {"hosts": {}, "error": None}
-    groups = {g: [(name, data) for name, data in hosts] for g, hosts in req["groups"].items()}
+def select_hosts(groups: Groups, limit: list[str] | None) -> dict[str, dict]:
+    """Host name -> its data merged over every group it is in, for the hosts the run covers:
+    all of them, or those ``limit`` names (a group or a host)."""
     everyone: dict[str, dict] = {}
     for hosts in groups.values():
         for name, data in hosts:
             everyone.setdefault(name, {}).update(data)
-    limit = req["limit"]
-    if limit:
-        chosen = {h for g in limit for h, _ in groups.get(g, [])} | {
-            n for n in limit if n in everyone
-        }
-        unknown = [n for n in limit if n not in groups and n not in everyone]
-        if unknown:
-            print(json.dumps({"error": f"--limit: no group or host named {', '.join(unknown)}"}))
-            return 0
-        everyone = {n: d for n, d in everyone.items() if n in chosen}
+    if not limit:
+        return everyone
+    unknown = [n for n in limit if n not in groups and n not in everyone]
+    if unknown:
+        raise UserError(f"--limit: no group or host named {', '.join(unknown)}")
+    chosen = {h for g in limit for h, _ in groups.get(g, [])} | {n for n in limit if n in everyone}
+    return {n: d for n, d in everyone.items() if n in chosen}
+
+
+def _build_state(request: RunRequest):
+    from pyinfra.api import Config, Inventory, State
+
+    everyone = select_hosts(request.groups, request.limit)
     inventory = Inventory(
-        (list(everyone.items()), dict(req["data"])),
-        **{g: ([(n, d) for n, d in hosts if n in everyone], {}) for g, hosts in groups.items()},
+        (list(everyone.items()), dict(request.data)),
+        **{
+            g: ([(n, d) for n, d in hosts if n in everyone], {})
+            for g, hosts in request.groups.items()
+        },
     )
-    config = Config(PARALLEL=req["parallel"] or 0, FAIL_PERCENT=None)
-    state = State(inventory, config)
-    module_name, func_name = req["deploy"].split(":")
+    return State(inventory, Config(PARALLEL=request.parallel or 0, FAIL_PERCENT=None))
+
+
+def _connect(state) -> set[str]:
+    """Connect to every host; returns the names of those that could not be reached."""
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.exceptions import PyinfraError
+
+    try:
+        connect_all(state)
+    except PyinfraError:
+        pass  # "No hosts remaining": each host is reported as unreachable below
+    return {host.name for host in state.failed_hosts}
+
+
+def _plan_and_execute(state, deploy: str, dry_run: bool, timer: _PhaseTimer) -> str | None:
+    """Plan ``deploy`` on every reachable host, then (unless ``dry_run``) run it; returns
+    an error that is about the run as a whole, not one host."""
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operations import run_ops
+
+    module_name, func_name = deploy.split(":")
     deploy_func = getattr(importlib.import_module(module_name), func_name)
     try:
-        timer.mark()
-        connect_all(state)
-        timer.mark("connect")
-        for host in inventory:
-            reply["hosts"][host.name] = {"ops": [], "error": None, "facts": {}}
-        for host in state.failed_hosts:
-            reply["hosts"][host.name]["error"] = (
-                "cannot connect over ssh (host down, wrong key or address?)"
-            )
-        _plan_in_parallel(state, deploy_func)
+        timer.slowest(pyinfra_internals.plan_in_parallel(state, deploy_func))
         timer.mark("plan")
-        if not req["dry_run"]:
+        if not dry_run:
             run_ops(state)
             timer.mark("run")
     except PyinfraError as exc:
-        # "No hosts remaining": every host failed; the per-host results below say where
+        # "No hosts remaining": every host failed; the per-host results say where
         if not state.failed_hosts:
-            reply["error"] = f"pyinfra: {exc}"
-    for host in inventory:
-        entry = reply["hosts"][host.name]
-        if host in state.failed_hosts and entry["error"] is None:
-            entry["error"] = "an operation failed on this host"
-        for op_hash in state.get_op_order():
-            host_op = state.ops[host].get(op_hash)
-            if host_op is None:
-                continue
-            meta = host_op.operation_meta
-            name = names.get((host.name, op_hash), op_hash)
-            if req["dry_run"]:
-                with ctx_state.use(state), ctx_host.use(host):
-                    would = bool(meta.will_change) and _conditions_hold(host_op)
-                entry["ops"].append({"name": name, "changed": would, "success": True})
-            elif meta.is_complete():
-                entry["ops"].append(
-                    {"name": name, "changed": meta.did_change(), "success": meta.did_succeed()}
-                )
-        failed_ops = [op["name"] for op in entry["ops"] if not op["success"]]
-        if failed_ops and entry["error"] in (None, "an operation failed on this host"):
-            entry["error"] = f"failed at: {failed_ops[0]} (its output is above)"
+            return f"pyinfra: {exc}"
+    return None
 
-    def read_host_facts(host) -> None:
+
+def _host_result(state, host, names: dict, dry_run: bool) -> HostResult:
+    ops = []
+    for op_hash, host_op in pyinfra_internals.planned_operations(state, host):
+        name = names.get((host.name, op_hash), op_hash)
+        if dry_run:
+            ops.append(OpResult(name, pyinfra_internals.would_change(state, host, host_op), True))
+        elif host_op.operation_meta.is_complete():
+            meta = host_op.operation_meta
+            ops.append(OpResult(name, meta.did_change(), meta.did_succeed()))
+    failed = [op.name for op in ops if not op.success]
+    error = None
+    if failed:
+        error = f"failed at: {failed[0]} (its output is above)"
+    elif host in state.failed_hosts:
+        error = "an operation failed on this host"
+    return HostResult(host.name, ops, error)
+
+
+def _read_host_facts(state, results: dict[str, HostResult], facts: dict[str, str]) -> None:
+    """Read ``facts`` on every host that did not fail, all hosts at once."""
+    from gevent.pool import Pool
+    from pyinfra.facts.server import Command
+
+    def read(host) -> None:
         if host not in state.failed_hosts:
-            for label, command in req["facts"].items():
-                reply["hosts"][host.name]["facts"][label] = (
+            for label, command in facts.items():
+                results[host.name].facts[label] = (
                     host.get_fact(Command, command, _sudo=True, _ignore_errors=True) or ""
                 )
 
-    if req["facts"]:
-        Pool(len(reply["hosts"]) or 1).map(read_host_facts, list(inventory))
+    hosts = list(state.inventory)
+    Pool(len(hosts) or 1).map(read, hosts)
+
+
+def _child(request: RunRequest) -> dict:
+    """The run, in this (gevent-patched) process; returns the reply for the parent."""
+    from pyinfra.api.connect import disconnect_all
+
+    names = pyinfra_internals.install()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    timer = _PhaseTimer()
+    state = _build_state(request)
+    unreachable = _connect(state)
+    timer.mark("connect")
+    error = None
+    if len(unreachable) < len(state.inventory):
+        error = _plan_and_execute(state, request.deploy, request.dry_run, timer)
+    results = {
+        host.name: HostResult(host.name, error=UNREACHABLE)
+        if host.name in unreachable
+        else _host_result(state, host, names, request.dry_run)
+        for host in state.inventory
+    }
+    if request.facts:
+        _read_host_facts(state, results, request.facts)
     timer.mark("facts")
     disconnect_all(state)
     timer.report()
-    print(json.dumps(reply))
-    return 0
-
-
-def _cache_facts_until_a_change() -> None:
-    """Read each fact once per host until that host runs a command that may change it.
-
-    pyinfra 3 caches no fact: every ``get_fact`` is a remote command, and each operation's
-    generator runs twice (planning, then execution), so a no-op run read everything twice
-    (including a Django start for ``installer_state``). A host's cache is dropped as soon as
-    it runs anything that is not a fact (an operation's command or upload): what an
-    operation reads at execution after an earlier change is read afresh.
-    """
-    import copy
-    from collections import Counter
-
-    import pyinfra.api.facts as facts_module
-    from gevent.event import AsyncResult
-    from pyinfra.api.host import Host
-
-    read_fact = facts_module._get_fact
-    cache: dict[int, dict] = {}
-    reading: Counter = Counter()  # reads in flight per host (a prefetch runs beside the plan)
-
-    def cached_get_fact(state, host, cls, args=None, kwargs=None, *rest, **more):
-        key = (cls, repr(args), repr(sorted((kwargs or {}).items())))
-        per_host = cache.setdefault(id(host), {})
-        entry = per_host.get(key)
-        if entry is None:
-            entry = per_host[key] = AsyncResult()
-            reading[id(host)] += 1
-            try:
-                entry.set(read_fact(state, host, cls, args, kwargs, *rest, **more))
-            except BaseException as exc:
-                per_host.pop(key, None)
-                entry.set_exception(exc)
-                raise
-            finally:
-                reading[id(host)] -= 1
-        return copy.deepcopy(entry.get())
-
-    def forgetting(method):
-        def run(self, *args, **kwargs):
-            if not reading[id(self)]:
-                cache.pop(id(self), None)
-            return method(self, *args, **kwargs)
-
-        return run
-
-    facts_module._get_fact = cached_get_fact
-    for name in ("run_shell_command", "put_file", "get_file"):
-        setattr(Host, name, forgetting(getattr(Host, name)))
-
-
-def _plan_in_parallel(state, deploy_func) -> None:
-    """pyinfra's ``add_deploy``, but every host plans at once (one greenlet each).
-
-    Planning reads facts over SSH; ``add_deploy`` does it host after host, so a no-op run
-    grew linearly with the fleet. It is safe to interleave: the current host is
-    greenlet-local in pyinfra's context, and in API mode each host numbers its own
-    operations (``len(host.op_hash_order)``), whatever order the hosts plan in.
-    """
-    import os
-    import time
-
-    from gevent.pool import Pool
-    from pyinfra.context import ctx_host, ctx_state
-
-    took: dict[str, float] = {}
-
-    def plan(host) -> None:
-        started = time.monotonic()
-        with ctx_host.use(host):
-            deploy_func()
-        took[host.name] = time.monotonic() - started
-
-    hosts = list(state.inventory.get_active_hosts())
-    with ctx_state.use(state):
-        Pool(max(len(hosts), 1)).map(plan, hosts)
-    if os.environ.get("CMDOP_INSTALL_PROFILE") == "1" and took:
-        slowest = sorted(took.items(), key=lambda kv: -kv[1])[:3]
-        print(
-            "planning, slowest hosts: " + ", ".join(f"{n} {s:.1f}s" for n, s in slowest),
-            file=sys.stderr,
-        )
+    return {"hosts": {name: asdict(result) for name, result in results.items()}, "error": error}
 
 
 class _PhaseTimer:
-    """With CMDOP_INSTALL_PROFILE=1, seconds per phase (connect, plan, run, facts) on stderr."""
+    """With CMDOP_INSTALL_PROFILE=1, seconds per phase (connect, plan, run, facts) and the
+    slowest hosts to plan, on stderr."""
 
     def __init__(self) -> None:
-        import os
-        import time
-
         self.enabled = os.environ.get("CMDOP_INSTALL_PROFILE") == "1"
         self.clock = time.monotonic
         self.last = self.clock()
         self.phases: list[str] = []
 
-    def mark(self, phase: str | None = None) -> None:
+    def mark(self, phase: str) -> None:
         now = self.clock()
-        if phase:
-            self.phases.append(f"{phase} {now - self.last:.1f}s")
+        self.phases.append(f"{phase} {now - self.last:.1f}s")
         self.last = now
+
+    def slowest(self, took: dict[str, float]) -> None:
+        if self.enabled and took:
+            slowest = sorted(took.items(), key=lambda kv: -kv[1])[:3]
+            print(
+                "planning, slowest hosts: " + ", ".join(f"{n} {s:.1f}s" for n, s in slowest),
+                file=sys.stderr,
+            )
 
     def report(self) -> None:
         if self.enabled:
             print("pyinfra phases: " + ", ".join(self.phases), file=sys.stderr)
 
 
-def _record_operation_names() -> dict[tuple[str, str], str]:
-    """Each host's own name for each of its operations.
-
-    In API mode pyinfra orders a host's operations by position, so the Nth operation of
-    every host shares one hash and ``state.op_meta`` merges their names; hosts with
-    different roles run different operations at the same position. The names are
-    recorded per host where pyinfra assigns the hash.
-    """
-    import importlib
-
-    # the module, not the `operation` decorator that pyinfra.api re-exports under that name;
-    # Any, because we replace one of its functions and ModuleType declares none
-    operation_module: Any = importlib.import_module("pyinfra.api.operation")
-
-    names: dict[tuple[str, str], str] = {}
-    assign = operation_module.solve_operation_consistency
-
-    def recording(op_names, state, host):
-        op_order, op_hash = assign(op_names, state, host)
-        names[(host.name, op_hash)] = ", ".join(sorted(op_names))
-        return op_order, op_hash
-
-    operation_module.solve_operation_consistency = recording
-    return names
-
-
-def _conditions_hold(host_op) -> bool:
-    """Dry run: an operation guarded by ``_if`` runs only if its conditions would hold.
-
-    Our conditions look at what earlier operations *will* change; pyinfra's own
-    ``op.did_change`` cannot answer before a run, so it counts as "would run"."""
-    conditions = host_op.global_arguments.get("_if")
-    if not conditions:
-        return True
-    try:
-        return all(c() for c in (conditions if isinstance(conditions, list) else [conditions]))
-    except RuntimeError:
-        return True
-
-
 def _child_main() -> int:
     """The child never shows a traceback (it could quote operator data): one line instead."""
-    import os
+    from gevent import monkey
 
+    monkey.patch_all()
     try:
-        return _child()
+        reply = _child(RunRequest.from_json(sys.stdin.read()))
+    except UserError as exc:
+        reply = {"error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - reported as one line, with details on request
         if os.environ.get("CMDOP_INSTALL_DEBUG") == "1":
             raise
-        print(
-            json.dumps(
-                {
-                    "error": f"deploy code failed: {type(exc).__name__}: {exc} "
-                    "(rerun with CMDOP_INSTALL_DEBUG=1 for the traceback)"
-                }
-            )
-        )
-        return 0
+        reply = {
+            "error": f"deploy code failed: {type(exc).__name__}: {exc} "
+            "(rerun with CMDOP_INSTALL_DEBUG=1 for the traceback)"
+        }
+    print(json.dumps(reply))
+    return 0
 
 
 if __name__ == "__main__":
