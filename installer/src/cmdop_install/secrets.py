@@ -1,8 +1,16 @@
 """The secrets store: the ONE module that reads or writes secret values.
 
 ``secrets.enc`` in the site folder holds every generated secret, encrypted with
-AES-256-GCM (``cryptography``). Layout: ``MAGIC | 12-byte nonce | ciphertext+tag``; the
-plaintext is JSON ``{"version": 1, "secrets": {name: {"value", "created", "source"}}}``.
+AES-256-GCM (``cryptography``). Layout (format 2)::
+
+    CMDOPSEC2\n | key check (16) | nonce (12) | ciphertext+tag | SHA-256 of all before (32)
+
+The key check is derived from the key (HKDF, its own label), so a wrong key is told apart
+from a damaged file: the digest catches accidental damage without any key; a right key
+check with a failing GCM tag means the content was modified. The plaintext is JSON
+``{"version": 1, "secrets": {name: {"value", "created", "source"}}}``. Format 1 files
+(``CMDOPSEC1\n | nonce | ciphertext+tag``, no key check) are still read, and the next
+save (``init``, ``secrets set``) writes them as format 2.
 
 The 32-byte key comes from ``CMDOP_INSTALL_KEY`` (base64) or from the key file named by
 ``[site] key_file`` — by default under ``~/.config/cmdop-install/keys/``, i.e. OUTSIDE the
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -39,8 +49,15 @@ from cmdop_install.fsutil import make_dir, write_atomic
 
 SECRETS_FILE = "secrets.enc"
 KEY_ENV = "CMDOP_INSTALL_KEY"
-MAGIC = b"CMDOPSEC1\n"
-_AAD = b"cmdop-install secrets.enc v1"
+MAGIC = b"CMDOPSEC2\n"
+_MAGIC_V1 = b"CMDOPSEC1\n"
+_AAD_V1 = b"cmdop-install secrets.enc v1"
+_KEY_CHECK_BYTES = 16
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+_DIGEST_BYTES = 32
+_RESTORE = "restore it from a backup"
+_KEY_FORMAT = "one line of base64 encoding 32 bytes, as `cmdop-install init` writes it"
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,11 @@ SPECS: dict[str, SecretSpec] = {
 }
 _GENERATED_BYTES = 48  # 384 bits; 64 url-safe characters
 _ALLOWED = re.compile(r"^[A-Za-z0-9!#$%&()*+,\-./:;<=>?@\[\]^_{|}~]+$")
+
+
+def _derive(key: bytes, label: bytes) -> bytes:
+    """32 bytes for one purpose, derived from the secrets key (HKDF-SHA256, label as info)."""
+    return HKDF(hashes.SHA256(), 32, salt=None, info=label).derive(key)
 
 
 def _now() -> str:
@@ -104,7 +126,7 @@ def _decode_key(text: str, source: str) -> bytes:
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != 32:
-        raise UserError(f"{source}: not a key (must be 32 bytes, base64-encoded)")
+        raise UserError(f"{source}: not a key (expected {_KEY_FORMAT})")
     return key
 
 
@@ -121,9 +143,15 @@ def resolve_key(key_file: str, create: bool = False) -> tuple[bytes, str]:
             mode = path.stat().st_mode
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
                 raise UserError(f"{path}: key file is accessible by others (chmod 600 {path})")
-            return _decode_key(path.read_text(), str(path)), str(path)
+            raw = path.read_bytes()
         except OSError as exc:
             raise UserError(f"{path}: cannot read key file ({exc.strerror})") from None
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not a key file: it holds binary data "
+                            f"(expected {_KEY_FORMAT})") from None
+        return _decode_key(text, str(path)), str(path)
     if not create:
         raise UserError(f"no secrets key: {path} does not exist (restore it or set {KEY_ENV})")
     make_dir(path.parent, 0o700)
@@ -138,9 +166,9 @@ class SecretStore:
     def __init__(self, site_dir: Path, key: bytes, key_source: str) -> None:
         self.path = Path(site_dir) / SECRETS_FILE
         self._aead = AESGCM(key)
-        self._pki_passphrase = base64.b64encode(HKDF(
-            hashes.SHA256(), 32, salt=None, info=b"cmdop-install pki private keys v1",
-        ).derive(key))
+        self._pki_passphrase = base64.b64encode(_derive(key, b"cmdop-install pki private keys v1"))
+        self._key_check = _derive(key, b"cmdop-install secrets.enc key check v2")[
+            :_KEY_CHECK_BYTES]
         self.key_source = key_source
         self._entries: dict[str, dict[str, str]] = {}
         self._dirty = False
@@ -156,24 +184,60 @@ class SecretStore:
 
     def _read(self) -> dict[str, dict[str, str]]:
         blob = self.path.read_bytes()
-        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 12 + 16:
-            raise UserError(f"cannot decrypt {SECRETS_FILE}: not a cmdop-install secrets file")
-        nonce = blob[len(MAGIC): len(MAGIC) + 12]
+        if blob.startswith(_MAGIC_V1):
+            plain = self._decrypt_v1(blob)
+            self._dirty = True  # the next save writes format 2
+        elif blob.startswith(MAGIC):
+            plain = self._decrypt(blob)
+        else:
+            raise UserError(f"{SECRETS_FILE}: damaged or not a cmdop-install secrets file "
+                            f"(unknown header; {_RESTORE})")
         try:
-            plain = self._aead.decrypt(nonce, blob[len(MAGIC) + 12:], _AAD)
+            return json.loads(plain)["secrets"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{SECRETS_FILE}: decrypted but not a secrets document "
+                            f"({_RESTORE})") from None
+
+    def _decrypt(self, blob: bytes) -> bytes:
+        body, digest = blob[:-_DIGEST_BYTES], blob[-_DIGEST_BYTES:]
+        header_end = len(MAGIC) + _KEY_CHECK_BYTES
+        sealed_start = header_end + _NONCE_BYTES
+        if len(body) < sealed_start + _TAG_BYTES or not hmac.compare_digest(
+                hashlib.sha256(body).digest(), digest):
+            raise UserError(f"{SECRETS_FILE}: damaged: its checksum does not match (truncated "
+                            f"or changed on disk; {_RESTORE})")
+        if not hmac.compare_digest(body[len(MAGIC): header_end], self._key_check):
+            raise UserError(f"cannot decrypt {SECRETS_FILE}: wrong key ({self._key_hint()})")
+        try:
+            return self._aead.decrypt(
+                body[header_end:sealed_start], body[sealed_start:], body[:header_end])
         except InvalidTag:
-            hint = KEY_ENV if self.key_source == KEY_ENV else f"{KEY_ENV} or {self.key_source}"
-            raise UserError(f"cannot decrypt {SECRETS_FILE}: wrong key ({hint})") from None
-        return json.loads(plain)["secrets"]
+            raise UserError(f"{SECRETS_FILE}: modified: the key is right but the content does "
+                            f"not authenticate ({_RESTORE})") from None
+
+    def _decrypt_v1(self, blob: bytes) -> bytes:
+        if len(blob) < len(_MAGIC_V1) + _NONCE_BYTES + _TAG_BYTES:
+            raise UserError(f"{SECRETS_FILE}: damaged (truncated; {_RESTORE})")
+        nonce = blob[len(_MAGIC_V1): len(_MAGIC_V1) + _NONCE_BYTES]
+        try:
+            return self._aead.decrypt(nonce, blob[len(_MAGIC_V1) + _NONCE_BYTES:], _AAD_V1)
+        except InvalidTag:
+            raise UserError(
+                f"cannot decrypt {SECRETS_FILE}: wrong key ({self._key_hint()}) or a damaged "
+                "file; this format 1 file carries no key check to tell which") from None
+
+    def _key_hint(self) -> str:
+        return KEY_ENV if self.key_source == KEY_ENV else f"{KEY_ENV} or {self.key_source}"
 
     def save(self) -> bool:
         """Encrypt and write atomically (0600) if anything changed; True when written."""
         if not self._dirty:
             return False
         plain = json.dumps({"version": 1, "secrets": self._entries}, sort_keys=True).encode()
-        nonce = os.urandom(12)
-        blob = MAGIC + nonce + self._aead.encrypt(nonce, plain, _AAD)
-        write_atomic(self.path, blob, 0o600)
+        header = MAGIC + self._key_check
+        nonce = os.urandom(_NONCE_BYTES)
+        body = header + nonce + self._aead.encrypt(nonce, plain, header)
+        write_atomic(self.path, body + hashlib.sha256(body).digest(), 0o600)
         self._dirty = False
         return True
 
