@@ -4,6 +4,7 @@ import base64
 import time
 
 import pytest
+from cmdop_agent import pty_session
 from cmdop_agent.config import Limits
 from cmdop_agent.pty_session import (
     MIN_THROTTLED_READ,
@@ -11,6 +12,8 @@ from cmdop_agent.pty_session import (
     TokenBucket,
 )
 from cmdop_agent.runtime import Outbox
+
+from tests.support.control_plane import until
 
 pytestmark = pytest.mark.integration
 
@@ -51,26 +54,37 @@ def test_echo_and_resize(manager) -> None:
     wait_for(box, "s", b"30 100")
 
 
-def test_runaway_output_stops_at_the_buffer_cap(manager) -> None:
+def test_runaway_output_stops_at_the_buffer_cap_and_drains_at_the_rate_cap(
+        manager, monkeypatch) -> None:
+    """The rate cap runs on a clock the test moves, so what the reader may have read is
+    known exactly at every step: no wall-clock window to measure on a busy machine."""
     mgr, box = manager
+    now = [0.0]
+    monkeypatch.setattr(pty_session, "TokenBucket",
+                        lambda rate, burst: TokenBucket(rate, burst, clock=lambda: now[0]))
     session = mgr.open("y", 80, 24)
+    burst, rate, cap = 64 * 1024, 200_000, 32 * 1024  # the fixture's limits
+
+    def allowed() -> float:
+        return burst + rate * now[0]
+
     session.write(b"yes\n")
-    # nothing is confirmed by a control plane: the reader fills the cap, then stops
-    deadline = time.monotonic() + 20
-    while box.pending_output("y") < 32 * 1024 - MIN_THROTTLED_READ:
-        assert time.monotonic() < deadline, "the buffer did not fill"
-        time.sleep(0.02)
-    first = session.bytes_out
-    time.sleep(0.5)
-    assert session.bytes_out == first  # stopped for good: `yes` is blocked on the PTY
-    assert box.pending_output("y") <= 32 * 1024
-    # draining resumes reading, at no more than the rate cap
-    start, t0 = session.bytes_out, time.monotonic()
-    while time.monotonic() - t0 < 2.0:
-        box.confirm(10**9)
-        time.sleep(0.01)
-    rate = (session.bytes_out - start) / (time.monotonic() - t0)
-    assert 50_000 < rate <= 200_000 * 1.1 + 64 * 1024 / 2
+    # nothing is confirmed by a control plane: the reader fills the buffer cap, then stops
+    until(lambda: box.pending_output("y") >= cap - MIN_THROTTLED_READ, what="a full buffer")
+    assert box.pending_output("y") <= cap
+    # draining resumes reading, but never past what the bucket has granted; each step
+    # grants 12,500 bytes (1/16 s of the rate cap, exact in binary)
+    for _ in range(8):
+        now[0] += 1 / 16
+
+        def drained() -> bool:
+            box.confirm(10**9)
+            return session.bytes_out > allowed() - session.min_read
+
+        until(drained, what=f"the reader to use its grant ({allowed():.0f} bytes)",
+              interval=0.01)
+        assert session.bytes_out <= allowed()
+        assert box.pending_output("y") <= cap
     session.write(b"\x03")
 
 
