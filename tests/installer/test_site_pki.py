@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cmdop_install import pki
-from cmdop_install.check import check_site
+from cmdop_install.check import check_site as _check_site
 from cmdop_install.errors import UserError
 from cmdop_install.inventory import load_inventory
 from cmdop_install.secrets import SecretStore
 from cmdop_install.site import load_site
+from cmdop_install.sitedir import SiteDir
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,6 +26,10 @@ pytestmark = pytest.mark.unit
 def site_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
     return make_site(tmp_path / "site")
+
+
+def check_site(site_dir):
+    return _check_site(SiteDir.load(site_dir))
 
 
 def _passphrase(site_dir):
@@ -99,9 +104,9 @@ def test_expiring_leaf_is_warned_by_check_and_reissued_by_init(site_dir):
     findings = check_site(site_dir)
     assert [f for f in findings if "redis-node1" in f] == [
         f"warning: pki/redis-node1.crt: expires in 9 days "
-        f"({cert.not_valid_after_utc:%Y-%m-%d}; run `cmdop-install init`)"]
+        f"({cert.not_valid_after_utc:%Y-%m-%d}; render and deploy reissue it, as does init)"]
     assert pki.ensure_pki(site_dir, site, inventory, _passphrase(site_dir)) == ["redis-node1"]
-    assert pki.expiry_findings(site_dir, site, inventory) == []
+    assert pki.certificate_findings(site_dir, site, inventory) == []
 
 
 def test_lost_ca_key_is_an_error_not_a_silent_new_ca(site_dir):

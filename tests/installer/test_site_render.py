@@ -211,7 +211,10 @@ def test_cli_check_reports_findings_one_per_line_and_exits_1(tmp_path, monkeypat
     (site / "inventory.py").write_text(inv)
     assert main(["check", str(site)]) == 1
     stdout, stderr = capsys.readouterr()
-    assert stdout == "inventory.py: redis: no host (add one, e.g. redis = [_node1])\n"
+    assert stdout == (
+        "inventory.py: redis: no host (add one, e.g. redis = [_node1])\n"
+        "warning: pki/redis-node1.crt: inventory.py no longer needs it (a removed host or role: "
+        "delete pki/redis-node1.crt and .key)\n")
     assert stderr == "cmdop-install: error: check: 1 problem(s) found\n"
 
 

@@ -12,8 +12,9 @@ import subprocess
 import sys
 
 import pytest
-from cmdop_install.render import render_site
+from cmdop_install.render_folder import render_site
 from cmdop_install.secrets import SecretStore
+from cmdop_install.sitedir import SiteDir
 
 from tests.support.sites import TEST_KEY, make_site
 
@@ -45,7 +46,7 @@ def test_production_settings_read_our_rendered_files(tmp_path, monkeypatch):
     monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
     site = make_site(tmp_path / "site", {"rate_limits.auth_per_minute": 7,
                                          "postgres.active_role": "green"})
-    render_site(site, tmp_path / "out", "node1")
+    render_site(SiteDir.load(site), tmp_path / "out", "node1")
     secrets = SecretStore.open(site, "").values()
     etc = tmp_path / "out/node1/etc/cmdop"
     env = {**os.environ, "CMDOP_SERVER_TOML": str(etc / "server.toml"),

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from cmdop_install.deploy import deploy_site
 from cmdop_install.lab import core
+from cmdop_install.sitedir import SiteDir
 
 from tests.lab.conftest import AGENT_HOSTS, NORMAL_HOSTS
 from tests.lab.helpers import cli, lab_ssh
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.lab
 def test_first_deploy_converges_and_second_changes_nothing(site) -> None:
     assert f"change(s) on {len(NORMAL_HOSTS)} host(s)" in site.first.stdout
     assert not site.first.stdout.startswith("0 change")
-    again = deploy_site(site.dir)
+    again = deploy_site(SiteDir.load(site.dir))
     assert again.failed == []
     changed = {h.name: [o.name for o in h.ops if o.changed] for h in again.hosts.values()}
     assert sum(map(len, changed.values())) == 0, f"a rerun changed: {changed}"
@@ -338,7 +339,7 @@ def test_a_host_failing_mid_deploy_leaves_the_others_consistent_and_a_rerun_comp
     for name in NORMAL_HOSTS:
         if name != "host4":
             assert f"{name}: 0 changed" in rerun.stdout.splitlines(), rerun.stdout
-    again = deploy_site(site.dir)
+    again = deploy_site(SiteDir.load(site.dir))
     assert again.failed == [] and again.changes == 0
     active = lab_ssh(lab, "host4", f"systemctl is-active cmdop-agent; sudo stat -c %a {config}")
     assert active.stdout.split() == ["active", "600"], active.stdout

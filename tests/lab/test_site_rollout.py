@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cmdop_install.deploy import deploy_site
+from cmdop_install.sitedir import SiteDir
 
 from tests.lab.conftest import AGENT_HOSTS
 from tests.lab.helpers import cli, lab_ssh
@@ -100,7 +101,7 @@ def test_rollout_stops_at_a_failing_host_rolls_it_back_and_resumes(lab, site, tm
     assert json.loads((site.dir / "rollout.json").read_text())["status"] == "complete"
 
     # a deploy leaves versions to the rollout: nothing changes
-    again = deploy_site(site.dir)
+    again = deploy_site(SiteDir.load(site.dir))
     assert again.failed == [] and again.changes == 0, {
         h.name: [o.name for o in h.ops if o.changed] for h in again.hosts.values()
     }

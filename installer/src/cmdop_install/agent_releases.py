@@ -18,6 +18,10 @@ from cmdop_install import wheelhouse
 from cmdop_install.errors import UserError
 
 RELEASES_DIR = "agent-releases"
+# on each agent host: releases/<version>/venv, and the links current and previous to them
+AGENT_ROOT = "/opt/cmdop-agent"
+# prints the host's current release (its version), or nothing when it has no agent yet
+CURRENT_RELEASE_COMMAND = f'basename "$(readlink {AGENT_ROOT}/current)" 2>/dev/null || true'
 VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(?:[.+-]?[A-Za-z0-9.]+)?$")
 WHEEL_RE = re.compile(r"^cmdop_agent-(?P<version>[^-]+)-py3-none-any\.whl$")
 

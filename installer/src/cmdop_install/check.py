@@ -13,37 +13,55 @@ import re
 from pathlib import Path
 
 from cmdop_install import pki
-from cmdop_install.inventory import GROUPS, INVENTORY_FILE, Inventory, load_inventory
-from cmdop_install.render import MANAGED, PemFiles, RenderedFile, render_host
-from cmdop_install.secrets import SPECS, SecretStore
-from cmdop_install.site import Site, load_site
+from cmdop_install.errors import UserError
+from cmdop_install.inventory import GROUPS, INVENTORY_FILE, Inventory
+from cmdop_install.render import MANAGED, RenderedFile
+from cmdop_install.secrets import SPECS
+from cmdop_install.site import Site
+from cmdop_install.sitedir import SiteDir
 
 REQUIRED_GROUPS = ("postgres", "redis", "control_plane")
+# pyinfra host data that would run our operations as another user than root or the SSH user
+UNSUPPORTED_ESCALATION = {"_sudo_user", "_su_user", "_doas", "_doas_user"}
 _ALL_INTERFACES = ("*", "0.0.0.0", "::", "-::*", "")  # noqa: S104 - what we look for
 
 
-def check_site(site_dir: Path) -> list[str]:
-    site = load_site(site_dir)
-    inventory = load_inventory(site_dir)
-    findings = check_inventory(site, inventory)
-    if site.centrifugo_enabled and not Path(site["centrifugo"]["binary"]).is_file():
-        findings.append(f"site.toml: centrifugo.binary: {site['centrifugo']['binary']} does "
+def check_site(site: SiteDir) -> list[str]:
+    config, inventory = site.config, site.inventory
+    findings = check_inventory(config, inventory)
+    if config.centrifugo_enabled and not Path(config["centrifugo"]["binary"]).is_file():
+        findings.append(f"site.toml: centrifugo.binary: {config['centrifugo']['binary']} does "
                         "not exist (point it at a centrifugo v6 binary or set \"\")")
-    store = SecretStore.open(site_dir, site["site"]["key_file"])
-    missing = [row["name"] for row in store.listing() if row["source"] == "-"]
+    missing = [row["name"] for row in site.store.listing() if row["source"] == "-"]
     if missing:
         findings.append(f"secrets.enc: missing {', '.join(missing)} (run `cmdop-install init`)")
         return findings
-    findings += pki.public_tls_expiry(site)
-    for line in pki.expiry_findings(site_dir, site, inventory):
-        findings.append(line if "missing" in line else f"warning: {line}")
+    findings += pki.public_tls_expiry(config)
+    findings += pki.certificate_findings(site.path, config, inventory)
     if any(f.startswith(("pki/", INVENTORY_FILE)) for f in findings):
-        return findings  # rendering needs a consistent inventory and every certificate
-    secrets = store.values()
-    pem = PemFiles(site_dir, store.pki_passphrase())
+        return findings  # rendering needs a consistent inventory and the site CA
+    waiting = {spec.host for spec in pki.leaf_specs(config, inventory)
+               if not pki.is_issued(site.path, spec.name)}
     for host in inventory.hosts():
-        files = render_host(site, inventory, host.name, secrets, pem)
-        findings += [f"{host.name}:{line}" for line in lint_files(files, secrets)]
+        if host.name in waiting:
+            findings.append(f"warning: {host.name}: its files are linted once its certificates "
+                            "are issued (`cmdop-install render` or `deploy` issue them)")
+            continue
+        findings += [f"{host.name}:{line}" for line in lint_files(site.files(host.name),
+                                                                  site.secrets)]
+    return findings
+
+
+def refuse_on_problems(site: SiteDir, what: str) -> list[str]:
+    """``check`` before anything is ``what`` ("deployed", "rendered"): any problem stops it,
+    with the first one named. Returns the findings (warnings only, then)."""
+    findings = check_site(site)
+    problems = [f for f in findings if not f.startswith("warning:")]
+    if problems:
+        raise UserError(
+            f"`cmdop-install check {site.path}` found {len(problems)} problem(s), nothing was "
+            f"{what}; first: {problems[0]}"
+        )
     return findings
 
 
@@ -85,6 +103,10 @@ def check_inventory(site: Site, inventory: Inventory) -> list[str]:
             if owner != host.name:
                 findings.append(f"{INVENTORY_FILE}: {owner} and {host.name} share the address "
                                 f"{address} (one host, one name: merge them)")
+    for host in inventory.hosts():
+        for key in sorted(UNSUPPORTED_ESCALATION & host.data.keys()):
+            findings.append(f"{INVENTORY_FILE}: {host.name}: {key} is not supported (cmdop-install "
+                            "runs as the SSH user and uses sudo where it needs root: remove it)")
     for host in inventory.groups["redis"]:
         if not host.address_is_ip:
             findings.append(f"{INVENTORY_FILE}: redis: {host.name}: address {host.address} is "

@@ -9,13 +9,8 @@ import click
 
 from cmdop_install import __version__
 from cmdop_install.commands import ALL as SITE_COMMANDS
-from cmdop_install.demo import demo_command
-from cmdop_install.deploy import deploy_command
 from cmdop_install.errors import UserError
 from cmdop_install.lab.cli import lab
-from cmdop_install.rollout import agents
-from cmdop_install.status import status_command
-from cmdop_install.uninstall import uninstall_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,11 +20,6 @@ def cli() -> None:
 
 
 cli.add_command(lab)
-cli.add_command(demo_command)
-cli.add_command(deploy_command)
-cli.add_command(status_command)
-cli.add_command(agents)
-cli.add_command(uninstall_command)
 for _command in SITE_COMMANDS:
     cli.add_command(_command)
 

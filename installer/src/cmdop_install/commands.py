@@ -1,16 +1,22 @@
-"""The site commands: init, secrets, render, check. Thin: each calls one module."""
+"""The site commands. Thin: each loads the site once (``SiteDir``) and calls one module.
+
+The modules are imported inside each command, so that ``cmdop-install --help`` and every
+other command start without loading what they do not use (pyinfra, gevent, jinja2,
+cryptography).
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import click
 
+from cmdop_install import options
 from cmdop_install.errors import UserError
 
-site_dir_arg = click.argument(
-    "site_dir", type=click.Path(file_okay=False, path_type=Path), metavar="SITE_DIR")
+site_dir_arg = options.site_dir_arg
 
 
 @click.command()
@@ -44,11 +50,9 @@ def secrets() -> None:
 
 
 def _store(site_dir: Path):
-    from cmdop_install.secrets import SecretStore
-    from cmdop_install.site import load_site
+    from cmdop_install.sitedir import SiteDir
 
-    site = load_site(site_dir)
-    return SecretStore.open(site_dir, site["site"]["key_file"])
+    return SiteDir.load(site_dir).store
 
 
 @secrets.command("list")
@@ -92,12 +96,19 @@ def secrets_set(site_dir: Path, name: str) -> None:
 @site_dir_arg
 @click.option("--host", default=None, help="Render one host only (its inventory name).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder: OUT/<host>/<path> plus OUT/manifest.json.")
+              help="Output folder: OUT/<host>/<path> plus OUT/manifest.json (replaced whole).")
 def render(site_dir: Path, host: str | None, out: Path) -> None:
-    """Write exactly the files each host would receive, and a manifest of modes/owners."""
-    from cmdop_install.render import render_site
+    """Write exactly the files each host would receive, and a manifest of modes/owners.
 
-    manifest = render_site(site_dir, out, host)
+    The site is checked first, as deploy checks it; certificates the inventory now needs
+    are issued. Nothing is written unless every file rendered.
+    """
+    from cmdop_install.render_folder import render_site
+    from cmdop_install.sitedir import SiteDir
+
+    site = SiteDir.load(site_dir)
+    _issue_certificates(site)
+    manifest = render_site(site, out, host)
     for name, files in manifest["hosts"].items():
         click.echo(f"{name}: {len(files)} files")
     click.echo(f"manifest: {out / 'manifest.json'}")
@@ -108,8 +119,9 @@ def render(site_dir: Path, host: str | None, out: Path) -> None:
 def check(site_dir: Path) -> None:
     """Validate site.toml and inventory.py and lint the rendered files; exit 1 on findings."""
     from cmdop_install.check import check_site
+    from cmdop_install.sitedir import SiteDir
 
-    findings = check_site(site_dir)
+    findings = check_site(SiteDir.load(site_dir))
     for finding in findings:
         click.echo(finding)
     if any(not f.startswith("warning:") for f in findings):
@@ -118,4 +130,196 @@ def check(site_dir: Path) -> None:
     click.echo("check: ok" + (f" ({len(findings)} warning(s))" if findings else ""))
 
 
-ALL = (init, secrets, render, check)
+def _issue_certificates(site) -> None:
+    issued = site.issue_certificates()
+    if issued:
+        click.echo(f"issued certificates: {', '.join(issued)}")
+
+
+@click.command("deploy")
+@site_dir_arg
+@options.limit
+@options.dry_run
+def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> None:
+    """Converge every host of SITE_DIR: Postgres, Redis, nginx, the control plane, the agents.
+
+    Only what differs changes; a second deploy of an unchanged site reports zero changes.
+    Certificates the inventory now needs are issued first. Secrets never appear in the
+    output.
+    """
+    from cmdop_install.deploy import deploy_site
+    from cmdop_install.sitedir import SiteDir
+
+    site = SiteDir.load(site_dir)
+    _issue_certificates(site)
+    result = deploy_site(site, limit=list(limit) or None, dry_run=dry_run)
+    click.echo(
+        "centrifugo: skipped (no binary in site.toml [centrifugo]); live output flows "
+        "through the REST cursor API"
+    )
+    for line in result.host_lines("would change" if dry_run else "changed"):
+        click.echo(line)
+    if result.failed:
+        raise UserError(
+            f"deploy failed on {', '.join(result.failed)}; fix and rerun "
+            "(the hosts that succeeded are consistent and will report no change)"
+        )
+    click.echo(
+        f"{'dry run: ' if dry_run else ''}{result.changes} change(s) on {len(result.hosts)} host(s)"
+    )
+
+
+@click.command("status")
+@site_dir_arg
+@options.as_json
+def status(site_dir: Path, as_json: bool) -> None:
+    """Per host and component: service state, version, certificates, agents online, last deploy."""
+    from cmdop_install.sitedir import SiteDir
+    from cmdop_install.status import site_status
+
+    info = site_status(SiteDir.load(site_dir))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    last = info["last_deploy"]
+    click.echo(
+        f"site {info['site']}; last deploy: "
+        + (f"{last['at']} ({last['changes']} change(s))" if last else "never")
+    )
+    for h in info["hosts"]:
+        click.echo(
+            f"{h['host']} ({h['address']})" + (f"  ERROR: {h['error']}" if "error" in h else "")
+        )
+        for c in h["components"]:
+            extra = ""
+            if "online" in c:
+                extra = "  online" if c["online"] else "  OFFLINE"
+            click.echo(f"  {c['component']:<14} {c['state']:<10} {c['version']:<22}{extra}")
+        for name, when in sorted(h["certificates"].items()):
+            click.echo(f"  cert {name:<28} expires {when}")
+
+
+@click.group()
+def agents() -> None:
+    """The agents of a site: roll out a release in batches."""
+
+
+@agents.command("rollout")
+@site_dir_arg
+@click.option("--version", default=None, help="Agent release (default: the one shipped).")
+@click.option(
+    "--batch-size",
+    default="25%",
+    show_default=True,
+    metavar="N|P%",
+    help="Hosts per batch after the canaries.",
+)
+@click.option(
+    "--canary",
+    default=1,
+    show_default=True,
+    type=int,
+    metavar="N",
+    help="Hosts upgraded first, alone; any canary failure stops the rollout.",
+)
+@click.option(
+    "--max-fail",
+    default="0",
+    show_default=True,
+    metavar="N|P%",
+    help="Failures tolerated (failed hosts are rolled back either way).",
+)
+@click.option(
+    "--health-timeout",
+    default=120,
+    show_default=True,
+    type=click.IntRange(5, 3600),
+    metavar="SECONDS",
+    help="How long an agent has to report its new version.",
+)
+def rollout(
+    site_dir: Path,
+    version: str | None,
+    batch_size: str,
+    canary: int,
+    max_fail: str,
+    health_timeout: int,
+) -> None:
+    """Install or upgrade the agents of SITE_DIR in batches, each gated on the control plane.
+
+    Failed hosts go back to their previous release; when failures exceed --max-fail the
+    rollout stops and the rest stay untouched. Rerun the same command to resume.
+    """
+    from cmdop_install.rollout import Rollout, SiteLock, summary_lines
+    from cmdop_install.sitedir import SiteDir
+
+    with SiteLock(site_dir):
+        outcome = Rollout(SiteDir.load(site_dir), click.echo, health_timeout).run(
+            version, batch_size, canary, max_fail
+        )
+    for line in summary_lines(outcome):
+        click.echo(line)
+    if outcome.stopped:
+        raise UserError(
+            f"rollout of {outcome.version} stopped: {outcome.stopped}; the hosts not reached "
+            "are untouched. Fix the cause and rerun to resume."
+        )
+    if outcome.failed:
+        raise UserError(
+            f"rollout of {outcome.version} finished with failed host(s) "
+            f"{', '.join(outcome.failed)} (rolled back); rerun to retry them"
+        )
+    click.echo(f"rollout of {outcome.version}: every agent runs it and is online")
+
+
+@click.command("uninstall")
+@site_dir_arg
+@click.option(
+    "--keep-data",
+    is_flag=True,
+    help="Keep the databases, Redis data, agent credentials and homes (deploy brings it back).",
+)
+@options.limit
+@options.yes
+def uninstall(site_dir: Path, keep_data: bool, limit: tuple[str, ...], yes: bool) -> None:
+    """Remove what deploy installed on the hosts of SITE_DIR: services, code, our files, users
+    and the Debian packages it installed; with --keep-data the data stays.
+
+    The site folder itself (secrets, certificates) stays on this machine.
+    """
+    from cmdop_install.sitedir import SiteDir
+    from cmdop_install.uninstall import uninstall_site
+
+    if not (site_dir / "site.toml").is_file():
+        raise UserError(f"{site_dir}/site.toml: no such file (is {site_dir} a site folder?)")
+    site = SiteDir.load(site_dir)
+    if not yes:
+        what = "keeping the data" if keep_data else "INCLUDING ALL DATA (databases, audit log)"
+        click.confirm(f"Uninstall CMDOP from the hosts of {site_dir}, {what}?", abort=True)
+    result = uninstall_site(site, keep_data=keep_data, limit=list(limit) or None)
+    for line in result.host_lines():
+        click.echo(line)
+    if result.failed:
+        raise UserError(f"uninstall failed on {', '.join(result.failed)}; fix and rerun")
+    kept = " (data kept: `cmdop-install deploy` brings the site back)" if keep_data else ""
+    click.echo(f"uninstalled from {len(result.hosts)} host(s){kept}")
+
+
+@click.command("demo")
+@click.option("--name", default="demo", show_default=True, help="Name of the demo lab.")
+@click.option(
+    "--site",
+    "site_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("sites/demo"),
+    show_default=True,
+    help="Where the demo site lives.",
+)
+def demo(name: str, site_dir: Path) -> None:
+    """Deploy a whole CMDOP site onto three local lab hosts and prove it works."""
+    from cmdop_install.demo import run
+
+    run(name, site_dir)
+
+
+ALL = (init, secrets, render, check, deploy, status, agents, uninstall, demo)

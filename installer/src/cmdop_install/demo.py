@@ -15,15 +15,14 @@ from pathlib import Path
 
 import click
 
+from cmdop_install import manage
 from cmdop_install.deploy import deploy_site
-from cmdop_install.deploys.control_plane import manage_command
 from cmdop_install.errors import UserError
-from cmdop_install.inventory import load_inventory
 from cmdop_install.lab import core
 from cmdop_install.rollout import Rollout, summary_lines
 from cmdop_install.runner import read_facts
-from cmdop_install.site import load_site
 from cmdop_install.site_api import SiteApi
+from cmdop_install.sitedir import SiteDir
 from cmdop_install.siteinit import init_site
 
 
@@ -38,13 +37,13 @@ def run(name: str, site_dir: Path) -> None:
     )
     report = init_site(site_dir)
     step(f"site {site_dir}: {'created' if fresh else 'kept'}; secrets key: {report.key_source}")
-    site = load_site(site_dir)
-    inventory = load_inventory(site_dir)
-    groups = inventory.pyinfra_groups()
-    core.map_site_domain(groups, site["site"]["domain"], state.host("host1").ip)
+    site = SiteDir.load(site_dir)
+    config = site.config
+    core.map_site_domain(site.inventory.pyinfra_groups(), config["site"]["domain"],
+                         state.host("host1").ip)
 
     t = time.monotonic()
-    result = deploy_site(site_dir, limit=["control_plane"])
+    result = deploy_site(site, limit=["control_plane"])
     if result.failed:
         raise UserError(f"demo: the deploy failed on {', '.join(result.failed)}")
     step(
@@ -52,7 +51,7 @@ def run(name: str, site_dir: Path) -> None:
         f"in {time.monotonic() - t:.0f}s"
     )
     t = time.monotonic()
-    rollout = Rollout(site_dir, lambda line: step(f"  {line}"), health_timeout=180)
+    rollout = Rollout(site, lambda line: step(f"  {line}"), health_timeout=180)
     step("roll the agents out (a canary first, then the rest; each must report in):")
     outcome = rollout.run(None, "100%", 1, "0")
     for line in summary_lines(outcome):
@@ -61,7 +60,7 @@ def run(name: str, site_dir: Path) -> None:
         raise UserError(f"demo: the agent rollout failed on {', '.join(outcome.failed)}")
     step(f"agents rolled out in {time.monotonic() - t:.0f}s")
     t = time.monotonic()
-    result = deploy_site(site_dir)
+    result = deploy_site(site)
     step(
         f"deploy the whole site again (must change nothing): {result.changes} change(s) on "
         f"{len(result.hosts)} host(s) in {time.monotonic() - t:.0f}s"
@@ -69,13 +68,13 @@ def run(name: str, site_dir: Path) -> None:
     if result.failed or result.changes:
         raise UserError(f"demo: the second deploy changed {result.changes} thing(s)")
 
-    prove_fleet(site_dir, site, groups, state, ["host2", "host3"])
+    prove_fleet(site, state.host("host1").ip, rollout.hostnames)
 
-    domain = site["site"]["domain"]
-    owner = site["site"]["owner_email"] or f"admin@{domain}"
+    domain = config["site"]["domain"]
+    owner = config["site"]["owner_email"] or f"admin@{domain}"
     click.echo(
         f"\nCMDOP is up in {time.monotonic() - started:.0f}s.\n"
-        f"  control plane: {site['site']['public_url']}  (host1, {state.host('host1').ip}; "
+        f"  control plane: {config['site']['public_url']}  (host1, {state.host('host1').ip}; "
         f"map {domain} to it in your /etc/hosts to browse)\n"
         f"  site CA:       {site_dir / 'pki' / 'ca.crt'}\n"
         f"  owner:         {owner}; password: "
@@ -85,23 +84,23 @@ def run(name: str, site_dir: Path) -> None:
     )
 
 
-def prove_fleet(site_dir: Path, site, groups: dict, state, agents: list[str]) -> None:
-    """Through the control plane's API: every agent is online, and a terminal session on
-    each one runs `uname -a`. The API key used for it is made for this and revoked after."""
-    workspace = site["site"]["name"]
-    command = manage_command(f"issue_api_key --workspace {workspace} --name demo")
-    issued = read_facts(groups, {"key": command}, limit=["host1"])
-    key_id, _, key = issued.hosts["host1"].facts.get("key", "").partition(" ")
-    if not key:
-        raise UserError("demo: the control plane did not issue an API key (is it running?)")
-    api = SiteApi(
-        state.host("host1").ip, site["site"]["domain"], site_dir / "pki" / "ca.crt", key, workspace
-    )
+def prove_fleet(site: SiteDir, address: str, hostnames: dict[str, str]) -> None:
+    """Through the control plane's API (at ``address``): every agent (inventory name -> its
+    own host name) is online, and a terminal session on each one runs `uname -a`. The API key
+    used for it is made for this and revoked after."""
+    first = site.inventory.groups["control_plane"][0].name
+    command = manage.api_key_command(site.name, "demo")
+    issued = read_facts(site.inventory.pyinfra_groups(), {"key": command}, limit=[first])
+    key_id, key = manage.parse_api_key(issued.hosts[first].facts.get("key", ""))
+    machine_names = {name: manage.machine_key(h) for name, h in hostnames.items()}
+    api = SiteApi(address, site.config["site"]["domain"], site.path / "pki" / "ca.crt", key,
+                  site.name)
     try:
-        machines = api.wait_online(agents)
-        step(f"agents online: {', '.join(agents)}")
-        for name in agents:
-            line = api.run_in_session(machines[name]["machine_id"], "uname -a", b"Linux")
+        machines = api.wait_online(list(machine_names.values()))
+        step(f"agents online: {', '.join(hostnames)}")
+        for name, machine_name in machine_names.items():
+            machine = machines[machine_name]
+            line = api.run_in_session(machine["machine_id"], "uname -a", b"Linux")
             step(f"session on {name}: $ uname -a -> {line.decode(errors='replace')}")
     finally:
         api.call("DELETE", f"/api-keys/{key_id}")
@@ -109,18 +108,3 @@ def prove_fleet(site_dir: Path, site, groups: dict, state, agents: list[str]) ->
 
 def step(message: str) -> None:
     click.echo(f"demo: {message}", nl=True)
-
-
-@click.command("demo")
-@click.option("--name", default="demo", show_default=True, help="Name of the demo lab.")
-@click.option(
-    "--site",
-    "site_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("sites/demo"),
-    show_default=True,
-    help="Where the demo site lives.",
-)
-def demo_command(name: str, site_dir: Path) -> None:
-    """Deploy a whole CMDOP site onto three local lab hosts and prove it works."""
-    run(name, site_dir)

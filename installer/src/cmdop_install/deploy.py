@@ -14,14 +14,12 @@ import json
 import tempfile
 from pathlib import Path
 
-import click
-
-from cmdop_install import agent_releases, check, render, wheelhouse
-from cmdop_install.deploys.control_plane import manage_command
+from cmdop_install import agent_releases, check, manage, render, wheelhouse
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
 from cmdop_install.hashing import scram_sha256_verifier
 from cmdop_install.runner import RunResult, read_facts, run_deploy
+from cmdop_install.sitedir import SiteDir
 from cmdop_install.status import record_deploy
 
 SITE_DEPLOY = "cmdop_install.deploys.site:site"
@@ -32,28 +30,25 @@ OWNER_PASSWORD_SRC = "files/owner-password"  # noqa: S105
 
 
 def deploy_site(
-    site_dir: Path,
+    site: SiteDir,
     *,
     limit: list[str] | None = None,
     dry_run: bool = False,
     agent_release: agent_releases.Release | None = None,
 ) -> RunResult:
     """Converge the hosts (``limit``: some of them). With ``agent_release`` (a rollout), the
-    agents switch to that release; otherwise an agent host without one gets the shipped one."""
-    site_dir = Path(site_dir)
-    problems = [p for p in check.check_site(site_dir) if not p.startswith("warning:")]
-    if problems:
-        raise UserError(
-            f"`cmdop-install check {site_dir}` found {len(problems)} problem(s), "
-            f"nothing was deployed; first: {problems[0]}"
-        )
-    site, inventory, secrets, pem = render.load_for_render(site_dir)
-    if site.centrifugo_enabled:
+    agents switch to that release; otherwise an agent host without one gets the shipped one.
+
+    Certificates the inventory now needs are issued first (as ``init`` does), then the site
+    is checked; nothing reaches a host unless both succeed."""
+    site.issue_certificates()
+    check.refuse_on_problems(site, "deployed")
+    inventory = site.inventory
+    if site.config.centrifugo_enabled:
         raise UserError(
             "site.toml: centrifugo.binary is set, but this version cannot deploy Centrifugo yet; "
             'set it to "" (live output then flows through the REST cursor API)'
         )
-    groups = inventory.pyinfra_groups()
     preflight(inventory, limit)
     wheels = {
         "control_plane": wheelhouse_facts("cmdop-server")
@@ -63,11 +58,20 @@ def deploy_site(
         if inventory.groups["agents"]
         else None,
     }
+    result = _converge(site, limit, dry_run, wheels)
+    if not dry_run:
+        record_deploy(site.path, result.changes, result.failed)
+    return result
+
+
+def _converge(site: SiteDir, limit: list[str] | None, dry_run: bool, wheels: dict) -> RunResult:
+    """Send every host its payload; enroll the agents that have no credential yet."""
+    inventory, groups = site.inventory, site.inventory.pyinfra_groups()
     with tempfile.TemporaryDirectory(prefix="cmdop-deploy-") as tmp:
         payload = Path(tmp)
         for host in inventory.hosts():
-            write_payload(payload / host.name, site, inventory, host.name, secrets, pem)
-            write_extras(payload / host.name, site, inventory, host.name, wheels, secrets)
+            write_payload(payload / host.name, site, host.name)
+            write_extras(payload / host.name, site, host.name, wheels)
         data = {"cmdop_payload": str(payload)}
         facts = {"enrolled": f"test -s {AGENT_CREDENTIAL} && echo yes || echo no"}
         result = run_deploy(
@@ -86,10 +90,10 @@ def deploy_site(
         if dry_run or not waiting or result.failed:
             return result
         # Second pass, only for agents not yet enrolled: one fresh single-use token each.
-        tokens = issue_join_tokens(groups, inventory, site, len(waiting))
+        tokens = issue_join_tokens(site, len(waiting))
         for name, token in zip(waiting, tokens, strict=True):
             write_atomic(payload / name / JOIN_TOKEN_SRC, (token + "\n").encode(), 0o600)
-            write_extras(payload / name, site, inventory, name, wheels, secrets, JOIN_TOKEN_SRC)
+            write_extras(payload / name, site, name, wheels, JOIN_TOKEN_SRC)
         enrolled = run_deploy(groups, SITE_DEPLOY, limit=waiting, data=data)
         for name, host_result in enrolled.hosts.items():
             result.hosts[name].ops += host_result.ops
@@ -123,27 +127,26 @@ def preflight(inventory, limit: list[str] | None) -> None:
 
 def write_extras(
     folder: Path,
-    site,
-    inventory,
+    site: SiteDir,
     host_name: str,
     wheels: dict,
-    secrets: dict[str, str],
     join_token: str | None = None,
 ) -> None:
     """Per-component facts the deploys compare against (names, keys; no secret values)."""
-    roles = inventory.roles_of(host_name)
+    roles = site.inventory.roles_of(host_name)
+    config = site.config
     if "control_plane" in roles:
         write_atomic(
-            folder / OWNER_PASSWORD_SRC, (secrets["owner_password"] + "\n").encode(), 0o600
+            folder / OWNER_PASSWORD_SRC, (site.secrets["owner_password"] + "\n").encode(), 0o600
         )
         owner = {
-            "email": site["site"]["owner_email"] or f"admin@{site['site']['domain']}",
-            "workspace": site["site"]["name"],
+            "email": config["site"]["owner_email"] or f"admin@{config['site']['domain']}",
+            "workspace": site.name,
             "password_src": OWNER_PASSWORD_SRC,
         }
         audit = {
-            "app_role": render.postgres_names(site)["owner"],
-            "retention_days": site["audit"]["retention_days"],
+            "app_role": render.postgres_names(config)["owner"],
+            "retention_days": config["audit"]["retention_days"],
         }
         _json(
             folder / "control_plane.json",
@@ -154,39 +157,29 @@ def write_extras(
             folder / "agent.json",
             {
                 "release": wheels["agents"],
-                "user": site["agent"]["user"],
+                "user": config["agent"]["user"],
                 "join_token_src": join_token,
             },
         )
 
 
-def issue_join_tokens(groups, inventory, site, count: int) -> list[str]:
+def issue_join_tokens(site: SiteDir, count: int) -> list[str]:
     """Single-use join tokens from the control plane (a management command on its first host).
 
     The tokens come back as a pyinfra fact: they are never printed and live only in the
     0600 payload folder of this run.
     """
-    first = inventory.groups["control_plane"][0].name
-    command = manage_command(
-        f"issue_join_tokens --workspace {site['site']['name']} --count {count} --ttl 900"
-    )
-    result = read_facts(groups, {"tokens": command}, limit=[first])
-    tokens = result.hosts[first].facts.get("tokens", "").split()
-    if len(tokens) != count:
-        raise UserError(
-            f"{first}: the control plane issued {len(tokens)} of {count} join tokens; "
-            "is it up? (`cmdop-install status` shows it)"
-        )
-    return tokens
+    first = site.inventory.groups["control_plane"][0].name
+    command = manage.join_tokens_command(site.name, count)
+    result = read_facts(site.inventory.pyinfra_groups(), {"tokens": command}, limit=[first])
+    return manage.parse_join_tokens(result.hosts[first].facts.get("tokens", ""), count, first)
 
 
-def write_payload(
-    folder: Path, site, inventory, host_name: str, secrets: dict[str, str], pem
-) -> None:
+def write_payload(folder: Path, site: SiteDir, host_name: str) -> None:
     """The host's rendered files plus what its deploys need to compare (no plaintext password)."""
     make_dir(folder / "files", 0o700)
     entries = []
-    for i, f in enumerate(render.render_host(site, inventory, host_name, secrets, pem)):
+    for i, f in enumerate(site.files(host_name)):
         src = f"files/{i}"
         write_atomic(folder / src, f.content, 0o600)
         entries.append(
@@ -200,10 +193,10 @@ def write_payload(
             }
         )
     _json(folder / "manifest.json", entries)
-    if "postgres" in inventory.roles_of(host_name):
+    if "postgres" in site.inventory.roles_of(host_name):
         _json(
             folder / "postgres.json",
-            postgres_facts(folder, site, inventory.host(host_name), secrets),
+            postgres_facts(folder, site.config, site.inventory.host(host_name), site.secrets),
         )
 
 
@@ -267,38 +260,3 @@ def stable_verifier(password: str, role: str) -> str:
 
 def _json(path: Path, value) -> None:
     write_atomic(path, (json.dumps(value, indent=1) + "\n").encode(), 0o600)
-
-
-@click.command("deploy")
-@click.argument("site_dir", type=click.Path(file_okay=False, path_type=Path), metavar="SITE_DIR")
-@click.option(
-    "--limit",
-    "limit",
-    multiple=True,
-    metavar="GROUP|HOST",
-    help="Only these groups or hosts (repeatable).",
-)
-@click.option("--dry-run", is_flag=True, help="Show what would change; touch nothing.")
-def deploy_command(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> None:
-    """Converge every host of SITE_DIR: Postgres, Redis, nginx, the control plane, the agents.
-
-    Only what differs changes; a second deploy of an unchanged site reports zero changes.
-    Secrets never appear in the output.
-    """
-    result = deploy_site(site_dir, limit=list(limit) or None, dry_run=dry_run)
-    click.echo(
-        "centrifugo: skipped (no binary in site.toml [centrifugo]); live output flows "
-        "through the REST cursor API"
-    )
-    if not dry_run:
-        record_deploy(site_dir, result.changes, result.failed)
-    for line in result.host_lines("would change" if dry_run else "changed"):
-        click.echo(line)
-    if result.failed:
-        raise UserError(
-            f"deploy failed on {', '.join(result.failed)}; fix and rerun "
-            "(the hosts that succeeded are consistent and will report no change)"
-        )
-    click.echo(
-        f"{'dry run: ' if dry_run else ''}{result.changes} change(s) on {len(result.hosts)} host(s)"
-    )

@@ -26,7 +26,8 @@ Each group is a list of (name, data) tuples. data keys:
   ssh_hostname  how the installer reaches the host over SSH (IP or DNS name)
   address       the address services listen on and peers use (default: ssh_hostname)
   dns_names     extra DNS names to put in the host's certificates (list, optional)
-Any pyinfra connector key (ssh_user, ssh_port, ssh_key, ...) may be added as well.
+Any pyinfra connector key (ssh_user, ssh_port, ssh_key, ...) may be added as well. A
+non-root ssh_user needs passwordless sudo; "_sudo": True is accepted and not needed.
 A host may appear in several groups: a single-node site lists one host everywhere.
 Names starting with "_" are not groups (pyinfra skips them): keep shared hosts there.
 """
@@ -89,8 +90,16 @@ class Inventory:
                         f"(known: {', '.join(h.name for h in self.hosts()) or 'none'})")
 
     def pyinfra_groups(self) -> dict[str, list[tuple[str, dict]]]:
-        """The groups as pyinfra takes them: ``(host name, host data)`` pairs."""
-        return {g: [(h.name, h.data) for h in hosts] for g, hosts in self.groups.items()}
+        """The groups as pyinfra takes them: ``(host name, host data)`` pairs.
+
+        ``_sudo`` (pyinfra's idiom for a non-root SSH user) is left out: our operations use
+        sudo exactly where they need root, and a global one would make the SSH user's
+        private upload folder root's, so that uploads into it fail.
+        """
+        return {
+            g: [(h.name, {k: v for k, v in h.data.items() if k != "_sudo"}) for h in hosts]
+            for g, hosts in self.groups.items()
+        }
 
     def roles_of(self, name: str) -> list[str]:
         return [g for g in GROUPS if any(h.name == name for h in self.groups.get(g, []))]

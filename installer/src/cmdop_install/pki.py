@@ -181,8 +181,12 @@ def _leaf_is_current(cert: x509.Certificate | None, spec: LeafSpec, ca: x509.Cer
 
 
 def ensure_pki(site_dir: Path, site: Site, inventory: Inventory,
-               passphrase: bytes) -> list[str]:
-    """Create/renew the CA and leaves as needed; return the names (re)issued."""
+               passphrase: bytes, new_ca: bool = True) -> list[str]:
+    """Create/renew the CA and leaves as needed; return the names (re)issued.
+
+    ``new_ca=False`` (render, deploy): only leaves are issued; a site without its CA is an
+    error, since a new CA on a deployed site would cut every host off.
+    """
     pki = Path(site_dir) / PKI_DIR
     make_dir(pki, 0o700)
     now = datetime.now(UTC)
@@ -197,6 +201,9 @@ def ensure_pki(site_dir: Path, site: Site, inventory: Inventory,
         if (pki / "ca.crt").exists():
             raise UserError(f"{pki}/ca.key or ca.crt is missing or unreadable "
                             "(restore them from backup; a new CA would break every host)")
+        if not new_ca:
+            raise UserError(f"{pki}/ca.crt: missing (run `cmdop-install init {site_dir}` to "
+                            "make the site CA, or restore pki/ from backup)")
         ca, ca_key = _issue_ca(site, now)
         write_atomic(pki / "ca.key", _key_pem(ca_key, passphrase), 0o600)
         write_atomic(pki / "ca.crt", ca.public_bytes(serialization.Encoding.PEM), 0o644)
@@ -212,6 +219,12 @@ def ensure_pki(site_dir: Path, site: Site, inventory: Inventory,
     return issued
 
 
+def is_issued(site_dir: Path, name: str) -> bool:
+    """Both files of leaf ``name`` (e.g. "redis-node1") exist in pki/."""
+    folder = Path(site_dir) / PKI_DIR
+    return (folder / f"{name}.crt").is_file() and (folder / f"{name}.key").is_file()
+
+
 def read_pem(site_dir: Path, name: str) -> bytes:
     """PEM bytes of ``pki/<name>`` as stored (certificates: "ca.crt", "redis-node1.crt")."""
     path = Path(site_dir) / PKI_DIR / name
@@ -221,23 +234,56 @@ def read_pem(site_dir: Path, name: str) -> bytes:
         raise UserError(f"{path}: missing (run `cmdop-install init` to issue it)") from None
 
 
-def expiry_findings(site_dir: Path, site: Site, inventory: Inventory) -> list[str]:
-    """One line per certificate that is missing, expired or expires within renew_days."""
+def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    return (sorted(sans.get_values_for_type(x509.DNSName)),
+            sorted(str(i) for i in sans.get_values_for_type(x509.IPAddress)))
+
+
+def certificate_findings(site_dir: Path, site: Site, inventory: Inventory) -> list[str]:
+    """One line per certificate that is missing, expired, expiring within renew_days,
+    names other hosts or addresses than inventory.py now gives, or belongs to no host.
+
+    What ``render``/``deploy`` reissue by themselves (``ensure_pki``: a missing, renamed or
+    expiring leaf) is a warning; a missing or expired CA needs the operator.
+    """
     pki = Path(site_dir) / PKI_DIR
     now = datetime.now(UTC)
     renew = timedelta(days=site["pki"]["renew_days"])
+    reissue = "render and deploy reissue it, as does init"
     findings = []
-    for name in ["ca", *(s.name for s in leaf_specs(site, inventory))]:
-        cert = _load_cert(pki / f"{name}.crt")
-        if cert is None:
-            findings.append(f"pki/{name}.crt: missing (run `cmdop-install init` to issue it)")
+    specs = leaf_specs(site, inventory)
+    ca = _load_cert(pki / "ca.crt")
+    if ca is None:
+        findings.append("pki/ca.crt: missing (run `cmdop-install init` to make the site CA, "
+                        "or restore pki/ from backup)")
+    elif ca.not_valid_after_utc <= now:
+        findings.append(f"pki/ca.crt: expired on {ca.not_valid_after_utc:%Y-%m-%d}")
+    for spec in specs:
+        cert = _load_cert(pki / f"{spec.name}.crt")
+        if cert is None or not is_issued(site_dir, spec.name):
+            findings.append(f"warning: pki/{spec.name}.crt: not issued yet ({reissue})")
             continue
+        dns, ips = _sans(cert)
         left = cert.not_valid_after_utc - now
-        if left <= timedelta(0):
-            findings.append(f"pki/{name}.crt: expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+        if (dns, ips) != (sorted(spec.dns), sorted(spec.ips)):
+            findings.append(f"warning: pki/{spec.name}.crt: names {', '.join(dns + ips)}, but "
+                            f"inventory.py now gives {', '.join([*spec.dns, *spec.ips])} "
+                            f"({reissue})")
+        elif left <= timedelta(0):
+            findings.append(f"warning: pki/{spec.name}.crt: expired on "
+                            f"{cert.not_valid_after_utc:%Y-%m-%d} ({reissue})")
         elif left <= renew:
-            findings.append(f"pki/{name}.crt: expires in {left.days} days "
-                            f"({cert.not_valid_after_utc:%Y-%m-%d}; run `cmdop-install init`)")
+            findings.append(f"warning: pki/{spec.name}.crt: expires in {left.days} days "
+                            f"({cert.not_valid_after_utc:%Y-%m-%d}; {reissue})")
+    wanted = {"ca", *(s.name for s in specs)}
+    for path in sorted(pki.glob("*.crt")):
+        if path.stem not in wanted:
+            findings.append(f"warning: pki/{path.name}: inventory.py no longer needs it (a "
+                            f"removed host or role: delete pki/{path.stem}.crt and .key)")
     return findings
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,24 +21,14 @@ import jinja2
 
 from cmdop_install import pki
 from cmdop_install.errors import UserError
-from cmdop_install.fsutil import make_dir, write_atomic
 from cmdop_install.hashing import redis_acl_hash
 from cmdop_install.inventory import Host, Inventory, load_inventory
+from cmdop_install.manage import CREDENTIALS
 from cmdop_install.secrets import SecretStore
 from cmdop_install.site import Site, load_site
 
 MANAGED = "managed by cmdop-install, do not edit"
 
-# The credential files of the control plane (docs/server-config.md): name -> secret
-CREDENTIALS = {
-    "secret_key": "django_secret_key",
-    "secret_key_fallbacks": None,  # filled by rotation; empty until the first one
-    "db_password": None,  # the active blue/green role's password
-    "redis_password": "redis_password_app",
-    "centrifugo_api_key": "centrifugo_api_key",
-    "centrifugo_hmac_key": "centrifugo_hmac_key",
-    "agent_join_key": "agent_join_key",
-}
 
 
 def templates_dir() -> Path:
@@ -343,21 +332,3 @@ def load_for_render(site_dir: Path):
     inventory = load_inventory(site_dir)
     store = SecretStore.open(site_dir, site["site"]["key_file"])
     return site, inventory, store.values(), PemFiles(site_dir, store.pki_passphrase())
-
-
-def render_site(site_dir: Path, out: Path, host: str | None = None) -> dict:
-    """Write out/<host>/<path> for each host (or just ``host``) and out/manifest.json."""
-    site, inventory, secrets, pem = load_for_render(site_dir)
-    hosts = [inventory.host(host).name] if host else [h.name for h in inventory.hosts()]
-    manifest: dict = {"site": site["site"]["name"], "hosts": {}}
-    make_dir(Path(out), 0o700)
-    for name in hosts:
-        files = render_host(site, inventory, name, secrets, pem)
-        for rendered in files:
-            dest = Path(out) / name / rendered.path.lstrip("/")
-            make_dir(dest.parent, 0o700)
-            write_atomic(dest, rendered.content, rendered.mode)
-        manifest["hosts"][name] = [f.manifest_entry() for f in files]
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    write_atomic(Path(out) / "manifest.json", text.encode(), 0o644)
-    return manifest

@@ -23,16 +23,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import click
-
-from cmdop_install import agent_releases
+from cmdop_install import agent_releases, manage
 from cmdop_install.deploy import deploy_site, preflight
-from cmdop_install.deploys.agent import ROOT
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import write_atomic
-from cmdop_install.inventory import load_inventory
 from cmdop_install.runner import read_facts, run_deploy, with_host_data
-from cmdop_install.site import load_site
+from cmdop_install.sitedir import SiteDir
 from cmdop_install.status import read_fleet
 
 STATE_FILE = "rollout.json"
@@ -112,15 +108,15 @@ def make_plan(
 class Rollout:
     def __init__(
         self,
-        site_dir: Path,
+        site: SiteDir,
         echo: Callable[[str], None],
         health_timeout: float,
     ) -> None:
-        self.site_dir = Path(site_dir)
+        self.site = site
+        self.site_dir = site.path
         self.echo = echo
         self.health_timeout = health_timeout
-        self.site = load_site(self.site_dir)
-        self.inventory = load_inventory(self.site_dir)
+        self.inventory = site.inventory
         self.agents = [h.name for h in self.inventory.groups["agents"]]
         if not self.agents:
             raise UserError(f"{self.site_dir}/inventory.py: no hosts in the agents group")
@@ -137,7 +133,10 @@ class Rollout:
         """Per agent host: its current release (None: no agent yet) and its hostname."""
         facts = read_facts(
             self.inventory.pyinfra_groups(),
-            {"current": f"readlink {ROOT}/current || true", "hostname": "hostname"},
+            {
+                "current": agent_releases.CURRENT_RELEASE_COMMAND,
+                "hostname": manage.HOSTNAME_COMMAND,
+            },
             limit=self.agents,
         )
         found = {}
@@ -146,14 +145,11 @@ class Rollout:
             if host.error:
                 raise UserError(f"{name}: {host.error}; nothing was changed")
             current = host.facts.get("current", "").strip()
-            found[name] = (
-                current.rsplit("/", 1)[-1] if current else None,
-                host.facts.get("hostname", "").strip().lower() or name,
-            )
+            found[name] = (current or None, host.facts.get("hostname", "") or name)
         return found
 
     def fleet(self) -> dict[str, dict]:
-        return read_fleet(self.site, self.inventory)
+        return read_fleet(self.site)
 
     # ---------------------------------------------------------------- the run
 
@@ -222,7 +218,7 @@ class Rollout:
         of those that failed (their outcome says why)."""
         boots = {name: self.machine(fleet, name).get("boot_id") for name in batch}
         try:
-            result = deploy_site(self.site_dir, limit=batch, agent_release=release)
+            result = deploy_site(self.site, limit=batch, agent_release=release)
         except UserError as exc:
             for name in batch:
                 outcome.hosts[name].result = "failed"
@@ -316,7 +312,7 @@ class Rollout:
         return {n: f"{why.get(n, 'no report')} after {self.health_timeout:.0f} s" for n in pending}
 
     def machine(self, fleet: dict[str, dict], name: str) -> dict:
-        return fleet.get(self.hostnames.get(name, name), {})
+        return manage.machine_of(fleet, self.hostnames.get(name, name))
 
     def healthy(self, fleet: dict[str, dict], name: str, version: str) -> bool:
         machine = self.machine(fleet, name)
@@ -385,72 +381,3 @@ def summary_lines(outcome: Outcome) -> list[str]:
             f"{h.name:<{width}}  {h.before or '-':<10} {h.after or h.before or '-':<10} {result}"
         )
     return lines
-
-
-@click.group()
-def agents() -> None:
-    """The agents of a site: roll out a release in batches."""
-
-
-@agents.command("rollout")
-@click.argument("site_dir", type=click.Path(file_okay=False, path_type=Path), metavar="SITE_DIR")
-@click.option("--version", default=None, help="Agent release (default: the one shipped).")
-@click.option(
-    "--batch-size",
-    default="25%",
-    show_default=True,
-    metavar="N|P%",
-    help="Hosts per batch after the canaries.",
-)
-@click.option(
-    "--canary",
-    default=1,
-    show_default=True,
-    type=int,
-    metavar="N",
-    help="Hosts upgraded first, alone; any canary failure stops the rollout.",
-)
-@click.option(
-    "--max-fail",
-    default="0",
-    show_default=True,
-    metavar="N|P%",
-    help="Failures tolerated (failed hosts are rolled back either way).",
-)
-@click.option(
-    "--health-timeout",
-    default=120,
-    show_default=True,
-    type=click.IntRange(5, 3600),
-    metavar="SECONDS",
-    help="How long an agent has to report its new version.",
-)
-def rollout_command(
-    site_dir: Path,
-    version: str | None,
-    batch_size: str,
-    canary: int,
-    max_fail: str,
-    health_timeout: int,
-) -> None:
-    """Install or upgrade the agents of SITE_DIR in batches, each gated on the control plane.
-
-    Failed hosts go back to their previous release; when failures exceed --max-fail the
-    rollout stops and the rest stay untouched. Rerun the same command to resume.
-    """
-    with SiteLock(site_dir):
-        rollout = Rollout(site_dir, click.echo, health_timeout)
-        outcome = rollout.run(version, batch_size, canary, max_fail)
-    for line in summary_lines(outcome):
-        click.echo(line)
-    if outcome.stopped:
-        raise UserError(
-            f"rollout of {outcome.version} stopped: {outcome.stopped}; the hosts not reached "
-            "are untouched. Fix the cause and rerun to resume."
-        )
-    if outcome.failed:
-        raise UserError(
-            f"rollout of {outcome.version} finished with failed host(s) "
-            f"{', '.join(outcome.failed)} (rolled back); rerun to retry them"
-        )
-    click.echo(f"rollout of {outcome.version}: every agent runs it and is online")

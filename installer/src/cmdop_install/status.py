@@ -12,14 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import click
-
-from cmdop_install import pki
-from cmdop_install.deploys.control_plane import manage_command
+from cmdop_install import agent_releases, manage, pki
 from cmdop_install.errors import UserError
-from cmdop_install.inventory import load_inventory
 from cmdop_install.runner import read_facts
-from cmdop_install.site import load_site
+from cmdop_install.sitedir import SiteDir
 
 DEPLOY_LOG = "deploys.json"
 
@@ -32,30 +28,26 @@ COMPONENTS = {
         "/opt/cmdop/venv/bin/pip show cmdop-server 2>/dev/null | sed -n 's/^Version: //p'",
     ),
     "nginx": ("nginx", "dpkg-query -W -f='${{Version}}' nginx"),
-    "agents": (
-        "cmdop-agent",
-        'basename "$(readlink /opt/cmdop-agent/current)" 2>/dev/null',
-    ),
+    "agents": ("cmdop-agent", agent_releases.CURRENT_RELEASE_COMMAND),
 }
 
 
-def site_status(site_dir: Path) -> dict:
-    site, inventory = load_site(site_dir), load_inventory(site_dir)
-    major = site["postgres"]["major"]
-    groups = inventory.pyinfra_groups()
-    facts: dict[str, str] = {}
+def site_status(site: SiteDir) -> dict:
+    inventory = site.inventory
+    major = site.config["postgres"]["major"]
+    facts: dict[str, str] = {"hostname": manage.HOSTNAME_COMMAND}
     for component, (unit, version) in COMPONENTS.items():
         unit, version = unit.format(major=major), version.format(major=major)
         facts[f"{component}.state"] = f"systemctl is-active {unit} 2>/dev/null || true"
         facts[f"{component}.version"] = version
-    result = read_facts(groups, facts)
+    result = read_facts(inventory.pyinfra_groups(), facts)
     fleet: dict[str, dict] = {}
     if inventory.groups["control_plane"]:
         try:
-            fleet = read_fleet(site, inventory)
+            fleet = read_fleet(site)
         except UserError:
             pass  # the control plane is down: its host's rows say so, agents show offline
-    expiry = pki.expiry_dates(site_dir)
+    expiry = pki.expiry_dates(site.path)
     hosts = []
     for host in inventory.hosts():
         roles = inventory.roles_of(host.name)
@@ -73,31 +65,25 @@ def site_status(site_dir: Path) -> dict:
                 "version": res.facts.get(f"{component}.version", "") if res else "",
             }
             if component == "agents":
-                machine = fleet.get(host.name)
-                row["online"] = bool(machine and machine["online"])
-                row["last_seen"] = machine["last_seen"] if machine else None
+                machine = manage.machine_of(fleet, res.facts.get("hostname", "")) if res else {}
+                row["online"] = bool(machine.get("online"))
+                row["last_seen"] = machine.get("last_seen")
             entry["components"].append(row)
         entry["certificates"] = {k: v for k, v in expiry.items() if k.endswith(f"-{host.name}")}
         hosts.append(entry)
-    return {"site": site["site"]["name"], "last_deploy": last_deploy(site_dir), "hosts": hosts}
+    return {"site": site.name, "last_deploy": last_deploy(site.path), "hosts": hosts}
 
 
-def read_fleet(site, inventory) -> dict[str, dict]:
-    """The control plane's view of its agents, by host name: online, last_seen,
-    agent_version, boot_id (``fleet_status`` on the first control-plane host)."""
-    first = inventory.groups["control_plane"][0].name
-    command = manage_command(f"fleet_status --workspace {site['site']['name']}")
-    cp = read_facts(inventory.pyinfra_groups(), {"fleet": command}, limit=[first])
+def read_fleet(site: SiteDir) -> dict[str, dict]:
+    """The control plane's view of its agents (``manage.parse_fleet``), read with
+    ``fleet_status`` on the first control-plane host; find a host in it with
+    ``manage.machine_of``."""
+    first = site.inventory.groups["control_plane"][0].name
+    command = manage.fleet_status_command(site.name)
+    cp = read_facts(site.inventory.pyinfra_groups(), {"fleet": command}, limit=[first])
     if cp.hosts[first].error:
         raise UserError(f"{first}: cannot read the fleet: {cp.hosts[first].error}")
-    fleet = {}
-    for line in cp.hosts[first].facts.get("fleet", "").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # not ours (e.g. a warning line)
-        fleet[row["hostname"]] = row
-    return fleet
+    return manage.parse_fleet(cp.hosts[first].facts.get("fleet", ""))
 
 
 def record_deploy(site_dir: Path, changes: int, failed: list[str]) -> None:
@@ -125,30 +111,3 @@ def last_deploy(site_dir: Path) -> dict | None:
         raise UserError(
             f"{log}: not a deploy log (delete it; the next deploy starts a new one)"
         ) from None
-
-
-@click.command("status")
-@click.argument("site_dir", type=click.Path(file_okay=False, path_type=Path), metavar="SITE_DIR")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status_command(site_dir: Path, as_json: bool) -> None:
-    """Per host and component: service state, version, certificates, agents online, last deploy."""
-    info = site_status(site_dir)
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    last = info["last_deploy"]
-    click.echo(
-        f"site {info['site']}; last deploy: "
-        + (f"{last['at']} ({last['changes']} change(s))" if last else "never")
-    )
-    for h in info["hosts"]:
-        click.echo(
-            f"{h['host']} ({h['address']})" + (f"  ERROR: {h['error']}" if "error" in h else "")
-        )
-        for c in h["components"]:
-            extra = ""
-            if "online" in c:
-                extra = "  online" if c["online"] else "  OFFLINE"
-            click.echo(f"  {c['component']:<14} {c['state']:<10} {c['version']:<22}{extra}")
-        for name, when in sorted(h["certificates"].items()):
-            click.echo(f"  cert {name:<28} expires {when}")

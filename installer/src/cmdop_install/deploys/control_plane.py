@@ -12,10 +12,10 @@ from pyinfra.operations import server, systemd
 
 from cmdop_install.deploys.common import any_changed, extra, payload, put_files, temp_dir
 from cmdop_install.deploys.ops import control_plane_database, prefetch, python_venv
-from cmdop_install.render import CREDENTIALS
+from cmdop_install.manage import ADMIN_DIR as ADMIN
+from cmdop_install.manage import SERVER_VENV as VENV
+from cmdop_install.manage import manage_command
 
-VENV = "/opt/cmdop/venv"
-ADMIN = "/etc/cmdop/admin"
 UNITS = (
     "cmdop-server.service",
     "cmdop-audit-retention.service",
@@ -28,26 +28,6 @@ TIMERS = {
     "cmdop-audit-retention.timer": "Audit retention timer",
     "cmdop-sessions-sweep.timer": "Sessions sweep timer (every minute)",
 }
-
-
-def manage_command(args: str, audit_admin: bool = False) -> str:
-    """A cmdop-server management command as the service runs it (user, credentials, settings).
-
-    ``audit_admin``: with the audit database as its owner's login (``/etc/cmdop/admin``), for
-    audit migrations and grants; the service itself never gets that credential.
-    """
-    props = " ".join(
-        f"-p LoadCredential={name}:/etc/cmdop/credentials/{name}" for name in CREDENTIALS
-    )
-    toml = "/etc/cmdop/server.toml"
-    if audit_admin:
-        props += f" -p LoadCredential=audit_db_password:{ADMIN}/credentials/audit_db_password"
-        toml = f"{ADMIN}/server.toml"
-    return (
-        "systemd-run --quiet --wait --pipe --collect -p User=cmdop -p Group=cmdop "
-        f"{props} -E CMDOP_SERVER_TOML={toml} "
-        f"-E DJANGO_SETTINGS_MODULE=cmdop_server.settings.production {VENV}/bin/cmdop-server {args}"
-    )
 
 
 @deploy("Control plane")

@@ -1,0 +1,21 @@
+"""Options shared by the site commands, defined once (pip-tools' ``scripts/options.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+site_dir_arg = click.argument(
+    "site_dir", type=click.Path(file_okay=False, path_type=Path), metavar="SITE_DIR"
+)
+limit = click.option(
+    "--limit",
+    "limit",
+    multiple=True,
+    metavar="GROUP|HOST",
+    help="Only these groups or hosts (repeatable).",
+)
+dry_run = click.option("--dry-run", is_flag=True, help="Show what would change; touch nothing.")
+yes = click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+as_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -1,0 +1,75 @@
+"""A site folder loaded once: operator config, inventory, secrets, PKI and rendered files.
+
+Each command loads its site with ``SiteDir.load`` and hands the value down to the modules
+it calls. The secrets store, the PKI and every host's rendered files are read on first use
+and kept, so ``deploy`` (check, then payload) or a rollout (one deploy per batch) never
+re-read or re-render what an earlier step already has.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from cmdop_install import pki
+from cmdop_install.inventory import Inventory, load_inventory
+from cmdop_install.render import PemFiles, RenderedFile, render_host
+from cmdop_install.secrets import SecretStore
+from cmdop_install.site import Site, load_site
+
+
+class SiteDir:
+    def __init__(self, path: Path, config: Site, inventory: Inventory) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.inventory = inventory
+        self._pem: PemFiles | None = None
+        self._files: dict[str, list[RenderedFile]] = {}
+        self._certificates_checked = False
+
+    @classmethod
+    def load(cls, path: Path) -> SiteDir:
+        """site.toml and inventory.py, each failure one line; the rest is read on use."""
+        path = Path(path)
+        return cls(path, load_site(path), load_inventory(path))
+
+    @property
+    def name(self) -> str:
+        return self.config["site"]["name"]
+
+    @cached_property
+    def store(self) -> SecretStore:
+        return SecretStore.open(self.path, self.config["site"]["key_file"])
+
+    @cached_property
+    def secrets(self) -> dict[str, str]:
+        """Every secret by name, for rendering. Never print it."""
+        return self.store.values()
+
+    @property
+    def pem(self) -> PemFiles:
+        if self._pem is None:
+            self._pem = PemFiles(self.path, self.store.pki_passphrase())
+        return self._pem
+
+    def files(self, host_name: str) -> list[RenderedFile]:
+        """Every file ``host_name`` receives, rendered once per load."""
+        if host_name not in self._files:
+            self._files[host_name] = render_host(
+                self.config, self.inventory, host_name, self.secrets, self.pem
+            )
+        return self._files[host_name]
+
+    def issue_certificates(self) -> list[str]:
+        """Issue the leaf certificates that are missing, expiring, or whose names no longer
+        match the inventory (never a new CA: that is ``init``'s); the names issued."""
+        if self._certificates_checked:
+            return []
+        issued = pki.ensure_pki(
+            self.path, self.config, self.inventory, self.store.pki_passphrase(), new_ca=False
+        )
+        self._certificates_checked = True
+        if issued:
+            self._pem = None
+            self._files.clear()
+        return issued
