@@ -11,6 +11,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import server, systemd
 
 from cmdop_install.deploys.common import any_changed, extra, payload, put_files, temp_dir
+from cmdop_install.deploys.facts import InstallerState
 from cmdop_install.deploys.ops import control_plane_database, prefetch, python_venv
 from cmdop_install.manage import ADMIN_DIR as ADMIN
 from cmdop_install.manage import SERVER_VENV as VENV
@@ -37,7 +38,7 @@ def control_plane() -> None:
     state_command = manage_command(
         f"installer_state --workspace {owner['workspace']}", audit_admin=True
     )
-    prefetch(state_command)  # a Django start: read it while the other facts are read
+    prefetch(InstallerState, state_command)  # a Django start: read beside the other facts
     server.group(name="Group cmdop", group="cmdop", system=True, _sudo=True)
     server.user(  # noqa: S604 - `shell` is the login shell, not a subprocess flag
         name="User cmdop (runs gunicorn)",
