@@ -17,7 +17,8 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
 from cmdop_install.deploys.common import any_changed, extra, payload, put_files, temp_dir
-from cmdop_install.deploys.ops import agent_release, agent_rollback, enroll_agent, read
+from cmdop_install.deploys.facts import IsNonEmptyFile
+from cmdop_install.deploys.ops import agent_release, agent_rollback, enroll_agent, fact
 
 ROOT = "/opt/cmdop-agent"
 VENV = f"{ROOT}/current/venv"
@@ -30,7 +31,7 @@ def enrolled_now_or_before(enroll):
 
     def check() -> bool:
         now = enroll.did_change() if enroll.is_complete() else enroll.will_change
-        return now or read(f"test -s {STATE}/credential.json && echo yes") == "yes"
+        return now or fact(IsNonEmptyFile, f"{STATE}/credential.json")
 
     return check
 

@@ -1,7 +1,9 @@
 """Our own pyinfra operations: read a fact when they run, yield commands only for the difference.
 
 (pyinfra's pattern: ``postgres.role`` reads the roles fact and calls ``host.noop`` when the
-role already matches.) Facts here never fail a host: a missing program reads as "".
+role already matches.) The facts are typed (``deploys.facts``) and never fail a host: a
+missing program reads as the fact's default. tests/installer/ops/<operation>/<case>.json
+holds each operation's cases: facts and arguments in, commands or a no-op out.
 """
 
 from __future__ import annotations
@@ -9,22 +11,36 @@ from __future__ import annotations
 import hashlib
 import shlex
 from pathlib import PurePosixPath
+from typing import TypeVar
 
+from psycopg import sql
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api import FactBase, operation
 from pyinfra.api.command import FileUploadCommand
-from pyinfra.facts.server import Command
+
+from cmdop_install.deploys.facts import (
+    ExistingPaths,
+    InstallerState,
+    IsExecutable,
+    IsNonEmptyFile,
+    LinkTarget,
+    PathState,
+    PathStates,
+    PostgresValue,
+    WheelhouseKey,
+)
+
+T = TypeVar("T")
 
 
-def read(command: str) -> str:
-    """Output of ``command`` run as root, "" when it fails (e.g. not installed yet)."""
-    out = host.get_fact(Command, f"{command} 2>/dev/null || true", _sudo=True)
-    return (out or "").strip()
+def fact(cls: type[FactBase[T]], *args) -> T:
+    """``cls``'s value on the current host, read as root."""
+    return host.get_fact(cls, *args, _sudo=True)
 
 
-def prefetch(command: str) -> None:
-    """Start ``read(command)`` now, beside this host's other reads (for a slow one, e.g. a
-    Django start); the runner's fact cache hands the result to the operation that asks."""
+def prefetch(cls: type[FactBase], *args) -> None:
+    """Start reading ``fact(cls, *args)`` now, beside this host's other reads (for a slow
+    one, e.g. a Django start); the runner's fact cache hands the value to whoever asks."""
     import gevent
     from pyinfra.context import ctx_host
 
@@ -33,7 +49,7 @@ def prefetch(command: str) -> None:
     def warm() -> None:
         with ctx_host.use(current):
             try:
-                read(command)
+                fact(cls, *args)
             except Exception:  # noqa: BLE001, S110 - the operation reads it again and reports
                 pass
 
@@ -55,17 +71,13 @@ def secret_file_commands(src: str, dest: str, command: str, temp_dir: str, owner
     yield f"{command}; status=$?; rm -f {dest}; exit $status"
 
 
-def psql_value(sql: str) -> str:
-    return read(f"runuser -u postgres -- psql -X -tA -c {shlex.quote(sql)}")
-
-
 @operation()
 def postgres_sql(
     check_sql: str, expected: str, commands: list[str], what: str = "state", force=None
 ):
     """Run ``commands`` unless ``check_sql`` (run by the postgres superuser) gives ``expected``;
     ``force()`` true (e.g. the SQL file changed) runs the commands anyway."""
-    if psql_value(check_sql) == expected and not (force and force()):
+    if fact(PostgresValue, check_sql) == expected and not (force and force()):
         host.noop(f"{what} is already as wanted")
         return
     yield from commands
@@ -74,7 +86,7 @@ def postgres_sql(
 @operation()
 def postgres_restart_or_reload(service: str, listen_addresses: str, files_changed):
     """Restart when listen_addresses differs (read at start only), reload when files changed."""
-    if psql_value("SHOW listen_addresses") != listen_addresses:
+    if fact(PostgresValue, "SHOW listen_addresses") != listen_addresses:
         yield f"systemctl restart {service}"
     elif files_changed():
         yield f"systemctl reload {service}"
@@ -91,9 +103,10 @@ def postgres_password(
     Only when the stored verifier differs (compared by md5, so it never travels back). The
     file exists 0600 postgres-owned before it has content, and is removed right after use.
     """
-    # role names are validated SQL identifiers (site.toml schema)
-    check = f"SELECT md5(rolpassword) FROM pg_authid WHERE rolname = '{role}'"  # noqa: S608
-    if psql_value(check) == verifier_md5:
+    check = sql.SQL("SELECT md5(rolpassword) FROM pg_authid WHERE rolname = {}").format(
+        sql.Literal(role)
+    )
+    if fact(PostgresValue, check.as_string()) == verifier_md5:
         host.noop(f"password of {role} is already set")
         return
     sql_file = f"{conf_dir}/.cmdop-password-{role}.sql"
@@ -110,7 +123,7 @@ def python_venv(venv: str, wheelhouse: dict, temp_dir: str):
     ``--no-index``: the host never reaches a package index. A marker file records the key,
     so an unchanged wheelhouse is a no-op.
     """
-    if read(f"cat {venv}/.cmdop-wheelhouse") == wheelhouse["key"]:
+    if fact(WheelhouseKey, venv) == wheelhouse["key"]:
         host.noop(f"{venv} has wheelhouse {wheelhouse['key']}")
         return
     yield from venv_commands(venv, wheelhouse, temp_dir)
@@ -148,12 +161,12 @@ def agent_release(root: str, version: str, wheelhouse: dict, temp_dir: str, swit
     ``root/previous`` at the release it replaces and swaps ``root/current`` atomically
     (``mv -T`` of a new link). Releases other than current and previous are removed.
     """
-    current = read(f"readlink {root}/current")
+    current = fact(LinkTarget, f"{root}/current")
     target = f"{root}/releases/{version}"
     if current and not switch:
         host.noop(f"agent {current.rsplit('/', 1)[-1]} installed (`agents rollout` upgrades it)")
         return
-    built = read(f"cat {target}/venv/.cmdop-wheelhouse") == wheelhouse["key"]
+    built = fact(WheelhouseKey, f"{target}/venv") == wheelhouse["key"]
     if current == target and built:
         host.noop(f"agent {version} is current")
         return
@@ -173,10 +186,10 @@ def agent_release(root: str, version: str, wheelhouse: dict, temp_dir: str, swit
 def agent_rollback(root: str, version: str):
     """Point ``root/current`` back at release ``version`` (the one a rollout replaced)."""
     target = f"{root}/releases/{version}"
-    if read(f"readlink {root}/current") == target:
+    if fact(LinkTarget, f"{root}/current") == target:
         host.noop(f"agent {version} is current")
         return
-    if read(f"test -x {target}/venv/bin/cmdop-agent && echo yes") != "yes":
+    if not fact(IsExecutable, f"{target}/venv/bin/cmdop-agent"):
         yield f"echo 'agent release {version} is no longer on this host' >&2; exit 1"
         return
     yield relink(f"{root}/current", target)
@@ -187,7 +200,7 @@ def enroll_agent(
     user: str, venv: str, config: str, credential: str, token_src: str | None, temp_dir: str
 ):
     """``cmdop-agent enroll`` unless ``credential`` exists; the token goes in on stdin."""
-    if read(f"test -s {credential} && echo enrolled") == "enrolled":
+    if fact(IsNonEmptyFile, credential):
         host.noop("the agent is enrolled")
         return
     if token_src is None:
@@ -208,7 +221,7 @@ def control_plane_database(
     The Owner's password goes to ``bootstrap`` on stdin from a 0600 file in the SSH user's
     private folder, removed right after.
     """
-    state = dict(item.split("=", 1) for item in read(state_command).split() if "=" in item)
+    state = fact(InstallerState, state_command)
     todo = False
     for database, command in migrate.items():
         if state.get(database) != "current":
@@ -230,49 +243,24 @@ def absent(paths: list[str]):
     shallow = [p for p in paths if not p.startswith("/") or len(PurePosixPath(p).parts) < 3]
     if shallow:  # a bug upstream, never a reason to remove /etc or /opt
         raise ValueError(f"refusing to remove {shallow}")
-    quoted = " ".join(shlex.quote(p) for p in paths)
-    found = read(f'for p in {quoted}; do if [ -e "$p" ] || [ -L "$p" ]; then echo "$p"; fi; done')
-    present = [p for p in found.splitlines() if p]
+    present = fact(ExistingPaths, paths)
     if not present:
         host.noop(f"none of {len(paths)} path(s) exists")
         return
     yield "rm -rf -- " + " ".join(shlex.quote(p) for p in present)
 
 
-def path_states(paths: list[str]) -> dict[str, tuple[str, str, str, str]]:
-    """path -> (kind, sha256 or "-", mode, "owner group") for each of ``paths`` that exists;
-    kind is "file", "dir" or "other" (a link, a device...).
-
-    One remote command. Callers pass the same list for a whole host (every rendered file
-    and its folder), so the runner's fact cache answers the next operation without asking
-    the host again, until something on the host changes.
-    """
-    quoted = " ".join(shlex.quote(p) for p in paths)
-    listing = read(
-        f'for p in {quoted}; do if [ -L "$p" ]; then printf \'other - - - - %s\\n\' "$p"; '
-        "elif [ -f \"$p\" ]; then printf 'file %s %s %s %s %s\\n' "
-        '"$(sha256sum < "$p" | cut -c1-64)" $(stat -c \'%a %U %G\' "$p") "$p"; '
-        'elif [ -d "$p" ]; then printf \'dir - %s %s %s %s\\n\' $(stat -c \'%a %U %G\' "$p") "$p"; '
-        'elif [ -e "$p" ]; then printf \'other - - - - %s\\n\' "$p"; fi; done'
-    )
-    found = {}
-    for line in listing.splitlines():
-        kind, digest, mode, owner, group, path = line.split(" ", 5)
-        found[path] = (kind, digest, mode, f"{owner} {group}")
-    return found
-
-
 @operation()
 def folder(path: str, owner: str, group: str, mode: str, known: list[str]):
     """A folder with this owner, group and mode (read from the host's shared listing of
     ``known`` paths, which includes ``path``)."""
-    have = path_states(known if path in known else [path]).get(path)
+    have = fact(PathStates, known if path in known else [path]).get(path)
     quoted = shlex.quote(path)
     if have is None:
         yield f"install -d -o {owner} -g {group} -m {mode} {quoted}"
-    elif have[0] != "dir":
+    elif have.kind != "dir":
         yield f"echo {shlex.quote(f'not a folder (move it away, then rerun): {path}')} >&2; exit 1"
-    elif (have[2], have[3]) != (mode.lstrip("0") or "0", f"{owner} {group}"):
+    elif not has_owner_and_mode(have, owner, group, mode):
         yield f"chown {owner}:{group} {quoted} && chmod {mode} {quoted}"
     else:
         host.noop(f"{path} is as wanted")
@@ -282,13 +270,13 @@ def folder(path: str, owner: str, group: str, mode: str, known: list[str]):
 def sync_files(files: list[dict], temp_dir: str, known: list[str]):
     """Make each file's content, mode, owner and group what ``files`` says.
 
-    ``path_states`` reads the sha256, mode, owner and group of every path (``known``: all
+    ``PathStates`` reads the sha256, mode, owner and group of every path (``known``: all
     of the host's, one command for the host). A file whose content differs is first
     (re)created empty with its final owner and mode, then filled: ``cp`` onto an existing
     file keeps both, so a secret is never readable by anyone else, not even for a moment.
     """
-    current = path_states(known)
-    odd = [f["path"] for f in files if current.get(f["path"], ("file",))[0] != "file"]
+    current = fact(PathStates, known)
+    odd = [f["path"] for f in files if f["path"] in current and current[f["path"]].kind != "file"]
     if odd:
         # a folder or link where our file belongs: someone else's, never written through
         why = "not a regular file (move it away, then rerun): " + ", ".join(odd)
@@ -298,15 +286,19 @@ def sync_files(files: list[dict], temp_dir: str, known: list[str]):
     for f in files:
         with open(f["src"], "rb") as fh:
             digest = hashlib.sha256(fh.read()).hexdigest()
-        want = (f["mode"].lstrip("0") or "0", f"{f['owner']} {f['group']}")
         have = current.get(f["path"])
         path = shlex.quote(f["path"])
-        if have is None or have[1] != digest:
+        if have is None or have.sha256 != digest:
             yield f"install -o {f['owner']} -g {f['group']} -m {f['mode']} /dev/null {path}"
             yield upload(f["src"], f["path"], temp_dir)
             changed += 1
-        elif (have[2], have[3]) != want:
+        elif not has_owner_and_mode(have, f["owner"], f["group"], f["mode"]):
             yield f"chown {f['owner']}:{f['group']} {path} && chmod {f['mode']} {path}"
             changed += 1
     if not changed:
         host.noop(f"{len(files)} file(s) already as rendered")
+
+
+def has_owner_and_mode(have: PathState, user: str, group: str, mode: str) -> bool:
+    """``mode`` as we write it ("0640", "750") against stat's octal ("640")."""
+    return (have.user, have.group, have.mode) == (user, group, mode.lstrip("0") or "0")
