@@ -31,11 +31,19 @@ pytestmark = pytest.mark.integration
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
+# the browser headers the real app sends (cmdop_server: SecurityMiddleware, CSP middleware)
+APP_HEADERS = {"Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+               "X-Content-Type-Options": "nosniff",
+               "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'"}
+
+
 class _App(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's naming
         body = b"dummy app\n"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in APP_HEADERS.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -135,11 +143,13 @@ def _get(web, path="/", max_version=None):
     return response, version, body
 
 
-def test_nginx_tls13_proxies_to_app_with_hsts(nginx):
+def test_nginx_tls13_proxies_to_app_with_its_headers_once(nginx):
     response, version, body = _get(nginx)
     assert version == "TLSv1.3"
     assert response.status == 200 and body == b"dummy app\n"
-    assert "max-age=63072000" in response.getheader("Strict-Transport-Security")
+    # the app is the one sender: nginx adds no second, conflicting copy
+    for name, value in APP_HEADERS.items():
+        assert response.headers.get_all(name) == [value], name
     assert "nginx/" not in (response.getheader("Server") or "")
 
 
@@ -148,12 +158,22 @@ def test_nginx_refuses_tls12(nginx):
         _get(nginx, max_version=ssl.TLSVersion.TLSv1_2)
 
 
-def test_nginx_plain_http_only_redirects(nginx):
-    conn = http.client.HTTPConnection("127.0.0.1", nginx["http"], timeout=5)
-    conn.request("GET", "/api/v1/me", headers={"Host": nginx["domain"]})
+def _plain(web, host: str) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", web["http"], timeout=5)
+    conn.request("GET", "/api/v1/me?x=1", headers={"Host": host})
     response = conn.getresponse()
-    assert response.status == 301
-    assert response.getheader("Location").startswith(f"https://{nginx['domain']}/")
+    response.read()
+    conn.close()
+    return response
+
+
+def test_nginx_plain_http_only_redirects_to_the_configured_name(nginx):
+    for host in (nginx["domain"], "evil.invalid"):
+        response = _plain(nginx, host)
+        assert response.status == 301
+        # never to a name the client chose
+        assert response.getheader("Location") == f"https://{nginx['domain']}/api/v1/me?x=1"
+        assert response.getheader("Server") == "nginx", "port 80 advertises its version"
 
 
 def test_nginx_rate_limits_auth_endpoints(nginx):

@@ -67,7 +67,26 @@ def test_check_deploy_has_zero_warnings(tmp_path):
     done = _cmdop_server(_site(tmp_path, fallbacks=["Y" * 10 + STRONG]), "check", "--deploy",
                          "--fail-level", "WARNING")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "no issues (0 silenced)" in done.stdout
+    # security.W021 (no HSTS preload) only: the sites run on an internal CA
+    assert "no issues (1 silenced)" in done.stdout
+
+
+def test_browser_headers_are_sent_once_with_no_preload(tmp_path):
+    env = _site(tmp_path) | {"DJANGO_SETTINGS_MODULE": "cmdop_server.settings.production"}
+    code = ("import json, django; django.setup(); from django.test import Client; "
+            "r = Client().get('/assets/cmdop.css', secure=True, HTTP_HOST='cmdop.example.com'); "
+            "print(json.dumps([r.status_code, sorted(r.headers.items())]))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    status, headers = json.loads(done.stdout)
+    assert status == 200
+    headers = dict(headers)
+    assert headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    policy = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy
 
 
 GOLDEN = Path(__file__).resolve().parents[1] / "installer/golden/node1/etc/cmdop/server.toml"

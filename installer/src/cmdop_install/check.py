@@ -255,8 +255,12 @@ def lint_nginx(text: str) -> list[str]:
     protocols = {v for k, v in _directives(text) if k == "ssl_protocols"}
     if protocols != {"TLSv1.3;"}:
         found.append("ssl_protocols is not TLSv1.3 only")
-    if "Strict-Transport-Security" not in text:
-        found.append("no HSTS header")
+    # the app sends HSTS and the other browser headers; a second copy from nginx conflicts
+    added = {v.split()[0].lower() for k, v in _directives(text) if k == "add_header" and v}
+    for header in ("Strict-Transport-Security", "X-Content-Type-Options",
+                   "Content-Security-Policy"):
+        if header.lower() in added:
+            found.append(f"add_header {header}: the app sends it (it would go out twice)")
     return found
 
 

@@ -1,6 +1,10 @@
-"""Server-rendered pages: sign-in, the device verification page, tokens. No JavaScript."""
+"""Server-rendered pages: sign-in, the device verification page, tokens. No JavaScript
+here; the pages' one script and stylesheet are files served by ``asset``."""
 
 from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
 
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -132,6 +136,25 @@ def revoke_api_key(request: HttpRequest, slug: str, key_id: int) -> HttpResponse
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok"})
+
+
+# The CSP allows scripts and styles only from files of our own origin; these are all of them.
+_ASSETS = {"cmdop.css": "text/css", "session.js": "text/javascript"}
+_ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+
+@cache
+def _asset_bytes(name: str) -> bytes:
+    return (_ASSETS_DIR / name).read_bytes()
+
+
+@require_GET
+def asset(request: HttpRequest, name: str) -> HttpResponse:
+    if name not in _ASSETS:
+        raise Http404
+    response = HttpResponse(_asset_bytes(name), content_type=f"{_ASSETS[name]}; charset=utf-8")
+    response["Cache-Control"] = "public, max-age=3600"
+    return response
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
