@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from cmdop_install import agent_releases, check, manage, render, wheelhouse
+from cmdop_install import agent_releases, check, manage, pgsql, render, wheelhouse
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
 from cmdop_install.hashing import scram_sha256_verifier
@@ -209,9 +209,7 @@ def postgres_facts(folder: Path, site, host, secrets: dict[str, str]) -> dict:
     ):
         verifier = stable_verifier(secrets[secret], role)
         sql_src = f"files/password-{role}.sql"
-        write_atomic(
-            folder / sql_src, f"ALTER ROLE {role} PASSWORD '{verifier}';\n".encode(), 0o600
-        )
+        write_atomic(folder / sql_src, pgsql.set_password(role, verifier).encode(), 0o600)
         passwords.append(
             {
                 "name": role,
@@ -219,29 +217,10 @@ def postgres_facts(folder: Path, site, host, secrets: dict[str, str]) -> dict:
                 "sql_src": sql_src,
             }
         )
-    # names come from site.toml, validated as SQL identifiers ([a-z][a-z0-9_]*)
-    roles = ("owner", "blue", "green", "audit_owner", "audit_admin")
-    listed = ", ".join(f"'{pg[r]}'" for r in roles)
-    databases = ", ".join(f"'{d}'" for d in pg["databases"])
-    settings = [(pg["blue"], pg["owner"]), (pg["green"], pg["owner"])]
-    settings.append((pg["audit_admin"], pg["audit_owner"]))
-    setting_sql = " OR ".join(
-        f"(r.rolname = '{login}' AND 'role={acts_as}' = ANY (s.setconfig))"
-        for login, acts_as in settings
-    )
-    check = (
-        f"SELECT (SELECT count(*) FROM pg_roles WHERE rolname IN ({listed})) = {len(roles)}"  # noqa: S608
-        f" AND (SELECT count(*) FROM pg_database WHERE datname IN ({databases}))"
-        f" = {len(pg['databases'])}"
-        " AND (SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole"
-        f" WHERE {setting_sql}) = {len(settings)}"
-        f" AND (SELECT pg_get_userbyid(datdba) FROM pg_database"
-        f" WHERE datname = '{pg['audit_database']}') = '{pg['audit_owner']}'"
-    )
     return {
         "major": site["postgres"]["major"],
         "listen_addresses": host.address,
-        "roles_check_sql": check,
+        "roles_check_sql": pgsql.roles_check(pg),
         "passwords": passwords,
     }
 

@@ -13,11 +13,11 @@ import shlex
 from pathlib import PurePosixPath
 from typing import TypeVar
 
-from psycopg import sql
 from pyinfra import host
 from pyinfra.api import FactBase, operation
 from pyinfra.api.command import FileUploadCommand
 
+from cmdop_install import pgsql
 from cmdop_install.deploys.facts import (
     ExistingPaths,
     InstallerState,
@@ -103,10 +103,7 @@ def postgres_password(
     Only when the stored verifier differs (compared by md5, so it never travels back). The
     file exists 0600 postgres-owned before it has content, and is removed right after use.
     """
-    check = sql.SQL("SELECT md5(rolpassword) FROM pg_authid WHERE rolname = {}").format(
-        sql.Literal(role)
-    )
-    if fact(PostgresValue, check.as_string()) == verifier_md5:
+    if fact(PostgresValue, pgsql.password_md5(role)) == verifier_md5:
         host.noop(f"password of {role} is already set")
         return
     sql_file = f"{conf_dir}/.cmdop-password-{role}.sql"

@@ -1,0 +1,74 @@
+"""The SQL the installer sends to PostgreSQL, composed with ``psycopg.sql``: role and database
+names go in as quoted literals or identifiers, never pasted in with f-strings.
+
+psycopg is imported inside each function: the CLI imports this module and starts without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# roles of render.postgres_names that roles.sql creates, and who each login acts as
+ROLES = ("owner", "blue", "green", "audit_owner", "audit_admin")
+ACTS_AS = (("blue", "owner"), ("green", "owner"), ("audit_admin", "audit_owner"))
+
+
+def set_password(role: str, verifier: str) -> str:
+    """``ALTER ROLE`` with a SCRAM verifier (the password itself never reaches the server)."""
+    from psycopg import sql
+
+    return (
+        sql.SQL("ALTER ROLE {} PASSWORD {};\n")
+        .format(sql.Identifier(role), sql.Literal(verifier))
+        .as_string()
+    )
+
+
+def password_md5(role: str) -> str:
+    """The md5 of ``role``'s stored verifier: compared with ours, the verifier never travels
+    back."""
+    from psycopg import sql
+
+    return (
+        sql.SQL("SELECT md5(rolpassword) FROM pg_authid WHERE rolname = {}")
+        .format(sql.Literal(role))
+        .as_string()
+    )
+
+
+def roles_check(pg: Mapping) -> str:
+    """One query, ``t`` when every role, database and login setting roles.sql makes exists
+    and the audit database belongs to its own owner (``pg``: render.postgres_names)."""
+    from psycopg import sql
+
+    def listed(names) -> sql.Composable:
+        return sql.SQL(", ").join(sql.Literal(n) for n in names)
+
+    settings = sql.SQL(" OR ").join(
+        sql.SQL("(r.rolname = {} AND {} = ANY (s.setconfig))").format(
+            sql.Literal(pg[login]), sql.Literal(f"role={pg[acts_as]}")
+        )
+        for login, acts_as in ACTS_AS
+    )
+    return (
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname IN ({roles})) = {role_count}"
+            " AND (SELECT count(*) FROM pg_database WHERE datname IN ({databases}))"
+            " = {database_count}"
+            " AND (SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r"
+            " ON r.oid = s.setrole WHERE {settings}) = {setting_count}"
+            " AND (SELECT pg_get_userbyid(datdba) FROM pg_database"
+            " WHERE datname = {audit_database}) = {audit_owner}"
+        )
+        .format(
+            roles=listed(pg[r] for r in ROLES),
+            role_count=sql.Literal(len(ROLES)),
+            databases=listed(pg["databases"]),
+            database_count=sql.Literal(len(pg["databases"])),
+            settings=settings,
+            setting_count=sql.Literal(len(ACTS_AS)),
+            audit_database=sql.Literal(pg["audit_database"]),
+            audit_owner=sql.Literal(pg["audit_owner"]),
+        )
+        .as_string()
+    )
