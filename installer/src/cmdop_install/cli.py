@@ -16,7 +16,26 @@ from cmdop_install.lab.cli import lab
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cmdop-install")
 def cli() -> None:
-    """Install and operate CMDOP self-hosted on your own machines."""
+    """Install and operate CMDOP self-hosted on your own machines.
+
+    Every command has --help with an example. More: docs/cli.md.
+
+    \b
+    Example:
+      cmdop-install init mysite && cmdop-install check mysite
+
+    \b
+    Exit codes:
+      0    success
+      1    a problem to fix: the message names the file, key or host
+      2    a wrong command line, or a malformed site.toml
+      70   an internal error (a bug): rerun with CMDOP_INSTALL_DEBUG=1
+      130  interrupted
+
+    \b
+    Shell completion (bash; zsh_source and fish_source likewise):
+      eval "$(_CMDOP_INSTALL_COMPLETE=bash_source cmdop-install)"
+    """
 
 
 cli.add_command(lab)

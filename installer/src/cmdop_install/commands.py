@@ -29,6 +29,10 @@ def init(site_dir: Path, key_file: Path | None) -> None:
 
     Running it again changes nothing that exists: no secret is regenerated and only
     missing, expiring or renamed certificates are issued.
+
+    \b
+    Example:
+      cmdop-install init mysite
     """
     from cmdop_install.siteinit import init_site
 
@@ -46,7 +50,12 @@ def init(site_dir: Path, key_file: Path | None) -> None:
 
 @click.group()
 def secrets() -> None:
-    """List, show or pin the site's secrets (values only on `show NAME`)."""
+    """List, show or pin the site's secrets (values only on `show NAME`).
+
+    \b
+    Example:
+      cmdop-install secrets list mysite
+    """
 
 
 def _store(site_dir: Path):
@@ -58,7 +67,12 @@ def _store(site_dir: Path):
 @secrets.command("list")
 @site_dir_arg
 def secrets_list(site_dir: Path) -> None:
-    """Names, creation time, age and source of every secret — never values."""
+    """Names, creation time, age and source of every secret — never values.
+
+    \b
+    Example:
+      cmdop-install secrets list mysite
+    """
     rows = _store(site_dir).listing()
     width = max(len(r["name"]) for r in rows)
     click.echo(f"{'NAME':<{width}}  {'CREATED':<20}  {'AGE':>7}  SOURCE")
@@ -70,7 +84,12 @@ def secrets_list(site_dir: Path) -> None:
 @site_dir_arg
 @click.argument("name")
 def secrets_show(site_dir: Path, name: str) -> None:
-    """Print the value of secret NAME (and nothing else)."""
+    """Print the value of secret NAME (and nothing else).
+
+    \b
+    Example:
+      cmdop-install secrets show mysite owner_password
+    """
     click.echo(_store(site_dir).get(name))
 
 
@@ -81,6 +100,10 @@ def secrets_set(site_dir: Path, name: str) -> None:
     """Pin secret NAME to a value read from stdin (never from argv); it wins from now on.
 
     Weak values are refused and nothing is changed.
+
+    \b
+    Example:
+      printf '%s\\n' "$VALUE" | cmdop-install secrets set mysite redis_password_app
     """
     if sys.stdin.isatty():
         value = click.prompt(f"value for {name}", hide_input=True, confirmation_prompt=True)
@@ -102,6 +125,10 @@ def render(site_dir: Path, host: str | None, out: Path) -> None:
 
     The site is checked first, as deploy checks it; certificates the inventory now needs
     are issued. Nothing is written unless every file rendered.
+
+    \b
+    Example:
+      cmdop-install render mysite --out rendered --host db1
     """
     from cmdop_install.render_folder import render_site
     from cmdop_install.sitedir import SiteDir
@@ -117,7 +144,12 @@ def render(site_dir: Path, host: str | None, out: Path) -> None:
 @click.command()
 @site_dir_arg
 def check(site_dir: Path) -> None:
-    """Validate site.toml and inventory.py and lint the rendered files; exit 1 on findings."""
+    """Validate site.toml and inventory.py and lint the rendered files; exit 1 on findings.
+
+    \b
+    Example:
+      cmdop-install check mysite
+    """
     from cmdop_install.check import check_site
     from cmdop_install.sitedir import SiteDir
 
@@ -146,6 +178,10 @@ def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> None:
     Only what differs changes; a second deploy of an unchanged site reports zero changes.
     Certificates the inventory now needs are issued first. Secrets never appear in the
     output.
+
+    \b
+    Example:
+      cmdop-install deploy mysite --limit control_plane --dry-run
     """
     from cmdop_install.deploy import deploy_site
     from cmdop_install.sitedir import SiteDir
@@ -173,7 +209,12 @@ def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> None:
 @site_dir_arg
 @options.as_json
 def status(site_dir: Path, as_json: bool) -> None:
-    """Per host and component: service state, version, certificates, agents online, last deploy."""
+    """Per host and component: service state, version, certificates, agents online, last deploy.
+
+    \b
+    Example:
+      cmdop-install status mysite --json
+    """
     from cmdop_install.sitedir import SiteDir
     from cmdop_install.status import site_status
 
@@ -201,7 +242,12 @@ def status(site_dir: Path, as_json: bool) -> None:
 
 @click.group()
 def agents() -> None:
-    """The agents of a site: roll out a release in batches."""
+    """The agents of a site: roll out a release in batches.
+
+    \b
+    Example:
+      cmdop-install agents rollout mysite --canary 1 --batch-size 25%
+    """
 
 
 @agents.command("rollout")
@@ -249,6 +295,10 @@ def rollout(
 
     Failed hosts go back to their previous release; when failures exceed --max-fail the
     rollout stops and the rest stay untouched. Rerun the same command to resume.
+
+    \b
+    Example:
+      cmdop-install agents rollout mysite --version 0.2.0 --canary 1 --batch-size 25%
     """
     from cmdop_install.rollout import Rollout, SiteLock, summary_lines
     from cmdop_install.sitedir import SiteDir
@@ -286,6 +336,10 @@ def uninstall(site_dir: Path, keep_data: bool, limit: tuple[str, ...], yes: bool
     and the Debian packages it installed; with --keep-data the data stays.
 
     The site folder itself (secrets, certificates) stays on this machine.
+
+    \b
+    Example:
+      cmdop-install uninstall mysite --keep-data --yes
     """
     from cmdop_install.sitedir import SiteDir
     from cmdop_install.uninstall import uninstall_site
@@ -316,7 +370,12 @@ def uninstall(site_dir: Path, keep_data: bool, limit: tuple[str, ...], yes: bool
     help="Where the demo site lives.",
 )
 def demo(name: str, site_dir: Path) -> None:
-    """Deploy a whole CMDOP site onto three local lab hosts and prove it works."""
+    """Deploy a whole CMDOP site onto three local lab hosts and prove it works.
+
+    \b
+    Example:
+      cmdop-install demo --name demo --site sites/demo
+    """
     from cmdop_install.demo import run
 
     run(name, site_dir)

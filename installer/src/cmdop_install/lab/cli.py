@@ -50,6 +50,10 @@ def lab() -> None:
     """A local fleet of Debian 12 hosts (podman, systemd, sshd) reached over SSH.
 
     `status`, `ssh` and `down` act on the only lab there is unless --name picks one.
+
+    \b
+    Example:
+      cmdop-install lab up --hosts 3 && cmdop-install lab ssh host1
     """
 
 
