@@ -108,11 +108,3 @@ class Gunicorn:
                 self.proc.kill()
                 self.proc.wait(5)
 
-
-def fresh_window(window: int = 60, margin: float = 8.0) -> None:
-    """Sleep past a fixed-window boundary if fewer than ``margin`` seconds of it are left."""
-    import time
-
-    left = window - (time.time() % window)
-    if left < margin:
-        time.sleep(left + 0.05)
