@@ -7,6 +7,7 @@ main config, proxying to a dummy app on the unix socket path gunicorn would use.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import pwd
 import re
@@ -46,6 +47,10 @@ class _App(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
 
     def log_message(self, *args):
         pass
@@ -125,7 +130,7 @@ def nginx(tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _get(web, path="/", max_version=None):
+def _get(web, path="/", max_version=None, method="GET", body=None, headers=None):
     ctx = ssl.create_default_context(cafile=str(web["ca"]))
     if max_version:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -135,9 +140,9 @@ def _get(web, path="/", max_version=None):
     # SNI and certificate check against the public name, connecting to loopback
     conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", web["https"]), 5),
                                 server_hostname=web["domain"])
-    conn.request("GET", path, headers={"Host": web["domain"]})
-    response = conn.getresponse()
     version = conn.sock.version()
+    conn.request(method, path, body=body, headers={"Host": web["domain"], **(headers or {})})
+    response = conn.getresponse()
     body = response.read()
     conn.close()
     return response, version, body
@@ -176,10 +181,34 @@ def test_nginx_plain_http_only_redirects_to_the_configured_name(nginx):
         assert response.getheader("Server") == "nginx", "port 80 advertises its version"
 
 
-def test_nginx_rate_limits_auth_endpoints(nginx):
-    statuses = [_get(nginx, "/api/v1/oauth/token")[0].status for _ in range(10)]
-    assert 429 in statuses  # 10/min with a burst of 5: the second line behind the app
+def test_nginx_refuses_an_auth_flood_in_json_with_retry_after(nginx):
+    answers = [_get(nginx, "/api/v1/oauth/device_authorization", method="POST", body="x")
+               for _ in range(15)]
+    statuses = [response.status for response, _, _ in answers]
+    # 10/min with a minute's burst: the app's own limit answers first, nginx only after it
+    assert statuses[:11] == [200] * 11 and 429 in statuses, statuses
+    for response, _, body in answers:
+        if response.status == 429:
+            assert response.getheader("Content-Type") == "application/json"
+            assert json.loads(body)["error"] == "rate_limited"
+            assert response.getheader("Retry-After") == "6"  # one request per 6 s
     assert _get(nginx, "/api/v1/me")[0].status == 200  # other paths are not in that zone
+
+
+def test_device_polling_meets_no_nginx_limit(nginx):
+    """RFC 8628 polling at 12 a minute for a long approval: the app paces it (slow_down)."""
+    statuses = {_get(nginx, "/api/v1/oauth/token", method="POST", body="x")[0].status
+                for _ in range(40)}
+    assert statuses == {200}
+
+
+def test_nginx_refuses_an_oversized_body_in_json(nginx):
+    # the site's max_upload_mb is 50: nginx refuses on the announced length alone
+    response, _, body = _get(nginx, "/api/v1/me", method="POST", body=b"{}",
+                             headers={"Content-Length": str(51 * 1024 * 1024)})
+    assert response.status == 413
+    assert response.getheader("Content-Type") == "application/json"
+    assert json.loads(body)["error"] == "payload_too_large"
 
 
 # --- systemd units --------------------------------------------------------------------------
