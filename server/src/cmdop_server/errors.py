@@ -6,6 +6,7 @@ OAuth endpoints add RFC 6749's ``error_description`` (same text as ``detail``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -78,11 +79,12 @@ class ApiErrorMiddleware:
 
     def __init__(self, get_response):
         self.get_response = get_response
-        if iscoroutinefunction(get_response):
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
             markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        if iscoroutinefunction(self):
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if self.async_mode:
             return self.__acall__(request)
         refused = self._refuse(request)
         if refused is not None:

@@ -12,7 +12,6 @@ import logging
 
 import redis
 from django.core.exceptions import ObjectDoesNotExist
-from django.http import HttpRequest
 from django.utils import timezone
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -101,7 +100,7 @@ def _enroll_out(machine, credential: str | None = None) -> dict:
 
 
 @api.post("/enroll", auth=auth.enroll, response={201: EnrollOut}, exclude_none=True)
-def enroll(request: HttpRequest, body: EnrollIn):
+def enroll(request: auth.EnrollRequest, body: EnrollIn):
     """Join token in the body (no Authorization), or the device flow's access token."""
     ip = client_ip(request)
     if body.join_token:
@@ -122,7 +121,7 @@ def enroll(request: HttpRequest, body: EnrollIn):
 
 
 @api.post("/heartbeat", auth=auth.machine, response=HeartbeatOut)
-def heartbeat(request: HttpRequest, body: HeartbeatIn):
+def heartbeat(request: auth.AgentRequest, body: HeartbeatIn):
     machine = actions.do_heartbeat(request.auth.machine, body.hostname, body.os, body.version,
                                    body.boot_id, client_ip(request))
     return {"server_time": timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -135,7 +134,7 @@ class WorkQuery(Schema):
 
 
 @api.get("/work", auth=auth.machine_pooled, response=WorkOut)
-async def work(request: HttpRequest, query: Query[WorkQuery]):
+async def work(request: auth.AgentRequest, query: Query[WorkQuery]):
     """Long-poll: returns at once when there is work after ``cursor``, else after ``wait``
     seconds (at most 25) with no items."""
     wait = max(0.0, min(float(query.wait), MAX_WAIT))
@@ -147,12 +146,12 @@ async def work(request: HttpRequest, query: Query[WorkQuery]):
 
 
 @api.post("/work/ack", auth=auth.machine, response=AckOut)
-def ack(request: HttpRequest, body: AckIn):
+def ack(request: auth.AgentRequest, body: AckIn):
     return {"acked": workqueue.ack(request.auth.machine.pk, body.ids)}
 
 
 @api.post("/events", auth=auth.machine, response=EventsOut)
-def events(request: HttpRequest, body: EventsIn):
+def events(request: auth.AgentRequest, body: EventsIn):
     if len(request.body) > MAX_EVENT_BATCH + 4096:
         raise ApiError(413, "payload_too_large", "An event batch is at most 256 KiB.")
     batch = [e.model_dump(exclude_none=True) for e in body.events]

@@ -29,7 +29,8 @@ def machine_for(raw: str) -> tuple[Machine | None, str]:
     if raw.startswith(MACHINE_CREDENTIAL_PREFIX):
         machine = (Machine.unscoped.select_related("workspace")
                    .filter(credential_hash=credentials.sha256_hex(raw)).first())
-        if machine is None or not credentials.same_digest(machine.credential_hash, raw):
+        if (machine is None or machine.credential_hash is None
+                or not credentials.same_digest(machine.credential_hash, raw)):
             return None, "unknown_machine_credential"
         return machine, ""
     principal, reason = authenticate_bearer(raw)
@@ -42,34 +43,40 @@ def machine_for(raw: str) -> tuple[Machine | None, str]:
     return (machine, "") if machine is not None else (None, "no_machine_for_token")
 
 
+def _machine_caller(request: HttpRequest, token: str) -> AgentCaller | None:
+    machine, reason = machine_for(token)
+    if machine is None:
+        ip = client_ip(request)
+        ratelimit.enforce("auth", f"ip:{ip}")
+        audit.record("auth.machine", success=False, method="bearer", ip=ip, reason=reason)
+        return None
+    if machine.disabled_at is not None:
+        raise ApiError(403, "forbidden", "This machine is disabled.")
+    return AgentCaller(machine)
+
+
 class MachineAuth(HttpBearer):
     permission_rule = "the caller's own machine (machine credential or its agent token)"
 
     def authenticate(self, request: HttpRequest, token: str) -> AgentCaller | None:
-        machine, reason = machine_for(token)
-        if machine is None:
-            ip = client_ip(request)
-            ratelimit.enforce("auth", f"ip:{ip}")
-            audit.record("auth.machine", success=False, method="bearer", ip=ip, reason=reason)
-            return None
-        if machine.disabled_at is not None:
-            raise ApiError(403, "forbidden", "This machine is disabled.")
-        return AgentCaller(machine)
+        return _machine_caller(request, token)
 
 
-class PooledMachineAuth(MachineAuth):
+class PooledMachineAuth(HttpBearer):
     """MachineAuth for the async long-poll. Under ASGI, Django runs a request's sync code in
     a thread of its own, and that thread's DB connection would stay open for the whole
     wait: 2,000 waiting agents = 2,000 Postgres connections. This runs the lookup on the
     event loop's small shared thread pool instead, whose persistent connections are
     reused by every poll (and recycled like any request's: close_old_connections)."""
 
+    permission_rule = MachineAuth.permission_rule
+
     async def authenticate(self, request: HttpRequest, token: str) -> AgentCaller | None:
         return await sync_to_async(self._in_pool, thread_sensitive=False)(request, token)
 
     def _in_pool(self, request: HttpRequest, token: str) -> AgentCaller | None:
         close_old_connections()
-        return MachineAuth.authenticate(self, request, token)
+        return _machine_caller(request, token)
 
 
 machine = MachineAuth()
@@ -92,6 +99,16 @@ class EnrollAuth:
 @dataclass(frozen=True)
 class EnrollCredential:
     bearer: str
+
+
+class AgentRequest(HttpRequest):
+    """What a handler behind ``machine`` or ``machine_pooled`` gets: ``auth`` is their result."""
+
+    auth: AgentCaller
+
+
+class EnrollRequest(HttpRequest):
+    auth: EnrollCredential
 
 
 enroll = EnrollAuth()

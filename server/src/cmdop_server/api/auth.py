@@ -36,6 +36,12 @@ class Caller:
         return self.membership.workspace if self.membership else None
 
 
+class CallerRequest(HttpRequest):
+    """The request a handler behind these auths gets: ninja has set ``auth`` to the Caller."""
+
+    auth: Caller
+
+
 class UserAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> Caller | None:
         principal, reason = authenticate_bearer(token)

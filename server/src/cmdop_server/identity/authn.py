@@ -12,10 +12,18 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db.models import Q
+from django.http import HttpRequest
 from django.utils import timezone
 
 from cmdop_server import credentials
 from cmdop_server.identity.models import AccessToken, ApiKey, User, Workspace
+
+
+class SignedInRequest(HttpRequest):
+    """A dashboard request behind ``@login_required``. Django types ``request.user`` as a
+    user or AnonymousUser; the decorator has ruled the latter out, and views say so."""
+
+    user: User
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from ninja import Query, Router, Schema
 from pydantic import Field
 
 from cmdop_server import output, ratelimit, realtime
-from cmdop_server.api.auth import UserAuth, WorkspaceAuth
+from cmdop_server.api.auth import CallerRequest, UserAuth, WorkspaceAuth
 from cmdop_server.errors import ApiError
 from cmdop_server.machines import actions as machine_actions
 from cmdop_server.machines.models import JoinToken, Machine
@@ -57,7 +57,7 @@ def _release_db_connections() -> None:
             connection.close()
 
 
-def _access(request: HttpRequest, session_id: str, permission: SessionPermission,
+def _access(request: CallerRequest, session_id: str, permission: SessionPermission,
             limit: str = "session") -> SessionAccess:
     caller = request.auth
     ratelimit.enforce(limit, f"user:{caller.user.pk}")

@@ -13,7 +13,6 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
 from django.http import (
     Http404,
-    HttpRequest,
     HttpResponse,
     JsonResponse,
     StreamingHttpResponse,
@@ -27,6 +26,7 @@ from cmdop_server import output
 from cmdop_server.audit import AUDIT_DB, export
 from cmdop_server.audit.models import AuditEvent
 from cmdop_server.errors import ApiError
+from cmdop_server.identity.authn import SignedInRequest
 from cmdop_server.identity.models import Membership
 from cmdop_server.machines import actions as machine_actions
 from cmdop_server.machines.models import JoinToken, Machine
@@ -39,7 +39,7 @@ from cmdop_server.sessions.models import Participant
 from cmdop_server.workqueue import BadCursor
 
 
-def _membership(request: HttpRequest, slug: str, action: Action) -> Membership:
+def _membership(request: SignedInRequest, slug: str, action: Action) -> Membership:
     membership = (Membership.unscoped.select_related("workspace", "user")
                   .filter(workspace__slug=slug, user=request.user).first())
     if membership is None:
@@ -65,7 +65,7 @@ def _page_errors(view):
 @login_required
 @require_http_methods(["GET", "POST"])
 @_page_errors
-def machines(request: HttpRequest, slug: str) -> HttpResponse:
+def machines(request: SignedInRequest, slug: str) -> HttpResponse:
     membership = _membership(request, slug, Action.MACHINE_VIEW)
     manage = can(membership.role, Action.MACHINE_MANAGE)
     new_token = None
@@ -91,7 +91,7 @@ def machines(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 @_page_errors
-def sessions(request: HttpRequest, slug: str) -> HttpResponse:
+def sessions(request: SignedInRequest, slug: str) -> HttpResponse:
     membership = _membership(request, slug, Action.SESSION_VIEW)
     if request.method == "POST":
         membership = _membership(request, slug, Action.SESSION_ACCESS)
@@ -112,7 +112,7 @@ def sessions(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 @_page_errors
-def session(request: HttpRequest, slug: str, session_id: str) -> HttpResponse:
+def session(request: SignedInRequest, slug: str, session_id: str) -> HttpResponse:
     membership = _membership(request, slug, Action.SESSION_VIEW)
     ip = client_ip(request)
     if request.method == "POST":
@@ -129,7 +129,7 @@ def session(request: HttpRequest, slug: str, session_id: str) -> HttpResponse:
 
 
 @require_GET
-async def session_output(request: HttpRequest, slug: str, session_id: str) -> HttpResponse:
+async def session_output(request: SignedInRequest, slug: str, session_id: str) -> HttpResponse:
     """The live view's long-poll (cookie session): the same checks as the API's output."""
     user = await request.auser()
     if not user.is_authenticated:
@@ -158,7 +158,7 @@ async def session_output(request: HttpRequest, slug: str, session_id: str) -> Ht
 @login_required
 @require_GET
 @_page_errors
-def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
+def audit_log(request: SignedInRequest, slug: str) -> HttpResponse | StreamingHttpResponse:
     membership = _membership(request, slug, Action.AUDIT_VIEW)
     ws = membership.workspace
     since = parse_datetime(request.GET.get("since", "") or "") or None

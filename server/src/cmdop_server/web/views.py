@@ -9,12 +9,14 @@ from pathlib import Path
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from cmdop_server import audit, ratelimit
 from cmdop_server.errors import ApiError
 from cmdop_server.identity import actions
+from cmdop_server.identity.authn import SignedInRequest
 from cmdop_server.identity.models import ApiKey, TokenFamily
 from cmdop_server.identity.oauth_clients import CLIENTS
 from cmdop_server.netinfo import client_ip
@@ -54,13 +56,13 @@ login = LoginView.as_view()
 
 
 @require_POST
-def logout(request: HttpRequest) -> HttpResponse:
+def logout(request: HttpRequest) -> HttpResponseBase:
     return auth_views.LogoutView.as_view(next_page="login")(request)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def device(request: HttpRequest) -> HttpResponse:
+def device(request: SignedInRequest) -> HttpResponse:
     """Step 1: enter the code. Step 2 (POST): see who is asking, then approve or deny."""
     if request.method == "GET":
         return render(request, "cmdop/device.html",
@@ -86,7 +88,7 @@ def device(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def device_decide(request: HttpRequest) -> HttpResponse:
+def device_decide(request: SignedInRequest) -> HttpResponse:
     approve = request.POST.get("decision") == "approve"
     ip = client_ip(request)
     try:
@@ -103,7 +105,7 @@ def device_decide(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def tokens(request: HttpRequest) -> HttpResponse:
+def tokens(request: SignedInRequest) -> HttpResponse:
     families = TokenFamily.objects.filter(user=request.user).order_by("-created_at")
     keys = []
     for membership in request.user.memberships.select_related("workspace"):
@@ -114,14 +116,14 @@ def tokens(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def revoke_family(request: HttpRequest, family_id: int) -> HttpResponse:
+def revoke_family(request: SignedInRequest, family_id: int) -> HttpResponse:
     actions.do_revoke_family(request.user, family_id, "revoked_in_dashboard", client_ip(request))
     return redirect("tokens")
 
 
 @login_required
 @require_POST
-def revoke_api_key(request: HttpRequest, slug: str, key_id: int) -> HttpResponse:
+def revoke_api_key(request: SignedInRequest, slug: str, key_id: int) -> HttpResponse:
     membership = request.user.memberships.select_related("workspace").filter(
         workspace__slug=slug).first()
     if membership is None:
