@@ -135,20 +135,17 @@ def parse_cursor(cursor: str | None) -> str:
 async def _read(session_pk: int, after: str) -> Page:
     r = redis_client.async_client()
     key = _key(session_pk)
-    entries = await r.xrange(key, min=f"({after}", max="+", count=READ_BATCH)
+    entries = redis_client.stream_entries(
+        await r.xrange(key, min=f"({after}", max="+", count=READ_BATCH))
     items: list[dict] = []
-    dropped_through = await r.hget(key + ":meta", "dropped_through")
-    if dropped_through and _id(after) < _id(dropped_through.decode()):
+    dropped_through = redis_client.text(await r.hget(key + ":meta", "dropped_through"))
+    if dropped_through and _id(after) < _id(dropped_through):
         dropped = int(await r.hget(key + ":meta", "dropped_bytes") or 0)
         items.append({"type": "dropped", "dropped_bytes_total": dropped,
                       "detail": "Older output was dropped: the session's buffer is full."})
-        after = dropped_through.decode()
-    last = after
-    for entry_id, fields in entries:
-        last = entry_id.decode()
-        f = {k.decode(): v.decode() for k, v in fields.items()}
-        items.append({"type": f["kind"], **json.loads(f["data"])})
-    return Page(items, CURSOR_PREFIX + last)
+        after = dropped_through
+    items += [{"type": f["kind"], **json.loads(f["data"])} for _, f in entries]
+    return Page(items, CURSOR_PREFIX + (entries[-1][0] if entries else after))
 
 
 async def read(session_pk: int, cursor: str | None, wait: float) -> Page:

@@ -9,6 +9,7 @@ import weakref
 import redis
 import redis.asyncio
 from django.conf import settings
+from redis.typing import StreamRangeResponse
 
 
 def key(name: str) -> str:
@@ -49,6 +50,18 @@ def async_client(subscriber: bool = False) -> redis.asyncio.Redis:
         )
         clients[subscriber] = redis.asyncio.Redis(connection_pool=pool)
     return clients[subscriber]
+
+
+def text(value: bytes | str | None) -> str:
+    """A reply as text. Our clients return bytes; redis-py's types also allow str (a client
+    with decode_responses) and None (a missing key or field), which reads as ""."""
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def stream_entries(reply: StreamRangeResponse | None) -> list[tuple[str, dict[str, str]]]:
+    """An XRANGE reply as (entry id, fields) pairs of text."""
+    return [(text(entry_id), {text(k): text(v) for k, v in (fields or {}).items()})
+            for entry_id, fields in reply or []]
 
 
 def __getattr__(name: str) -> str:

@@ -28,6 +28,7 @@ import weakref
 from dataclasses import dataclass
 
 from django.utils import timezone
+from redis.typing import EncodableT, FieldT, StreamRangeResponse
 
 from cmdop_server import redis_client
 from cmdop_server.machines.tokens import new_public_id
@@ -64,9 +65,11 @@ def enqueue(machine_pk: int, work_type: str, payload: dict, session_id: str = ""
     only for committed state); pass a ``work_id`` made beforehand to return it to a client.
     """
     work_id = work_id or new_work_id()
-    fields = {"id": work_id, "type": work_type, "session_id": session_id,
-              "created": timezone.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-              "payload": json.dumps(payload, separators=(",", ":"))}
+    fields: dict[FieldT, EncodableT] = {
+        "id": work_id, "type": work_type, "session_id": session_id,
+        "created": timezone.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "payload": json.dumps(payload, separators=(",", ":")),
+    }
     r = redis_client.client()
     entry = r.xadd(stream_key(machine_pk), fields, maxlen=STREAM_MAXLEN, approximate=True)
     pipe = r.pipeline(transaction=False)
@@ -112,17 +115,16 @@ class Batch:
     cursor: str
 
 
-def _decode(entries: list, after: str) -> Batch:
-    items, last = [], after
-    for entry_id, fields in entries:
-        last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        f = {k.decode(): v.decode() for k, v in fields.items()}
+def _decode(reply: StreamRangeResponse | None, after: str) -> Batch:
+    entries = redis_client.stream_entries(reply)
+    items = []
+    for _, f in entries:
         item = {"id": f["id"], "type": f["type"], "created": f["created"],
                 "payload": json.loads(f["payload"])}
         if f.get("session_id"):
             item["session_id"] = f["session_id"]
         items.append(item)
-    return Batch(items, CURSOR_PREFIX + last)
+    return Batch(items, CURSOR_PREFIX + (entries[-1][0] if entries else after))
 
 
 async def _read(machine_pk: int, after: str) -> Batch:
