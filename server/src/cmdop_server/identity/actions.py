@@ -301,7 +301,7 @@ def do_poll_device_token(device_code: str, client_id: str, ip: str | None) -> To
             da.last_polled_at = now
             if da.status == Status.PENDING:
                 outcome = OAuthError("authorization_pending", "The user has not decided yet.")
-            elif da.status == Status.DENIED:
+            elif da.status == Status.DENIED or da.user is None:  # approving sets the user
                 outcome = OAuthError("access_denied", "The user denied the request.")
             else:
                 da.status = Status.REDEEMED

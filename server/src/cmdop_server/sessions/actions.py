@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from django.db import transaction
 from django.utils import timezone
@@ -292,12 +293,22 @@ _RESULT_FIELDS = {
 }
 
 
+class _EventFacts(TypedDict):
+    """What the audit row of every agent event names."""
+
+    machine: str
+    session: str | None
+    work_id: str
+
+
 def _apply(machine: Machine, session: Session | None, event: dict, effects: _Effects,
            ip: str | None) -> None:
     kind = event["type"]
     ws = machine.workspace_id
-    facts = {"machine": machine.public_id, "session": session.public_id if session else None,
-             "work_id": str(event.get("work_id", ""))[:40]}
+    facts: _EventFacts = {
+        "machine": machine.public_id, "session": session.public_id if session else None,
+        "work_id": str(event.get("work_id", ""))[:40],
+    }
     if kind == "session.output" and session is not None:
         data = base64.b64decode(str(event.get("data_b64", "")), validate=False)
         effects.add(session, "output", data)

@@ -93,7 +93,7 @@ def authorize(user: User, session_id: str, permission: SessionPermission, *,
             membership = Membership.unscoped.filter(workspace_id=session.workspace_id,
                                                     user=user).first()
     # check 1: the caller belongs to the session's workspace
-    if membership is None:
+    if session is None or membership is None:
         raise refuse(404, "not_found", "No such session.", "not_in_workspace", session)
     # check 2: the session is active
     if session.status not in ACTIVE_STATUSES:
