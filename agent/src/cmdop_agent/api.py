@@ -1,10 +1,9 @@
-"""The agent side of docs/agent-protocol.md: one method per endpoint, plus token upkeep."""
+"""The agent side of docs/agent-protocol.md: one method per endpoint; tokens via oauth.py."""
 
 from __future__ import annotations
 
 import platform
 import socket
-import threading
 import time
 from collections.abc import Callable
 from urllib.parse import urlencode
@@ -13,14 +12,15 @@ from . import __version__
 from .config import Config, load_credential, save_credential
 from .errors import AgentError, ServerError
 from .files import check_private, ensure_private_dir
+from .oauth import REFRESH_MARGIN, TokenKeeper, device_flow
 from .transport import HttpsClient
 from .vault import Vault
 
+__all__ = ["REFRESH_MARGIN", "AgentApi", "Auth", "enroll_with_join_token",
+           "login_with_device_flow"]
+
 AGENT = "/api/agent/v1"
-OAUTH = "/api/v1/oauth"
 CLIENT_ID = "cmdop-agent"
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-REFRESH_MARGIN = 300  # seconds before expiry (the seed: "5 minutes before expiration")
 
 
 def host_facts() -> dict[str, str]:
@@ -53,91 +53,47 @@ def login_with_device_flow(
     config: Config, show: Callable[[str], None], sleep: Callable[[float], None] = time.sleep,
     workspace: str | None = None,
 ) -> dict:
-    """RFC 8628: print where to go, poll honouring interval and slow_down, then enroll."""
+    """RFC 8628 (oauth.device_flow), then enroll this machine with the access token."""
     _preflight(config, key_dir=True)
     client = HttpsClient(config.server, config.ca_file)
-    grant = client.request("POST", f"{OAUTH}/device_authorization",
-                           form={"client_id": CLIENT_ID, "scope": "agent"})
-    show(f"To connect this machine, open {grant['verification_uri']} "
-         f"and enter the code {grant['user_code']}")
-    if grant.get("verification_uri_complete"):
-        show(f"(or open {grant['verification_uri_complete']})")
-    interval = float(grant.get("interval", 5))
-    deadline = time.monotonic() + float(grant.get("expires_in", 900))
-    while True:
-        if time.monotonic() > deadline:
-            raise AgentError("the device code expired before it was approved; run login again")
-        sleep(interval)
-        try:
-            tokens = client.request("POST", f"{OAUTH}/token", form={
-                "grant_type": DEVICE_GRANT, "device_code": grant["device_code"],
-                "client_id": CLIENT_ID})
-            break
-        except ServerError as exc:
-            if exc.code == "authorization_pending":
-                continue
-            if exc.code == "slow_down":
-                interval += 5
-                continue
-            if exc.code in ("access_denied", "expired_token"):
-                raise AgentError(f"login was not approved ({exc.code})") from None
-            raise
+    tokens = device_flow(client, CLIENT_ID, "agent", "connect this machine", show, sleep)
     body: dict[str, str] = host_facts()
     if workspace:
         body["workspace"] = workspace  # needed when the user belongs to several workspaces
     reply = client.request("POST", f"{AGENT}/enroll", body=body, token=tokens["access_token"])
     cred = {"kind": "oauth", "server": config.server, "machine_id": reply["machine_id"],
             "workspace": reply.get("workspace")}
-    _store_tokens(config, cred, tokens)
+    _keeper(config, cred).store(tokens)
     return cred
 
 
-def _store_tokens(config: Config, cred: dict, tokens: dict) -> None:
-    cred["access_token"] = tokens["access_token"]
-    cred["access_expires_at"] = time.time() + float(tokens.get("expires_in", 3600))
-    if tokens.get("refresh_token"):
-        cred["refresh_token_sealed"] = Vault(config.key_dir).seal(tokens["refresh_token"])
-    save_credential(config, cred)
+def _keeper(config: Config, cred: dict, clock: Callable[[], float] = time.time) -> TokenKeeper:
+    return TokenKeeper(cred, lambda c: save_credential(config, c),
+                       Vault(config.key_dir, "cmdop-agent login"),
+                       lambda: HttpsClient(config.server, config.ca_file), CLIENT_ID,
+                       "run cmdop-agent login again", clock)
 
 
 class Auth:
-    """Hands out the bearer token; refreshes OAuth access tokens before they expire."""
+    """Hands out the bearer token: the machine credential, or the OAuth access token that
+    the shared TokenKeeper refreshes before it expires."""
 
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.cred = load_credential(config)
-        self._clock = clock
-        self._lock = threading.Lock()
+        self._keeper = None if self.cred["kind"] == "machine" else _keeper(config, self.cred,
+                                                                           clock)
 
     def token(self) -> str:
-        with self._lock:
-            if self.cred["kind"] == "machine":
-                return self.cred["credential"]
-            if self._clock() >= self.cred.get("access_expires_at", 0) - REFRESH_MARGIN:
-                self._refresh()
-            return self.cred["access_token"]
+        if self._keeper is None:
+            return self.cred["credential"]
+        return self._keeper.token()
 
     def expired(self) -> None:
         """The server said 401: refresh now if we can, else the credential is dead."""
-        with self._lock:
-            if self.cred["kind"] == "machine":
-                raise AgentError("the machine credential was rejected (revoked?); enroll again")
-            self._refresh()
-
-    def _refresh(self) -> None:
-        refresh = Vault(self.config.key_dir).open(self.cred["refresh_token_sealed"])
-        client = HttpsClient(self.config.server, self.config.ca_file)
-        try:
-            tokens = client.request("POST", f"{OAUTH}/token", form={
-                "grant_type": "refresh_token", "refresh_token": refresh, "client_id": CLIENT_ID})
-        except ServerError as exc:
-            if exc.status in (400, 401):
-                raise AgentError(f"token refresh refused ({exc.code}); run cmdop-agent login "
-                                 "again") from None
-            raise
-        finally:
-            client.close()
-        _store_tokens(self.config, self.cred, tokens)
+        if self._keeper is None:
+            raise AgentError("the machine credential was rejected (revoked?); enroll again")
+        self._keeper.expired()
 
 
 class AgentApi:

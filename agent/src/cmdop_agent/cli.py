@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import AgentError
+from .errors import one_line_errors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,13 +67,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return _dispatch(args)
-    except AgentError as exc:
-        print(f"cmdop-agent: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    return one_line_errors("cmdop-agent", lambda: _dispatch(args))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""The agent's error types: every one prints as a single line the operator can act on."""
+"""The error types of both commands: every one prints as a single line one can act on."""
+
+import sys
+from collections.abc import Callable
 
 
 class AgentError(Exception):
@@ -49,3 +52,22 @@ class WorkError(Exception):
 
 class TlsError(TransportError):
     """The control plane's TLS is unacceptable (untrusted certificate, no TLS 1.3): not retried."""
+
+
+def one_line_errors(prog: str, command: Callable[[], int],
+                    explain: Callable[[AgentError], str] = str) -> int:
+    """Run a command line's work; a failure becomes ``prog: <one line>`` and an exit code,
+    never a traceback."""
+    try:
+        return command()
+    except AgentError as exc:
+        print(f"{prog}: {explain(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 141
+    except OSError as exc:
+        name = f" {exc.filename}" if exc.filename else ""
+        print(f"{prog}: {exc.strerror or exc}{name}", file=sys.stderr)
+        return 1

@@ -60,7 +60,7 @@ def _describe(exc: BaseException, where: str, ca_file: Path | None) -> str:
     if isinstance(exc, ssl.SSLError):
         reason = (exc.reason or str(exc)).upper()
         if any(k in reason for k in ("PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS")):
-            return f"TLS: {where} does not offer TLS 1.3 (the agent refuses older TLS)"
+            return f"TLS: {where} does not offer TLS 1.3 (older TLS is refused)"
         return f"TLS handshake with {where} failed: {exc.reason or exc}"
     if isinstance(exc, TimeoutError | socket.timeout):
         return f"timed out talking to {where}"
@@ -69,15 +69,17 @@ def _describe(exc: BaseException, where: str, ca_file: Path | None) -> str:
 
 
 class HttpsClient:
-    """One persistent HTTPS connection; not thread-safe (each agent thread has its own)."""
+    """One persistent HTTPS connection; not thread-safe (each thread has its own)."""
 
-    def __init__(self, server: str, ca_file: Path | None, timeout: float = 30.0) -> None:
+    def __init__(self, server: str, ca_file: Path | None, timeout: float = 30.0,
+                 user_agent: str = f"cmdop-agent/{__version__}") -> None:
         parts = urlsplit(server)
         self.host = parts.hostname or ""
         self.port = parts.port or 443
         self.prefix = parts.path.rstrip("/")
         self.ca_file = ca_file
         self.timeout = timeout
+        self.user_agent = user_agent
         self._ctx = make_tls_context(ca_file)
         self._conn: http.client.HTTPSConnection | None = None
 
@@ -120,8 +122,27 @@ class HttpsClient:
         token: str | None = None,
         timeout: float | None = None,
     ) -> dict:
-        """Send one request; return the JSON body of a 2xx or raise ServerError/TransportError."""
-        headers = {"User-Agent": f"cmdop-agent/{__version__}", "Accept": "application/json"}
+        """Send one request; return the JSON object of a 2xx or raise ServerError/TransportError."""
+        data = self.request_json(method, path, body=body, form=form, token=token,
+                                 timeout=timeout)
+        return data if isinstance(data, dict) else {}
+
+    def request_json(self, method: str, path: str, *, body: dict | None = None,
+                     form: dict | None = None, token: str | None = None,
+                     timeout: float | None = None) -> object:
+        """The decoded JSON of a 2xx (an object or a list); errors as ``request``."""
+        raw = self.request_bytes(method, path, body=body, form=form, token=token,
+                                 timeout=timeout)
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+
+    def request_bytes(self, method: str, path: str, *, body: dict | None = None,
+                      form: dict | None = None, token: str | None = None,
+                      timeout: float | None = None) -> bytes:
+        """The raw body of a 2xx (an export, say); errors as ``request``."""
+        headers = {"User-Agent": self.user_agent, "Accept": "application/json"}
         payload = None
         if body is not None:
             payload = json.dumps(body, separators=(",", ":")).encode()
@@ -154,14 +175,14 @@ class HttpsClient:
             raise kind(_describe(exc, where, self.ca_file)) from None
         if resp.getheader("Connection", "").lower() == "close":
             self.close()
+        if 200 <= resp.status < 300:
+            return raw
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:
             data = {}
         if not isinstance(data, dict):
             data = {}
-        if 200 <= resp.status < 300:
-            return data
         code = str(data.get("error") or "http_error")
         detail = str(data.get("detail") or data.get("error_description") or resp.reason)
         retry_after = resp.getheader("Retry-After") or ""

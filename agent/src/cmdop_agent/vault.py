@@ -51,13 +51,16 @@ def _hmac(key: bytes, msg: bytes) -> bytes:
 
 
 class Vault:
-    def __init__(self, key_dir: Path) -> None:
+    """``relogin``: the command that makes a new login when the sealed token is lost."""
+
+    def __init__(self, key_dir: Path, relogin: str = "cmdop-agent login") -> None:
         self.key_file = key_dir / "refresh.key"
+        self.relogin = relogin
 
     def _keys(self, create: bool) -> tuple[bytes, bytes]:
         if not self.key_file.exists():
             if not create:
-                raise ConfigError(f"key file {self.key_file} is missing; run cmdop-agent login")
+                raise ConfigError(f"key file {self.key_file} is missing; run {self.relogin}")
             ensure_private_dir(self.key_file.parent)
             write_private(self.key_file, secrets.token_bytes(KEY_BYTES))
         local = read_private(self.key_file)
@@ -79,14 +82,14 @@ class Vault:
                 raise ValueError
             raw = base64.b64decode(sealed[len(_PREFIX):], validate=True)
         except ValueError:
-            raise ConfigError("stored refresh token is malformed; run cmdop-agent login") from None
+            raise ConfigError(f"stored refresh token is malformed; run {self.relogin}") from None
         nonce, ct, tag = raw[:NONCE_BYTES], raw[NONCE_BYTES:-32], raw[-32:]
         if len(raw) < NONCE_BYTES + 32 or not hmac.compare_digest(
             tag, _hmac(mac_key, _PREFIX.encode() + nonce + ct)
         ):
             raise ConfigError(
                 "stored refresh token cannot be decrypted (key file or machine changed); "
-                "run cmdop-agent login"
+                f"run {self.relogin}"
             )
         return bytes(a ^ b for a, b in zip(ct, _keystream(enc_key, nonce, len(ct)), strict=True)
                      ).decode()

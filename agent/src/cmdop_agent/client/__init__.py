@@ -1,0 +1,1 @@
+"""cmdop: the person's command line (login, machines, connect, exec, cp, sessions, audit)."""
