@@ -14,6 +14,7 @@ PACKAGES=(
   postgresql redis-server nginx openssl                       # integration tier: real servers
   chromium chromium-driver                                    # the verification page, headless
   systemd                                                     # systemd-analyze security for our units
+  tmux                                                        # drives `cmdop connect` in a real terminal (tests)
 )
 
 if [ ! -r /etc/debian_version ]; then

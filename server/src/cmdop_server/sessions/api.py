@@ -137,7 +137,8 @@ def machine_out(m: Machine) -> dict:
 def session_out(s: Session, role: str | None = None) -> dict:
     return {"session_id": s.public_id, "machine_id": s.machine.public_id,
             "hostname": s.machine.hostname, "status": s.status, "role": role,
-            "created_at": s.created_at, "cols": s.cols, "rows": s.rows}
+            "created_at": s.created_at, "cols": s.cols, "rows": s.rows,
+            "exit_code": s.exit_code}
 
 
 # ---- machines and join tokens --------------------------------------------------------------

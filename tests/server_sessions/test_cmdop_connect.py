@@ -1,0 +1,132 @@
+"""``cmdop connect`` in a real terminal: tmux (a pty of its own, driven by send-keys and read
+by capture-pane) runs a local shell, which runs ``cmdop connect`` to a real agent's shell."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.server_sessions.cmdop_user import CmdopUser
+from tests.support.control_plane import until
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.django_db(databases=["default", "audit"], transaction=True)]
+
+
+class Tmux:
+    """One tmux server on a socket of its own, one session ``t`` running a local bash."""
+
+    def __init__(self, socket: str, cols: int, rows: int, env: dict[str, str],
+                 rcfile: Path) -> None:
+        self.base = [shutil.which("tmux") or "tmux", "-L", socket, "-f", "/dev/null"]
+        rcfile.write_text("PS1='LOCAL$ '\n")
+        self.tmux("new-session", "-d", "-s", "t", "-x", str(cols), "-y", str(rows),
+                  f"bash --noprofile --rcfile {shlex.quote(str(rcfile))}", env=env)
+        self.tmux("set-option", "-g", "window-size", "manual")
+
+    def tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
+        return subprocess.run([*self.base, *args], check=True, capture_output=True,
+                              text=True, env=env, timeout=10).stdout
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "t", *keys)
+
+    def line(self, text: str) -> None:
+        self.tmux("send-keys", "-t", "t", "-l", text)
+        self.keys("Enter")
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "t", "-S", "-300")
+
+    def wait(self, needle: str, timeout: float = 30) -> str:
+        seen = [""]
+
+        def shown() -> str:
+            seen[0] = self.screen()
+            return seen[0] if needle in seen[0] else ""
+
+        try:
+            return until(shown, timeout=timeout, what=f"{needle!r} on the tmux screen")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the screen:\n{seen[0][-1500:]}") from None
+
+    def remote_prompt(self) -> None:
+        """The remote shell's own prompt (``user@host:dir# ``) below the connect line."""
+        def prompt() -> bool:
+            lines = [x for x in self.screen().splitlines() if x.strip()]
+            return "connect" not in lines[-1] and lines[-1].rstrip().endswith(("#", "$"))
+
+        until(prompt, timeout=30, what="the remote prompt")
+
+    def kill(self) -> None:
+        subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def terminal(control_plane, real_agent, tmp_path):
+    agent = real_agent(control_plane)
+    agent.start()
+    person = CmdopUser(tmp_path / "person", control_plane.url, control_plane.pki.ca,
+                       api_key=agent.key)
+    person.home.mkdir()
+    env = {**person.env(), "CMDOP_SERVER": person.server, "CMDOP_CA": str(person.ca),
+           "TERM": "xterm"}
+    tmux = Tmux(f"cmdop-test-{tmp_path.name}", 100, 30, env, tmp_path / "bashrc")
+    try:
+        tmux.wait("LOCAL$")
+        yield agent, tmux, tmp_path
+    finally:
+        tmux.kill()
+
+
+def test_connect_prompt_resize_interrupt_and_exit_status(terminal) -> None:
+    agent, tmux, tmp = terminal
+    before, after = tmp / "stty-before", tmp / "stty-after"
+    tmux.line(f"stty -a > {before}")
+    cmdop = shlex.join([sys.executable, "-m", "cmdop_agent.client.cli"])
+    tmux.line(f"{cmdop} connect {agent.machine.hostname}; echo local-rc=$?")
+    tmux.remote_prompt()
+    tmux.line("PS1='RE''MOTE> '")  # split so the echoed command line does not match
+    tmux.wait("REMOTE>")
+    tmux.line("stty size")
+    tmux.wait("30 100")
+    tmux.tmux("resize-window", "-t", "t", "-x", "120", "-y", "40")
+    until(lambda: "40 120" in (tmux.line("stty size") or tmux.screen()), timeout=20,
+          interval=1, what="stty size to follow the resize")
+    tmux.line("sleep 60; echo sl''ept-through")
+    time.sleep(1)
+    tmux.keys("C-c")
+    tmux.line("echo after-inter''rupt")
+    screen = tmux.wait("after-interrupt", timeout=15)
+    assert "slept-through" not in screen  # Ctrl-C reached the remote sleep, not cmdop
+    tmux.line("exit 3")
+    tmux.wait("local-rc=3")
+    tmux.line(f"stty -a > {after}")
+    until(lambda: after.exists() and after.read_text(), what="stty -a after")
+    # the same modes and characters; only the size differs: the window was resized
+    assert after.read_text().replace("rows 40; columns 120", "rows 30; columns 100") \
+        == before.read_text()
+
+
+def test_escape_sequence_detaches_and_join_returns(terminal) -> None:
+    agent, tmux, _ = terminal
+    cmdop = shlex.join([sys.executable, "-m", "cmdop_agent.client.cli"])
+    tmux.line(f"{cmdop} connect {agent.machine.hostname}; echo local-rc=$?")
+    tmux.remote_prompt()
+    tmux.line("PS1='RE''MOTE> '; kept=still-he''re")
+    tmux.wait("REMOTE>")
+    tmux.keys("Enter", "~", ".")
+    screen = tmux.wait("local-rc=0")
+    sid = screen.split("cmdop join ", 1)[1].split()[0]
+    assert agent.session(sid).status == "background"
+    tmux.line(f"{cmdop} join {sid}; echo local-rc=$?")
+    tmux.line("echo $kept")
+    tmux.wait("still-here\n")
+    tmux.line("exit 4")
+    tmux.wait("local-rc=4")
