@@ -103,6 +103,13 @@ class ApiErrorMiddleware:
             return None
         from django.conf import settings
 
+        from cmdop_server import textinput
+
+        # path parameters (slug, ids) reach queries without a schema of ours
+        why = textinput.problem(request.path)
+        if why:
+            return error_response(request, 400, "bad_request", f"path {why}.")
+
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:

@@ -13,7 +13,7 @@ import logging
 import redis
 from django.core.exceptions import ObjectDoesNotExist
 from django.utils import timezone
-from ninja import NinjaAPI, Query, Schema
+from ninja import NinjaAPI, Query
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from cmdop_server import audit, ratelimit, workqueue
@@ -35,6 +35,7 @@ from cmdop_server.machines import actions
 from cmdop_server.netinfo import client_ip
 from cmdop_server.ratelimit import RateLimitedError
 from cmdop_server.sessions.actions import do_apply_agent_events
+from cmdop_server.textinput import Input
 
 logger = logging.getLogger("cmdop.agent_api")
 
@@ -128,7 +129,7 @@ def heartbeat(request: auth.AgentRequest, body: HeartbeatIn):
             "heartbeat_interval": machine.heartbeat_interval}
 
 
-class WorkQuery(Schema):
+class WorkQuery(Input):
     cursor: str | None = None
     wait: float = MAX_WAIT
 

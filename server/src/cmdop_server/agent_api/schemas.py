@@ -8,8 +8,10 @@ from typing import Any
 from ninja import Schema
 from pydantic import ConfigDict, Field
 
+from cmdop_server.textinput import Input
 
-class Lenient(Schema):
+
+class Lenient(Input):
     model_config = ConfigDict(extra="ignore")
 
 

@@ -15,27 +15,28 @@ from cmdop_server import credentials, ratelimit
 from cmdop_server.identity import actions
 from cmdop_server.identity.oauth_clients import CLIENTS, SCOPES
 from cmdop_server.netinfo import client_ip
+from cmdop_server.textinput import Input
 
 router = Router(tags=["oauth"])
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
-class DeviceAuthorizationForm(Schema):
+class DeviceAuthorizationForm(Input):
     client_id: str = Field(max_length=64)
     scope: str = Field(default="api", max_length=200)
     device_name: str = Field(default="", max_length=200,
                              description="Extension: shown to the user on the approval page.")
 
 
-class TokenForm(Schema):
+class TokenForm(Input):
     grant_type: str = Field(max_length=100)
     client_id: str = Field(max_length=64)
     device_code: str | None = Field(default=None, max_length=200)
     refresh_token: str | None = Field(default=None, max_length=200)
 
 
-class RevokeForm(Schema):
+class RevokeForm(Input):
     token: str = Field(max_length=200)
     token_type_hint: str | None = Field(default=None, max_length=50)
 

@@ -8,9 +8,10 @@ from ninja import Schema
 from pydantic import ConfigDict, Field
 
 from cmdop_server.permissions import Role
+from cmdop_server.textinput import Input
 
 
-class Strict(Schema):
+class Strict(Input):
     model_config = ConfigDict(extra="forbid")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.http import StreamingHttpResponse
-from ninja import Query, Router, Schema
+from ninja import Query, Router
 
 from cmdop_server import audit
 from cmdop_server.audit import export
@@ -13,11 +13,12 @@ from cmdop_server.errors import ApiError
 from cmdop_server.netinfo import client_ip
 from cmdop_server.permissions import Action
 from cmdop_server.sessions.api import scoped
+from cmdop_server.textinput import Input
 
 router = Router(tags=["audit"])
 
 
-class ExportQuery(Schema):
+class ExportQuery(Input):
     since: datetime | None = None
     until: datetime | None = None
     format: str = "jsonl"

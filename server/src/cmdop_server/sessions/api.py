@@ -10,7 +10,7 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.db import connections
 from django.http import HttpRequest
-from ninja import Query, Router, Schema
+from ninja import Query, Router
 from pydantic import Field
 
 from cmdop_server import output, ratelimit, realtime
@@ -23,6 +23,7 @@ from cmdop_server.permissions import Action
 from cmdop_server.sessions import actions
 from cmdop_server.sessions.authz import SessionAccess, SessionPermission, authorize
 from cmdop_server.sessions.models import Participant, Session, SessionRole
+from cmdop_server.textinput import Input
 from cmdop_server.workqueue import BadCursor
 
 router = Router(tags=["machines and sessions"])
@@ -68,7 +69,7 @@ def _access(request: CallerRequest, session_id: str, permission: SessionPermissi
 # ---- schemas -------------------------------------------------------------------------------
 
 
-class Strict(Schema):
+class Strict(Input):
     model_config = {"extra": "forbid"}
 
 
@@ -122,7 +123,7 @@ class AttachIn(Strict):
     attached: bool
 
 
-class OutputQuery(Schema):
+class OutputQuery(Input):
     cursor: str | None = None
     wait: float = 0
 
