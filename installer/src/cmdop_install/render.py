@@ -96,6 +96,10 @@ class RenderedFile:
     owner: str = "root"
     group: str = "root"
     secret: bool = False  # holds a secret value (or a private key)
+    # the templates/ file it comes from ("" for PEM and credential files) and the variables
+    # set on top of the host's context for it: the Ansible roles render it from these
+    template: str = ""
+    template_vars: tuple[tuple[str, bool], ...] = ()
 
     def manifest_entry(self) -> dict:
         return {"path": self.path, "mode": f"{self.mode:04o}", "owner": self.owner,
@@ -198,6 +202,13 @@ def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, st
     }
 
 
+def template_context(site: Site, inventory: Inventory, host_name: str,
+                     secrets: dict[str, str]) -> dict:
+    """The variables every template of ``host_name`` sees (the Ansible export ships them)."""
+    return _context(site, inventory, inventory.host(host_name), secrets,
+                    Paths(pg_major=site["postgres"]["major"]))
+
+
 def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[str, str],
                 pem: dict[str, bytes], root: str = "") -> list[RenderedFile]:
     """Every file ``host_name`` receives. ``pem`` maps pki file names to PEM bytes."""
@@ -215,7 +226,8 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
             text = env.get_template(template).render(ctx)
         except jinja2.TemplateError as exc:
             raise UserError(f"template {template}: {type(exc).__name__}: {exc.message}") from None
-        files.append(RenderedFile(dest, text.encode(), mode, owner, group, secret))
+        files.append(RenderedFile(dest, text.encode(), mode, owner, group, secret, template,
+                                  (("audit_admin", bool(ctx.get("audit_admin"))),)))
 
     def tls(dest_dir: str, cert: str, as_name: str, owner: str, group: str,
             key_mode: int = 0o600) -> None:

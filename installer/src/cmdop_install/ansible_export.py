@@ -1,0 +1,263 @@
+"""`cmdop-install export-ansible SITE_DIR OUT`: the site as inputs for roles/ and site.yml.
+
+OUT/inventory.yml is an Ansible YAML inventory with the groups of inventory.py and how to
+reach each host (no secret). OUT/host_vars/<host>.yml is ansible-vault encrypted (format
+1.1, AES256) and holds everything the roles need for that host: the variables its templates
+see (``cmdop_context``, the same dict ``cmdop-install render`` renders with), the list of its
+files with path, mode, owner and group (``cmdop_files``, the render manifest) and the
+per-component data the pyinfra deploys compare against. Nothing secret is ever written in
+clear: the vault text is built in memory and written 0600.
+
+Every string in the vault file carries Ansible's ``!unsafe`` tag, so a secret that happens to
+contain ``{{`` is data, never a template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets as pysecrets
+from pathlib import Path
+
+import click
+import jinja2
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+from cmdop_install import agent_releases, check, manage, render
+from cmdop_install.errors import UserError
+from cmdop_install.fsutil import make_dir, write_atomic
+from cmdop_install.inventory import GROUPS, Host
+from cmdop_install.sitedir import SiteDir
+
+VAULT_HEADER = b"$ANSIBLE_VAULT;1.1;AES256"
+# pyinfra connector keys -> Ansible connection variables
+CONNECTION_VARS = {
+    "ssh_user": "ansible_user",
+    "ssh_port": "ansible_port",
+    "ssh_key": "ansible_ssh_private_key_file",
+}
+
+
+def vault_encrypt(plaintext: bytes, password: bytes) -> bytes:
+    """ansible-vault's format 1.1 (``ansible.parsing.vault.VaultAES256``): PBKDF2-SHA256
+    (10000 rounds, 32-byte salt) gives the AES-256-CTR key, the HMAC-SHA256 key and the IV;
+    the plaintext is PKCS7-padded; salt, HMAC and ciphertext are hex, then hex again."""
+    salt = os.urandom(32)
+    kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=80, salt=salt, iterations=10000)
+    material = kdf.derive(password)
+    key, mac_key, iv = material[:32], material[32:64], material[64:]
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(plaintext) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    ciphertext = encryptor.update(padded) + encryptor.finalize()
+    mac = hmac.new(mac_key, ciphertext, hashlib.sha256).hexdigest().encode()
+    inner = salt.hex().encode() + b"\n" + mac + b"\n" + ciphertext.hex().encode()
+    outer = inner.hex().encode()
+    lines = [outer[i : i + 80] for i in range(0, len(outer), 80)]
+    return VAULT_HEADER + b"\n" + b"\n".join(lines) + b"\n"
+
+
+def unsafe_yaml(value: dict | list) -> str:
+    """``value`` as YAML (JSON is YAML) under one ``!unsafe`` tag, which Ansible carries down
+    to every string inside. Only a mapping or a list: Ansible resolves a tagged scalar as if
+    unquoted (``!unsafe "0600"`` would load as the number 384)."""
+    if not isinstance(value, dict | list):
+        raise TypeError(f"export a mapping or a list, not a {type(value).__name__}")
+    return "!unsafe " + json.dumps(value)
+
+
+def template_paths() -> list[str]:
+    """Every ``paths.<name>`` the templates use (the context ships them as a plain dict)."""
+    env = render.environment()
+    names: set[str] = set()
+    for name in env.list_templates():
+        source = env.loader.get_source(env, name)[0]  # type: ignore[union-attr]
+        for node in env.parse(source).find_all(jinja2.nodes.Getattr):
+            if isinstance(node.node, jinja2.nodes.Name) and node.node.name == "paths":
+                names.add(node.attr)
+    return sorted(names)
+
+
+def _host_dict(host: Host) -> dict:
+    return {"name": host.name, "address": host.address, "ssh_hostname": host.ssh_hostname,
+            "dns_names": list(host.dns_names)}
+
+
+def plain_context(context: dict) -> dict:
+    """The render context as plain data: Site is a dict already, Hosts and Paths become dicts."""
+    out = {}
+    for key, value in context.items():
+        if isinstance(value, Host):
+            value = _host_dict(value)
+        elif isinstance(value, render.Paths):
+            value = {name: getattr(value, name) for name in template_paths()}
+        out[key] = value
+    return json.loads(json.dumps(out))
+
+
+def file_entries(files: list[render.RenderedFile]) -> list[dict]:
+    """The render manifest with, per file, its template (and variables) or its content."""
+    entries = []
+    for f in files:
+        entry = {"path": f.path, "mode": f"{f.mode:04o}", "owner": f.owner, "group": f.group,
+                 "secret": f.secret, "template": f.template,
+                 "template_vars": dict(f.template_vars)}
+        if not f.template:
+            entry["content"] = f.content.decode()
+        entries.append(entry)
+    return entries
+
+
+def postgres_data(site, host: Host, secrets: dict[str, str]) -> dict:
+    """What the postgres role compares against: the SCRAM verifiers of the login roles (the
+    passwords themselves never leave this machine) and the SQL that proves roles exist."""
+    from cmdop_install.deploy import stable_verifier
+
+    pg = render.postgres_names(site)
+    passwords = []
+    for role, secret in ((pg["active"], f"postgres_password_{site['postgres']['active_role']}"),
+                         (pg["audit_admin"], "postgres_password_audit_admin")):
+        verifier = stable_verifier(secrets[secret], role)
+        passwords.append({
+            "role": role,
+            "verifier_md5": hashlib.md5(verifier.encode(), usedforsecurity=False).hexdigest(),
+            "sql": f"ALTER ROLE {role} PASSWORD '{verifier}';\n",
+        })
+    return {"listen_addresses": host.address, "passwords": passwords}
+
+
+def host_vars(site: SiteDir, host_name: str) -> dict:
+    """What the vault file of ``host_name`` holds (secrets included)."""
+    roles = site.inventory.roles_of(host_name)
+    context = render.template_context(site.config, site.inventory, host_name, site.secrets)
+    data: dict = {
+        "cmdop_context": plain_context(context),
+        "cmdop_files": file_entries(site.files(host_name)),
+    }
+    if "postgres" in roles:
+        data["cmdop_postgres_facts"] = postgres_data(
+            site.config, site.inventory.host(host_name), site.secrets)
+    if "control_plane" in roles:
+        data["cmdop_control_plane_secrets"] = {"owner_password": site.secrets["owner_password"]}
+    return data
+
+
+def group_vars(site, wheels: dict) -> dict:
+    """Site-wide, non-secret: where the templates are, the wheelhouses, the first Owner."""
+    return {
+        "cmdop_common_templates_dir": str(render.templates_dir()),
+        "cmdop_site_name": site["site"]["name"],
+        "cmdop_postgres_major": site["postgres"]["major"],
+        "cmdop_postgres_roles_check_sql": postgres_roles_check(site),
+        "cmdop_control_plane_wheelhouse": wheels.get("control_plane"),
+        # management commands as the service runs them; the roles append the arguments
+        "cmdop_control_plane_manage": manage.manage_command("").rstrip(),
+        "cmdop_control_plane_manage_audit": manage.manage_command("", audit_admin=True).rstrip(),
+        "cmdop_control_plane_owner_email": site["site"]["owner_email"]
+        or f"admin@{site['site']['domain']}",
+        "cmdop_control_plane_workspace": site["site"]["name"],
+        "cmdop_control_plane_audit_app_role": render.postgres_names(site)["owner"],
+        "cmdop_control_plane_audit_retention_days": site["audit"]["retention_days"],
+        "cmdop_agent_user": site["agent"]["user"],
+        "cmdop_agent_release": wheels.get("agents"),
+    }
+
+
+def postgres_roles_check(site) -> str:
+    """One query, true when every role, database and role setting of the site exists (the
+    same check as the pyinfra deploy's ``postgres_facts``)."""
+    pg = render.postgres_names(site)
+    roles = ("owner", "blue", "green", "audit_owner", "audit_admin")
+    listed = ", ".join(f"'{pg[r]}'" for r in roles)
+    databases = ", ".join(f"'{d}'" for d in pg["databases"])
+    settings = [(pg["blue"], pg["owner"]), (pg["green"], pg["owner"]),
+                (pg["audit_admin"], pg["audit_owner"])]
+    setting_sql = " OR ".join(
+        f"(r.rolname = '{login}' AND 'role={acts_as}' = ANY (s.setconfig))"
+        for login, acts_as in settings)
+    return (
+        f"SELECT (SELECT count(*) FROM pg_roles WHERE rolname IN ({listed})) = {len(roles)}"  # noqa: S608
+        f" AND (SELECT count(*) FROM pg_database WHERE datname IN ({databases}))"
+        f" = {len(pg['databases'])}"
+        " AND (SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole"
+        f" WHERE {setting_sql}) = {len(settings)}"
+        f" AND (SELECT pg_get_userbyid(datdba) FROM pg_database"
+        f" WHERE datname = '{pg['audit_database']}') = '{pg['audit_owner']}'"
+    )
+
+
+def read_vault_password(path: Path) -> bytes:
+    """The vault password from ``path``; a missing file is made (0600, 256 random bits)."""
+    path = Path(path)
+    if not path.exists():
+        write_atomic(path, (pysecrets.token_urlsafe(32) + "\n").encode(), 0o600)
+    if path.stat().st_mode & 0o077:
+        raise UserError(f"{path}: readable by others; `chmod 600 {path}` and rerun")
+    password = path.read_bytes().strip()
+    if not password:
+        raise UserError(f"{path}: empty; put the vault password on its first line")
+    return password
+
+
+def inventory_yaml(inventory, common: dict) -> str:
+    """The Ansible inventory: the same groups as inventory.py, and how to reach each host."""
+    children = {}
+    for group in GROUPS:
+        hosts = {}
+        for host in inventory.groups.get(group, []):
+            conn = {"ansible_host": host.ssh_hostname}
+            conn.update({CONNECTION_VARS[k]: v for k, v in host.data.items()
+                         if k in CONNECTION_VARS})
+            hosts[host.name] = conn
+        children[group] = {"hosts": hosts}
+    document = {"all": {"vars": common, "children": children}}
+    return ("# managed by cmdop-install export-ansible, do not edit: export the site again\n"
+            + json.dumps(document, indent=2) + "\n")
+
+
+def export_site(site_dir: Path, out: Path, vault_password_file: Path) -> list[str]:
+    """Write OUT/inventory.yml and OUT/host_vars/<host>.yml (vault); returns the host names."""
+    from cmdop_install.deploy import wheelhouse_facts
+
+    site = SiteDir.load(site_dir)
+    check.refuse_on_problems(site, "exported")
+    password = read_vault_password(vault_password_file)
+    inventory = site.inventory
+    wheels = {
+        "control_plane": wheelhouse_facts("cmdop-server")
+        if inventory.groups["control_plane"] else None,
+        "agents": agent_releases.shipped().facts(switch=False)
+        if inventory.groups["agents"] else None,
+    }
+    vaults = {}
+    for host in inventory.hosts():
+        document = host_vars(site, host.name)
+        text = "".join(f"{key}: {unsafe_yaml(value)}\n" for key, value in document.items())
+        vaults[host.name] = vault_encrypt(("---\n" + text).encode(), password)
+    out = Path(out)
+    make_dir(out, 0o700)
+    make_dir(out / "host_vars", 0o700)
+    for name, vault in vaults.items():
+        write_atomic(out / "host_vars" / f"{name}.yml", vault, 0o600)
+    common = group_vars(site.config, wheels)
+    write_atomic(out / "inventory.yml", inventory_yaml(inventory, common).encode(), 0o644)
+    return list(vaults)
+
+
+@click.command("export-ansible")
+@click.argument("site_dir", type=click.Path(file_okay=False, path_type=Path), metavar="SITE_DIR")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path), metavar="OUT")
+@click.option("--vault-password-file", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="ansible-vault password (made, 0600, when missing).")
+def export_ansible_command(site_dir: Path, out: Path, vault_password_file: Path) -> None:
+    """Export SITE_DIR for roles/ and site.yml: OUT/inventory.yml and vault-encrypted host_vars.
+
+    Then: ansible-playbook -i OUT/inventory.yml --vault-password-file FILE site.yml
+    """
+    hosts = export_site(site_dir, out, vault_password_file)
+    click.echo(f"exported {len(hosts)} host(s) to {out}/inventory.yml "
+               f"(secrets only in {out}/host_vars/, vault-encrypted)")
