@@ -130,3 +130,23 @@ def test_escape_sequence_detaches_and_join_returns(terminal) -> None:
     tmux.wait("still-here\n")
     tmux.line("exit 4")
     tmux.wait("local-rc=4")
+
+
+def test_observer_join_shows_output_and_sends_no_keys(terminal) -> None:
+    agent, tmux, _ = terminal
+    sid, out = agent.open_session()
+    member, member_api = agent.member("member")
+    agent.api.call("POST", f"/sessions/{sid}/participants",
+                   {"user_id": member.pk, "role": "observer"})
+    cmdop = shlex.join([sys.executable, "-m", "cmdop_agent.client.cli"])
+    # the observer's own key (the tmux shell's environment holds the owner's)
+    tmux.line(f"CMDOP_API_KEY={member_api.key} {cmdop} join {sid}; echo local-rc=$?")
+    agent.api.type(sid, b"echo from-oper''ator\n")
+    tmux.wait("from-operator")
+    tmux.line("echo from-obs''erver")  # typed by the observer: never reaches the shell
+    agent.api.type(sid, b"echo mark''er\n")
+    out.wait_for(b"marker")
+    assert b"from-obs" not in out.data
+    tmux.keys("Enter", "~", ".")
+    tmux.wait("local-rc=0")
+    assert agent.session(sid).status == "connected"  # an observer's detach changes nothing
