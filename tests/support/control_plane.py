@@ -96,17 +96,20 @@ class ControlPlane:
     """``gunicorn -k asgi cmdop_server.asgi:application`` over TLS on 127.0.0.1.
 
     ``settings`` is the Django settings module; ``env`` adds variables (CMDOP_TEST_* ports,
-    PYTHONPATH for a settings module of the caller's). The log goes to ``log_path``.
+    PYTHONPATH for a settings module of the caller's). The log goes to ``log_path``. With
+    ``unix_socket`` it listens there instead, without TLS, as a deployed site's gunicorn
+    does behind nginx (the socket is made 0666 for an nginx running as another user).
     """
 
     def __init__(self, pki: Pki, log_path: Path, settings: str = "cmdop_server.settings.test",
                  env: dict[str, str] | None = None, workers: int = 1,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), unix_socket: Path | None = None) -> None:
         self.pki = pki
         self.log_path = log_path
         self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings, **(env or {})}
         self.workers = workers
         self.extra_args = extra_args
+        self.unix_socket = unix_socket
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -121,17 +124,25 @@ class ControlPlane:
 
     def start(self) -> None:
         gunicorn = Path(sys.executable).with_name("gunicorn")
+        listen = (["-b", f"unix:{self.unix_socket}", "--umask", "0"] if self.unix_socket else
+                  ["-b", f"127.0.0.1:{self.port}", "--certfile", str(self.pki.cert),
+                   "--keyfile", str(self.pki.key)])
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(gunicorn), "cmdop_server.asgi:application", "-k", "asgi",
-                 "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}",
-                 "--certfile", str(self.pki.cert), "--keyfile", str(self.pki.key),
-                 "--log-level", "warning", *self.extra_args],
+                 "-w", str(self.workers), *listen, "--log-level", "warning",
+                 *self.extra_args],
                 env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True)  # its own process group: master and workers
         try:
-            wait_for_port("127.0.0.1", self.port, self.proc, timeout=30)
-        except (RuntimeError, TimeoutError) as exc:
+            if self.unix_socket:
+                until(lambda: self.proc.poll() is not None or _accepts_unix(self.unix_socket),
+                      timeout=30, what="gunicorn's unix socket")
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"exited with {self.proc.returncode}")
+            else:
+                wait_for_port("127.0.0.1", self.port, self.proc, timeout=30)
+        except (RuntimeError, TimeoutError, AssertionError) as exc:
             self.stop()
             raise RuntimeError(f"gunicorn did not start: {exc}\n{self.log()}") from None
 
@@ -168,6 +179,15 @@ class ControlPlane:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _accepts_unix(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _accepts(host: str, port: int) -> bool:

@@ -37,6 +37,7 @@ def record(
     The row is linked into its workspace's hash chain (``chain.py``); an advisory lock per
     chain, held until the audit transaction commits, keeps concurrent writers in order.
     """
+    from cmdop_server import netinfo
     from cmdop_server.audit import chain
     from cmdop_server.audit.models import AuditEvent
 
@@ -48,7 +49,8 @@ def record(
         user_label=getattr(user, "username", "") or "",
         workspace_id=getattr(workspace, "pk", workspace) if workspace is not None else None,
         method=method,
-        ip=ip,
+        # the request's client address unless the caller names one (the seed: IP per row)
+        ip=ip or netinfo.current_client_ip() or None,
         reason=reason,
         data=json.loads(json.dumps(data, default=str)),  # exactly what jsonb will hand back
     )

@@ -21,6 +21,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "cmdop_server.netinfo.ClientAddressMiddleware",
     "cmdop_server.web.csp.ContentSecurityPolicyMiddleware",
     "cmdop_server.errors.ApiErrorMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -12,7 +12,7 @@ import ssl
 
 from django.core.exceptions import ImproperlyConfigured
 
-from cmdop_server import config
+from cmdop_server import config, netinfo
 from cmdop_server.settings.base import *  # noqa: F403
 from cmdop_server.settings.keys import require_strong_key
 
@@ -35,7 +35,12 @@ CMDOP_PUBLIC_URL = _server.get("public_url") or f"https://{ALLOWED_HOSTS[0]}"
 if not CMDOP_PUBLIC_URL.startswith("https://"):
     raise ImproperlyConfigured("server.toml [server] public_url must be https://")
 CSRF_TRUSTED_ORIGINS = [CMDOP_PUBLIC_URL]
-CMDOP_TRUSTED_PROXIES = list(_server.get("trusted_proxies", ["127.0.0.1", "::1"]))
+# gunicorn's only peer is our nginx on the unix socket (cmdop_server.netinfo)
+CMDOP_TRUSTED_PROXIES = list(_server.get("trusted_proxies", [netinfo.UNIX_PEER]))
+for _proxy in CMDOP_TRUSTED_PROXIES:
+    if _proxy != netinfo.UNIX_PEER and not netinfo.is_address(_proxy):
+        raise ImproperlyConfigured(f"server.toml [server] trusted_proxies: {_proxy!r} is not "
+                                   f"an IP address or {netinfo.UNIX_PEER!r}")
 
 # nginx terminates TLS and sets X-Forwarded-Proto; everything else is HTTPS-only.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -37,6 +37,9 @@ def _db(name: str) -> dict:
 
 DATABASES = {"default": _db("cmdop"), "audit": _db("cmdop_audit")}
 CMDOP_REDIS = {"host": "127.0.0.1", "port": int(os.environ.get("CMDOP_TEST_REDIS_PORT", "6379"))}
+# a control plane behind a real nginx on gunicorn's unix socket trusts that socket's peer,
+# as a deployed site does (tests/server_sessions/test_client_address.py)
+CMDOP_TRUSTED_PROXIES = os.environ.get("CMDOP_TEST_TRUSTED_PROXIES", "").split()
 
 # Tests that run the device flow and token refresh against their own gunicorn in seconds,
 # not minutes (tests/server_sessions/test_real_agent_enroll.py); unset, the base values.

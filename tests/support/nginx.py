@@ -1,0 +1,109 @@
+"""Our rendered nginx site file in a real nginx, on free loopback ports, in front of whatever
+listens on the unix socket path a deployed gunicorn uses (``Nginx.app_socket``).
+
+``Nginx(root, site_dir)`` renders node1 of ``site_dir`` under ``root`` (``root`` must not be
+under pytest's 0700 tmp: nginx runs as www-data when we are root and must reach the
+socket), wraps ``conf.d/cmdop.conf`` in a minimal main config, validates it with
+``nginx -t`` and runs it. ``connect(source=...)`` opens a TLS connection to it from a
+chosen loopback source address, so one test can be several clients.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+from cmdop_install.render import load_for_render, render_host
+
+from tests.support.services import wait_for_port
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def unprivileged_user() -> str | None:
+    """www-data when we are root (the whole nginx then runs unprivileged), else ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("www-data")
+    except KeyError:
+        return None
+    return "www-data"
+
+
+class Nginx:
+    def __init__(self, root: Path, site_dir: Path) -> None:
+        self.root = root
+        site, inventory, secrets, pem = load_for_render(site_dir)
+        self.https = site["control_plane"]["https_port"]
+        self.domain = site["site"]["domain"]
+        for f in render_host(site, inventory, "node1", secrets, pem, root=str(root)):
+            dest = root / f.path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(f.content)
+            dest.chmod(f.mode)
+        self.ca = root / "etc/nginx/tls/ca.crt"
+        self.app_socket = root / "run/cmdop/gunicorn.sock"
+        self.app_socket.parent.mkdir(parents=True, exist_ok=True)
+        for d in (root, root / "run", self.app_socket.parent):
+            d.chmod(0o755)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        root = self.root
+        main_conf = root / "nginx.conf"
+        main_conf.write_text(
+            f"pid {root}/nginx.pid;\nerror_log {root}/error.log;\ndaemon off;\n"
+            "events { worker_connections 256; }\n"
+            f"http {{\n  access_log off;\n"
+            + "".join(f"  {kind}_temp_path {root}/scratch-{kind};\n"
+                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            + f"  include {root}/etc/nginx/conf.d/cmdop.conf;\n}}\n")
+        user = unprivileged_user()
+        if user:
+            for path in [root, *root.rglob("*")]:
+                if not path.is_socket():
+                    shutil.chown(path, user, user)
+        argv = [NGINX, "-c", str(main_conf), "-e", str(root / "e.log")]
+        test = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True,
+                              check=False, user=user)
+        if test.returncode != 0:  # the daemon validates our file first
+            raise RuntimeError(f"nginx -t refused the rendered site: {test.stderr}")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True, user=user)
+        wait_for_port("127.0.0.1", self.https, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def connect(self, source: str = "127.0.0.1",
+                timeout: float = 10) -> http.client.HTTPSConnection:
+        """A TLS connection to nginx from ``source`` (any 127/8 address), SNI and the
+        certificate checked against the site's public name."""
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        conn = http.client.HTTPSConnection(self.domain, self.https, context=ctx, timeout=timeout)
+        raw = socket.create_connection(("127.0.0.1", self.https), timeout,
+                                       source_address=(source, 0))
+        conn.sock = ctx.wrap_socket(raw, server_hostname=self.domain)
+        return conn
+
+    def request(self, method: str, path: str, source: str = "127.0.0.1",
+                body: bytes | None = None, headers: dict[str, str] | None = None,
+                ) -> tuple[int, dict[str, str], bytes]:
+        """One request on a fresh connection: (status, headers, body)."""
+        conn = self.connect(source)
+        try:
+            conn.request(method, path, body=body, headers={"Host": self.domain, **(headers or {})})
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
