@@ -21,7 +21,6 @@ import os
 import secrets as pysecrets
 from pathlib import Path
 
-import click
 import jinja2
 from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -246,18 +245,3 @@ def export_site(site_dir: Path, out: Path, vault_password_file: Path) -> list[st
     common = group_vars(site.config, wheels)
     write_atomic(out / "inventory.yml", inventory_yaml(inventory, common).encode(), 0o644)
     return list(vaults)
-
-
-@click.command("export-ansible")
-@click.argument("site_dir", type=click.Path(file_okay=False, path_type=Path), metavar="SITE_DIR")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path), metavar="OUT")
-@click.option("--vault-password-file", type=click.Path(dir_okay=False, path_type=Path),
-              required=True, help="ansible-vault password (made, 0600, when missing).")
-def export_ansible_command(site_dir: Path, out: Path, vault_password_file: Path) -> None:
-    """Export SITE_DIR for roles/ and site.yml: OUT/inventory.yml and vault-encrypted host_vars.
-
-    Then: ansible-playbook -i OUT/inventory.yml --vault-password-file FILE site.yml
-    """
-    hosts = export_site(site_dir, out, vault_password_file)
-    click.echo(f"exported {len(hosts)} host(s) to {out}/inventory.yml "
-               f"(secrets only in {out}/host_vars/, vault-encrypted)")

@@ -8,7 +8,6 @@ import sys
 import click
 
 from cmdop_install import __version__
-from cmdop_install.ansible_export import export_ansible_command
 from cmdop_install.commands import ALL as SITE_COMMANDS
 from cmdop_install.errors import UserError
 from cmdop_install.lab.cli import lab
@@ -40,7 +39,6 @@ def cli() -> None:
 
 
 cli.add_command(lab)
-cli.add_command(export_ansible_command)
 for _command in SITE_COMMANDS:
     cli.add_command(_command)
 

@@ -381,4 +381,26 @@ def demo(name: str, site_dir: Path) -> None:
     run(name, site_dir)
 
 
-ALL = (init, secrets, render, check, deploy, status, agents, uninstall, demo)
+@click.command("export-ansible")
+@site_dir_arg
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path), metavar="OUT")
+@click.option("--vault-password-file", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="ansible-vault password (made, 0600, when missing).")
+def export_ansible(site_dir: Path, out: Path, vault_password_file: Path) -> None:
+    """Export SITE_DIR for roles/ and site.yml: OUT/inventory.yml and vault-encrypted host_vars.
+
+    Then: ansible-playbook -i OUT/inventory.yml --vault-password-file FILE site.yml
+    (group_vars/all.yml next to it holds the site-wide values, no secret).
+
+    \b
+    Example:
+      cmdop-install export-ansible mysite ansible-out --vault-password-file vault.pass
+    """
+    from cmdop_install.ansible_export import export_site
+
+    hosts = export_site(site_dir, out, vault_password_file)
+    click.echo(f"exported {len(hosts)} host(s) to {out}/inventory.yml "
+               f"(secrets only in {out}/host_vars/, vault-encrypted)")
+
+
+ALL = (init, secrets, render, check, deploy, status, agents, uninstall, demo, export_ansible)
