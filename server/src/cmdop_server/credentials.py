@@ -37,6 +37,17 @@ USER_CODE_LENGTH = 8
 USER_CODE_LOOKUP_LENGTH = 4
 
 
+# Recovery codes (the second factor's spare keys): 16 characters of the RFC 4648 base32
+# alphabet = 80 bits from secrets.choice, shown as XXXX-XXXX-XXXX-XXXX, single use, stored
+# as SHA-256 digests (80 random bits are beyond offline guessing of a leaked digest).
+RECOVERY_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+RECOVERY_CODE_LENGTH = 16
+RECOVERY_CODES_PER_USER = 10
+# TOTP secrets: 32 base32 characters = 160 bits (RFC 4226 §4 recommends 160), from
+# secrets.choice; kept readable (a code is checked against it), never shown after enrolment.
+TOTP_SECRET_LENGTH = 32
+
+
 def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
@@ -103,3 +114,18 @@ def looks_like_api_key(value: str) -> bool:
         return False
     body, checksum = value[:-API_KEY_CHECKSUM_LENGTH], value[-API_KEY_CHECKSUM_LENGTH:]
     return hmac.compare_digest(api_key_checksum(body), checksum)
+
+
+def new_recovery_code() -> str:
+    raw = "".join(secrets.choice(RECOVERY_CODE_ALPHABET) for _ in range(RECOVERY_CODE_LENGTH))
+    return "-".join(raw[i:i + 4] for i in range(0, RECOVERY_CODE_LENGTH, 4))
+
+
+def normalize_recovery_code(typed: str) -> str:
+    """Upper-cased, without dashes/spaces, re-grouped: the form its digest was taken of."""
+    raw = "".join(ch for ch in typed.upper() if ch.isalnum())
+    return "-".join(raw[i:i + 4] for i in range(0, len(raw), 4))
+
+
+def new_totp_secret() -> str:
+    return "".join(secrets.choice(RECOVERY_CODE_ALPHABET) for _ in range(TOTP_SECRET_LENGTH))

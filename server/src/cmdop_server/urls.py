@@ -2,12 +2,16 @@ from django.urls import include, path
 
 from cmdop_server.agent_api.api import api as agent_api
 from cmdop_server.api.main import api
-from cmdop_server.web import views
+from cmdop_server.web import second_factor, views
 
 urlpatterns = [
     path("api/v1/", api.urls),
     path("api/agent/v1/", agent_api.urls),
     path("login/", views.login, name="login"),
+    path("login/2fa/", second_factor.sign_in_second_step, name="login-2fa"),
+    path("account/2fa/", second_factor.account, name="two-factor"),
+    path("account/2fa/workspaces/<slug:slug>/", second_factor.workspace_rule,
+         name="workspace-2fa"),
     path("logout/", views.logout, name="logout"),
     path("device/", views.device, name="device"),
     path("device/decide/", views.device_decide, name="device-decide"),

@@ -22,6 +22,9 @@ class Workspace(models.Model):
     slug = models.SlugField(max_length=63, unique=True)
     name = models.CharField(max_length=200)
     guests_enabled = models.BooleanField(default=False)
+    # The owner's rule: members sign in on the web only with a second factor (TOTP).
+    # db_default: the previous release, which does not know the column, can still insert.
+    require_2fa = models.BooleanField(default=False, db_default=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
@@ -103,3 +106,22 @@ class DeviceAuthorization(models.Model):
     last_polled_at = models.DateTimeField(null=True, blank=True)
     wrong_guesses = models.PositiveSmallIntegerField(default=0)
     user = models.ForeignKey(User, null=True, blank=True, on_delete=models.CASCADE)
+
+
+class TotpDevice(models.Model):
+    """A user's authenticator (RFC 6238). The secret must be read back to check a code, so
+    it is not hashed; ``last_step`` refuses a code's second use within its 30 s window."""
+
+    user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="totp")
+    secret = models.CharField(max_length=64)
+    confirmed_at = models.DateTimeField(null=True, blank=True)  # null: enrolment not finished
+    last_step = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+
+class RecoveryCode(models.Model):
+    """Single-use codes for a lost authenticator; stored as SHA-256 digests only."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="recovery_codes")
+    code_hash = models.CharField(max_length=64, unique=True)
+    used_at = models.DateTimeField(null=True, blank=True)

@@ -15,11 +15,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from cmdop_server import audit, ratelimit
 from cmdop_server.errors import ApiError
-from cmdop_server.identity import actions
+from cmdop_server.identity import actions, totp
 from cmdop_server.identity.authn import SignedInRequest
 from cmdop_server.identity.models import ApiKey, TokenFamily
 from cmdop_server.identity.oauth_clients import CLIENTS
 from cmdop_server.netinfo import client_ip
+from cmdop_server.web import second_factor
 
 
 def _too_many(request: HttpRequest, exc: ratelimit.RateLimitedError) -> HttpResponse:
@@ -41,6 +42,10 @@ class LoginView(auth_views.LoginView):
         return super().post(request, *args, **kwargs)
 
     def form_valid(self, form):
+        second_step = second_factor.defer_sign_in(self.request, form.get_user(),
+                                                  self.get_success_url())
+        if second_step is not None:
+            return second_step
         audit.record("auth.login", user=form.get_user(), method="password",
                      ip=client_ip(self.request))
         return super().form_valid(form)
@@ -82,7 +87,7 @@ def device(request: SignedInRequest) -> HttpResponse:
         "user_code": typed, "client": CLIENTS.get(da.client_id, da.client_id),
         "client_id": da.client_id, "device_name": da.device_name, "scope": da.scope,
         "requester_ip": da.requester_ip, "requester_agent": da.requester_agent,
-        "created_at": da.created_at,
+        "created_at": da.created_at, "needs_code": totp.has_second_factor(request.user),
     })
 
 
@@ -95,6 +100,11 @@ def device_decide(request: SignedInRequest) -> HttpResponse:
         ratelimit.enforce("auth", f"ip:{ip}", f"user:{request.user.pk}")
     except ratelimit.RateLimitedError as exc:
         return _too_many(request, exc)
+    if approve:
+        refused = second_factor.device_code_refused(request,
+                                                    request.POST.get("user_code", "")[:20])
+        if refused is not None:
+            return refused
     done = actions.do_decide_device(request.user, request.POST.get("user_code", "")[:20],
                                     approve, ip)
     if not done:
