@@ -35,3 +35,26 @@ def test_a_tcp_peer_is_not_trusted_when_only_the_socket_is():
 def test_nothing_trusted_means_the_peer_itself():
     assert _ip("192.0.2.10", "203.0.113.5") == "192.0.2.10"
     assert _ip("", "203.0.113.5") == ""
+
+
+@override_settings(CMDOP_TRUSTED_PROXIES=[UNIX_PEER])
+def test_the_middleware_holds_the_address_while_the_request_is_served():
+    import asyncio
+
+    from cmdop_server.netinfo import ClientAddressMiddleware, current_client_ip
+    from django.http import HttpResponse
+
+    seen = []
+
+    def view(request):
+        seen.append(current_client_ip())
+        return HttpResponse()
+
+    async def async_view(request):
+        return view(request)
+
+    request = RequestFactory().get("/", REMOTE_ADDR="", HTTP_X_FORWARDED_FOR="203.0.113.5")
+    ClientAddressMiddleware(view)(request)
+    asyncio.run(ClientAddressMiddleware(async_view)(request))
+    assert seen == ["203.0.113.5", "203.0.113.5"]
+    assert current_client_ip() == ""  # not after the request

@@ -5,9 +5,9 @@ Django runs each sync hook of a ``MiddlewareMixin`` middleware through ``sync_to
 with the browser stack that is ~16 thread hops per request, most of a poll's cost on two
 cores. The agent protocol and the user API (``/api/v1/``) are bearer-only JSON — no view
 under them reads a session, a cookie user or a CSRF token — so they need none of it; what
-they do need — the 413/Content-Type/JSON-error rules of ``ApiErrorMiddleware`` and the
-security headers — stays. Browser pages (login, device approval, dashboard) keep the full
-stack.
+they do need — the 413/Content-Type/JSON-error rules of ``ApiErrorMiddleware``, the
+security headers and the client's address for audit rows — stays. Browser pages (login,
+device approval, dashboard) keep the full stack.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ USER_API_PREFIX = "/api/v1/"
 LEAN_PREFIXES = (AGENT_PREFIX, USER_API_PREFIX)
 AGENT_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "cmdop_server.netinfo.ClientAddressMiddleware",
     "cmdop_server.errors.ApiErrorMiddleware",
 ]
 
