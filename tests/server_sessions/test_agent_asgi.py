@@ -58,6 +58,7 @@ def test_agent_paths_use_the_lean_stack_with_the_same_error_shape():
 
 def test_the_lean_stack_keeps_security_headers_and_drops_the_browser_middleware():
     assert AGENT_MIDDLEWARE == ["django.middleware.security.SecurityMiddleware",
+                                "cmdop_server.netinfo.ClientAddressMiddleware",
                                 "cmdop_server.errors.ApiErrorMiddleware"]
     app = route_agent_api(_browser_app)
     _, _, headers = _call(app, "GET", "/api/agent/v1/work",
