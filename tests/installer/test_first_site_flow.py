@@ -128,6 +128,7 @@ BROKEN = {
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_render_refuses_an_inventory_that_check_refuses(site, run, tmp_path, case):
     _set_inventory(site, BROKEN[case])
+    pki_before = sorted(p.name for p in (site / "pki").iterdir())
     check_code, check_out, _ = run("check", str(site))
     first = next(line for line in check_out.splitlines() if not line.startswith("warning:"))
     code, out, err = run("render", str(site), "--out", str(tmp_path / "out"))
@@ -137,6 +138,7 @@ def test_render_refuses_an_inventory_that_check_refuses(site, run, tmp_path, cas
     assert err.count("\n") == 1
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    assert sorted(p.name for p in (site / "pki").iterdir()) == pki_before, "issued for it"
 
 
 def _pair(folder: Path, cert_key: ec.EllipticCurvePrivateKey,

@@ -54,9 +54,16 @@ def check_site(site: SiteDir) -> list[str]:
 
 def refuse_on_problems(site: SiteDir, what: str) -> list[str]:
     """``check`` before anything is ``what`` ("deployed", "rendered"): any problem stops it,
-    with the first one named. Returns the findings (warnings only, then)."""
-    findings = check_site(site)
+    with the first one named. Returns the findings (warnings only, then).
+
+    The leaf certificates the inventory needs are issued in between (as ``init`` does), once
+    the inventory itself is sound: never for one that is refused."""
+    findings = check_inventory(site.config, site.inventory)
     problems = [f for f in findings if not f.startswith("warning:")]
+    if not problems:
+        site.issue_certificates()
+        findings = check_site(site)
+        problems = [f for f in findings if not f.startswith("warning:")]
     if problems:
         raise UserError(
             f"`cmdop-install check {site.path}` found {len(problems)} problem(s), nothing was "

@@ -134,8 +134,10 @@ def render(site_dir: Path, host: str | None, out: Path) -> None:
     from cmdop_install.sitedir import SiteDir
 
     site = SiteDir.load(site_dir)
-    _issue_certificates(site)
-    manifest = render_site(site, out, host)
+    try:
+        manifest = render_site(site, out, host)
+    finally:
+        _echo_issued(site)
     for name, files in manifest["hosts"].items():
         click.echo(f"{name}: {len(files)} files")
     click.echo(f"manifest: {out / 'manifest.json'}")
@@ -162,10 +164,9 @@ def check(site_dir: Path) -> None:
     click.echo("check: ok" + (f" ({len(findings)} warning(s))" if findings else ""))
 
 
-def _issue_certificates(site) -> None:
-    issued = site.issue_certificates()
-    if issued:
-        click.echo(f"issued certificates: {', '.join(issued)}")
+def _echo_issued(site) -> None:
+    if site.issued:
+        click.echo(f"issued certificates: {', '.join(site.issued)}")
 
 
 @click.command("deploy")
@@ -187,8 +188,10 @@ def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> None:
     from cmdop_install.sitedir import SiteDir
 
     site = SiteDir.load(site_dir)
-    _issue_certificates(site)
-    result = deploy_site(site, limit=list(limit) or None, dry_run=dry_run)
+    try:
+        result = deploy_site(site, limit=list(limit) or None, dry_run=dry_run)
+    finally:
+        _echo_issued(site)
     click.echo(
         "centrifugo: skipped (no binary in site.toml [centrifugo]); live output flows "
         "through the REST cursor API"

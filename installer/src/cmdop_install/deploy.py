@@ -39,9 +39,8 @@ def deploy_site(
     """Converge the hosts (``limit``: some of them). With ``agent_release`` (a rollout), the
     agents switch to that release; otherwise an agent host without one gets the shipped one.
 
-    Certificates the inventory now needs are issued first (as ``init`` does), then the site
-    is checked; nothing reaches a host unless both succeed."""
-    site.issue_certificates()
+    The site is checked and the certificates the inventory now needs are issued
+    (``check.refuse_on_problems``); nothing reaches a host unless both succeed."""
     check.refuse_on_problems(site, "deployed")
     inventory = site.inventory
     if site.config.centrifugo_enabled:

@@ -26,7 +26,6 @@ def render_site(site: SiteDir, out: Path, host: str | None = None) -> dict:
     """Write out/<host>/<path> for each host (or just ``host``) and out/manifest.json."""
     out = Path(out)
     _refuse_foreign_folder(out)
-    site.issue_certificates()
     refuse_on_problems(site, "rendered")
     hosts = [site.inventory.host(host).name] if host else [h.name for h in site.inventory.hosts()]
     manifest: dict = {"site": site.name, "hosts": {}}

@@ -26,6 +26,7 @@ class SiteDir:
         self._pem: PemFiles | None = None
         self._files: dict[str, list[RenderedFile]] = {}
         self._certificates_checked = False
+        self.issued: list[str] = []  # leaf certificates issued by this load
 
     @classmethod
     def load(cls, path: Path) -> SiteDir:
@@ -69,6 +70,7 @@ class SiteDir:
             self.path, self.config, self.inventory, self.store.pki_passphrase(), new_ca=False
         )
         self._certificates_checked = True
+        self.issued = issued
         if issued:
             self._pem = None
             self._files.clear()
