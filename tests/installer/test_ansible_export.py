@@ -78,13 +78,16 @@ def test_inventory_has_the_groups_of_inventory_py(exported):
     for group in GROUPS:
         assert list(children[group]["hosts"]) == [h.name for h in site.inventory.groups[group]]
     assert children["agents"]["hosts"]["agent1"] == {"ansible_host": "127.0.0.2"}
+    common = yaml.safe_load((out / "group_vars" / "all.yml").read_text())
+    assert common["cmdop_control_plane_workspace"] == site.name
+    assert common["cmdop_control_plane_manage"].endswith("/bin/cmdop-server")
     assert sorted(hosts) == sorted(h.name for h in site.inventory.hosts())
 
 
 def test_no_secret_in_clear_anywhere(exported):
     out, site, _ = exported
     written = [p for p in out.rglob("*") if p.is_file()]
-    assert {p.name for p in written} == {"inventory.yml", "node1.yml", "agent1.yml"}
+    assert {p.name for p in written} == {"inventory.yml", "all.yml", "node1.yml", "agent1.yml"}
     values = [v.encode() for v in site.secrets.values() if len(v) >= 12]
     assert values
     for path in written:

@@ -1,15 +1,17 @@
 """`cmdop-install export-ansible SITE_DIR OUT`: the site as inputs for roles/ and site.yml.
 
 OUT/inventory.yml is an Ansible YAML inventory with the groups of inventory.py and how to
-reach each host (no secret). OUT/host_vars/<host>.yml is ansible-vault encrypted (format
-1.1, AES256) and holds everything the roles need for that host: the variables its templates
-see (``cmdop_context``, the same dict ``cmdop-install render`` renders with), the list of its
-files with path, mode, owner and group (``cmdop_files``, the render manifest) and the
-per-component data the pyinfra deploys compare against. Nothing secret is ever written in
-clear: the vault text is built in memory and written 0600.
+reach each host; OUT/group_vars/all.yml holds the site-wide values the roles need (the
+wheelhouses, the management command lines; no secret). OUT/host_vars/<host>.yml is
+ansible-vault encrypted (format 1.1, AES256) and holds everything the roles need for that
+host: the variables its templates see (``cmdop_context``, the same dict ``cmdop-install
+render`` renders with), the list of its files with path, mode, owner and group
+(``cmdop_files``, the render manifest) and the per-component data the pyinfra deploys
+compare against. Nothing secret is ever written in clear: the vault text is built in
+memory and written 0600.
 
-Every string in the vault file carries Ansible's ``!unsafe`` tag, so a secret that happens to
-contain ``{{`` is data, never a template.
+Every value in the vault file carries Ansible's ``!unsafe`` tag, so a secret that happens
+to contain ``{{`` is data, never a template.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from cmdop_install.inventory import GROUPS, Host
 from cmdop_install.sitedir import SiteDir
 
 VAULT_HEADER = b"$ANSIBLE_VAULT;1.1;AES256"
+MANAGED = "# managed by cmdop-install export-ansible, do not edit: export the site again\n"
 # pyinfra connector keys -> Ansible connection variables
 CONNECTION_VARS = {
     "ssh_user": "ansible_user",
@@ -202,7 +205,7 @@ def read_vault_password(path: Path) -> bytes:
     return password
 
 
-def inventory_yaml(inventory, common: dict) -> str:
+def inventory_yaml(inventory) -> str:
     """The Ansible inventory: the same groups as inventory.py, and how to reach each host."""
     children = {}
     for group in GROUPS:
@@ -213,9 +216,7 @@ def inventory_yaml(inventory, common: dict) -> str:
                          if k in CONNECTION_VARS})
             hosts[host.name] = conn
         children[group] = {"hosts": hosts}
-    document = {"all": {"vars": common, "children": children}}
-    return ("# managed by cmdop-install export-ansible, do not edit: export the site again\n"
-            + json.dumps(document, indent=2) + "\n")
+    return MANAGED + json.dumps({"all": {"children": children}}, indent=2) + "\n"
 
 
 def export_site(site_dir: Path, out: Path, vault_password_file: Path) -> list[str]:
@@ -223,6 +224,7 @@ def export_site(site_dir: Path, out: Path, vault_password_file: Path) -> list[st
     from cmdop_install.deploy import wheelhouse_facts
 
     site = SiteDir.load(site_dir)
+    site.issue_certificates()  # as deploy and render do: the leaves the inventory now needs
     check.refuse_on_problems(site, "exported")
     password = read_vault_password(vault_password_file)
     inventory = site.inventory
@@ -242,6 +244,8 @@ def export_site(site_dir: Path, out: Path, vault_password_file: Path) -> list[st
     make_dir(out / "host_vars", 0o700)
     for name, vault in vaults.items():
         write_atomic(out / "host_vars" / f"{name}.yml", vault, 0o600)
-    common = group_vars(site.config, wheels)
-    write_atomic(out / "inventory.yml", inventory_yaml(inventory, common).encode(), 0o644)
+    make_dir(out / "group_vars", 0o755)
+    common = MANAGED + json.dumps(group_vars(site.config, wheels), indent=2) + "\n"
+    write_atomic(out / "group_vars" / "all.yml", common.encode(), 0o644)
+    write_atomic(out / "inventory.yml", inventory_yaml(inventory).encode(), 0o644)
     return list(vaults)
