@@ -226,6 +226,14 @@ def test_another_escalation_user_is_refused_by_check(site, run):
             "user and uses sudo where it needs root: remove it)") in out.splitlines()
 
 
+def test_secrets_commands_work_while_the_inventory_is_being_edited(site, run):
+    _set_inventory(site, "postgres = [\n")  # half-written
+    code, out, err = run("secrets", "list", str(site))
+    assert code == 0 and "owner_password" in out, err
+    code, _, err = run("check", str(site))
+    assert code == 1 and err.startswith(f"{ERROR}inventory.py:"), err
+
+
 # ---------------------------------------------------------------- the control plane's machines
 
 

@@ -19,10 +19,10 @@ from cmdop_install.site import Site, load_site
 
 
 class SiteDir:
-    def __init__(self, path: Path, config: Site, inventory: Inventory) -> None:
+    def __init__(self, path: Path, config: Site, inventory: Inventory | None = None) -> None:
         self.path = Path(path)
         self.config = config
-        self.inventory = inventory
+        self._inventory = inventory
         self._pem: PemFiles | None = None
         self._files: dict[str, list[RenderedFile]] = {}
         self._certificates_checked = False
@@ -30,9 +30,16 @@ class SiteDir:
 
     @classmethod
     def load(cls, path: Path) -> SiteDir:
-        """site.toml and inventory.py, each failure one line; the rest is read on use."""
+        """site.toml (a failure is one line); the rest is read on first use."""
         path = Path(path)
-        return cls(path, load_site(path), load_inventory(path))
+        return cls(path, load_site(path))
+
+    @property
+    def inventory(self) -> Inventory:
+        """inventory.py, run once (``secrets`` commands never need it, so never run it)."""
+        if self._inventory is None:
+            self._inventory = load_inventory(self.path)
+        return self._inventory
 
     @property
     def name(self) -> str:
