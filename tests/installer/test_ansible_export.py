@@ -21,7 +21,7 @@ from ansible.parsing.vault import VaultLib, VaultSecret
 from cmdop_install import ansible_export
 from cmdop_install.cli import main
 from cmdop_install.errors import UserError
-from cmdop_install.inventory import GROUPS
+from cmdop_install.inventory import GROUPS, Host
 from cmdop_install.sitedir import SiteDir
 
 from tests.support.sites import key_env, make_site
@@ -181,3 +181,15 @@ def test_exported_paths_cover_every_template():
     assert {"agent_etc", "cmdop_tls", "pg_tls"} <= set(names)
     context = ansible_export.plain_context({"paths": ansible_export.render.Paths()})
     assert json.dumps(context) and set(context["paths"]) == set(names)
+
+
+def test_pyinfra_connection_data_becomes_ansible_variables():
+    host = Host("web1", "192.0.2.7", "10.0.0.7", data={
+        "ssh_user": "deploy", "ssh_key": "/keys/id", "ssh_port": 2222, "_sudo": True,
+        "ssh_known_hosts_file": "/keys/known_hosts", "ssh_strict_host_key_checking": "yes"})
+    assert ansible_export.connection_vars(host) == {
+        "ansible_host": "192.0.2.7", "ansible_user": "deploy", "ansible_port": 2222,
+        "ansible_ssh_private_key_file": "/keys/id",
+        "ansible_ssh_common_args": "-o UserKnownHostsFile=/keys/known_hosts "
+                                   "-o StrictHostKeyChecking=yes",
+    }

@@ -205,17 +205,26 @@ def read_vault_password(path: Path) -> bytes:
     return password
 
 
+def connection_vars(host: Host) -> dict:
+    """How Ansible reaches ``host``: its pyinfra connection data as Ansible variables."""
+    data = host.data
+    conn = {"ansible_host": host.ssh_hostname}
+    conn.update({CONNECTION_VARS[k]: v for k, v in data.items() if k in CONNECTION_VARS})
+    ssh_args = []
+    if data.get("ssh_known_hosts_file"):
+        ssh_args.append(f"-o UserKnownHostsFile={data['ssh_known_hosts_file']}")
+    if data.get("ssh_strict_host_key_checking"):
+        ssh_args.append(f"-o StrictHostKeyChecking={data['ssh_strict_host_key_checking']}")
+    if ssh_args:
+        conn["ansible_ssh_common_args"] = " ".join(ssh_args)
+    return conn
+
+
 def inventory_yaml(inventory) -> str:
     """The Ansible inventory: the same groups as inventory.py, and how to reach each host."""
-    children = {}
-    for group in GROUPS:
-        hosts = {}
-        for host in inventory.groups.get(group, []):
-            conn = {"ansible_host": host.ssh_hostname}
-            conn.update({CONNECTION_VARS[k]: v for k, v in host.data.items()
-                         if k in CONNECTION_VARS})
-            hosts[host.name] = conn
-        children[group] = {"hosts": hosts}
+    children = {group: {"hosts": {h.name: connection_vars(h)
+                                  for h in inventory.groups.get(group, [])}}
+                for group in GROUPS}
     return MANAGED + json.dumps({"all": {"children": children}}, indent=2) + "\n"
 
 
