@@ -80,6 +80,10 @@ def run(name: str, site_dir: Path) -> None:
         f"  owner:         {owner}; password: "
         f"cmdop-install secrets show {site_dir} owner_password\n"
         f"  agents:        host2, host3 (cmdop-install lab ssh --name {name} host2)\n"
+        f"  as a person:   cmdop login --server {config['site']['public_url']} "
+        f"--ca {site_dir / 'pki' / 'ca.crt'}\n"
+        f"                 then: cmdop machines; "
+        f"cmdop exec {next(iter(rollout.hostnames.values()), 'HOST')} -- uname -a\n"
         f"  tear down:     cmdop-install lab down --name {name}   (the site folder stays)"
     )
 
