@@ -58,12 +58,14 @@ def test_agent_paths_use_the_lean_stack_with_the_same_error_shape():
 
 def test_the_lean_stack_keeps_security_headers_and_drops_the_browser_middleware():
     assert AGENT_MIDDLEWARE == ["django.middleware.security.SecurityMiddleware",
+                                "cmdop_server.web.csp.ContentSecurityPolicyMiddleware",
                                 "cmdop_server.netinfo.ClientAddressMiddleware",
                                 "cmdop_server.errors.ApiErrorMiddleware"]
     app = route_agent_api(_browser_app)
     _, _, headers = _call(app, "GET", "/api/agent/v1/work",
                           {"host": "x", "authorization": "Bearer mc_nope"})
     assert headers[b"x-content-type-options"] == b"nosniff"
+    assert b"frame-ancestors 'none'" in headers[b"content-security-policy"]
     assert b"set-cookie" not in headers and b"vary" not in headers
 
 
@@ -75,6 +77,7 @@ def test_the_user_api_is_bearer_only_and_takes_the_lean_stack_too():
                                   {"host": "x", "authorization": "Bearer cmd_nope"})
     assert status == 401 and body["error"] == "unauthorized"
     assert headers[b"x-content-type-options"] == b"nosniff"
+    assert b"default-src 'none'" in headers[b"content-security-policy"]
     assert b"set-cookie" not in headers
     with pytest.raises(AssertionError, match="API paths must not reach the browser stack"):
         _call(app, "GET", "/login/", {"host": "x"})  # a page: the full (browser) app

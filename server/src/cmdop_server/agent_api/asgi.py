@@ -20,6 +20,7 @@ USER_API_PREFIX = "/api/v1/"
 LEAN_PREFIXES = (AGENT_PREFIX, USER_API_PREFIX)
 AGENT_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "cmdop_server.web.csp.ContentSecurityPolicyMiddleware",
     "cmdop_server.netinfo.ClientAddressMiddleware",
     "cmdop_server.errors.ApiErrorMiddleware",
 ]
