@@ -89,7 +89,9 @@ def test_a_fresh_host_gets_every_component_and_restarts_rather_than_reloads(fres
         "Control plane | Databases migrated, the first Owner and workspace created (once)",
         "Control plane | Restart the control plane (new code)",
         "nginx | Validate nginx configuration (nginx -t)",
-        "nginx | Restart nginx (new group membership)",
+        "nginx | Restart nginx (new group membership or sandbox)",
+        "nginx | Reload systemd (nginx sandbox drop-in)",
+        "PostgreSQL | Restart PostgreSQL (new sandbox)",
     ):
         assert wanted in node
     for not_also in (

@@ -245,3 +245,46 @@ def test_every_unit_scores_at_most_2(tmp_path):
                         f"{done.stderr.strip()[:200]}")
         scores[name] = float(match.group(1))
     assert all(score <= 2.0 for score in scores.values()), scores
+
+
+# Debian's stock units for the daemons we do not own (packages nginx and postgresql-15)
+STOCK_UNITS = {"nginx.service": "nginx.service",
+               "postgresql@15-main.service": "postgresql@.service"}
+
+
+def _score(root: Path, unit: str) -> float:
+    done = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}",
+                           "--no-pager", unit],
+                          capture_output=True, text=True, timeout=60, check=False)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert match, done.stdout + done.stderr
+    return float(match.group(1))
+
+
+def test_stock_daemon_units_get_a_sandbox_drop_in(tmp_path):
+    """Our drop-ins read on top of Debian's units, the way systemd reads them (--root)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    missing = [s for s in STOCK_UNITS.values() if not Path("/lib/systemd/system", s).exists()]
+    if missing:
+        pytest.skip(f"Debian's units are not installed: {missing} (scripts/bootstrap.sh)")
+    with key_env():
+        site_dir = make_site(tmp_path / "site")
+        site, inventory, secrets, pem = load_for_render(site_dir)
+    root = tmp_path / "root"
+    for unit, stock in STOCK_UNITS.items():
+        (root / "lib/systemd/system").mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path("/lib/systemd/system", stock), root / "lib/systemd/system" / stock)
+        assert _score(root, unit) > 9, unit  # what Debian ships: UNSAFE
+    dropins = [f for f in render_host(site, inventory, "node1", secrets, pem)
+               if re.fullmatch(r"/etc/systemd/system/[^/]+\.service\.d/[^/]+\.conf", f.path)
+               and f.path.split("/")[4].removesuffix(".d") in STOCK_UNITS]
+    assert len(dropins) == 2, [f.path for f in dropins]
+    for f in dropins:
+        dest = root / f.path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(f.content)
+    # nginx's master keeps root's few capabilities (ports, workers' user, logs); Postgres runs
+    # as its owner from the start
+    assert _score(root, "nginx.service") <= 2.5
+    assert _score(root, "postgresql@15-main.service") <= 1.5

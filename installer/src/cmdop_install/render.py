@@ -66,6 +66,8 @@ class Paths:
             "redis": "/etc/redis",
             "redis_tls": "/etc/redis/tls",
             "redis_dropin": "/etc/systemd/system/redis-server.service.d",
+            "pg_dropin": f"/etc/systemd/system/postgresql@{self.pg_major}-main.service.d",
+            "nginx_dropin": "/etc/systemd/system/nginx.service.d",
             "centrifugo_etc": "/etc/centrifugo",
             "centrifugo_tls": "/etc/centrifugo/tls",
             "centrifugo_bin": "/usr/local/bin/centrifugo",
@@ -245,6 +247,8 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
         add("postgres/roles.sql.j2", f"{host_paths.pg_conf}/cmdop-roles.sql", 0o640,
             "postgres", "postgres")
         tls(host_paths.pg_tls, f"postgres-{host.name}", "server", "postgres", "postgres")
+        add("postgres/postgresql.service.hardening.conf.j2",
+            f"{host_paths.pg_dropin}/cmdop-hardening.conf", 0o644)
         ca(host_paths.pg_tls)
     if {"postgres", "redis"} & set(roles):
         add("firewall/cmdop.nft.j2", f"{host_paths.firewall_etc}/cmdop.nft", 0o600)
@@ -261,6 +265,8 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
         ca(host_paths.redis_tls)
     if "control_plane" in roles:
         add("nginx/cmdop.conf.j2", f"{host_paths.nginx_conf}/cmdop.conf", 0o644)
+        add("nginx/nginx.service.hardening.conf.j2",
+            f"{host_paths.nginx_dropin}/cmdop-hardening.conf", 0o644)
         public = pki.public_tls(site)
         if public:
             files.append(RenderedFile(f"{host_paths.nginx_tls}/cmdop.crt", public[0], 0o644))

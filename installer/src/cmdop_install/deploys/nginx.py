@@ -5,6 +5,8 @@ from pyinfra.operations import files, server, systemd
 
 from cmdop_install.deploys.common import any_changed, put_files
 
+DROPIN = "/etc/systemd/system/nginx.service.d"
+
 
 @deploy("nginx")
 def nginx() -> None:
@@ -23,6 +25,11 @@ def nginx() -> None:
     tls = put_files("/etc/nginx/tls", {"/etc/nginx/tls": ("root", "root", "700")})
     conf = put_files("/etc/nginx/conf.d")
     changed = any_changed([default, *tls, *conf])
+    # our sandbox for Debian's nginx.service: applies from the next (re)start
+    sandbox = put_files(DROPIN, {DROPIN: ("root", "root", "755")})
+    systemd.daemon_reload(
+        name="Reload systemd (nginx sandbox drop-in)", _if=any_changed(sandbox), _sudo=True
+    )
     server.shell(
         name="Validate nginx configuration (nginx -t)",
         commands=["nginx -t -q"],
@@ -32,10 +39,10 @@ def nginx() -> None:
     systemd.service(
         name="nginx enabled and running", service="nginx", running=True, enabled=True, _sudo=True
     )
-    # a running nginx keeps its old groups until it restarts; a reload is not enough
-    restart = any_changed([socket_access])
+    # a running nginx keeps its old groups and sandbox until it restarts; a reload is not enough
+    restart = any_changed([socket_access, *sandbox])
     systemd.service(
-        name="Restart nginx (new group membership)",
+        name="Restart nginx (new group membership or sandbox)",
         service="nginx",
         restarted=True,
         _if=restart,

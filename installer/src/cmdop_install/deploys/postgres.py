@@ -28,11 +28,24 @@ def postgres() -> None:
     service = f"postgresql@{pg['major']}-main"
     tls = put_files("/etc/postgresql/tls", {"/etc/postgresql/tls": ("root", "postgres", "750")})
     conf = put_files(conf_dir) + put_files(f"{conf_dir}/conf.d")
+    # our sandbox for Debian's postgresql@.service: applies from the next (re)start
+    dropin = f"/etc/systemd/system/{service}.service.d"
+    sandbox = put_files(dropin, {dropin: ("root", "root", "755")})
+    systemd.daemon_reload(
+        name="Reload systemd (PostgreSQL sandbox drop-in)", _if=any_changed(sandbox), _sudo=True
+    )
     systemd.service(
         name="PostgreSQL enabled and running",
         service=service,
         running=True,
         enabled=True,
+        _sudo=True,
+    )
+    systemd.service(
+        name="Restart PostgreSQL (new sandbox)",
+        service=service,
+        restarted=True,
+        _if=any_changed(sandbox),
         _sudo=True,
     )
     postgres_restart_or_reload(
