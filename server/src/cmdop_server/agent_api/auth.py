@@ -11,7 +11,7 @@ from django.db import close_old_connections
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
-from cmdop_server import audit, credentials, ratelimit
+from cmdop_server import audit, credentials, dbconn, ratelimit
 from cmdop_server.errors import ApiError
 from cmdop_server.identity.authn import Principal, authenticate_bearer
 from cmdop_server.machines.models import Machine
@@ -66,13 +66,15 @@ class PooledMachineAuth(HttpBearer):
     """MachineAuth for the async long-poll. Under ASGI, Django runs a request's sync code in
     a thread of its own, and that thread's DB connection would stay open for the whole
     wait: 2,000 waiting agents = 2,000 Postgres connections. This runs the lookup on the
-    event loop's small shared thread pool instead, whose persistent connections are
-    reused by every poll (and recycled like any request's: close_old_connections)."""
+    worker's few database threads instead (``dbconn.pool()``), whose persistent
+    connections are reused by every poll (and recycled like any request's:
+    close_old_connections)."""
 
     permission_rule = MachineAuth.permission_rule
 
     async def authenticate(self, request: HttpRequest, token: str) -> AgentCaller | None:
-        return await sync_to_async(self._in_pool, thread_sensitive=False)(request, token)
+        return await sync_to_async(self._in_pool, thread_sensitive=False,
+                                   executor=dbconn.pool())(request, token)
 
     def _in_pool(self, request: HttpRequest, token: str) -> AgentCaller | None:
         close_old_connections()

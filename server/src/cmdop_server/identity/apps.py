@@ -7,4 +7,7 @@ class IdentityConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from cmdop_server import checks  # noqa: F401  (registers cmdop.W00x)
+        # checks registers cmdop.W00x; dbconn closes each ASGI request's connections
+        from cmdop_server import checks, dbconn  # noqa: F401
+
+        dbconn.connect()

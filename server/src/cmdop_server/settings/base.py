@@ -94,6 +94,8 @@ CMDOP_DEVICE_POLL_INTERVAL = 5
 CMDOP_LAST_USED_RESOLUTION = 60
 CMDOP_AUDIT_RETENTION_DAYS = 90
 CMDOP_TRUSTED_PROXIES: list[str] = []
+# threads per worker whose DB connections persist (cmdop_server.dbconn), per database
+CMDOP_DB_POOL_THREADS = 4
 CMDOP_PUBLIC_URL = ""
 CMDOP_REDIS: dict = {}
 # every Redis key starts with this (the site's Redis ACL allows nothing else)

@@ -119,6 +119,7 @@ CMDOP_ACCESS_TOKEN_TTL = int(_tokens.get("access_ttl_seconds", 3600))
 CMDOP_REFRESH_TOKEN_TTL = int(_tokens.get("refresh_ttl_days", 30)) * 24 * 3600
 CMDOP_RATE_LIMITS = CMDOP_RATE_LIMITS | dict(_site.get("rate_limits", {}))  # noqa: F405
 CMDOP_AUDIT_RETENTION_DAYS = int(_site.get("audit", {}).get("retention_days", 90))
+CMDOP_DB_POOL_THREADS = int(_db.get("pool_threads", CMDOP_DB_POOL_THREADS))  # noqa: F405
 
 # Realtime and agent knobs (issue 5). Centrifugo is optional: disabled, the REST cursor API
 # carries everything and no Centrifugo secret is read.

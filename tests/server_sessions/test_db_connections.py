@@ -1,0 +1,101 @@
+"""Postgres connections of the real control plane (gunicorn asgi over TLS, persistent
+connections as deployed: CONN_MAX_AGE 60) stay within their bound under load.
+
+Under ASGI, Django runs each request's sync code in a thread of its own that ends with the
+request; a connection that thread opened, kept for reuse, was never closed and stayed open
+until the garbage collector happened to free it (issue 12.5).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import psycopg
+import pytest
+from cmdop_server.identity import actions
+from cmdop_server.identity.models import Membership
+from django.conf import settings
+
+from tests.server.helpers import make_user
+from tests.server_sessions.helpers import enroll
+from tests.support.control_plane import ApiError, ControlPlane, UserApi, until
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.django_db(databases=["default", "audit"], transaction=True)]
+
+WORKERS = 2
+CONCURRENCY = 12
+REQUESTS = 400
+
+
+def app_connections(exclude_pid: int) -> int:
+    """Open connections to the test databases, but for the one counting."""
+    db = settings.DATABASES["default"]
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"],
+                         dbname="postgres") as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname IN (%s, %s) AND pid <> %s",
+            [settings.DATABASES["default"]["NAME"], settings.DATABASES["audit"]["NAME"],
+             exclude_pid]).fetchone()[0]
+
+
+@pytest.fixture
+def busy_plane(tls_pki, django_db_setup, django_db_modify_db_settings, tmp_path):
+    with ControlPlane(tls_pki, tmp_path / "gunicorn.log", workers=WORKERS,
+                      env={"CMDOP_TEST_CONN_MAX_AGE": "60"}) as cp:
+        yield cp
+
+
+def test_connections_stay_bounded_after_a_burst(busy_plane):
+    from django.db import connection
+
+    owner = make_user()
+    ws = actions.do_create_workspace(owner, "conns", "Connections")
+    _, key = actions.do_create_api_key(Membership.objects.in_workspace(ws).get(user=owner), "k")
+    machine = enroll(ws, owner)
+    own_pid = connection.cursor().connection.info.backend_pid
+
+    def one(i: int) -> int:
+        api = UserApi(busy_plane.url, busy_plane.pki.ca, key, ws.slug)
+        try:
+            kind = i % 4
+            if kind == 0:
+                api.call("GET", "/machines")
+            elif kind == 1:
+                api.call("GET", "/sessions")
+            elif kind == 2:
+                api.call("POST", "/join-tokens", {"name": f"t{i}"})
+            else:
+                agent = UserApi(busy_plane.url, busy_plane.pki.ca, machine["credential"], "")
+                agent.base = "/api/agent/v1"
+                agent.call("POST", "/heartbeat", {"version": "0.1.0", "boot_id": "b1"})
+                agent.close()
+            return 200
+        except ApiError as exc:
+            return exc.status
+        finally:
+            api.close()
+
+    def poll(i: int) -> int:
+        """An agent coming back: its long-poll (the pooled lookup), then a heartbeat."""
+        agent = UserApi(busy_plane.url, busy_plane.pki.ca, machine["credential"], "")
+        agent.base = "/api/agent/v1"
+        try:
+            agent.call("GET", "/work?wait=0")
+            return 200
+        except ApiError as exc:
+            return exc.status
+        finally:
+            agent.close()
+
+    with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
+        statuses = list(pool.map(one, range(REQUESTS)))
+        statuses += list(pool.map(poll, range(REQUESTS // 4)))
+    assert statuses == [200] * (REQUESTS + REQUESTS // 4), sorted(set(statuses))
+    # each request thread's connections end with it; what may stay is each worker's
+    # database threads' (dbconn.pool), one per thread and database
+    bound = WORKERS * settings.CMDOP_DB_POOL_THREADS * 2
+    settled = until(lambda: (n := app_connections(own_pid)) <= bound and [n], timeout=10,
+                    what=f"at most {bound} connections")
+    print(json.dumps({"connections_after_burst": settled[0], "bound": bound}))
