@@ -33,8 +33,12 @@ def test_the_roles_check_is_true_only_once_roles_sql_has_run(pg_and_site) -> Non
     assert pg.psql(check).strip() == "f"
     pg.psql(roles_sql)
     assert pg.psql(check).strip() == "t"
-    pg.psql(f"ALTER ROLE {names['green']} RESET role")
-    assert pg.psql(check).strip() == "f"  # a login role that would not act as the owner
+    pg.psql(f"GRANT {names['owner']} TO {names['green']}")
+    assert pg.psql(check).strip() == "f"  # an app login that could act as the owner
+    pg.psql(roles_sql)
+    assert pg.psql(check).strip() == "t"
+    pg.psql(f"ALTER ROLE {names['admin']} RESET role")
+    assert pg.psql(check).strip() == "f"  # an admin login that would not act as the owner
     pg.psql(roles_sql)
     assert pg.psql(check).strip() == "t"
 

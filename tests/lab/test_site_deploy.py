@@ -126,7 +126,7 @@ def test_postgres_app_role_logs_in_from_the_control_plane_only_with_its_password
         timeout=60,
         check=False,
     )
-    assert ok.stdout.startswith("cmdop_owner\n"), ok.stderr  # acts as the owner role
+    assert ok.stdout.startswith("cmdop_blue\n"), ok.stderr  # itself: rows, never the schema
     assert "SSL connection (protocol: TLSv1.3" in ok.stdout
     bad = subprocess.run(
         core.ssh_argv(lab, "host1", f"f=$(mktemp); cat > $f; sudo PGPASSFILE=$f {psql}; rm -f $f"),

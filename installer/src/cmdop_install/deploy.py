@@ -144,7 +144,7 @@ def write_extras(
             "password_src": OWNER_PASSWORD_SRC,
         }
         audit = {
-            "app_role": render.postgres_names(config)["owner"],
+            "app_role": render.postgres_names(config)["app"],
             "retention_days": config["audit"]["retention_days"],
         }
         _json(
@@ -204,6 +204,7 @@ def postgres_facts(folder: Path, site, host, secrets: dict[str, str]) -> dict:
     passwords = []
     for role, secret in (
         (pg["active"], f"postgres_password_{site['postgres']['active_role']}"),
+        (pg["admin"], "postgres_password_admin"),
         (pg["audit_admin"], "postgres_password_audit_admin"),
     ):
         verifier = stable_verifier(secrets[secret], role)

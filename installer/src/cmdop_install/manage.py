@@ -36,15 +36,21 @@ HOSTNAME_COMMAND = "hostname"
 def manage_command(args: str, audit_admin: bool = False) -> str:
     """A cmdop-server management command as the service runs it (user, credentials, settings).
 
-    ``audit_admin``: with the audit database as its owner's login (``/etc/cmdop/admin``), for
-    audit migrations and grants; the service itself never gets that credential.
+    ``audit_admin``: with each database as its owner's admin login (``/etc/cmdop/admin``:
+    ``<prefix>_admin`` for the app's, ``<prefix>_audit_admin`` for the audit log's), for
+    migrations and grants; the service itself never gets those credentials.
     """
+    admin = ("db_password", "audit_db_password") if audit_admin else ()
     props = " ".join(
-        f"-p LoadCredential={name}:{CREDENTIALS_DIR}/{name}" for name in CREDENTIALS
+        f"-p LoadCredential={name}:{CREDENTIALS_DIR}/{name}"
+        for name in CREDENTIALS
+        if name not in admin
     )
     toml = "/etc/cmdop/server.toml"
     if audit_admin:
-        props += f" -p LoadCredential=audit_db_password:{ADMIN_DIR}/credentials/audit_db_password"
+        props += "".join(
+            f" -p LoadCredential={name}:{ADMIN_DIR}/credentials/{name}" for name in admin
+        )
         toml = f"{ADMIN_DIR}/server.toml"
     return (
         "systemd-run --quiet --wait --pipe --collect -p User=cmdop -p Group=cmdop "

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# roles of render.postgres_names that roles.sql creates, and who each login acts as
-ROLES = ("owner", "blue", "green", "audit_owner", "audit_admin")
-ACTS_AS = (("blue", "owner"), ("green", "owner"), ("audit_admin", "audit_owner"))
+# roles of render.postgres_names that roles.sql creates, and who each admin login acts as
+ROLES = ("owner", "app", "blue", "green", "admin", "audit_owner", "audit_admin")
+ACTS_AS = (("admin", "owner"), ("audit_admin", "audit_owner"))
+# the app's logins: members of "app" (rows only), never of the owner, acting as nobody else
+APP_LOGINS = ("blue", "green")
 
 
 def set_password(role: str, verifier: str) -> str:
@@ -37,8 +39,9 @@ def password_md5(role: str) -> str:
 
 
 def roles_check(pg: Mapping) -> str:
-    """One query, ``t`` when every role, database and login setting roles.sql makes exists
-    and the audit database belongs to its own owner (``pg``: render.postgres_names)."""
+    """One query, ``t`` when every role, database and login setting roles.sql makes exists,
+    the app's logins cannot act as the owner, and the audit database belongs to its own
+    owner (``pg``: render.postgres_names)."""
     from psycopg import sql
 
     def listed(names) -> sql.Composable:
@@ -59,6 +62,10 @@ def roles_check(pg: Mapping) -> str:
             " ON r.oid = s.setrole WHERE {settings}) = {setting_count}"
             " AND (SELECT pg_get_userbyid(datdba) FROM pg_database"
             " WHERE datname = {audit_database}) = {audit_owner}"
+            " AND (SELECT bool_and(pg_has_role(l, {app}, 'MEMBER')"
+            " AND NOT pg_has_role(l, {owner}, 'MEMBER')) FROM unnest(ARRAY[{logins}]::name[]) l)"
+            " AND NOT EXISTS (SELECT FROM pg_db_role_setting s JOIN pg_roles r"
+            " ON r.oid = s.setrole WHERE r.rolname IN ({logins}))"
         )
         .format(
             roles=listed(pg[r] for r in ROLES),
@@ -69,6 +76,9 @@ def roles_check(pg: Mapping) -> str:
             setting_count=sql.Literal(len(ACTS_AS)),
             audit_database=sql.Literal(pg["audit_database"]),
             audit_owner=sql.Literal(pg["audit_owner"]),
+            app=sql.Literal(pg["app"]),
+            owner=sql.Literal(pg["owner"]),
+            logins=listed(pg[login] for login in APP_LOGINS),
         )
         .as_string()
     )

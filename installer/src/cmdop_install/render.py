@@ -152,6 +152,9 @@ def postgres_names(site: Site) -> dict:
         "owner": f"{prefix}_owner", "blue": f"{prefix}_blue", "green": f"{prefix}_green"
     }
     pg["active"] = pg[site["postgres"]["active_role"]]
+    # blue/green are members of this one: rows in the app's tables, never their schema
+    pg["app"] = f"{prefix}_app"
+    pg["admin"] = f"{prefix}_admin"  # logs in for the app database's migrations only
     # the audit log belongs to a role the app can never become: the app may only add rows
     pg["audit_owner"] = f"{prefix}_audit_owner"
     pg["audit_admin"] = f"{prefix}_audit_admin"  # logs in for audit migrations only
@@ -278,14 +281,16 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
         add("control_plane/gunicorn.conf.py.j2", f"{host_paths.cmdop_etc}/gunicorn.conf.py",
             0o644)
         add("control_plane/server.toml.j2", f"{host_paths.cmdop_etc}/server.toml", 0o644)
-        # the same settings, but the audit database as its owner: only the installer's
-        # migrate runs with it (its credential is never loaded by the service)
+        # the same settings, but each database as its owner's admin login: only the
+        # installer's migrate runs with it (its credentials are never loaded by the service)
         ctx["audit_admin"] = True
         add("control_plane/server.toml.j2", f"{host_paths.cmdop_admin}/server.toml", 0o644)
         ctx["audit_admin"] = False
-        files.append(RenderedFile(
-            f"{host_paths.cmdop_admin}/credentials/audit_db_password",
-            (secrets["postgres_password_audit_admin"] + "\n").encode(), 0o600, secret=True))
+        for cred, admin_secret in (("db_password", "postgres_password_admin"),
+                                   ("audit_db_password", "postgres_password_audit_admin")):
+            files.append(RenderedFile(f"{host_paths.cmdop_admin}/credentials/{cred}",
+                                      (secrets[admin_secret] + "\n").encode(), 0o600,
+                                      secret=True))
         tls(host_paths.cmdop_tls, f"app-{host.name}", "app", "root", "cmdop", 0o640)
         ca(host_paths.cmdop_tls)
         for cred, secret_name in CREDENTIALS.items():

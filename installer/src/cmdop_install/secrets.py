@@ -71,6 +71,9 @@ SPECS: dict[str, SecretSpec] = {
     "django_secret_key": SecretSpec("Django SECRET_KEY (signing; rotated via fallbacks)", 50),
     "postgres_password_blue": SecretSpec("Postgres login role <prefix>_blue"),
     "postgres_password_green": SecretSpec("Postgres login role <prefix>_green"),
+    "postgres_password_admin": SecretSpec(
+        "Postgres login role <prefix>_admin (app migrations only; never the service's)"
+    ),
     "postgres_password_audit_admin": SecretSpec(
         "Postgres login role <prefix>_audit_admin (audit migrations only; never the service's)"
     ),

@@ -76,7 +76,8 @@ def control_plane() -> None:
         name="Databases migrated, the first Owner and workspace created (once)",
         state_command=state_command,
         migrate={
-            "default": manage_command("migrate --database default --noinput"),
+            # as the owner's admin login: the app's own logins may not change the schema
+            "default": manage_command("migrate --database default --noinput", audit_admin=True),
             # the audit log lives in its own database, owned by a role the app is not: the
             # app may only add and read rows (audit_grants, after every audit migration)
             "audit": manage_command("migrate --database audit --noinput", audit_admin=True)

@@ -1,17 +1,25 @@
 -- managed by cmdop-install, do not edit (site golden)
--- The app's roles: one NOLOGIN owner of every object and two LOGIN roles that act as it.
--- Rotation sets a password on the idle one, switches the app, then PASSWORD NULLs the old
--- one. Passwords are never here: the installer sends SCRAM verifiers separately.
+-- The app's roles: one NOLOGIN owner of every object, a NOLOGIN role with data rights
+-- only (rows, not schema), and two LOGIN roles in it that the app uses. Rotation sets a
+-- password on the idle one, switches the app, then PASSWORD NULLs the old one. Migrations
+-- run as the admin login, which acts as the owner and which only the installer uses.
+-- Passwords are never here: the installer sends SCRAM verifiers separately.
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cmdop_owner') THEN
     CREATE ROLE cmdop_owner NOLOGIN;
   END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cmdop_app') THEN
+    CREATE ROLE cmdop_app NOLOGIN;
+  END IF;
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cmdop_blue') THEN
-    CREATE ROLE cmdop_blue LOGIN IN ROLE cmdop_owner;
+    CREATE ROLE cmdop_blue LOGIN IN ROLE cmdop_app;
   END IF;
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cmdop_green') THEN
-    CREATE ROLE cmdop_green LOGIN IN ROLE cmdop_owner;
+    CREATE ROLE cmdop_green LOGIN IN ROLE cmdop_app;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cmdop_admin') THEN
+    CREATE ROLE cmdop_admin LOGIN IN ROLE cmdop_owner;
   END IF;
   -- the audit log's owner: no app role is a member, so the app cannot change past rows
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cmdop_audit_owner') THEN
@@ -22,9 +30,14 @@ BEGIN
   END IF;
 END
 $$;
--- objects created by either login role belong to the owner role
-ALTER ROLE cmdop_blue SET role = 'cmdop_owner';
-ALTER ROLE cmdop_green SET role = 'cmdop_owner';
+-- Sites deployed before the app lost the owner's rights: blue/green were members of the
+-- owner and acted as it. Take both away (a stolen app password must not drop tables).
+GRANT cmdop_app TO cmdop_blue, cmdop_green;
+REVOKE cmdop_owner FROM cmdop_blue, cmdop_green;
+ALTER ROLE cmdop_blue RESET role;
+ALTER ROLE cmdop_green RESET role;
+-- app migrations create objects that belong to the owner
+ALTER ROLE cmdop_admin SET role = 'cmdop_owner';
 -- audit migrations create objects that belong to the audit owner
 ALTER ROLE cmdop_audit_admin SET role = 'cmdop_audit_owner';
 -- the app database, and the audit database kept apart from session data (the seed;
@@ -41,6 +54,21 @@ ALTER DATABASE cmdop_audit OWNER TO cmdop_audit_owner;
 -- nobody else may even connect to it
 REVOKE ALL ON DATABASE cmdop_audit FROM PUBLIC;
 GRANT CONNECT, TEMPORARY ON DATABASE cmdop_audit TO cmdop_audit_owner;
--- the app writes audit rows (INSERT, SELECT only: `cmdop-server audit_grants`, run by the
--- installer as the audit owner after each audit migration)
-GRANT CONNECT ON DATABASE cmdop_audit TO cmdop_owner;
+-- the app reaches both databases; it writes audit rows (INSERT, SELECT only:
+-- `cmdop-server audit_grants`, run by the installer as the audit owner after each audit
+-- migration)
+GRANT CONNECT ON DATABASE cmdop TO cmdop_app;
+GRANT CONNECT ON DATABASE cmdop_audit TO cmdop_app;
+REVOKE CONNECT ON DATABASE cmdop_audit FROM cmdop_owner;
+\connect cmdop
+-- anything an older site's app login created is the owner's (none should exist)
+REASSIGN OWNED BY cmdop_blue, cmdop_green TO cmdop_owner;
+-- the app's data rights: rows of every table and the sequences behind its ids, now and
+-- for every table the owner (migrations) creates later; no CREATE, ALTER, DROP, TRUNCATE
+GRANT USAGE ON SCHEMA public TO cmdop_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO cmdop_app;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO cmdop_app;
+ALTER DEFAULT PRIVILEGES FOR ROLE cmdop_owner IN SCHEMA public
+  GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO cmdop_app;
+ALTER DEFAULT PRIVILEGES FOR ROLE cmdop_owner IN SCHEMA public
+  GRANT USAGE, SELECT ON SEQUENCES TO cmdop_app;
