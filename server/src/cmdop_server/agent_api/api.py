@@ -34,7 +34,7 @@ from cmdop_server.identity.authn import authenticate_bearer
 from cmdop_server.machines import actions
 from cmdop_server.netinfo import client_ip
 from cmdop_server.ratelimit import RateLimitedError
-from cmdop_server.sessions.actions import do_apply_agent_events
+from cmdop_server.sessions.actions import do_apply_agent_events, do_heartbeat
 from cmdop_server.textinput import Input
 
 logger = logging.getLogger("cmdop.agent_api")
@@ -123,8 +123,8 @@ def enroll(request: auth.EnrollRequest, body: EnrollIn):
 
 @api.post("/heartbeat", auth=auth.machine, response=HeartbeatOut)
 def heartbeat(request: auth.AgentRequest, body: HeartbeatIn):
-    machine = actions.do_heartbeat(request.auth.machine, body.hostname, body.os, body.version,
-                                   body.boot_id, client_ip(request))
+    machine = do_heartbeat(request.auth.machine, body.hostname, body.os, body.version,
+                           body.boot_id, client_ip(request))
     return {"server_time": timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
             "heartbeat_interval": machine.heartbeat_interval}
 

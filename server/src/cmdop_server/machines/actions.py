@@ -199,35 +199,6 @@ def do_set_machine_disabled(actor: Membership, machine_id: str, disabled: bool,
     return machine
 
 
-# ---- heartbeat -----------------------------------------------------------------------------
-
-
-def do_heartbeat(machine: Machine, hostname: str, os_name: str, version: str,
-                 boot_id: str, ip: str | None = None) -> Machine:
-    """Liveness and facts. Not audited (it is telemetry, every 30 s), except a new boot,
-    which ends the previous boot's sessions and is a state change."""
-    from cmdop_server.sessions.actions import disconnect_stale_sessions
-
-    check_agent_version(version)
-    now = timezone.now()
-    if machine.boot_id == boot_id:
-        Machine.unscoped.filter(pk=machine.pk).update(
-            last_seen_at=now, os=os_name[:200], agent_version=version[:40])
-        machine.last_seen_at = now
-        return machine
-    with audit.action():
-        locked = Machine.unscoped.select_for_update().get(pk=machine.pk)
-        previous = locked.boot_id
-        locked.last_seen_at, locked.os, locked.agent_version = now, os_name[:200], version[:40]
-        locked.boot_id = boot_id[:64]
-        locked.save(update_fields=["last_seen_at", "os", "agent_version", "boot_id"])
-        ended = disconnect_stale_sessions(locked, boot_id)
-        audit.record("machine.boot", workspace=locked.workspace_id, method="agent", ip=ip,
-                     machine=locked.public_id, hostname=hostname[:253], boot_id=boot_id[:64],
-                     previous_boot_id=previous, sessions_disconnected=ended)
-    return locked
-
-
 def boot_cursor(machine: Machine, boot_id: str) -> AgentBoot:
     """The (machine, boot) event cursor, locked for this transaction."""
     AgentBoot.objects.get_or_create(machine=machine, boot_id=boot_id[:64])

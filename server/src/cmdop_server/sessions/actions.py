@@ -15,7 +15,7 @@ from django.utils import timezone
 from cmdop_server import audit, output, realtime, workqueue
 from cmdop_server.errors import ApiError
 from cmdop_server.identity.models import Membership
-from cmdop_server.machines.actions import boot_cursor
+from cmdop_server.machines.actions import boot_cursor, check_agent_version
 from cmdop_server.machines.models import Machine
 from cmdop_server.machines.tokens import new_public_id
 from cmdop_server.permissions import Action, can
@@ -204,6 +204,31 @@ def do_request_file_write(access: SessionAccess, path: str, data_b64: str,
 
 
 # ---- the agent's side ----------------------------------------------------------------------
+
+
+def do_heartbeat(machine: Machine, hostname: str, os_name: str, version: str,
+                 boot_id: str, ip: str | None = None) -> Machine:
+    """Liveness and facts. Not audited (it is telemetry, every 30 s), except a new boot,
+    which ends the previous boot's sessions and is a state change. (Here, not in
+    machines.actions, because it ends sessions: machines sit a floor below sessions.)"""
+    check_agent_version(version)
+    now = timezone.now()
+    if machine.boot_id == boot_id:
+        Machine.unscoped.filter(pk=machine.pk).update(
+            last_seen_at=now, os=os_name[:200], agent_version=version[:40])
+        machine.last_seen_at = now
+        return machine
+    with audit.action():
+        locked = Machine.unscoped.select_for_update().get(pk=machine.pk)
+        previous = locked.boot_id
+        locked.last_seen_at, locked.os, locked.agent_version = now, os_name[:200], version[:40]
+        locked.boot_id = boot_id[:64]
+        locked.save(update_fields=["last_seen_at", "os", "agent_version", "boot_id"])
+        ended = disconnect_stale_sessions(locked, boot_id)
+        audit.record("machine.boot", workspace=locked.workspace_id, method="agent", ip=ip,
+                     machine=locked.public_id, hostname=hostname[:253], boot_id=boot_id[:64],
+                     previous_boot_id=previous, sessions_disconnected=ended)
+    return locked
 
 
 def disconnect_stale_sessions(machine: Machine, boot_id: str) -> int:
