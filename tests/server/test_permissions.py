@@ -5,12 +5,13 @@ listed as PUBLIC) fails, as does one without a sample request."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
-from cmdop_server.api.auth import UserAuth, WorkspaceAuth
+from cmdop_server.api.auth import ResourceAuth, UserAuth, WorkspaceAuth
 from cmdop_server.identity import actions
 from cmdop_server.identity.models import ApiKey, Membership, Workspace
-from cmdop_server.permissions import Role, can
+from cmdop_server.permissions import PERMISSIONS, Role, can
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from ninja.operation import PathView
@@ -101,6 +102,30 @@ def test_every_operation_has_a_rule(method, route, auth):
 @pytest.mark.unit
 def test_matrix_covers_the_workspace_api():
     assert len(WORKSPACE_OPS) == len(SAMPLES)
+
+
+@pytest.mark.unit
+def test_the_schema_states_each_workspace_operations_action_and_roles():
+    """Every operation with a workspace rule (WorkspaceAuth, or ResourceAuth for one
+    machine, session or the audit log) carries its Action and the roles the permission
+    table allows; the rest (OAuth, the caller's own account) are outside any workspace."""
+    from cmdop_server.api.main import api
+
+    paths = api.get_openapi_schema()["paths"]
+    documented = {(method.upper(), path) for path, item in paths.items()
+                  for method, op in item.items() if "x-cmdop-action" in op}
+    ruled = []
+    for method, route, auth in OPS:
+        if not isinstance(auth, WorkspaceAuth | ResourceAuth):
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
+        op = paths[path][method.lower()]
+        assert op["x-cmdop-action"] == auth.action, f"{method} {route}"
+        assert op["x-cmdop-roles"] == sorted(PERMISSIONS[auth.action]), f"{method} {route}"
+        ruled.append((method, path))
+    assert documented == set(ruled)
+    undocumented = {(m.upper(), p) for p, item in paths.items() for m in item} - documented
+    assert ruled and all("{slug}" not in path for _, path in undocumented), undocumented
 
 
 @pytest.fixture

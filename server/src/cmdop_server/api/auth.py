@@ -89,4 +89,26 @@ def workspace(action: Action) -> WorkspaceAuth:
     return WorkspaceAuth(action)
 
 
+class ResourceAuth(UserAuth):
+    """WorkspaceAuth's check (membership by slug, then the workspace role table) for
+    operations on one machine or session (or the workspace's audit log), whose own check
+    follows in the view. Kept apart from WorkspaceAuth so tests/server's matrix (workspace
+    role only) does not claim these; tests/server_sessions/test_session_matrix.py walks
+    them instead."""
+
+    permission_rule = "workspace role table, then the resource's own check (sessions.authz)"
+
+    def __init__(self, action: Action) -> None:
+        super().__init__()
+        self.action = action
+        self._workspace_auth = WorkspaceAuth(action)
+
+    def authenticate(self, request: HttpRequest, token: str) -> Caller | None:
+        return self._workspace_auth.authenticate(request, token)
+
+
+def scoped(action: Action) -> ResourceAuth:
+    return ResourceAuth(action)
+
+
 user = UserAuth()

@@ -96,33 +96,32 @@ def _internal(request, exc):
 
 def _mount() -> None:
     from cmdop_server.api import me, oauth, workspaces
+    from cmdop_server.audit.api import router as audit_router
+    from cmdop_server.sessions.api import router as sessions_router
 
     api.add_router("/oauth", oauth.router)
     api.add_router("", me.router)
     api.add_router("/workspaces", workspaces.router)
-    _document_permissions()
+    api.add_router("/workspaces", sessions_router)
+    api.add_router("/workspaces", audit_router)
+    _document_permissions()  # last: it documents the operations of every router above
 
 
 def _document_permissions() -> None:
     """Each workspace operation states its Action and the roles allowed, in the schema."""
-    from cmdop_server.api.auth import WorkspaceAuth
+    from cmdop_server.api.auth import ResourceAuth, WorkspaceAuth
     from cmdop_server.permissions import PERMISSIONS
 
     for _, router in api._routers:
         for path_view in router.path_operations.values():
             for op in path_view.operations:
-                rule = next((a for a in op.auth_callbacks if isinstance(a, WorkspaceAuth)), None)
+                rule = next((a for a in op.auth_callbacks
+                             if isinstance(a, WorkspaceAuth | ResourceAuth)), None)
                 if rule is not None:
                     roles = sorted(str(r) for r in PERMISSIONS[rule.action])
                     op.openapi_extra = {**(op.openapi_extra or {}),
                                         "x-cmdop-action": str(rule.action),
                                         "x-cmdop-roles": roles}
-    from cmdop_server.sessions.api import router as sessions_router  # issue 5
-
-    api.add_router("/workspaces", sessions_router)
-    from cmdop_server.audit.api import router as audit_router
-
-    api.add_router("/workspaces", audit_router)
 
 
 _mount()

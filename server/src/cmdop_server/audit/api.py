@@ -8,11 +8,11 @@ from django.http import StreamingHttpResponse
 from ninja import Query, Router
 
 from cmdop_server import audit
+from cmdop_server.api.auth import scoped
 from cmdop_server.audit import export
 from cmdop_server.errors import ApiError
 from cmdop_server.netinfo import client_ip
 from cmdop_server.permissions import Action
-from cmdop_server.sessions.api import scoped
 from cmdop_server.textinput import Input
 
 router = Router(tags=["audit"])

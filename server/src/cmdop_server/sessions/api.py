@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from asgiref.sync import sync_to_async
 from django.db import connections
-from django.http import HttpRequest
 from ninja import Query, Router
 from pydantic import Field
 
 from cmdop_server import output, ratelimit, realtime
-from cmdop_server.api.auth import CallerRequest, UserAuth, WorkspaceAuth
+from cmdop_server.api.auth import CallerRequest, scoped
 from cmdop_server.errors import ApiError
 from cmdop_server.machines import actions as machine_actions
 from cmdop_server.machines.models import JoinToken, Machine
@@ -29,27 +28,6 @@ from cmdop_server.workqueue import BadCursor
 router = Router(tags=["machines and sessions"])
 P = SessionPermission
 MAX_OUTPUT_WAIT = 25
-
-
-class ResourceAuth(UserAuth):
-    """WorkspaceAuth's check (membership by slug, then the workspace role table) for
-    operations on one machine or session, whose own check follows in the view. Kept apart
-    from WorkspaceAuth so tests/server's matrix (workspace role only) does not claim these;
-    tests/server_sessions/test_session_matrix.py walks them instead."""
-
-    permission_rule = "workspace role table, then the resource's own check (sessions.authz)"
-
-    def __init__(self, action: Action) -> None:
-        super().__init__()
-        self.action = action
-        self._workspace_auth = WorkspaceAuth(action)
-
-    def authenticate(self, request: HttpRequest, token: str):
-        return self._workspace_auth.authenticate(request, token)
-
-
-def scoped(action: Action) -> ResourceAuth:
-    return ResourceAuth(action)
 
 
 def _release_db_connections() -> None:
