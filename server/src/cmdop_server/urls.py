@@ -20,7 +20,9 @@ urlpatterns = [
     path("keys/<slug:slug>/<int:key_id>/revoke/", views.revoke_api_key, name="revoke-key"),
     path("healthz", views.healthz, name="healthz"),
     path("assets/<str:name>", views.asset, name="asset"),
+    path("w/<slug:slug>/", include("cmdop_server.machines.pages")),
     path("w/<slug:slug>/", include("cmdop_server.sessions.pages")),
+    path("w/<slug:slug>/", include("cmdop_server.audit.pages")),
 ]
 
 handler500 = "cmdop_server.web.views.server_error"

@@ -1,0 +1,36 @@
+"""What every workspace page of the dashboard shares: the caller's membership, found by the
+URL's slug and checked against the workspace role table as the API does, and refusals
+shown as a plain page with their sentence."""
+
+from __future__ import annotations
+
+from django.http import Http404
+from django.shortcuts import render
+
+from cmdop_server.errors import ApiError
+from cmdop_server.identity.authn import SignedInRequest
+from cmdop_server.identity.models import Membership
+from cmdop_server.permissions import Action, can
+
+
+def membership(request: SignedInRequest, slug: str, action: Action) -> Membership:
+    found = (Membership.unscoped.select_related("workspace", "user")
+             .filter(workspace__slug=slug, user=request.user).first())
+    if found is None:
+        raise Http404("No such workspace.")
+    if not can(found.role, action):
+        raise ApiError(403, "forbidden", f"Your role may not {action}.")
+    return found
+
+
+def page_errors(view):
+    """ApiError (refused, invalid) becomes a plain page with its sentence, never a trace."""
+    def wrapped(request, *args, **kwargs):
+        try:
+            return view(request, *args, **kwargs)
+        except ApiError as exc:
+            if exc.status == 404:
+                raise Http404(exc.detail) from None
+            return render(request, "cmdop/refused.html", {"detail": exc.detail},
+                          status=exc.status)
+    return wrapped
