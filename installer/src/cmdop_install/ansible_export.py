@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from cmdop_install import agent_releases, check, manage, render
+from cmdop_install import agent_releases, check, manage, pgsql, render
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
 from cmdop_install.inventory import GROUPS, Host
@@ -122,6 +122,7 @@ def postgres_data(site, host: Host, secrets: dict[str, str]) -> dict:
     pg = render.postgres_names(site)
     passwords = []
     for role, secret in ((pg["active"], f"postgres_password_{site['postgres']['active_role']}"),
+                         (pg["admin"], "postgres_password_admin"),
                          (pg["audit_admin"], "postgres_password_audit_admin")):
         verifier = stable_verifier(secrets[secret], role)
         passwords.append({
@@ -154,7 +155,7 @@ def group_vars(site, wheels: dict) -> dict:
         "cmdop_common_templates_dir": str(render.templates_dir()),
         "cmdop_site_name": site["site"]["name"],
         "cmdop_postgres_major": site["postgres"]["major"],
-        "cmdop_postgres_roles_check_sql": postgres_roles_check(site),
+        "cmdop_postgres_roles_check_sql": pgsql.roles_check(render.postgres_names(site)),
         "cmdop_control_plane_wheelhouse": wheels.get("control_plane"),
         # management commands as the service runs them; the roles append the arguments
         "cmdop_control_plane_manage": manage.manage_command("").rstrip(),
@@ -162,34 +163,11 @@ def group_vars(site, wheels: dict) -> dict:
         "cmdop_control_plane_owner_email": site["site"]["owner_email"]
         or f"admin@{site['site']['domain']}",
         "cmdop_control_plane_workspace": site["site"]["name"],
-        "cmdop_control_plane_audit_app_role": render.postgres_names(site)["owner"],
+        "cmdop_control_plane_audit_app_role": render.postgres_names(site)["app"],
         "cmdop_control_plane_audit_retention_days": site["audit"]["retention_days"],
         "cmdop_agent_user": site["agent"]["user"],
         "cmdop_agent_release": wheels.get("agents"),
     }
-
-
-def postgres_roles_check(site) -> str:
-    """One query, true when every role, database and role setting of the site exists (the
-    same check as the pyinfra deploy's ``postgres_facts``)."""
-    pg = render.postgres_names(site)
-    roles = ("owner", "blue", "green", "audit_owner", "audit_admin")
-    listed = ", ".join(f"'{pg[r]}'" for r in roles)
-    databases = ", ".join(f"'{d}'" for d in pg["databases"])
-    settings = [(pg["blue"], pg["owner"]), (pg["green"], pg["owner"]),
-                (pg["audit_admin"], pg["audit_owner"])]
-    setting_sql = " OR ".join(
-        f"(r.rolname = '{login}' AND 'role={acts_as}' = ANY (s.setconfig))"
-        for login, acts_as in settings)
-    return (
-        f"SELECT (SELECT count(*) FROM pg_roles WHERE rolname IN ({listed})) = {len(roles)}"  # noqa: S608
-        f" AND (SELECT count(*) FROM pg_database WHERE datname IN ({databases}))"
-        f" = {len(pg['databases'])}"
-        " AND (SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole"
-        f" WHERE {setting_sql}) = {len(settings)}"
-        f" AND (SELECT pg_get_userbyid(datdba) FROM pg_database"
-        f" WHERE datname = '{pg['audit_database']}') = '{pg['audit_owner']}'"
-    )
 
 
 def read_vault_password(path: Path) -> bytes:
