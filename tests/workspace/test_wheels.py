@@ -69,6 +69,8 @@ def test_agent_wheel_pulls_nothing(wheels: dict[str, Path]) -> None:
         .decode()
     )
     assert "cmdop-agent = cmdop_agent.cli:main" in entry_points
+    # the person's client ships in the same dependency-free wheel
+    assert "cmdop = cmdop_agent.client.cli:main" in entry_points
 
 
 def test_installer_and_server_declare_their_stacks(wheels: dict[str, Path]) -> None:
