@@ -3,8 +3,10 @@ by capture-pane) runs a local shell, which runs ``cmdop connect`` to a real agen
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -150,3 +152,22 @@ def test_observer_join_shows_output_and_sends_no_keys(terminal) -> None:
     tmux.keys("Enter", "~", ".")
     tmux.wait("local-rc=0")
     assert agent.session(sid).status == "connected"  # an observer's detach changes nothing
+
+
+def test_terminal_restored_when_cmdop_is_killed(terminal) -> None:
+    """SIGTERM to cmdop mid-session: one line, non-zero, and the local terminal as before."""
+    agent, tmux, tmp = terminal
+    before, after = tmp / "stty-before", tmp / "stty-after"
+    tmux.line(f"stty -a > {before}")
+    cmdop = shlex.join([sys.executable, "-m", "cmdop_agent.client.cli"])
+    tmux.line(f"{cmdop} connect {agent.machine.hostname}; echo local-rc=$?")
+    tmux.remote_prompt()
+    shell = tmux.tmux("list-panes", "-t", "t", "-F", "#{pane_pid}").strip()
+    children = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
+    assert len(children) == 1
+    os.kill(int(children[0]), signal.SIGTERM)
+    screen = tmux.wait("local-rc=1")
+    assert "cmdop: stopped by signal SIGTERM" in screen and "Traceback" not in screen
+    tmux.line(f"stty -a > {after}")
+    until(lambda: after.exists() and after.read_text(), what="stty -a after")
+    assert after.read_text() == before.read_text()
