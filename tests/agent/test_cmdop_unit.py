@@ -7,7 +7,7 @@ import pytest
 from cmdop_agent.client.cli import explain, parse_when
 from cmdop_agent.client.commands import exit_status
 from cmdop_agent.client.settings import parse_config
-from cmdop_agent.client.terminal import EscapeReader
+from cmdop_agent.client.terminal import EscapeReader, patiently
 from cmdop_agent.errors import AgentError, ConfigError, ServerError
 
 pytestmark = pytest.mark.unit
@@ -61,3 +61,22 @@ def test_since_takes_ages_and_iso_times() -> None:
 
 def test_exit_status_like_a_shell() -> None:
     assert [exit_status(c) for c in (0, 1, 127, -9, None)] == [0, 1, 127, 137, 255]
+
+
+def test_terminal_waits_out_the_rate_limit_but_not_other_refusals() -> None:
+    answers = [ServerError(429, "rate_limited", "slow", 0.01),
+               ServerError(429, "rate_limited", "slow", 0.01), "sent"]
+
+    def call() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert patiently(call) == "sent" and not answers
+
+    def refused() -> str:
+        raise ServerError(403, "forbidden", "An observer may not send_input.")
+
+    with pytest.raises(ServerError, match="403"):
+        patiently(refused)

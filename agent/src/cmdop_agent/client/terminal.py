@@ -16,9 +16,12 @@ import signal
 import sys
 import termios
 import threading
+import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from typing import TypeVar
 
 from ..errors import AgentError, ServerError
 from .userapi import Session
@@ -26,6 +29,7 @@ from .userapi import Session
 ESCAPE = b"~"
 DETACH = b"."
 DETACHED = -1
+T = TypeVar("T")
 
 
 class EscapeReader:
@@ -75,6 +79,18 @@ def raw_terminal(fd: int) -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def patiently(call: Callable[[], T]) -> T:
+    """An interactive terminal waits out the session rate limit (429) instead of ending:
+    keys typed meanwhile stay in the terminal's buffer and go in the next request."""
+    while True:
+        try:
+            return call()
+        except ServerError as exc:
+            if exc.status != 429:
+                raise
+            time.sleep(min(exc.retry_after or 1.0, 60.0))
+
+
 def _code(value: object) -> int:
     return value if isinstance(value, int) else 255
 
@@ -94,12 +110,9 @@ class Terminal:
         reader = Session(self.session.api.fork(), self.session.id)
         reader.cursor = self.session.cursor
         try:
-            for item in reader.follow():
-                if item["type"] == "output":
-                    os.write(self.stdout, base64.b64decode(item["data_b64"]))
-                elif item["type"] == "status" and item["status"] not in ("connected",
-                                                                        "background"):
-                    self.exit_code = _code(item.get("exit_code"))
+            while True:
+                items = patiently(reader.read)
+                if self._show(items):
                     break
         except ServerError as exc:
             if exc.code != "session_not_active":
@@ -112,6 +125,17 @@ class Terminal:
         finally:
             reader.api.close()
             os.write(self.wake_w, b"x")
+
+    def _show(self, items: list[dict]) -> bool:
+        """Terminal bytes to the screen; True once the session has ended."""
+        for item in items:
+            if item["type"] == "output":
+                os.write(self.stdout, base64.b64decode(item["data_b64"]))
+            elif item["type"] == "status" and item["status"] not in ("connected",
+                                                                    "background"):
+                self.exit_code = _code(item.get("exit_code"))
+                return True
+        return False
 
     def _resize(self) -> None:
         size = os.get_terminal_size(self.stdout)
@@ -140,12 +164,12 @@ class Terminal:
                             return self.exit_code
                         if winch.is_set() and not self.observe:
                             winch.clear()
-                            self._resize()
+                            patiently(self._resize)
                     if self.stdin in ready:
                         data = os.read(self.stdin, 4096)
                         keys, detach = escape.feed(data)
                         if keys and not self.observe:
-                            self.session.send(keys)
+                            patiently(partial(self.session.send, keys))
                         if detach or not data:
                             return DETACHED
         finally:
