@@ -21,6 +21,9 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.django_db(databases=["default", "audit"], transaction=True)]
 
 
+CMDOP = shlex.join([sys.executable, "-m", "cmdop_agent.client.cli"])
+
+
 class Tmux:
     """One tmux server on a socket of its own, one session ``t`` running a local bash."""
 
@@ -66,6 +69,18 @@ class Tmux:
 
         until(prompt, timeout=30, what="the remote prompt")
 
+    def connect(self, hostname: str, stty_before: Path | None = None) -> None:
+        """``cmdop connect`` from the local shell (after saving ``stty -a`` there), up to
+        the remote prompt; the local shell then prints cmdop's exit status."""
+        if stty_before is not None:
+            self.line(f"stty -a > {stty_before}")
+        self.line(f"{CMDOP} connect {hostname}; echo local-rc=$?")
+        self.remote_prompt()
+
+    def stty_after(self, path: Path) -> str:
+        self.line(f"stty -a > {path}")
+        return until(lambda: path.exists() and path.read_text(), what="stty -a after")
+
     def kill(self) -> None:
         subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=10)
 
@@ -89,11 +104,8 @@ def terminal(control_plane, real_agent, tmp_path):
 
 def test_connect_prompt_resize_interrupt_and_exit_status(terminal) -> None:
     agent, tmux, tmp = terminal
-    before, after = tmp / "stty-before", tmp / "stty-after"
-    tmux.line(f"stty -a > {before}")
-    cmdop = shlex.join([sys.executable, "-m", "cmdop_agent.client.cli"])
-    tmux.line(f"{cmdop} connect {agent.machine.hostname}; echo local-rc=$?")
-    tmux.remote_prompt()
+    before = tmp / "stty-before"
+    tmux.connect(agent.machine.hostname, before)
     tmux.line("PS1='RE''MOTE> '")  # split so the echoed command line does not match
     tmux.wait("REMOTE>")
     tmux.line("stty size")
@@ -109,25 +121,21 @@ def test_connect_prompt_resize_interrupt_and_exit_status(terminal) -> None:
     assert "slept-through" not in screen  # Ctrl-C reached the remote sleep, not cmdop
     tmux.line("exit 3")
     tmux.wait("local-rc=3")
-    tmux.line(f"stty -a > {after}")
-    until(lambda: after.exists() and after.read_text(), what="stty -a after")
     # the same modes and characters; only the size differs: the window was resized
-    assert after.read_text().replace("rows 40; columns 120", "rows 30; columns 100") \
-        == before.read_text()
+    assert tmux.stty_after(tmp / "stty-after").replace(
+        "rows 40; columns 120", "rows 30; columns 100") == before.read_text()
 
 
 def test_escape_sequence_detaches_and_join_returns(terminal) -> None:
     agent, tmux, _ = terminal
-    cmdop = shlex.join([sys.executable, "-m", "cmdop_agent.client.cli"])
-    tmux.line(f"{cmdop} connect {agent.machine.hostname}; echo local-rc=$?")
-    tmux.remote_prompt()
+    tmux.connect(agent.machine.hostname)
     tmux.line("PS1='RE''MOTE> '; kept=still-he''re")
     tmux.wait("REMOTE>")
     tmux.keys("Enter", "~", ".")
     screen = tmux.wait("local-rc=0")
     sid = screen.split("cmdop join ", 1)[1].split()[0]
     assert agent.session(sid).status == "background"
-    tmux.line(f"{cmdop} join {sid}; echo local-rc=$?")
+    tmux.line(f"{CMDOP} join {sid}; echo local-rc=$?")
     tmux.line("echo $kept")
     tmux.wait("still-here\n")
     tmux.line("exit 4")
@@ -140,9 +148,8 @@ def test_observer_join_shows_output_and_sends_no_keys(terminal) -> None:
     member, member_api = agent.member("member")
     agent.api.call("POST", f"/sessions/{sid}/participants",
                    {"user_id": member.pk, "role": "observer"})
-    cmdop = shlex.join([sys.executable, "-m", "cmdop_agent.client.cli"])
     # the observer's own key (the tmux shell's environment holds the owner's)
-    tmux.line(f"CMDOP_API_KEY={member_api.key} {cmdop} join {sid}; echo local-rc=$?")
+    tmux.line(f"CMDOP_API_KEY={member_api.key} {CMDOP} join {sid}; echo local-rc=$?")
     agent.api.type(sid, b"echo from-oper''ator\n")
     tmux.wait("from-operator")
     tmux.line("echo from-obs''erver")  # typed by the observer: never reaches the shell
@@ -157,17 +164,12 @@ def test_observer_join_shows_output_and_sends_no_keys(terminal) -> None:
 def test_terminal_restored_when_cmdop_is_killed(terminal) -> None:
     """SIGTERM to cmdop mid-session: one line, non-zero, and the local terminal as before."""
     agent, tmux, tmp = terminal
-    before, after = tmp / "stty-before", tmp / "stty-after"
-    tmux.line(f"stty -a > {before}")
-    cmdop = shlex.join([sys.executable, "-m", "cmdop_agent.client.cli"])
-    tmux.line(f"{cmdop} connect {agent.machine.hostname}; echo local-rc=$?")
-    tmux.remote_prompt()
+    before = tmp / "stty-before"
+    tmux.connect(agent.machine.hostname, before)
     shell = tmux.tmux("list-panes", "-t", "t", "-F", "#{pane_pid}").strip()
     children = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
     assert len(children) == 1
     os.kill(int(children[0]), signal.SIGTERM)
     screen = tmux.wait("local-rc=1")
     assert "cmdop: stopped by signal SIGTERM" in screen and "Traceback" not in screen
-    tmux.line(f"stty -a > {after}")
-    until(lambda: after.exists() and after.read_text(), what="stty -a after")
-    assert after.read_text() == before.read_text()
+    assert tmux.stty_after(tmp / "stty-after") == before.read_text()
