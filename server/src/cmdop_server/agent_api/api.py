@@ -109,7 +109,10 @@ def enroll(request: auth.EnrollRequest, body: EnrollIn):
             body.join_token, body.hostname, body.os, body.version, ip)
         return 201, _enroll_out(machine, credential)
     raw = request.auth.bearer
-    principal, reason = authenticate_bearer(raw) if raw else (None, "missing_credential")
+    principal, reason = (authenticate_bearer(raw, "agent") if raw else
+                         (None, "missing_credential"))
+    if reason == "insufficient_scope":
+        raise ApiError(403, "forbidden", "This token was not granted the agent scope.")
     if principal is None or principal.family_id is None:
         ratelimit.enforce("auth", f"ip:{ip}")
         audit.record("machine.enroll", success=False, method="device_flow", ip=ip,

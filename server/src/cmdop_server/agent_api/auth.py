@@ -33,7 +33,7 @@ def machine_for(raw: str) -> tuple[Machine | None, str]:
                 or not credentials.same_digest(machine.credential_hash, raw)):
             return None, "unknown_machine_credential"
         return machine, ""
-    principal, reason = authenticate_bearer(raw)
+    principal, reason = authenticate_bearer(raw, "agent")
     if principal is None:
         return None, reason
     if principal.family_id is None:

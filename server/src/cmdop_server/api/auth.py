@@ -44,7 +44,7 @@ class CallerRequest(HttpRequest):
 
 class UserAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> Caller | None:
-        principal, reason = authenticate_bearer(token)
+        principal, reason = authenticate_bearer(token, "api")
         if principal is None:
             ip = client_ip(request)
             ratelimit.refuse_if_exhausted("auth", f"ip:{ip}")

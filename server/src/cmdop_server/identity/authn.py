@@ -44,9 +44,14 @@ def _touch(manager, pk: int, last_used_at) -> None:
         Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale)).update(last_used_at=now)
 
 
-def authenticate_bearer(raw: str) -> tuple[Principal | None, str]:
-    """(principal, "") or (None, reason) for a presented bearer credential."""
+def authenticate_bearer(raw: str, scope: str) -> tuple[Principal | None, str]:
+    """(principal, "") or (None, reason) for a presented bearer credential that may act in
+    ``scope``: "api" (the user API; API keys have only this one) or "agent" (a machine
+    enrolled through the device flow). An agent's tokens, kept on its machine, are
+    therefore no way into the user API (docs/security-model.md)."""
     if raw.startswith(credentials.API_KEY_PREFIXES):
+        if scope != "api":
+            return None, "insufficient_scope"
         if not credentials.looks_like_api_key(raw):
             return None, "malformed_api_key"
         key = (ApiKey.unscoped.select_related("user", "workspace")
@@ -67,6 +72,8 @@ def authenticate_bearer(raw: str) -> tuple[Principal | None, str]:
         return None, "unknown_token"
     if token.family.revoked_at is not None:
         return None, "revoked_token"
+    if scope not in token.family.scope.split():
+        return None, "insufficient_scope"
     if token.expires_at <= timezone.now():
         return None, "expired_token"
     if not token.family.user.is_active:

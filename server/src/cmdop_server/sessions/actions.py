@@ -279,7 +279,18 @@ class _Effects:
 def do_apply_agent_events(machine: Machine, boot_id: str, events: list[dict],
                           ip: str | None = None) -> int:
     """Store one batch of agent events; events at or below the boot's cursor are ignored
-    (a retried batch), a batch that starts after a gap is refused. Returns accepted_through."""
+    (a retried batch), a batch that starts after a gap is refused. Returns accepted_through.
+
+    A batch naming a session this machine does not hold is refused whole (403): a machine
+    credential speaks for its own sessions only, so one stolen from a host cannot write
+    output, results or audit rows into another machine's sessions. The refusal is audited;
+    a session never changes machine, so checking before the transaction is race-free."""
+    foreign = _foreign_sessions(machine, events)
+    if foreign:
+        audit.record("agent.events", success=False, workspace=machine.workspace_id,
+                     method="agent", ip=ip, reason="foreign_session",
+                     machine=machine.public_id, sessions=foreign[:10])
+        raise ApiError(403, "forbidden", f"Session {foreign[0]} is not this machine's.")
     effects = _Effects(boot_id)
     with audit.action():
         cursor = boot_cursor(machine, boot_id)
@@ -299,6 +310,15 @@ def do_apply_agent_events(machine: Machine, boot_id: str, events: list[dict],
         effects.append_to_buffers()
         transaction.on_commit(effects.publish_live)
     return cursor.accepted_through
+
+
+def _foreign_sessions(machine: Machine, events: list[dict]) -> list[str]:
+    named = {str(e["session_id"]) for e in events if e.get("session_id")}
+    if not named:
+        return []
+    held = set(Session.unscoped.filter(machine=machine, public_id__in=named)
+               .values_list("public_id", flat=True))
+    return sorted(named - held)
 
 
 def _sessions_of(machine: Machine, events: list[dict]) -> dict[str, Session]:
