@@ -168,6 +168,7 @@ def test_enforced_workspace_refuses_sign_in_without_2fa() -> None:
     assert b"requires a second factor" in page.content and b"<svg" in page.content
     assert not person.signed_in()
     secret = TotpDevice.objects.get(user=member).secret
+    assert secret.encode() in person.client.get("/login/2fa/").content  # a reload: same key
     assert person.post("/login/2fa/", step="confirm", code="000000").status_code == 400
     assert not person.signed_in()
     done = person.post("/login/2fa/", step="confirm", code=code_at(secret, 0))

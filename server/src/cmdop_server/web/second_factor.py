@@ -84,7 +84,10 @@ def _enrol_to_sign_in(request: HttpRequest, user: User, next_url: str,
     """A workspace of the user requires 2FA and they have none: enrol first."""
     required = totp.required_by(user)
     if request.method == "GET" or "code" not in request.POST:
-        return _enrol_page(request, user, totp.do_start_enrolment(user, ip), required)
+        # a reload shows the same secret: only a missing one is made (and audited)
+        device = TotpDevice.objects.filter(user=user).first()
+        return _enrol_page(request, user, device or totp.do_start_enrolment(user, ip),
+                           required)
     try:
         codes = totp.do_confirm_enrolment(user, request.POST.get("code", "")[:40], ip)
     except ratelimit.RateLimitedError as exc:
