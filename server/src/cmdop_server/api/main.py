@@ -97,6 +97,7 @@ def _internal(request, exc):
 def _mount() -> None:
     from cmdop_server.api import me, oauth, workspaces
     from cmdop_server.audit.api import router as audit_router
+    from cmdop_server.audit.api import site_router as audit_site_router
     from cmdop_server.sessions.api import router as sessions_router
 
     api.add_router("/oauth", oauth.router)
@@ -104,6 +105,7 @@ def _mount() -> None:
     api.add_router("/workspaces", workspaces.router)
     api.add_router("/workspaces", sessions_router)
     api.add_router("/workspaces", audit_router)
+    api.add_router("/audit", audit_site_router)
     _document_permissions()  # last: it documents the operations of every router above
 
 

@@ -35,7 +35,8 @@ def audit_log(request: SignedInRequest, slug: str) -> HttpResponse | StreamingHt
         rows = rows.filter(occurred_at__lt=until)
     if request.GET.get("export") in ("jsonl", "csv"):
         fmt = request.GET["export"]
-        body = (export.jsonl if fmt == "jsonl" else export.csv_lines)(ws.pk, since, until)
+        body = (export.jsonl if fmt == "jsonl" else export.csv_lines)(
+            export.of_workspace(ws.pk), since, until)
         response = StreamingHttpResponse(
             body, content_type="application/x-ndjson" if fmt == "jsonl" else "text/csv")
         response["Content-Disposition"] = f'attachment; filename="audit-{ws.slug}.{fmt}"'

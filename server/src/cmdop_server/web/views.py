@@ -17,7 +17,7 @@ from cmdop_server import audit, ratelimit
 from cmdop_server.errors import ApiError
 from cmdop_server.identity import actions, totp
 from cmdop_server.identity.authn import SignedInRequest
-from cmdop_server.identity.models import ApiKey, TokenFamily
+from cmdop_server.identity.models import ApiKey, TokenFamily, User
 from cmdop_server.identity.oauth_clients import CLIENTS
 from cmdop_server.netinfo import client_ip
 from cmdop_server.web import second_factor
@@ -51,9 +51,12 @@ class LoginView(auth_views.LoginView):
         return super().form_valid(form)
 
     def form_invalid(self, form):
-        audit.record("auth.login", success=False, method="password", ip=client_ip(self.request),
-                     reason="bad_credentials",
-                     username=self.request.POST.get("username", "")[:150])
+        username = self.request.POST.get("username", "")[:150]
+        # a failure against a real account is that user's: their workspaces' Owners and
+        # Admins see it in the members' authentication export (audit/api.py)
+        target = User.objects.filter(username=username).first() if username else None
+        audit.record("auth.login", success=False, user=target, method="password",
+                     ip=client_ip(self.request), reason="bad_credentials", username=username)
         return super().form_invalid(form)
 
 

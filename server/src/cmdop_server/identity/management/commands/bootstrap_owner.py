@@ -1,8 +1,9 @@
 """``cmdop-server bootstrap_owner --email E --workspace SLUG``: the site's first Owner, once.
 
-The installer runs it on every deploy; it creates the user and workspace only when the
-workspace does not exist yet, and never changes an existing account (so a password the
-owner changed stays changed). The password is read from stdin, never argv.
+The installer runs it on every deploy; it creates the user (the site's administrator) and
+the workspace only when the workspace does not exist yet, and never changes an existing
+account (so a password the owner changed stays changed). The password is read from stdin,
+never argv.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class Command(BaseCommand):
         # left without a workspace by a failure here is found again by e-mail on the rerun
         user = User.objects.filter(email=email).first()
         if user is None:
-            user = User(username=email, email=email)
+            # the site's first owner is its administrator (the site-wide audit export)
+            user = User(username=email, email=email, is_superuser=True)
             user.set_password(password)
             user.save()
         do_create_workspace(user, workspace, workspace)
