@@ -8,11 +8,10 @@ seed's permission for it. Views stay thin: ``do_*`` actions change state.
 from __future__ import annotations
 
 from asgiref.sync import sync_to_async
-from django.db import connections
 from ninja import Query, Router
 from pydantic import Field
 
-from cmdop_server import output, ratelimit, realtime
+from cmdop_server import dbconn, output, ratelimit, realtime
 from cmdop_server.api.auth import CallerRequest, scoped
 from cmdop_server.errors import ApiError
 from cmdop_server.machines import actions as machine_actions
@@ -28,12 +27,6 @@ from cmdop_server.workqueue import BadCursor
 router = Router(tags=["machines and sessions"])
 P = SessionPermission
 MAX_OUTPUT_WAIT = 25
-
-
-def _release_db_connections() -> None:
-    for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:  # (a test's transaction stays open)
-            connection.close()
 
 
 def _access(request: CallerRequest, session_id: str, permission: SessionPermission,
@@ -199,7 +192,7 @@ async def read_output(request, slug: str, session_id: str, query: Query[OutputQu
     access = await sync_to_async(_access)(request, session_id, P.VIEW_OUTPUT)
     # this request's thread (auth, the check above) must not hold a DB connection while
     # the read waits: under ASGI every request has a thread of its own
-    await sync_to_async(_release_db_connections)()
+    await sync_to_async(dbconn.release_thread_connections)()
     wait = max(0.0, min(float(query.wait), MAX_OUTPUT_WAIT))
     try:
         page = await output.read(access.session.pk, query.cursor, wait)
