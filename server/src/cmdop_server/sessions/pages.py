@@ -21,14 +21,13 @@ from django.shortcuts import redirect, render
 from django.urls import path
 from django.views.decorators.http import require_GET, require_http_methods
 
-from cmdop_server import output
+from cmdop_server import dbconn, output
 from cmdop_server.errors import ApiError
 from cmdop_server.identity.authn import SignedInRequest
 from cmdop_server.machines.models import Machine
 from cmdop_server.netinfo import client_ip
 from cmdop_server.permissions import Action, can
 from cmdop_server.sessions import actions
-from cmdop_server.sessions.api import _release_db_connections
 from cmdop_server.sessions.authz import SessionPermission, authorize
 from cmdop_server.sessions.models import Participant
 from cmdop_server.web import dashboard
@@ -86,7 +85,7 @@ async def session_output(request: SignedInRequest, slug: str, session_id: str) -
         membership = dashboard.membership(request, slug, Action.SESSION_VIEW)
         access = authorize(user, session_id, SessionPermission.VIEW_OUTPUT,
                            workspace=membership.workspace, ip=client_ip(request))
-        _release_db_connections()
+        dbconn.release_thread_connections()
         return access
 
     try:
