@@ -198,7 +198,8 @@ def test_cli_render_writes_files_modes_and_a_manifest_without_secrets(tmp_path, 
         assert set(entry) == {"path", "mode", "owner", "group", "sha256"}
     secret_entry = next(e for e in manifest["hosts"]["node1"]
                         if e["path"] == "/etc/cmdop/credentials/secret_key")
-    assert (secret_entry["mode"], secret_entry["owner"]) == ("0600", "root")
+    # the service's own file: it reads it in place on every reload (rotation)
+    assert (secret_entry["mode"], secret_entry["owner"]) == ("0400", "cmdop")
     leaked = [n for n, v in values.items() if v in manifest_text + stdout + stderr]
     assert leaked == []
     assert main(["check", str(site)]) == 0

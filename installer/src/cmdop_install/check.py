@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cmdop_install import pki
 from cmdop_install.errors import UserError
 from cmdop_install.inventory import GROUPS, INVENTORY_FILE, Inventory
 from cmdop_install.render import MANAGED, RenderedFile
+from cmdop_install.rotation_state import ROTATABLE
 from cmdop_install.secrets import SPECS
 from cmdop_install.site import Site
 from cmdop_install.sitedir import SiteDir
@@ -36,6 +38,7 @@ def check_site(site: SiteDir) -> list[str]:
     if missing:
         findings.append(f"secrets.enc: missing {', '.join(missing)} (run `cmdop-install init`)")
         return findings
+    findings += secret_age_findings(site)
     findings += pki.public_tls_expiry(config)
     findings += pki.certificate_findings(site.path, config, inventory)
     if any(f.startswith(("pki/", INVENTORY_FILE)) for f in findings):
@@ -50,6 +53,18 @@ def check_site(site: SiteDir) -> list[str]:
         findings += [f"{host.name}:{line}" for line in lint_files(site.files(host.name),
                                                                   site.secrets)]
     return findings
+
+
+def secret_age_findings(site: SiteDir) -> list[str]:
+    """A warning for each rotatable secret older than ``[rotation] max_age_days``."""
+    limit = site.config["rotation"]["max_age_days"]
+    now = datetime.now(UTC)
+    return [
+        f"warning: secrets.enc: {name} is {(now - site.store.created(name)).days} days old "
+        f"(over [rotation] max_age_days = {limit}): `cmdop-install rotate {site.path} {name}`"
+        for name, why in ROTATABLE.items()
+        if why is None and (now - site.store.created(name)).days > limit
+    ]
 
 
 def refuse_on_problems(site: SiteDir, what: str) -> list[str]:

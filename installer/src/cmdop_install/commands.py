@@ -67,17 +67,24 @@ def _store(site_dir: Path):
 @secrets.command("list")
 @site_dir_arg
 def secrets_list(site_dir: Path) -> None:
-    """Names, creation time, age and source of every secret — never values.
+    """Names, creation time, age, source and rotatability (or why not) of every secret —
+    never values.
 
     \b
     Example:
       cmdop-install secrets list mysite
     """
+    from cmdop_install.rotation_state import OTHER_SECRETS, ROTATABLE
+
     rows = _store(site_dir).listing()
-    width = max(len(r["name"]) for r in rows)
-    click.echo(f"{'NAME':<{width}}  {'CREATED':<20}  {'AGE':>7}  SOURCE")
+    width = max(len(name) for name in [*ROTATABLE, *OTHER_SECRETS])
+    click.echo(f"{'NAME':<{width}}  {'CREATED':<20}  {'AGE':>7}  {'SOURCE':<9}  ROTATE")
     for r in rows:
-        click.echo(f"{r['name']:<{width}}  {r['created']:<20}  {r['age']:>7}  {r['source']}")
+        rotate = ROTATABLE[r["name"]] or "yes (cmdop-install rotate)"
+        click.echo(f"{r['name']:<{width}}  {r['created']:<20}  {r['age']:>7}  "
+                   f"{r['source']:<9}  {rotate}")
+    for name, why in OTHER_SECRETS.items():
+        click.echo(f"{name:<{width}}  {'-':<20}  {'-':>7}  {'-':<9}  {why}")
 
 
 @secrets.command("show")
@@ -185,13 +192,15 @@ def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> None:
       cmdop-install deploy mysite --limit control_plane --dry-run
     """
     from cmdop_install.deploy import deploy_site
+    from cmdop_install.rollout import SiteLock
     from cmdop_install.sitedir import SiteDir
 
-    site = SiteDir.load(site_dir)
-    try:
-        result = deploy_site(site, limit=list(limit) or None, dry_run=dry_run)
-    finally:
-        _echo_issued(site)
+    with SiteLock(site_dir):
+        site = SiteDir.load(site_dir)
+        try:
+            result = deploy_site(site, limit=list(limit) or None, dry_run=dry_run)
+        finally:
+            _echo_issued(site)
     click.echo(
         "centrifugo: skipped (no binary in site.toml [centrifugo]); live output flows "
         "through the REST cursor API"
@@ -241,6 +250,57 @@ def status(site_dir: Path, as_json: bool) -> None:
             click.echo(f"  {c['component']:<14} {c['state']:<10} {c['version']:<22}{extra}")
         for name, when in sorted(h["certificates"].items()):
             click.echo(f"  cert {name:<28} expires {when}")
+    rotation = info["rotation"]
+    if rotation:
+        state = "reached" if rotation["done"] else "in progress"
+        click.echo(f"rotation of {', '.join(rotation['names'])}: phase {rotation['phase']} "
+                   f"{state} ({'rolling back, ' if rotation['direction'] == 'back' else ''}"
+                   f"since {rotation['started']}; rerun `cmdop-install rotate` to continue)")
+    click.echo("secret ages: " + ", ".join(f"{s['name']} {s['age']}" for s in info["secrets"]))
+
+
+@click.command("rotate")
+@site_dir_arg
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--all", "every", is_flag=True, help="Every rotatable secret (`secrets list`).")
+@click.option("--finish", is_flag=True,
+              help="After the grace period: destroy the old values (no rollback after it).")
+@click.option("--rollback", is_flag=True, help="Back to the old values, phase by phase.")
+@options.dry_run
+@options.yes
+def rotate(site_dir: Path, names: tuple[str, ...], every: bool, finish: bool, rollback: bool,
+           dry_run: bool, yes: bool) -> None:
+    """Renew secrets NAME... (or --all) with no failed request, in recorded phases.
+
+    Staged, admitted, switched: the new values are in use and the old ones still verify.
+    Then `--finish` (after the grace period) destroys the old values. An interrupted
+    rotation resumes when rerun; `--rollback` returns to the old values until --finish.
+
+    \b
+    Example:
+      cmdop-install rotate mysite --all --yes && cmdop-install rotate mysite --finish --yes
+    """
+    from cmdop_install.rollout import SiteLock
+    from cmdop_install.rotation import Rotation, resolve
+    from cmdop_install.sitedir import SiteDir
+
+    if finish + rollback + bool(names or every) > 1:
+        raise UserError("rotate: give secret names (or --all), --finish or --rollback; "
+                        "one of them", 2)
+    chosen = resolve(names, every)
+    with SiteLock(site_dir):
+        rotation = Rotation(SiteDir.load(site_dir), click.echo, dry_run)
+        if not (dry_run or yes):
+            what = "destroy the old values of" if finish else (
+                "roll back" if rollback else "rotate")
+            target = ", ".join(chosen or (rotation.record or {}).get("names", [])) or "nothing"
+            click.confirm(f"{what} {target} on the hosts of {site_dir}?", abort=True)
+        if finish:
+            rotation.finish()
+        elif rollback:
+            rotation.rollback()
+        else:
+            rotation.start_or_resume(chosen)
 
 
 @click.group()
@@ -406,4 +466,5 @@ def export_ansible(site_dir: Path, out: Path, vault_password_file: Path) -> None
                f"(secrets only in {out}/host_vars/, vault-encrypted)")
 
 
-ALL = (init, secrets, render, check, deploy, status, agents, uninstall, demo, export_ansible)
+ALL = (init, secrets, render, check, deploy, status, rotate, agents, uninstall, demo,
+       export_ansible)

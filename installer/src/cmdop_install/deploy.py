@@ -14,7 +14,15 @@ import json
 import tempfile
 from pathlib import Path
 
-from cmdop_install import agent_releases, check, manage, pgsql, render, wheelhouse
+from cmdop_install import (
+    agent_releases,
+    check,
+    manage,
+    pgsql,
+    render,
+    rotation_state,
+    wheelhouse,
+)
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
 from cmdop_install.hashing import scram_sha256_verifier
@@ -193,30 +201,41 @@ def write_payload(folder: Path, site: SiteDir, host_name: str) -> None:
         )
     _json(folder / "manifest.json", entries)
     if "postgres" in site.inventory.roles_of(host_name):
+        logins = rotation_state.logins_with_password(site.path, site.config)
         _json(
             folder / "postgres.json",
-            postgres_facts(folder, site.config, site.inventory.host(host_name), site.secrets),
+            postgres_facts(
+                folder, site.config, site.inventory.host(host_name), site.secrets, logins
+            ),
         )
 
 
-def postgres_facts(folder: Path, site, host, secrets: dict[str, str]) -> dict:
+def postgres_facts(
+    folder: Path, site, host, secrets: dict[str, str], logins: tuple[str, ...] = ()
+) -> dict:
+    """``logins``: the blue/green logins that have a password (default: the active one);
+    the other one's is NULL, so it cannot log in."""
     pg = render.postgres_names(site)
+    logins = logins or (site["postgres"]["active_role"],)
     passwords = []
-    for role, secret in (
-        (pg["active"], f"postgres_password_{site['postgres']['active_role']}"),
+    wanted: list[tuple[str, str | None]] = [
+        (pg[login], f"postgres_password_{login}" if login in logins else None)
+        for login in ("blue", "green")
+    ]
+    wanted += [
         (pg["admin"], "postgres_password_admin"),
         (pg["audit_admin"], "postgres_password_audit_admin"),
-    ):
-        verifier = stable_verifier(secrets[secret], role)
+    ]
+    for role, secret in wanted:
         sql_src = f"files/password-{role}.sql"
-        write_atomic(folder / sql_src, pgsql.set_password(role, verifier).encode(), 0o600)
-        passwords.append(
-            {
-                "name": role,
-                "verifier_md5": hashlib.md5(verifier.encode(), usedforsecurity=False).hexdigest(),
-                "sql_src": sql_src,
-            }
-        )
+        if secret is None:
+            sql, verifier_md5 = pgsql.clear_password(role), ""  # md5 of NULL reads as ""
+        else:
+            verifier = stable_verifier(secrets[secret], role)
+            sql = pgsql.set_password(role, verifier)
+            verifier_md5 = hashlib.md5(verifier.encode(), usedforsecurity=False).hexdigest()
+        write_atomic(folder / sql_src, sql.encode(), 0o600)
+        passwords.append({"name": role, "verifier_md5": verifier_md5, "sql_src": sql_src})
     return {
         "major": site["postgres"]["major"],
         "listen_addresses": host.address,

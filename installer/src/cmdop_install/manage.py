@@ -20,7 +20,7 @@ CREDENTIALS_DIR = "/etc/cmdop/credentials"
 # file name -> the secret it holds (None: filled by rotation or chosen at render time)
 CREDENTIALS = {
     "secret_key": "django_secret_key",
-    "secret_key_fallbacks": None,  # filled by rotation; empty until the first one
+    "secret_key_fallbacks": None,  # the key a rotation replaced, until `rotate --finish`
     "db_password": None,  # the active blue/green role's password
     "redis_password": "redis_password_app",
     "centrifugo_api_key": "centrifugo_api_key",

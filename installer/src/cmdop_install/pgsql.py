@@ -26,6 +26,13 @@ def set_password(role: str, verifier: str) -> str:
     )
 
 
+def clear_password(role: str) -> str:
+    """``ALTER ROLE … PASSWORD NULL``: the role can no longer log in with any password."""
+    from psycopg import sql
+
+    return sql.SQL("ALTER ROLE {} PASSWORD NULL;\n").format(sql.Identifier(role)).as_string()
+
+
 def password_md5(role: str) -> str:
     """The md5 of ``role``'s stored verifier: compared with ours, the verifier never travels
     back."""

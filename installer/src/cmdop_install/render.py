@@ -296,14 +296,16 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
         for cred, secret_name in CREDENTIALS.items():
             if cred == "db_password":
                 value = secrets[f"postgres_password_{site['postgres']['active_role']}"]
-            elif secret_name is None:
-                value = ""
+            elif cred == "secret_key_fallbacks":
+                # the key a rotation replaced still verifies until `rotate --finish`
+                value = secrets.get("django_secret_key:previous", "")
             else:
-                value = secrets[secret_name]
-            # read by systemd (root) for LoadCredential=; the service gets its own copy
+                value = secrets[str(secret_name)]
+            # the service reads them in place on every reload (cmdop-server.service says
+            # why); its management commands get them through LoadCredential= (root reads)
             files.append(RenderedFile(f"{host_paths.cmdop_secrets}/{cred}",
-                                      (value + "\n").encode() if value else b"", 0o600,
-                                      secret=True))
+                                      (value + "\n").encode() if value else b"", 0o400,
+                                      "cmdop", "root", secret=True))
         for unit in ("cmdop-server.service", "cmdop-audit-retention.service",
                      "cmdop-audit-retention.timer", "cmdop-sessions-sweep.service",
                      "cmdop-sessions-sweep.timer"):

@@ -352,7 +352,7 @@ def _now() -> str:
 
 
 class SiteLock:
-    """One rollout per site at a time (a lock file in the site folder)."""
+    """One deploy, rollout or rotation per site at a time (a lock file in the site folder)."""
 
     def __init__(self, site_dir: Path) -> None:
         self.path = Path(site_dir) / ".rollout.lock"
@@ -365,7 +365,8 @@ class SiteLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.fd.close()
-            raise UserError(f"another rollout of {self.path.parent} is running") from None
+            raise UserError(f"{self.path.parent}: another deploy, rollout or rotate of this "
+                            "site is running; wait for it to end, then rerun") from None
         return self
 
     def __exit__(self, *exc) -> None:

@@ -265,6 +265,56 @@ class SecretStore:
         self._entries[name] = {"value": value, "created": _now(), "source": "operator"}
         self._dirty = True
 
+    def stage(self, name: str) -> bool:
+        """Generate the next value of ``name`` for a rotation, kept beside the current one
+        until ``promote``; an already staged value is kept (a resumed rotation reuses it)."""
+        entry = self._entry(name)
+        if "next" in entry:
+            return False
+        entry["next"] = {"value": _random.token_urlsafe(_GENERATED_BYTES), "created": _now()}
+        self._dirty = True
+        return True
+
+    def promote(self, name: str, keep_previous: bool = True) -> None:
+        """The staged value becomes current; the current one is kept as ``previous`` (until
+        ``drop_previous``) unless ``keep_previous`` is False. No-op when nothing is staged."""
+        entry = self._entry(name)
+        staged = entry.pop("next", None)
+        if staged is None:
+            return
+        if keep_previous:
+            entry["previous"] = {"value": entry["value"], "created": entry["created"]}
+        entry.update(value=staged["value"], created=staged["created"], source="rotated")
+        self._dirty = True
+
+    def demote(self, name: str) -> None:
+        """Undo ``promote``: the previous value is current again; the newer one is dropped."""
+        entry = self._entry(name)
+        previous = entry.pop("previous", None)
+        if previous is None:
+            return
+        entry.update(value=previous["value"], created=previous["created"])
+        self._dirty = True
+
+    def drop_staged(self, name: str) -> None:
+        self._dirty = self._entry(name).pop("next", None) is not None or self._dirty
+
+    def drop_previous(self, name: str) -> None:
+        """Destroy the value a rotation replaced: from now on only the current one exists."""
+        self._dirty = self._entry(name).pop("previous", None) is not None or self._dirty
+
+    def previous(self, name: str) -> str | None:
+        entry = self._entry(name).get("previous")
+        return entry["value"] if entry else None
+
+    def created(self, name: str) -> datetime:
+        return datetime.strptime(self._entry(name)["created"], "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=UTC)
+
+    def _entry(self, name: str) -> dict:
+        self.get(name)  # one line for an unknown or missing name
+        return self._entries[name]
+
     def get(self, name: str) -> str:
         if name not in SPECS:
             raise UserError(f"unknown secret {name!r} (known: {', '.join(SPECS)})")
@@ -279,8 +329,14 @@ class SecretStore:
         return self._pki_passphrase
 
     def values(self) -> dict[str, str]:
-        """Every secret by name, for rendering. Callers must not print it."""
-        return {name: self.get(name) for name in SPECS}
+        """Every secret by name, for rendering, plus ``<name>:previous`` for each value a
+        rotation replaced and still keeps valid. Callers must not print it."""
+        values = {name: self.get(name) for name in SPECS}
+        for name in SPECS:
+            previous = self.previous(name)
+            if previous is not None:
+                values[f"{name}:previous"] = previous
+        return values
 
     def listing(self) -> list[dict[str, str]]:
         """Names with creation time, age and source: everything except values."""
@@ -291,9 +347,7 @@ class SecretStore:
             if entry is None:
                 rows.append({"name": name, "created": "-", "age": "missing", "source": "-"})
                 continue
-            created = datetime.strptime(entry["created"], "%Y-%m-%dT%H:%M:%SZ").replace(
-                tzinfo=UTC)
-            days = (now - created).days
+            days = (now - self.created(name)).days
             rows.append({"name": name, "created": entry["created"], "age": f"{days}d",
                          "source": entry["source"]})
         return rows

@@ -116,7 +116,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "role_prefix": Key(str, "cmdop", "Roles: <prefix>_owner (NOLOGIN, owns objects), "
                            "<prefix>_blue and <prefix>_green (LOGIN, alternate on rotation).",
                            _match(_PG_ROLE, "a SQL name")),
-        "active_role": Key(str, "blue", "Which login role the control plane uses now.",
+        "active_role": Key(str, "blue", "Which login role the control plane uses first; "
+                           "after a rotation, the site's rotation.json says which one.",
                            _choice("blue", "green")),
         "max_connections": Key(int, 100, "Server connection limit.", _range(10, 5000)),
         "shared_buffers": Key(str, "256MB", "Shared buffer size.", _match(_SIZE, "a size")),
@@ -150,6 +151,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "audit": {
         "retention_days": Key(int, 90, "Audit rows older than this are deleted daily.",
                               _range(1, 3650)),
+    },
+    "rotation": {
+        "max_age_days": Key(int, 90, "`check` warns about a rotatable secret older than this "
+                            "(`cmdop-install rotate` renews it).", _range(1, 3650)),
     },
     "centrifugo": {
         "binary": Key(str, "", "Path to a centrifugo v6 binary on this machine; \"\" turns "

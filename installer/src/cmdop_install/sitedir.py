@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from cmdop_install import pki
+from cmdop_install import pki, rotation_state
 from cmdop_install.inventory import Inventory, load_inventory
 from cmdop_install.render import PemFiles, RenderedFile, render_host
 from cmdop_install.secrets import SecretStore
@@ -32,7 +32,9 @@ class SiteDir:
     def load(cls, path: Path) -> SiteDir:
         """site.toml (a failure is one line); the rest is read on first use."""
         path = Path(path)
-        return cls(path, load_site(path))
+        config = load_site(path)
+        rotation_state.apply_active_role(path, config)
+        return cls(path, config)
 
     @property
     def inventory(self) -> Inventory:
@@ -53,6 +55,11 @@ class SiteDir:
     def secrets(self) -> dict[str, str]:
         """Every secret by name, for rendering. Never print it."""
         return self.store.values()
+
+    def secrets_changed(self) -> None:
+        """The store changed (a rotation phase): render from its new values from now on."""
+        self.__dict__.pop("secrets", None)
+        self._files.clear()
 
     @property
     def pem(self) -> PemFiles:

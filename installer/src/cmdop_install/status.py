@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cmdop_install import agent_releases, manage, pki
+from cmdop_install import agent_releases, manage, pki, rotation_state
 from cmdop_install.errors import UserError
 from cmdop_install.runner import read_facts
 from cmdop_install.sitedir import SiteDir
@@ -71,7 +71,12 @@ def site_status(site: SiteDir) -> dict:
             entry["components"].append(row)
         entry["certificates"] = {k: v for k, v in expiry.items() if k.endswith(f"-{host.name}")}
         hosts.append(entry)
-    return {"site": site.name, "last_deploy": last_deploy(site.path), "hosts": hosts}
+    record = rotation_state.load(site.path)["rotation"]
+    rotation = record and {k: record[k] for k in ("names", "phase", "done", "direction",
+                                                    "started", "updated")}
+    secrets = [{"name": r["name"], "age": r["age"]} for r in site.store.listing()]
+    return {"site": site.name, "last_deploy": last_deploy(site.path), "hosts": hosts,
+            "rotation": rotation, "secrets": secrets}
 
 
 def read_fleet(site: SiteDir) -> dict[str, dict]:

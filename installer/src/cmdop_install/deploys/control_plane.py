@@ -58,7 +58,10 @@ def control_plane() -> None:
         _sudo=True,
     )
     config = put_files("/etc/cmdop", {"/etc/cmdop": ("root", "cmdop", "750")})
-    creds = put_files("/etc/cmdop/credentials", {"/etc/cmdop/credentials": ("root", "root", "700")})
+    # group cmdop may list it (nginx's user is in that group): each file is 0400, the service's
+    creds = put_files(
+        "/etc/cmdop/credentials", {"/etc/cmdop/credentials": ("root", "cmdop", "750")}
+    )
     tls = put_files("/etc/cmdop/tls", {"/etc/cmdop/tls": ("root", "cmdop", "750")})
     admin = put_files(ADMIN, {ADMIN: ("root", "cmdop", "750")}) + put_files(
         f"{ADMIN}/credentials", {f"{ADMIN}/credentials": ("root", "root", "700")}

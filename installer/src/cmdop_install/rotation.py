@@ -1,0 +1,229 @@
+"""`cmdop-install rotate`: renew secrets in recorded phases, with no failed request.
+
+Every rotation walks the same phases, all its secrets together (one deploy per phase, to
+the control-plane and Postgres hosts only):
+
+- ``staged``: the new values are generated into ``secrets.enc`` (nothing uses them yet);
+- ``admitted``: the servers accept the new value as well as the old one (the idle
+  blue/green Postgres login gets its password, as a SCRAM verifier);
+- ``switched``: the control plane uses the new values (``systemctl reload``: new gunicorn
+  workers, the old ones finish their requests); Django signs with the new key and still
+  verifies the old one (``SECRET_KEY_FALLBACKS``), the old Postgres login can still log in;
+- ``retired`` (``--finish``, after the grace period): the old values are destroyed (the
+  old login's password is NULL, the fallback key is gone).
+
+The phase the site is being brought to and whether it got there are recorded in
+``rotation.json`` before and after each deploy, so an interrupted run resumes by deploying
+that phase again (a deploy changes only what differs). ``--rollback`` walks the phases
+back, one deploy each, from any phase before ``retired``. A new value is always written to
+``secrets.enc`` before the record names a phase that uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from cmdop_install import rotation_state
+from cmdop_install.deploy import deploy_site
+from cmdop_install.errors import UserError
+from cmdop_install.rotation_state import PG_LOGINS, PHASES, ROTATABLE, idle_role
+from cmdop_install.sitedir import SiteDir
+
+PG = "postgres_password"  # the app's blue/green logins, rotated as one
+# the hosts each phase's deploy reaches: the secrets live there, nothing else changes
+HOST_GROUPS = ["postgres", "control_plane"]
+_WHAT = {
+    "staged": "new values generated into secrets.enc (nothing uses them yet)",
+    "admitted": "the idle Postgres login gets the new password; both logins work",
+    "switched": "the control plane reloads with the new values; the old ones still verify",
+    "retired": "the old values are destroyed: old key dropped, old login's password NULL",
+}
+Echo = Callable[[str], None]
+
+
+def resolve(names: tuple[str, ...], every: bool) -> list[str]:
+    """The rotation names for the command line's secret names (or ``--all``), in order."""
+    if every:
+        names = tuple(n for n, why in ROTATABLE.items() if why is None)
+    chosen: list[str] = []
+    for name in names:
+        if name not in ROTATABLE:
+            raise UserError(f"unknown secret {name!r} (`cmdop-install secrets list` names them)")
+        if ROTATABLE[name] is not None:
+            raise UserError(f"secret {name}: {ROTATABLE[name]}")
+        rotation = PG if name in PG_LOGINS else name
+        if rotation not in chosen:
+            chosen.append(rotation)
+    return chosen
+
+
+class Rotation:
+    """One site's rotation: its record in ``rotation.json`` and the phase steps."""
+
+    def __init__(self, site: SiteDir, echo: Echo, dry_run: bool = False) -> None:
+        self.site = site
+        self.echo = echo
+        self.dry_run = dry_run
+        self.state = rotation_state.load(site.path)
+
+    @property
+    def record(self) -> dict | None:
+        return self.state["rotation"]
+
+    def start_or_resume(self, names: list[str]) -> None:
+        """Bring the site to ``switched`` for ``names`` (or the recorded rotation's)."""
+        record = self.record
+        if record is None:
+            if not names:
+                raise UserError("no rotation in progress: name the secrets to rotate, or --all")
+            record = self._new_record(names)
+        elif record["direction"] != "forward":
+            raise UserError(f"a rollback of {', '.join(record['names'])} is in progress: rerun "
+                            f"`cmdop-install rotate {self.site.path} --rollback`")
+        elif names and sorted(names) != sorted(record["names"]):
+            raise UserError(
+                f"a rotation of {', '.join(record['names'])} is in progress (phase "
+                f"{record['phase']}): rerun `cmdop-install rotate {self.site.path}` to resume "
+                "it, or --rollback / --finish first")
+        elif record["phase"] == "retired":
+            raise UserError(f"the rotation of {', '.join(record['names'])} is finishing: "
+                            f"rerun `cmdop-install rotate {self.site.path} --finish`")
+        self._forward(record, "switched")
+        if not self.dry_run:
+            self.echo(f"rotated {', '.join(record['names'])}: the new values are in use and "
+                      "the old ones still verify; after the grace period run "
+                      f"`cmdop-install rotate {self.site.path} --finish`")
+
+    def finish(self) -> None:
+        record = self._recorded("--finish")
+        if record["direction"] != "forward":
+            raise UserError("a rollback is in progress: rerun it with --rollback")
+        self._forward(record, "retired")
+        if not self.dry_run:
+            self.state["rotation"] = None
+            rotation_state.save(self.site.path, self.state)
+            self.echo(f"finished: the old values of {', '.join(record['names'])} are "
+                      "destroyed and refused")
+
+    def rollback(self) -> None:
+        record = self._recorded("--rollback")
+        if record["phase"] == "retired":
+            raise UserError("the old values are already destroyed (phase retired): nothing to "
+                            f"roll back to; complete it with `cmdop-install rotate "
+                            f"{self.site.path} --finish`")
+        record["direction"] = "back"
+        while self.record is not None:
+            self._step_back(self.record)
+        if not self.dry_run:
+            self.echo(f"rolled back: {', '.join(record['names'])} use their old values again")
+
+    def _recorded(self, flag: str) -> dict:
+        if self.record is None:
+            raise UserError(f"no rotation in progress in {self.site.path} (nothing to {flag})")
+        return self.record
+
+    def _new_record(self, names: list[str]) -> dict:
+        return {"names": names, "phase": "staged", "done": False, "direction": "forward",
+                "started": _now(), "updated": _now(), "history": [],
+                "active_before": self.site.config["postgres"]["active_role"]}
+
+    def _forward(self, record: dict, until: str) -> None:
+        start = PHASES.index(record["phase"]) + (1 if record["done"] else 0)
+        for phase in PHASES[start: PHASES.index(until) + 1]:
+            if self.dry_run:
+                self._plan(phase)
+                continue
+            self._enter(record, phase)
+
+    def _enter(self, record: dict, phase: str) -> None:
+        store, names = self.site.store, record["names"]
+        if phase == "retired":
+            self._save(record, phase, done=False)  # recorded first: no way back from here
+        for name in names:
+            secret = self._pg_idle_secret(record) if name == PG else name
+            if phase == "staged":
+                store.stage(secret)
+            elif phase == "admitted" and name == PG:
+                store.promote(secret, keep_previous=False)  # the idle login had no password
+            elif phase == "switched" and name != PG:
+                store.promote(secret)
+            elif phase == "retired" and name != PG:
+                store.drop_previous(secret)
+        store.save()  # a new value is in secrets.enc before any phase uses it
+        if phase == "switched" and PG in names:
+            self.state["active_role"] = self._pg_idle_role(record)
+            self.site.config["postgres"]["active_role"] = self.state["active_role"]
+        self._save(record, phase, done=False)
+        self.site.secrets_changed()
+        if phase != "staged" and (phase != "admitted" or PG in names):
+            self._deploy(phase)
+        self._save(record, phase, done=True)
+        self.echo(f"phase {phase}: done ({_WHAT[phase]})")
+
+    def _step_back(self, record: dict) -> None:
+        phase = record["phase"]
+        if self.dry_run:
+            self.echo(f"would roll back phase {phase} on {', '.join(self._hosts())}")
+            index = PHASES.index(phase)
+            if index == 0:
+                self.state["rotation"] = None
+            else:
+                record["phase"] = PHASES[index - 1]
+            return
+        store, names = self.site.store, record["names"]
+        for name in names:
+            if name != PG:
+                store.demote(name)  # no-op unless promoted (also by a switch cut short)
+        if phase == "staged":
+            for name in names:
+                store.drop_staged(self._pg_idle_secret(record) if name == PG else name)
+            store.save()
+            self.state["rotation"] = None
+            rotation_state.save(self.site.path, self.state)
+            self.echo("phase staged: undone (the new values are deleted)")
+            return
+        store.save()
+        back = PHASES[PHASES.index(phase) - 1]
+        if phase == "switched" and PG in names:
+            self.state["active_role"] = record["active_before"]
+            self.site.config["postgres"]["active_role"] = record["active_before"]
+        self._save(record, back, done=False)
+        self.site.secrets_changed()
+        if phase != "admitted" or PG in names:
+            self._deploy(back)
+        self._save(record, back, done=True)
+        self.echo(f"phase {phase}: undone")
+
+    def _pg_idle_role(self, record: dict) -> str:
+        return idle_role(record["active_before"])
+
+    def _pg_idle_secret(self, record: dict) -> str:
+        return f"postgres_password_{self._pg_idle_role(record)}"
+
+    def _save(self, record: dict, phase: str, done: bool) -> None:
+        record.update(phase=phase, done=done, updated=_now())
+        if done:
+            record["history"].append([phase, record["updated"]])
+        self.state["rotation"] = record
+        rotation_state.save(self.site.path, self.state)
+
+    def _deploy(self, phase: str) -> None:
+        result = deploy_site(self.site, limit=HOST_GROUPS)
+        if result.failed:
+            raise UserError(
+                f"rotation stopped in phase {phase}: the deploy failed on "
+                f"{', '.join(result.failed)}; the site still accepts the values it used before. "
+                f"Fix it and rerun the same command to resume, or --rollback")
+
+    def _hosts(self) -> list[str]:
+        inventory = self.site.inventory
+        return sorted({h.name for g in HOST_GROUPS for h in inventory.groups[g]})
+
+    def _plan(self, phase: str) -> None:
+        touches = "this machine only" if phase == "staged" else ", ".join(self._hosts())
+        self.echo(f"would enter phase {phase}: {_WHAT[phase]} [{touches}]")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,226 @@
+"""The rotation phase machine on a real site folder (secrets.enc, rotation.json, rendering).
+
+The deploy is the one fake: it records what each host would receive at that moment (the
+control plane's credential files and which blue/green logins get a password), rendered by
+the real render and payload code. tests/lab/test_rotate.py proves the same on real hosts.
+"""
+
+import fcntl
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from cmdop_install import rotation
+from cmdop_install.check import secret_age_findings
+from cmdop_install.cli import main
+from cmdop_install.deploy import write_payload
+from cmdop_install.errors import UserError
+from cmdop_install.rotation import Rotation, resolve
+from cmdop_install.runner import HostResult, RunResult
+from cmdop_install.secrets import SecretStore
+from cmdop_install.sitedir import SiteDir
+
+from tests.support.sites import TEST_KEY, make_site, write_site
+
+pytestmark = pytest.mark.unit
+
+
+class Hosts:
+    """What node1 holds after each deploy; ``fail_at``: the deploy that raises instead."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.seen: list[dict] = []
+        self.fail_at: int | None = None
+
+    def deploy(self, site: SiteDir, limit=None, dry_run=False) -> RunResult:
+        assert limit == rotation.HOST_GROUPS
+        if self.fail_at == len(self.seen):
+            self.fail_at = None
+            raise KeyboardInterrupt
+        folder = self.tmp / f"payload{len(self.seen)}"
+        write_payload(folder, site, "node1")
+        creds = {f.path.rsplit("/", 1)[1]: f.content.decode().strip()
+                 for f in site.files("node1") if f.path.startswith("/etc/cmdop/credentials/")}
+        pg = json.loads((folder / "postgres.json").read_text())
+        logins = sorted(p["name"] for p in pg["passwords"]
+                        if p["verifier_md5"] and p["name"] in ("cmdop_blue", "cmdop_green"))
+        self.seen.append({**creds, "logins": logins})
+        return RunResult(hosts={"node1": HostResult("node1")}, dry_run=False)
+
+    @property
+    def now(self) -> dict:
+        return self.seen[-1]
+
+
+@pytest.fixture
+def site_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    return make_site(tmp_path / "site")
+
+
+@pytest.fixture
+def hosts(tmp_path, monkeypatch) -> Hosts:
+    fake = Hosts(tmp_path)
+    monkeypatch.setattr(rotation, "deploy_site", fake.deploy)
+    return fake
+
+
+def _run(site_dir: Path, action="rotate", names=("django_secret_key", "postgres_password_blue")):
+    lines: list[str] = []
+    r = Rotation(SiteDir.load(site_dir), lines.append)
+    if action == "rotate":
+        r.start_or_resume(resolve(tuple(names), False))
+    else:
+        getattr(r, action)()
+    return lines
+
+
+def _state(site_dir: Path) -> dict:
+    path = site_dir / "rotation.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    return json.loads(path.read_text())
+
+
+def test_rotate_then_finish_switches_key_and_login_and_destroys_the_old_ones(site_dir, hosts):
+    old = SecretStore.open(site_dir, "").values()
+    _run(site_dir)
+    new = SecretStore.open(site_dir, "").values()
+    record = _state(site_dir)["rotation"]
+    assert [p for p, _ in record["history"]] == ["staged", "admitted", "switched"]
+    assert (record["phase"], record["done"]) == ("switched", True)
+    # admitted: both logins can log in, the app still uses blue and the old key
+    assert hosts.seen[0]["logins"] == ["cmdop_blue", "cmdop_green"]
+    assert hosts.seen[0]["secret_key"] == old["django_secret_key"]
+    assert hosts.seen[0]["db_password"] == old["postgres_password_blue"]
+    # switched: new key signs, the old one verifies; the app logs in as green, blue still works
+    assert new["django_secret_key"] != old["django_secret_key"]
+    assert hosts.now["secret_key"] == new["django_secret_key"]
+    assert hosts.now["secret_key_fallbacks"] == old["django_secret_key"]
+    assert hosts.now["db_password"] == new["postgres_password_green"]
+    assert new["postgres_password_green"] != old["postgres_password_green"]
+    assert hosts.now["logins"] == ["cmdop_blue", "cmdop_green"]
+    assert SiteDir.load(site_dir).config["postgres"]["active_role"] == "green"
+
+    _run(site_dir, "finish")
+    assert _state(site_dir) == {"active_role": "green", "rotation": None}
+    assert hosts.now["secret_key_fallbacks"] == ""
+    assert hosts.now["logins"] == ["cmdop_green"]  # blue's password is NULL
+    assert "django_secret_key:previous" not in SecretStore.open(site_dir, "").values()
+    # a second rotation goes back to blue, with a fresh password
+    _run(site_dir, names=("postgres_password_green",))
+    assert hosts.now["db_password"] not in (old["postgres_password_blue"],
+                                            new["postgres_password_green"])
+    assert SiteDir.load(site_dir).config["postgres"]["active_role"] == "blue"
+
+
+@pytest.mark.parametrize("cut", [0, 1])
+def test_an_interrupted_rotation_resumes_with_the_same_new_values(site_dir, hosts, cut):
+    hosts.fail_at = cut  # Ctrl-C inside the admitted (0) or switched (1) deploy
+    with pytest.raises(KeyboardInterrupt):
+        _run(site_dir)
+    record = _state(site_dir)["rotation"]
+    assert (record["phase"], record["done"]) == (("admitted", "switched")[cut], False)
+    staged = SecretStore.open(site_dir, "")._entries["django_secret_key"]
+    pending = staged.get("next", staged)["value"]
+    _run(site_dir, names=())  # a rerun without names resumes
+    assert hosts.now["secret_key"] == pending
+    assert _state(site_dir)["rotation"]["done"] is True
+
+
+@pytest.mark.parametrize("cut", [None, 0, 1])
+def test_rollback_from_any_phase_returns_to_the_old_values(site_dir, hosts, cut):
+    old = SecretStore.open(site_dir, "").values()
+    hosts.fail_at = cut
+    try:
+        _run(site_dir)
+    except KeyboardInterrupt:
+        pass
+    _run(site_dir, "rollback")
+    assert _state(site_dir)["rotation"] is None
+    assert SiteDir.load(site_dir).config["postgres"]["active_role"] == "blue"
+    assert hosts.now["secret_key"] == old["django_secret_key"]
+    assert hosts.now["secret_key_fallbacks"] == ""
+    assert hosts.now["db_password"] == old["postgres_password_blue"]
+    assert hosts.now["logins"] == ["cmdop_blue"]
+    assert SecretStore.open(site_dir, "").values()["django_secret_key"] == old["django_secret_key"]
+
+
+def test_rollback_after_finish_and_finish_without_rotation_are_one_line_refusals(site_dir, hosts):
+    with pytest.raises(UserError, match="no rotation in progress"):
+        _run(site_dir, "finish")
+    _run(site_dir)
+    hosts.fail_at = len(hosts.seen)
+    with pytest.raises(KeyboardInterrupt):
+        _run(site_dir, "finish")  # cut inside retired: the old values may be gone already
+    with pytest.raises(UserError, match="already destroyed"):
+        _run(site_dir, "rollback")
+    with pytest.raises(UserError, match="a rotation of .* is in progress"):
+        _run(site_dir, names=("agent_join_key",))
+    _run(site_dir, "finish")
+    assert _state(site_dir)["rotation"] is None
+
+
+def test_dry_run_lists_phases_and_hosts_and_changes_nothing(site_dir, hosts):
+    before = (site_dir / "secrets.enc").read_bytes()
+    lines: list[str] = []
+    Rotation(SiteDir.load(site_dir), lines.append, dry_run=True).start_or_resume(
+        resolve((), True))
+    assert [line.split(":")[0] for line in lines] == [
+        "would enter phase staged", "would enter phase admitted", "would enter phase switched"]
+    assert lines[1].endswith("[node1]")
+    assert hosts.seen == []
+    assert (site_dir / "secrets.enc").read_bytes() == before
+    assert not (site_dir / "rotation.json").exists()
+
+
+def test_cli_refuses_bad_names_and_a_held_site_lock_in_one_line(site_dir, hosts, capsys):
+    assert main(["rotate", str(site_dir), "no_such_secret", "--yes"]) == 1
+    assert main(["rotate", str(site_dir), "redis_password_app", "--yes"]) == 1
+    assert main(["rotate", str(site_dir), "--all", "--finish", "--yes"]) == 2
+    with open(site_dir / ".rollout.lock", "w") as held:  # a deploy holds the lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["rotate", str(site_dir), "--all", "--yes"]) == 1
+        assert main(["deploy", str(site_dir)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("cmdop-install: error: unknown secret 'no_such_secret' "
+                      "(`cmdop-install secrets list` names them)")
+    assert err[1].startswith("cmdop-install: error: secret redis_password_app: not rotatable yet")
+    assert "one of them" in err[2]
+    assert "another deploy, rollout or rotate of this site is running" in err[3]
+    assert "another deploy, rollout or rotate" in err[4]
+    assert len(err) == 5
+    assert hosts.seen == []
+    assert not (site_dir / "rotation.json").exists()
+
+
+def test_secrets_list_says_which_secrets_rotate_and_why_not(site_dir, capsys):
+    assert main(["secrets", "list", str(site_dir)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["django_secret_key"].endswith("yes (cmdop-install rotate)")
+    assert "not rotatable yet: Redis" in rows["redis_password_app"]
+    assert "not rotatable yet" in rows["pki:"]
+    assert all("yes" in line or "not rotat" in line for line in rows.values())
+
+
+def test_check_warns_about_secrets_older_than_max_age(site_dir):
+    store = SecretStore.open(site_dir, "")
+    store._entries["django_secret_key"]["created"] = "2020-01-01T00:00:00Z"
+    store._entries["owner_password"]["created"] = "2020-01-01T00:00:00Z"
+    store._dirty = True
+    store.save()
+    findings = secret_age_findings(SiteDir.load(site_dir))
+    assert len(findings) == 1  # owner_password is not the installer's to rotate
+    assert findings[0].startswith("warning: secrets.enc: django_secret_key is ")
+    assert "[rotation] max_age_days = 90" in findings[0]
+
+
+def test_max_age_days_is_validated_like_the_other_keys(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    site_dir = tmp_path / "site"
+    write_site(site_dir, {"rotation.max_age_days": 0})
+    assert main(["check", str(site_dir)]) == 2
+    err = capsys.readouterr().err
+    assert ": rotation.max_age_days: must be between 1 and 3650 (default is 90)" in err
+    assert len(err.splitlines()) == 1
