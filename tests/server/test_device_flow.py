@@ -174,3 +174,13 @@ def test_verification_page_rejects_a_wrong_code():
     browser.force_login(user)
     resp = browser.post("/device/", {"user_code": "BBBB-BBBB"})
     assert resp.status_code == 400 and b"not valid" in resp.content
+
+
+def test_polling_at_the_interval_for_a_whole_approval_meets_no_limit(client):
+    """A device polling every `interval` seconds until its code expires (180 polls at 5 s,
+    more than the auth limit's 10 a minute): slow_down is its only limit, never a 429."""
+    start = start_device(client)
+    for _ in range(900 // start["interval"]):
+        assert _error(poll(client, start["device_code"])) == (400, "authorization_pending")
+        _age_poll(start["interval"])
+    assert DeviceAuthorization.objects.get().interval == start["interval"]
