@@ -8,7 +8,9 @@ AES-256-GCM (``cryptography``). Layout (format 2)::
 The key check is derived from the key (HKDF, its own label), so a wrong key is told apart
 from a damaged file: the digest catches accidental damage without any key; a right key
 check with a failing GCM tag means the content was modified. The plaintext is JSON
-``{"version": 1, "secrets": {name: {"value", "created", "source"}}}``. Format 1 files
+``{"version": 1, "secrets": {name: {"value", "created", "source"}}}``; during a rotation an
+entry also holds ``next`` (the staged value) or ``previous`` (the value it replaced, until
+``rotate --finish``), each ``{"value", "created"}``. Format 1 files
 (``CMDOPSEC1\n | nonce | ciphertext+tag``, no key check) are still read, and the next
 save (``init``, ``secrets set``) writes them as format 2.
 
