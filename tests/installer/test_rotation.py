@@ -162,6 +162,22 @@ def test_rollback_after_finish_and_finish_without_rotation_are_one_line_refusals
     assert _state(site_dir)["rotation"] is None
 
 
+def test_an_unreachable_host_stops_the_phase_in_one_line_and_a_rerun_resumes(site_dir, hosts,
+                                                                            monkeypatch):
+    def unreachable(site, limit=None, dry_run=False):
+        raise UserError("nothing was changed: node1 (127.0.0.1): could not connect")
+
+    monkeypatch.setattr(rotation, "deploy_site", unreachable)
+    with pytest.raises(UserError) as refused:
+        _run(site_dir)
+    assert refused.value.message.startswith(
+        "rotation stopped in phase admitted: nothing was changed: node1 (127.0.0.1): could not")
+    assert "rerun `cmdop-install rotate" in refused.value.message
+    monkeypatch.setattr(rotation, "deploy_site", hosts.deploy)
+    _run(site_dir, names=())
+    assert _state(site_dir)["rotation"]["phase"] == "switched"
+
+
 def test_dry_run_lists_phases_and_hosts_and_changes_nothing(site_dir, hosts):
     before = (site_dir / "secrets.enc").read_bytes()
     lines: list[str] = []

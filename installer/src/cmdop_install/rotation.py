@@ -209,12 +209,16 @@ class Rotation:
         rotation_state.save(self.site.path, self.state)
 
     def _deploy(self, phase: str) -> None:
-        result = deploy_site(self.site, limit=HOST_GROUPS)
+        resume = (f"fix it and rerun `cmdop-install rotate {self.site.path}` to resume "
+                  "(or --rollback)")
+        try:
+            result = deploy_site(self.site, limit=HOST_GROUPS)
+        except UserError as exc:  # e.g. a host unreachable: preflight changed nothing
+            raise UserError(f"rotation stopped in phase {phase}: {exc.message}; {resume}",
+                            exc.exit_code) from None
         if result.failed:
-            raise UserError(
-                f"rotation stopped in phase {phase}: the deploy failed on "
-                f"{', '.join(result.failed)}; the site still accepts the values it used before. "
-                f"Fix it and rerun the same command to resume, or --rollback")
+            raise UserError(f"rotation stopped in phase {phase}: the deploy failed on "
+                            f"{', '.join(result.failed)}; {resume}")
 
     def _hosts(self) -> list[str]:
         inventory = self.site.inventory
