@@ -240,3 +240,23 @@ def test_max_age_days_is_validated_like_the_other_keys(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert ": rotation.max_age_days: must be between 1 and 3650 (default is 90)" in err
     assert len(err.splitlines()) == 1
+
+
+def test_status_shows_a_rotation_in_progress_and_secret_ages(site_dir, hosts, monkeypatch,
+                                                             capsys):
+    from cmdop_install import status
+
+    def without_hosts(site):  # the hosts' part of status needs SSH; the rest is the site's
+        return {"site": site.name, "last_deploy": None, "hosts": [],
+                "rotation": status.rotation_state.load(site.path)["rotation"],
+                "secrets": [{"name": r["name"], "age": r["age"]} for r in site.store.listing()]}
+
+    monkeypatch.setattr(status, "site_status", without_hosts)
+    hosts.fail_at = 1
+    with pytest.raises(KeyboardInterrupt):
+        _run(site_dir)
+    assert main(["status", str(site_dir)]) == 0
+    out = capsys.readouterr().out
+    assert ("rotation of django_secret_key, postgres_password: phase switched in progress"
+            in out)
+    assert "secret ages: django_secret_key 0d, " in out
