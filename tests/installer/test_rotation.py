@@ -150,7 +150,12 @@ def test_rollback_from_any_phase_returns_to_the_old_values(site_dir, hosts, cut)
 def test_rollback_after_finish_and_finish_without_rotation_are_one_line_refusals(site_dir, hosts):
     with pytest.raises(UserError, match="no rotation in progress"):
         _run(site_dir, "finish")
-    _run(site_dir)
+    hosts.fail_at = 1
+    with pytest.raises(KeyboardInterrupt):
+        _run(site_dir)
+    with pytest.raises(UserError, match=r"has not switched yet \(phase switched\)"):
+        _run(site_dir, "finish")  # no grace period skipped by accident
+    _run(site_dir, names=())
     hosts.fail_at = len(hosts.seen)
     with pytest.raises(KeyboardInterrupt):
         _run(site_dir, "finish")  # cut inside retired: the old values may be gone already

@@ -99,6 +99,11 @@ class Rotation:
         record = self._recorded("--finish")
         if record["direction"] != "forward":
             raise UserError("a rollback is in progress: rerun it with --rollback")
+        if record["phase"] != "retired" and (record["phase"], record["done"]) != (
+                "switched", True):
+            raise UserError(f"the rotation of {', '.join(record['names'])} has not switched "
+                            f"yet (phase {record['phase']}): rerun `cmdop-install rotate "
+                            f"{self.site.path}` first, then --finish after the grace period")
         self._forward(record, "retired")
         if not self.dry_run:
             self.state["rotation"] = None
