@@ -129,6 +129,24 @@ def test_an_interrupted_rotation_resumes_with_the_same_new_values(site_dir, host
     assert _state(site_dir)["rotation"]["done"] is True
 
 
+@pytest.mark.parametrize("boundary", ["staged", "admitted"])
+def test_a_rotation_interrupted_between_phases_resumes_at_the_next(site_dir, hosts, boundary):
+    def interrupt_after(line: str) -> None:
+        if line.startswith(f"phase {boundary}: done"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Rotation(SiteDir.load(site_dir), interrupt_after).start_or_resume(
+            resolve(("django_secret_key", "postgres_password_blue"), False))
+    record = _state(site_dir)["rotation"]
+    assert (record["phase"], record["done"]) == (boundary, True)
+    deploys = len(hosts.seen)
+    lines = _run(site_dir, names=())
+    assert [line.split(":")[0] for line in lines[:-1]] == [
+        f"phase {p}" for p in ("admitted", "switched") if p != boundary]
+    assert len(hosts.seen) == deploys + len(lines) - 1  # each remaining phase deployed once
+
+
 @pytest.mark.parametrize("cut", [None, 0, 1])
 def test_rollback_from_any_phase_returns_to_the_old_values(site_dir, hosts, cut):
     old = SecretStore.open(site_dir, "").values()
