@@ -38,6 +38,33 @@ def test_dry_run_on_a_converged_site_would_change_nothing(site) -> None:
     assert out.stdout.strip().endswith(f"dry run: 0 change(s) on {len(NORMAL_HOSTS)} host(s)")
 
 
+def test_dry_run_reports_a_drifted_host_and_leaves_it_as_it_was(lab, site) -> None:
+    """host2's agent config drifted (content and mode): --dry-run names the change on host2
+    alone and touches nothing there (file, mode, the agent process); deploy converges it."""
+    config = "/etc/cmdop-agent/agent.toml"
+    drift = f"echo '# drifted' | sudo tee -a {config} >/dev/null && sudo chmod 644 {config}"
+    assert lab_ssh(lab, "host2", drift).returncode == 0
+    probe = (f"sudo sha256sum {config}; sudo stat -c %a {config}; "
+             "systemctl show -p MainPID --value cmdop-agent")
+    before = lab_ssh(lab, "host2", probe).stdout
+    dry = cli("deploy", str(site.dir), "--dry-run")
+    lines = dry.stdout.splitlines()
+    assert "host2: 0 would change" not in lines and any(
+        line.startswith("host2: ") and line.endswith(" would change") for line in lines
+    ), dry.stdout
+    for name in NORMAL_HOSTS:
+        if name != "host2":
+            assert f"{name}: 0 would change" in lines, dry.stdout
+    assert not dry.stdout.strip().endswith(f"dry run: 0 change(s) on {len(NORMAL_HOSTS)} host(s)")
+    assert lab_ssh(lab, "host2", probe).stdout == before, "the dry run changed host2"
+    real = cli("deploy", str(site.dir))
+    assert "host2: 0 changed" not in real.stdout.splitlines(), real.stdout
+    converged = lab_ssh(lab, "host2", f"sudo grep -c drifted {config}; sudo stat -c %a {config}")
+    assert converged.stdout.split() == ["0", "600"], converged.stdout
+    again = deploy_site(SiteDir.load(site.dir))
+    assert again.failed == [] and again.changes == 0
+
+
 def test_no_secret_in_output_or_ps(site) -> None:
     assert site.ps.count("\n") > 10, "the ps sampler did not run"
     for name, value in site.secrets.items():
