@@ -12,7 +12,7 @@ check with a failing GCM tag means the content was modified. The plaintext is JS
 entry also holds ``next`` (the staged value) or ``previous`` (the value it replaced, until
 ``rotate --finish``), each ``{"value", "created"}``. Format 1 files
 (``CMDOPSEC1\n | nonce | ciphertext+tag``, no key check) are still read, and the next
-save (``init``, ``secrets set``) writes them as format 2.
+save (``init``, ``secrets set``, ``rotate``) writes them as format 2.
 
 The 32-byte key comes from ``CMDOP_INSTALL_KEY`` (base64) or from the key file named by
 ``[site] key_file`` — by default under ``~/.config/cmdop-install/keys/``, i.e. OUTSIDE the
