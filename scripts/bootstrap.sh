@@ -15,6 +15,7 @@ PACKAGES=(
   chromium chromium-driver                                    # the verification page, headless
   systemd                                                     # systemd-analyze security for our units
   tmux                                                        # drives `cmdop connect` in a real terminal (tests)
+  nodejs npm                                                  # npm ci: xterm.js for the server wheel (server/package-lock.json)
 )
 
 if [ ! -r /etc/debian_version ]; then
@@ -49,4 +50,7 @@ if [ -z "$UV" ]; then
   fi
   UV=.cache/uv/bin/uv
 fi
-"$UV" sync --all-packages --frozen -q
+# xterm.js and its addons at the versions and hashes of server/package-lock.json; the
+# cmdop-server build (server/hatch_build.py) copies them into the package, so reinstall it
+(cd server && npm ci --ignore-scripts --no-audit --no-fund --silent)
+"$UV" sync --all-packages --frozen -q --reinstall-package cmdop-server

@@ -80,3 +80,12 @@ def test_installer_and_server_declare_their_stacks(wheels: dict[str, Path]) -> N
     assert not any(r.lower().startswith("django") for r in installer)
     (django,) = [r for r in server if r.lower().startswith("django") and "ninja" not in r]
     assert "<5.3" in django and ">=5.2" in django, "5.2 LTS: the machines run Python 3.11"
+
+
+def test_server_wheel_carries_the_terminal_assets(wheels: dict[str, Path]) -> None:
+    """An air-gapped site serves xterm.js from the wheel: npm ci's files are built in."""
+    names = zipfile.ZipFile(wheels["cmdop-server"]).namelist()
+    for name in ("xterm.js", "xterm.css", "addon-fit.js", "addon-canvas.js", "xterm.LICENSE"):
+        assert f"cmdop_server/web/assets/vendor/{name}" in names, name
+    lock = (ROOT / "server" / "package-lock.json").read_text()
+    assert lock.count('"integrity": "sha512-') == 3

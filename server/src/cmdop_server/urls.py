@@ -19,7 +19,7 @@ urlpatterns = [
     path("tokens/<int:family_id>/revoke/", views.revoke_family, name="revoke-family"),
     path("keys/<slug:slug>/<int:key_id>/revoke/", views.revoke_api_key, name="revoke-key"),
     path("healthz", views.healthz, name="healthz"),
-    path("assets/<str:name>", views.asset, name="asset"),
+    path("assets/<path:name>", views.asset, name="asset"),
     path("w/<slug:slug>/", include("cmdop_server.machines.pages")),
     path("w/<slug:slug>/", include("cmdop_server.sessions.pages")),
     path("w/<slug:slug>/", include("cmdop_server.audit.pages")),

@@ -154,7 +154,10 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 
 # The CSP allows scripts and styles only from files of our own origin; these are all of them.
-_ASSETS = {"cmdop.css": "text/css", "session.js": "text/javascript"}
+# vendor/: xterm.js and its addons, built into the wheel from npm ci (server/hatch_build.py)
+_ASSETS = {"cmdop.css": "text/css", "session.js": "text/javascript",
+           "vendor/xterm.js": "text/javascript", "vendor/xterm.css": "text/css",
+           "vendor/addon-fit.js": "text/javascript", "vendor/addon-canvas.js": "text/javascript"}
 _ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 
