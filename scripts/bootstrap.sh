@@ -15,6 +15,7 @@ PACKAGES=(
   chromium chromium-driver                                    # the verification page, headless
   systemd                                                     # systemd-analyze security for our units
   tmux                                                        # drives `cmdop connect` in a real terminal (tests)
+  dpkg-dev                                                    # dpkg-scanpackages: the offline bundle's apt index
   nodejs npm                                                  # npm ci: xterm.js for the server wheel (server/package-lock.json)
 )
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from cmdop_install import __version__
+from cmdop_install.bundle_cli import bundle_group
 from cmdop_install.commands import ALL as SITE_COMMANDS
 from cmdop_install.errors import UserError
 from cmdop_install.lab.cli import lab
@@ -39,6 +40,7 @@ def cli() -> None:
 
 
 cli.add_command(lab)
+cli.add_command(bundle_group)
 for _command in SITE_COMMANDS:
     cli.add_command(_command)
 

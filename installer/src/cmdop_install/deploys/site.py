@@ -13,12 +13,13 @@ from cmdop_install.deploys.postgres import postgres
 from cmdop_install.deploys.redis import redis
 
 
-def debian_packages(groups: set[str]) -> list[str]:
+def debian_packages(groups: set[str], pg_major: int) -> list[str]:
+    """What a host in ``groups`` installs from Debian (the offline bundle carries their closure)."""
     wanted = []
     if {"postgres", "redis"} & groups:
         wanted.append("nftables")
     if "postgres" in groups:
-        wanted.append(f"postgresql-{extra('postgres')['major']}")
+        wanted.append(f"postgresql-{pg_major}")
     if "redis" in groups:
         wanted.append("redis-server")
     if "control_plane" in groups:
@@ -35,7 +36,7 @@ def site() -> None:
     # one package operation for the whole host: one dpkg query instead of one per component
     apt.packages(
         name="Debian packages",
-        packages=debian_packages(groups),
+        packages=debian_packages(groups, extra("postgres")["major"]),
         update=True,
         cache_time=86400,
         no_recommends=True,
