@@ -1,0 +1,145 @@
+"""The signed offline bundle: keygen, the tar's signed manifest, and verify refusing tampering.
+
+The heavy part (apt closure and wheel downloads) is proven by the lab tier; here a bundle is
+written by the same ``write_bundle`` from small files, then tampered with at the byte level.
+"""
+
+import io
+import json
+import stat
+import tarfile
+
+import pytest
+from cmdop_install import bundle
+from cmdop_install.cli import main
+from cmdop_install.errors import UserError
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def keys(tmp_path):
+    key = tmp_path / "keys" / "sign.key"
+    pub = bundle.keygen(key)
+    return key, pub
+
+
+@pytest.fixture
+def made(tmp_path, keys):
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {}
+    for name, data in {"debs/a_1_amd64.deb": b"deb a", "debs/Packages": b"Package: a\n",
+                       "wheels/cmdop-agent/x-1-py3-none-any.whl": b"wheel x",
+                       "sbom.cdx.json": b"{}"}.items():
+        path = src / name.replace("/", "_")
+        path.write_bytes(data)
+        files[name] = path
+    out = tmp_path / "b.bundle"
+    bundle.write_bundle(out, files, {"target": "debian-12-amd64"}, keys[0])
+    return out
+
+
+def _members(path) -> list[tuple[tarfile.TarInfo, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+
+
+def _rewrite(path, members) -> None:
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_keygen_writes_a_0600_key_and_refuses_to_replace_it(tmp_path, keys) -> None:
+    key, pub = keys
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert pub.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    with pytest.raises(UserError, match="already there"):
+        bundle.keygen(key)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "site.toml").write_text("")
+    with pytest.raises(UserError, match="site folder"):
+        bundle.keygen(site / "sign.key")
+
+
+def test_an_intact_bundle_verifies_and_extracts_what_the_manifest_lists(tmp_path, made, keys
+                                                                        ) -> None:
+    checked = bundle.verify(made, keys[1], extract_to=tmp_path / "x")
+    assert sorted(checked.manifest["files"]) == ["debs/Packages", "debs/a_1_amd64.deb",
+                                                 "sbom.cdx.json",
+                                                 "wheels/cmdop-agent/x-1-py3-none-any.whl"]
+    assert (tmp_path / "x" / "debs" / "a_1_amd64.deb").read_bytes() == b"deb a"
+    assert "  debs/a_1_amd64.deb\n" in bundle.sha256sums(checked.manifest)
+
+
+def test_one_flipped_byte_is_refused_naming_the_file(made, keys) -> None:
+    raw = bytearray(made.read_bytes())
+    at = raw.index(b"wheel x")
+    raw[at] ^= 0x01
+    made.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"wheels/cmdop-agent/x-1-py3-none-any\.whl: changed"):
+        bundle.verify(made, keys[1])
+
+
+def test_a_removed_file_is_refused_naming_it(made, keys) -> None:
+    _rewrite(made, [(m, d) for m, d in _members(made) if m.name != "debs/a_1_amd64.deb"])
+    with pytest.raises(UserError, match=r"debs/a_1_amd64\.deb: missing"):
+        bundle.verify(made, keys[1])
+
+
+def test_an_added_file_is_refused_naming_it(made, keys) -> None:
+    members = _members(made)
+    members.append((tarfile.TarInfo("debs/evil_1_amd64.deb"), b"extra"))
+    _rewrite(made, members)
+    with pytest.raises(UserError, match=r"debs/evil_1_amd64\.deb: extra file"):
+        bundle.verify(made, keys[1])
+
+
+def test_a_signature_by_another_key_is_refused(tmp_path, made, keys) -> None:
+    other_key = tmp_path / "other" / "sign.key"
+    bundle.keygen(other_key)
+    with pytest.raises(UserError, match="not signed by"):
+        bundle.verify(made, other_key.with_name("sign.key.pub"))
+    # the same files re-signed by the other key: refused against the operator's key too
+    members = _members(made)
+    manifest = next(d for m, d in members if m.name == bundle.MANIFEST)
+    resigned = bundle._load_private(other_key).sign(manifest)
+    _rewrite(made, [(m, resigned if m.name == bundle.SIGNATURE else d) for m, d in members])
+    with pytest.raises(UserError, match="not signed by"):
+        bundle.verify(made, keys[1])
+
+
+def test_a_changed_manifest_is_refused(made, keys) -> None:
+    members = _members(made)
+    out = []
+    for m, d in members:
+        if m.name == bundle.MANIFEST:
+            manifest = json.loads(d)
+            manifest["files"]["debs/a_1_amd64.deb"]["sha256"] = "0" * 64
+            d = json.dumps(manifest).encode()
+        out.append((m, d))
+    _rewrite(made, out)
+    with pytest.raises(UserError, match="not signed by"):
+        bundle.verify(made, keys[1])
+
+
+def test_verify_command_says_one_line_and_exits_1(made, keys, capsys) -> None:
+    assert main(["bundle", "verify", str(made), "--pubkey", str(keys[1])]) == 0
+    assert "signature and 4 files verified" in capsys.readouterr().out
+    raw = bytearray(made.read_bytes())
+    raw[raw.index(b"Package: a")] ^= 0x20
+    made.write_bytes(bytes(raw))
+    assert main(["bundle", "verify", str(made), "--pubkey", str(keys[1])]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cmdop-install: error: {made}: debs/Packages: changed (its SHA-256 is not "
+                   "the one in the signed manifest)"]
+
+
+def test_a_file_outside_the_layout_is_never_written(tmp_path, keys) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    with pytest.raises(UserError, match="unexpected file"):
+        bundle.write_bundle(tmp_path / "b", {"../etc/passwd": src}, {}, keys[0])
