@@ -272,7 +272,8 @@ def test_status_shows_a_rotation_in_progress_and_secret_ages(site_dir, hosts, mo
     def without_hosts(site):  # the hosts' part of status needs SSH; the rest is the site's
         return {"site": site.name, "last_deploy": None, "hosts": [],
                 "rotation": status.rotation_state.load(site.path)["rotation"],
-                "secrets": [{"name": r["name"], "age": r["age"]} for r in site.store.listing()]}
+                "secrets": [{"name": r["name"], "age": r["age"]} for r in site.store.listing()],
+                "warnings": []}
 
     monkeypatch.setattr(status, "site_status", without_hosts)
     hosts.fail_at = 1

@@ -13,7 +13,7 @@ from cmdop_install.secrets import SecretStore
 from cmdop_install.site import load_site
 from cmdop_install.sitedir import SiteDir
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -107,6 +107,67 @@ def test_expiring_leaf_is_warned_by_check_and_reissued_by_init(site_dir):
         f"({cert.not_valid_after_utc:%Y-%m-%d}; render and deploy reissue it, as does init)"]
     assert pki.ensure_pki(site_dir, site, inventory, _passphrase(site_dir)) == ["redis-node1"]
     assert pki.certificate_findings(site_dir, site, inventory) == []
+
+
+def _reissue_expiring(site_dir, name, days_left):
+    """pki/<name>.crt as the site CA signs it, expiring ``days_left`` days from now."""
+    site, inventory = load_site(site_dir), load_inventory(site_dir)
+    spec = next(s for s in pki.leaf_specs(site, inventory) if s.name == name)
+    ca_key = serialization.load_pem_private_key((site_dir / "pki/ca.key").read_bytes(),
+                                                _passphrase(site_dir))
+    then = datetime.now(UTC) - timedelta(days=site["pki"]["leaf_days"] - days_left)
+    cert, _ = pki._issue_leaf(spec, site, _cert(site_dir, "ca"), ca_key, then)
+    (site_dir / f"pki/{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert
+
+
+def test_a_leaf_is_warned_of_30_days_ahead_even_when_renewed_later(site_dir):
+    write_site(site_dir, {"pki.renew_days": 10})
+    cert = _reissue_expiring(site_dir, "nginx-node1", 25)
+    renew_on = cert.not_valid_after_utc - timedelta(days=10)
+    warning = (f"warning: pki/nginx-node1.crt: expires in 24 days "
+               f"({cert.not_valid_after_utc:%Y-%m-%d}; deploy reissues it from "
+               f"{renew_on:%Y-%m-%d} (pki.renew_days))")
+    assert [f for f in check_site(site_dir) if "nginx-node1" in f] == [warning]
+    site = load_site(site_dir)
+    assert pki.expiry_warnings(site_dir, site) == [warning]
+    # not yet due: deploy leaves it; 40 days ahead nothing is said
+    assert pki.ensure_pki(site_dir, site, load_inventory(site_dir), _passphrase(site_dir)) == []
+    _reissue_expiring(site_dir, "nginx-node1", 40)
+    assert pki.expiry_warnings(site_dir, site) == []
+    assert [f for f in check_site(site_dir) if "nginx-node1" in f] == []
+
+
+def test_status_warns_of_an_expired_leaf_and_a_leaf_due_for_renewal(site_dir):
+    soon = _reissue_expiring(site_dir, "redis-node1", 5)
+    gone = _reissue_expiring(site_dir, "app-node1", -2)
+    assert pki.expiry_warnings(site_dir, load_site(site_dir)) == [
+        f"warning: pki/app-node1.crt: expired on {gone.not_valid_after_utc:%Y-%m-%d}",
+        f"warning: pki/redis-node1.crt: expires in 4 days ({soon.not_valid_after_utc:%Y-%m-%d}"
+        "; render and deploy reissue it, as does init)",
+    ]
+
+
+def test_a_site_ca_near_its_end_is_warned_of_but_never_replaced(site_dir):
+    site = load_site(site_dir)
+    ca_key = serialization.load_pem_private_key((site_dir / "pki/ca.key").read_bytes(),
+                                                _passphrase(site_dir))
+    ca = _cert(site_dir, "ca")
+    expires = datetime.now(UTC) + timedelta(days=20, hours=1)
+    short = (x509.CertificateBuilder().subject_name(ca.subject).issuer_name(ca.subject)
+             .public_key(ca.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(datetime.now(UTC) - timedelta(days=1)).not_valid_after(expires))
+    for ext in ca.extensions:
+        short = short.add_extension(ext.value, ext.critical)
+    (site_dir / "pki/ca.crt").write_bytes(
+        short.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    warning = (f"warning: pki/ca.crt: expires in 20 days ({expires:%Y-%m-%d}; render and "
+               "deploy never replace the site CA; every leaf it signed stops verifying then)")
+    assert warning in check_site(site_dir)
+    assert warning in pki.expiry_warnings(site_dir, site)
+    before = (site_dir / "pki/ca.crt").read_bytes()
+    pki.ensure_pki(site_dir, site, load_inventory(site_dir), _passphrase(site_dir))
+    assert (site_dir / "pki/ca.crt").read_bytes() == before
 
 
 def test_lost_ca_key_is_an_error_not_a_silent_new_ca(site_dir):

@@ -180,7 +180,9 @@ def _echo_issued(site) -> None:
 @site_dir_arg
 @options.limit
 @options.dry_run
-def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> None:
+@options.bundle
+def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool, bundle_file: Path | None
+           ) -> None:
     """Converge every host of SITE_DIR: Postgres, Redis, nginx, the control plane, the agents.
 
     Only what differs changes; a second deploy of an unchanged site reports zero changes.
@@ -190,6 +192,7 @@ def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> None:
     \b
     Example:
       cmdop-install deploy mysite --limit control_plane --dry-run
+      cmdop-install deploy mysite --bundle cmdop.bundle
     """
     from cmdop_install.deploy import deploy_site
     from cmdop_install.rollout import SiteLock
@@ -198,7 +201,8 @@ def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool) -> None:
     with SiteLock(site_dir):
         site = SiteDir.load(site_dir)
         try:
-            result = deploy_site(site, limit=list(limit) or None, dry_run=dry_run)
+            result = deploy_site(site, limit=list(limit) or None, dry_run=dry_run,
+                                 bundle_file=bundle_file)
         finally:
             _echo_issued(site)
     click.echo(
@@ -257,6 +261,8 @@ def status(site_dir: Path, as_json: bool) -> None:
                    f"{state} ({'rolling back, ' if rotation['direction'] == 'back' else ''}"
                    f"since {rotation['started']}; rerun `cmdop-install rotate` to continue)")
     click.echo("secret ages: " + ", ".join(f"{s['name']} {s['age']}" for s in info["secrets"]))
+    for warning in info["warnings"]:
+        click.echo(warning)
 
 
 @click.command("rotate")
@@ -346,6 +352,7 @@ def agents() -> None:
     metavar="SECONDS",
     help="How long an agent has to report its new version.",
 )
+@options.bundle
 def rollout(
     site_dir: Path,
     version: str | None,
@@ -353,6 +360,7 @@ def rollout(
     canary: int,
     max_fail: str,
     health_timeout: int,
+    bundle_file: Path | None,
 ) -> None:
     """Install or upgrade the agents of SITE_DIR in batches, each gated on the control plane.
 
@@ -367,9 +375,8 @@ def rollout(
     from cmdop_install.sitedir import SiteDir
 
     with SiteLock(site_dir):
-        outcome = Rollout(SiteDir.load(site_dir), click.echo, health_timeout).run(
-            version, batch_size, canary, max_fail
-        )
+        outcome = Rollout(SiteDir.load(site_dir), click.echo, health_timeout,
+                          bundle_file).run(version, batch_size, canary, max_fail)
     for line in summary_lines(outcome):
         click.echo(line)
     if outcome.stopped:

@@ -33,6 +33,7 @@ PKI_DIR = "pki"
 SERVER = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
 _BACKDATE = timedelta(minutes=5)  # tolerate small clock skew between hosts
+WARN_DAYS = 30  # check and status warn of an expiry this far ahead at least
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
 
 
 def certificate_findings(site_dir: Path, site: Site, inventory: Inventory) -> list[str]:
-    """One line per certificate that is missing, expired, expiring within renew_days,
+    """One line per certificate that is missing, expired, expiring within ``warn_window``,
     names other hosts or addresses than inventory.py now gives, or belongs to no host.
 
     What ``render``/``deploy`` reissue by themselves (``ensure_pki``: a missing, renamed or
@@ -252,7 +253,6 @@ def certificate_findings(site_dir: Path, site: Site, inventory: Inventory) -> li
     """
     pki = Path(site_dir) / PKI_DIR
     now = datetime.now(UTC)
-    renew = timedelta(days=site["pki"]["renew_days"])
     reissue = "render and deploy reissue it, as does init"
     findings = []
     specs = leaf_specs(site, inventory)
@@ -262,6 +262,8 @@ def certificate_findings(site_dir: Path, site: Site, inventory: Inventory) -> li
                         "or restore pki/ from backup)")
     elif ca.not_valid_after_utc <= now:
         findings.append(f"pki/ca.crt: expired on {ca.not_valid_after_utc:%Y-%m-%d}")
+    elif ca.not_valid_after_utc - now <= warn_window(site):
+        findings.append(_expiry_warning("ca", ca, site, now))
     for spec in specs:
         cert = _load_cert(pki / f"{spec.name}.crt")
         if cert is None or not is_issued(site_dir, spec.name):
@@ -276,15 +278,51 @@ def certificate_findings(site_dir: Path, site: Site, inventory: Inventory) -> li
         elif left <= timedelta(0):
             findings.append(f"warning: pki/{spec.name}.crt: expired on "
                             f"{cert.not_valid_after_utc:%Y-%m-%d} ({reissue})")
-        elif left <= renew:
-            findings.append(f"warning: pki/{spec.name}.crt: expires in {left.days} days "
-                            f"({cert.not_valid_after_utc:%Y-%m-%d}; {reissue})")
+        elif left <= warn_window(site):
+            findings.append(_expiry_warning(spec.name, cert, site, now))
     wanted = {"ca", *(s.name for s in specs)}
     for path in sorted(pki.glob("*.crt")):
         if path.stem not in wanted:
             findings.append(f"warning: pki/{path.name}: inventory.py no longer needs it (a "
                             f"removed host or role: delete pki/{path.stem}.crt and .key)")
     return findings
+
+
+def warn_window(site: Site) -> timedelta:
+    """How far ahead check and status warn of an expiry: WARN_DAYS, or renew_days when
+    that is longer (a leaf is then reissued as soon as it is warned of)."""
+    return timedelta(days=max(WARN_DAYS, site["pki"]["renew_days"]))
+
+
+def _expiry_warning(name: str, cert: x509.Certificate, site: Site, now: datetime) -> str:
+    expires = cert.not_valid_after_utc
+    left = expires - now
+    if name == "ca":
+        what = ("render and deploy never replace the site CA; every leaf it signed stops "
+                "verifying then")
+    elif left <= timedelta(days=site["pki"]["renew_days"]):
+        what = "render and deploy reissue it, as does init"
+    else:
+        renew_on = expires - timedelta(days=site["pki"]["renew_days"])
+        what = f"deploy reissues it from {renew_on:%Y-%m-%d} (pki.renew_days)"
+    return f"warning: pki/{name}.crt: expires in {left.days} days ({expires:%Y-%m-%d}; {what})"
+
+
+def expiry_warnings(site_dir: Path, site: Site) -> list[str]:
+    """``status``: one warning per certificate of pki/ (the CA's included) and the
+    operator's own that expires within ``warn_window``, or has expired."""
+    now = datetime.now(UTC)
+    warnings = []
+    for path in sorted((Path(site_dir) / PKI_DIR).glob("*.crt")):
+        cert = _load_cert(path)
+        if cert is None:
+            continue
+        if cert.not_valid_after_utc <= now:
+            warnings.append(f"warning: pki/{path.name}: expired on "
+                            f"{cert.not_valid_after_utc:%Y-%m-%d}")
+        elif cert.not_valid_after_utc - now <= warn_window(site):
+            warnings.append(_expiry_warning(path.stem, cert, site, now))
+    return warnings + public_tls_expiry(site)
 
 
 def expiry_dates(site_dir: Path) -> dict[str, str]:
@@ -344,13 +382,13 @@ def _dns_matches(pattern: str, name: str) -> bool:
 
 
 def public_tls_expiry(site: Site) -> list[str]:
-    """A warning when the operator's certificate expires within renew_days."""
+    """A warning when the operator's certificate expires within ``warn_window``."""
     pair = public_tls(site)
     if pair is None:
         return []
     cert = x509.load_pem_x509_certificates(pair[0])[0]
     left = cert.not_valid_after_utc - datetime.now(UTC)
-    if left <= timedelta(days=site["pki"]["renew_days"]):
+    if left <= warn_window(site):
         return [f"warning: {site['site']['tls_cert_file']}: expires in {left.days} days "
                 f"({cert.not_valid_after_utc:%Y-%m-%d}; renew it and render again)"]
     return []

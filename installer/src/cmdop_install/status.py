@@ -1,5 +1,6 @@
 """`cmdop-install status SITE`: per host and component, what runs, which version, when its
-certificate expires, whether each agent is online, and when this site was last deployed.
+certificate expires (with a warning 30 days ahead), whether each agent is online, and when
+this site was last deployed.
 
 Everything is read (pyinfra facts over SSH, the control plane's own view of its fleet); nothing
 on the hosts changes.
@@ -76,7 +77,8 @@ def site_status(site: SiteDir) -> dict:
                                                     "started", "updated")}
     secrets = [{"name": r["name"], "age": r["age"]} for r in site.store.listing()]
     return {"site": site.name, "last_deploy": last_deploy(site.path), "hosts": hosts,
-            "rotation": rotation, "secrets": secrets}
+            "rotation": rotation, "secrets": secrets,
+            "warnings": pki.expiry_warnings(site.path, site.config)}
 
 
 def read_fleet(site: SiteDir) -> dict[str, dict]:
