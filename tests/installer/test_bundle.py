@@ -143,3 +143,70 @@ def test_a_file_outside_the_layout_is_never_written(tmp_path, keys) -> None:
     src.write_bytes(b"x")
     with pytest.raises(UserError, match="unexpected file"):
         bundle.write_bundle(tmp_path / "b", {"../etc/passwd": src}, {}, keys[0])
+
+
+@pytest.fixture
+def site_with_bundle(tmp_path, monkeypatch, keys):
+    from tests.support.sites import TEST_KEY, make_site
+
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    # an address nothing answers on: the refusals below must come before any SSH
+    return make_site(tmp_path / "site", {"bundle.pubkey": str(keys[1])}, agents=True,
+                     address="10.89.250.250")
+
+
+@pytest.fixture
+def no_host_touched(monkeypatch):
+    from cmdop_install import deploy
+
+    touched = []
+    monkeypatch.setattr(deploy, "read_facts", lambda *a, **k: touched.append(a))
+    monkeypatch.setattr(deploy, "run_deploy", lambda *a, **k: touched.append(a))
+    return touched
+
+
+@pytest.mark.parametrize("tamper", ["flip", "remove", "add", "other_key"])
+def test_deploy_and_rollout_refuse_a_tampered_bundle_before_any_host(
+        tamper, tmp_path, made, keys, site_with_bundle, no_host_touched, capsys) -> None:
+    members = _members(made)
+    if tamper == "flip":
+        raw = bytearray(made.read_bytes())
+        raw[raw.index(b"deb a")] ^= 0x01
+        made.write_bytes(bytes(raw))
+        named = "debs/a_1_amd64.deb: changed"
+    elif tamper == "remove":
+        _rewrite(made, [(m, d) for m, d in members if m.name != "sbom.cdx.json"])
+        named = "sbom.cdx.json: missing"
+    elif tamper == "add":
+        _rewrite(made, [*members, (tarfile.TarInfo("wheels/cmdop-agent/evil.whl"), b"x")])
+        named = "wheels/cmdop-agent/evil.whl: extra file"
+    else:
+        other = tmp_path / "other" / "sign.key"
+        bundle.keygen(other)
+        manifest = next(d for m, d in members if m.name == bundle.MANIFEST)
+        sig = bundle._load_private(other).sign(manifest)
+        _rewrite(made, [(m, sig if m.name == bundle.SIGNATURE else d) for m, d in members])
+        named = "is not signed by"
+    for argv in (["deploy", str(site_with_bundle), "--bundle", str(made)],
+                 ["agents", "rollout", str(site_with_bundle), "--bundle", str(made)]):
+        assert main(argv) == 1
+        assert named in capsys.readouterr().err
+    assert no_host_touched == []
+
+
+def test_a_bundle_without_a_pubkey_in_site_toml_is_refused(tmp_path, made, monkeypatch,
+                                                            no_host_touched, capsys) -> None:
+    from tests.support.sites import TEST_KEY, make_site
+
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    site = make_site(tmp_path / "site", address="10.89.250.250")
+    assert main(["deploy", str(site), "--bundle", str(made)]) == 1
+    assert "site.toml: [bundle] pubkey: required" in capsys.readouterr().err
+    assert no_host_touched == []
+
+
+def test_site_toml_bundle_paths_must_be_absolute(tmp_path) -> None:
+    from cmdop_install.site import parse_site
+
+    with pytest.raises(UserError, match=r"site\.toml:2: .*bundle.*file.*absolute"):
+        parse_site('[bundle]\nfile = "cmdop.bundle"\n')

@@ -79,6 +79,11 @@ def _wheelhouse_of(wheel: Path, version: str) -> Path:
     return out
 
 
+def release_of(description: dict) -> Release:
+    """The agent release a described wheelhouse (e.g. an offline bundle's) holds."""
+    return Release(_version_of(Path(description["path"])), description)
+
+
 def _version_of(folder: Path) -> str:
     for wheel in folder.glob("cmdop_agent-*.whl"):
         match = WHEEL_RE.match(wheel.name)

@@ -17,9 +17,12 @@ install anything.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -244,3 +247,59 @@ def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo, extract_to: Path
 def sha256sums(manifest: dict) -> str:
     """The manifest's files as ``sha256sum -c`` input: how a host checks what it received."""
     return "".join(f"{f['sha256']}  {name}\n" for name, f in sorted(manifest["files"].items()))
+
+
+@dataclass(frozen=True)
+class Offline:
+    """A verified bundle unpacked on this machine, for one deploy or rollout."""
+
+    root: Path
+    host_facts: dict  # what deploys.offline.repository needs (paths on this machine, digest)
+
+    @property
+    def digest(self) -> str:
+        return self.host_facts["digest"]
+
+    def wheelhouse(self, package: str) -> dict:
+        """``wheelhouse.describe`` of the bundle's ``package``, keyed by the bundle."""
+        from cmdop_install import wheelhouse
+
+        folder = self.root / "wheels" / package
+        if not folder.is_dir():
+            raise UserError(f"{self.host_facts['path']}: has no wheels/{package} (rebuild it "
+                            "with `cmdop-install bundle build`)")
+        return {**wheelhouse.describe(folder, package), "key": f"{package}-{self.digest[:16]}"}
+
+    def agent_release(self, version: str | None):
+        from cmdop_install import agent_releases
+
+        release = agent_releases.release_of(self.wheelhouse("cmdop-agent"))
+        if version not in (None, release.version):
+            raise UserError(f"--version {version}: the bundle carries agent {release.version} "
+                            "only (build a bundle with that release)")
+        return release
+
+
+@contextlib.contextmanager
+def opened(config, override: Path | None) -> Iterator[Offline | None]:
+    """The site's bundle (``override``, else ``[bundle] file``) verified and unpacked, or None
+    when the site deploys online. Nothing reaches a host before this returns."""
+    file = override or (Path(config["bundle"]["file"]) if config["bundle"]["file"] else None)
+    if file is None:
+        yield None
+        return
+    if not config["bundle"]["pubkey"]:
+        raise UserError("site.toml: [bundle] pubkey: required to deploy from a bundle (set it "
+                        "to the .pub file `cmdop-install bundle keygen` wrote)")
+    with tempfile.TemporaryDirectory(prefix="cmdop-bundle-") as tmp:
+        work = Path(tmp)
+        checked = verify(file, Path(config["bundle"]["pubkey"]), extract_to=work / "files")
+        (work / MANIFEST).write_bytes(checked.manifest_bytes)
+        (work / "SHA256SUMS").write_text(sha256sums(checked.manifest))
+        yield Offline(work / "files", {
+            "digest": hashlib.sha256(checked.manifest_bytes).hexdigest(),
+            "path": str(file.resolve()),
+            "manifest": str(work / MANIFEST),
+            "sums": str(work / "SHA256SUMS"),
+            "count": len(checked.manifest["files"]),
+        })

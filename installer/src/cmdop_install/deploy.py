@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cmdop_install import (
     agent_releases,
+    bundle,
     check,
     manage,
     pgsql,
@@ -43,12 +44,15 @@ def deploy_site(
     limit: list[str] | None = None,
     dry_run: bool = False,
     agent_release: agent_releases.Release | None = None,
+    bundle_file: Path | None = None,
 ) -> RunResult:
     """Converge the hosts (``limit``: some of them). With ``agent_release`` (a rollout), the
     agents switch to that release; otherwise an agent host without one gets the shipped one.
+    With a bundle (``bundle_file`` or site.toml ``[bundle] file``) every package comes from
+    it and nothing from the network.
 
-    The site is checked and the certificates the inventory now needs are issued
-    (``check.refuse_on_problems``); nothing reaches a host unless both succeed."""
+    The site is checked, the bundle verified and the certificates the inventory now needs
+    are issued (``check.refuse_on_problems``); nothing reaches a host unless all succeed."""
     check.refuse_on_problems(site, "deployed")
     inventory = site.inventory
     if site.config.centrifugo_enabled:
@@ -56,22 +60,24 @@ def deploy_site(
             "site.toml: centrifugo.binary is set, but this version cannot deploy Centrifugo yet; "
             'set it to "" (live output then flows through the REST cursor API)'
         )
-    preflight(inventory, limit)
-    wheels = {
-        "control_plane": wheelhouse_facts("cmdop-server")
-        if inventory.groups["control_plane"]
-        else None,
-        "agents": (agent_release or agent_releases.shipped()).facts(switch=bool(agent_release))
-        if inventory.groups["agents"]
-        else None,
-    }
-    result = _converge(site, limit, dry_run, wheels)
+    with bundle.opened(site.config, bundle_file) as offline:
+        preflight(inventory, limit)
+        wheels: dict = {"control_plane": None, "agents": None}
+        if inventory.groups["control_plane"]:
+            wheels["control_plane"] = (offline.wheelhouse("cmdop-server") if offline
+                                       else wheelhouse_facts("cmdop-server"))
+        if inventory.groups["agents"]:
+            release = agent_release or (offline.agent_release(None) if offline
+                                        else agent_releases.shipped())
+            wheels["agents"] = release.facts(switch=bool(agent_release))
+        result = _converge(site, limit, dry_run, wheels, offline)
     if not dry_run:
         record_deploy(site.path, result.changes, result.failed)
     return result
 
 
-def _converge(site: SiteDir, limit: list[str] | None, dry_run: bool, wheels: dict) -> RunResult:
+def _converge(site: SiteDir, limit: list[str] | None, dry_run: bool, wheels: dict,
+              offline: bundle.Offline | None) -> RunResult:
     """Send every host its payload; enroll the agents that have no credential yet."""
     inventory, groups = site.inventory, site.inventory.pyinfra_groups()
     with tempfile.TemporaryDirectory(prefix="cmdop-deploy-") as tmp:
@@ -79,6 +85,8 @@ def _converge(site: SiteDir, limit: list[str] | None, dry_run: bool, wheels: dic
         for host in inventory.hosts():
             write_payload(payload / host.name, site, host.name)
             write_extras(payload / host.name, site, host.name, wheels)
+            if offline is not None:
+                _json(payload / host.name / "bundle.json", offline.host_facts)
         data = {"cmdop_payload": str(payload)}
         facts = {"enrolled": f"test -s {AGENT_CREDENTIAL} && echo yes || echo no"}
         result = run_deploy(

@@ -19,3 +19,11 @@ limit = click.option(
 dry_run = click.option("--dry-run", is_flag=True, help="Show what would change; touch nothing.")
 yes = click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 as_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+bundle = click.option(
+    "--bundle",
+    "bundle_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Install only from this signed offline bundle (default: site.toml [bundle] file); "
+    "it is verified against [bundle] pubkey before any host is touched.",
+)

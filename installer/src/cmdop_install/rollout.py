@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cmdop_install import agent_releases, manage
+from cmdop_install import agent_releases, bundle, manage
 from cmdop_install.deploy import deploy_site, preflight
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import write_atomic
@@ -111,8 +111,10 @@ class Rollout:
         site: SiteDir,
         echo: Callable[[str], None],
         health_timeout: float,
+        bundle_file: Path | None = None,
     ) -> None:
         self.site = site
+        self.bundle_file = bundle_file
         self.site_dir = site.path
         self.echo = echo
         self.health_timeout = health_timeout
@@ -155,7 +157,12 @@ class Rollout:
 
     def run(self, version: str | None, batch_size: str, canary: int, max_fail: str) -> Outcome:
         make_plan([], len(self.agents), "", batch_size, canary, max_fail)  # options valid?
-        release = agent_releases.find(self.site_dir, version)
+        with bundle.opened(self.site.config, self.bundle_file) as offline:
+            release = (offline.agent_release(version) if offline
+                       else agent_releases.find(self.site_dir, version))
+            return self._run(release, batch_size, canary, max_fail)
+
+    def _run(self, release, batch_size: str, canary: int, max_fail: str) -> Outcome:
         preflight(self.inventory, [*self.agents, self.inventory.groups["control_plane"][0].name])
         on_hosts = self.releases_on_hosts()
         self.hostnames = {name: hostname for name, (_, hostname) in on_hosts.items()}
@@ -218,7 +225,8 @@ class Rollout:
         of those that failed (their outcome says why)."""
         boots = {name: self.machine(fleet, name).get("boot_id") for name in batch}
         try:
-            result = deploy_site(self.site, limit=batch, agent_release=release)
+            result = deploy_site(self.site, limit=batch, agent_release=release,
+                                 bundle_file=self.bundle_file)
         except UserError as exc:
             for name in batch:
                 outcome.hosts[name].result = "failed"

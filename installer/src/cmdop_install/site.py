@@ -176,6 +176,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "output_limit_kb": Key(int, 1024, "Largest output batch an agent sends.",
                                _range(16, 65536)),
     },
+    "bundle": {
+        "file": Key(str, "", "A signed offline bundle (`cmdop-install bundle build`) every "
+                    "deploy and rollout installs from, with no network: Debian packages only "
+                    "from its repository, wheels only from its wheelhouse. \"\": online.",
+                    _abs_or_empty),
+        "pubkey": Key(str, "", "The public key the bundle must be signed with (the .pub of "
+                      "`bundle keygen`); required with a bundle.", _abs_or_empty),
+    },
     "pki": {
         "ca_days": Key(int, 3650, "Internal CA lifetime.", _range(365, 7300)),
         "leaf_days": Key(int, 397, "Leaf certificate lifetime.", _range(30, 825)),

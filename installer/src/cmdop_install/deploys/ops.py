@@ -16,6 +16,7 @@ from typing import TypeVar
 from pyinfra import host
 from pyinfra.api import FactBase, operation
 from pyinfra.api.command import FileUploadCommand
+from pyinfra.facts.deb import DebPackages
 
 from cmdop_install import pgsql
 from cmdop_install.deploys.facts import (
@@ -299,3 +300,72 @@ def sync_files(files: list[dict], temp_dir: str, known: list[str]):
 def has_owner_and_mode(have: PathState, user: str, group: str, mode: str) -> bool:
     """``mode`` as we write it ("0640", "750") against stat's octal ("640")."""
     return (have.user, have.group, have.mode) == (user, group, mode.lstrip("0") or "0")
+
+
+BUNDLE_ROOT = "/var/lib/cmdop-install/bundle"
+
+
+def bundle_folder(bundle: dict) -> str:
+    return f"{BUNDLE_ROOT}/{bundle['digest'][:16]}"
+
+
+def bundle_apt_command(bundle: dict) -> str:
+    """apt-get reading the verified bundle's repository and nothing else: no sources.list,
+    no sources.list.d, its own lists (a package the bundle lacks stops apt, naming it)."""
+    here = bundle_folder(bundle)
+    return (
+        f"apt-get -q -y --no-install-recommends -o Dir::Etc::sourcelist={here}/sources.list "
+        f"-o Dir::Etc::sourceparts=- -o Dir::State::Lists={here}/lists "
+        "-o Acquire::Languages=none"
+    )
+
+
+@operation()
+def bundle_repository(bundle: dict, temp_dir: str):
+    """The offline bundle unpacked in ``BUNDLE_ROOT/<digest>/files`` and checked against its
+    signed manifest before apt may trust it.
+
+    The installer verified the signature before any host was touched; here the host checks
+    what it received (``sha256sum -c`` of every file, nothing extra) and only then writes
+    the ``[trusted=yes]`` source. That source lives beside the bundle, not in /etc/apt:
+    only ``bundle_packages`` reads it, with apt's own sources and lists switched off.
+
+    ``bundle``: ``digest`` (SHA-256 of the signed manifest.json), ``path`` (the bundle on this
+    machine), ``manifest`` and ``sums`` (local files: the manifest and its ``sha256sum``
+    lines), ``count`` (files the manifest lists). A host that already verified this digest
+    is a no-op; another bundle's folder is removed.
+    """
+    here = bundle_folder(bundle)
+    if fact(IsNonEmptyFile, f"{here}/verified"):
+        host.noop(f"bundle {bundle['digest'][:16]} verified")
+        return
+    yield f"rm -rf {here} && install -d -m 755 {here} {here}/files {here}/lists/partial"
+    yield upload(bundle["manifest"], f"{here}/manifest.json", temp_dir)
+    yield upload(bundle["sums"], f"{here}/SHA256SUMS", temp_dir)
+    yield upload(bundle["path"], f"{here}/bundle.tar", temp_dir)
+    yield (f"echo '{bundle['digest']}  {here}/manifest.json' | sha256sum --quiet --strict -c"
+           " || { echo 'bundle: manifest.json is not the signed one' >&2; exit 1; }")
+    yield (f"tar -xf {here}/bundle.tar -C {here}/files --no-same-owner --no-same-permissions "
+           f"--exclude=manifest.json --exclude=manifest.json.sig && rm -f {here}/bundle.tar")
+    yield f"cd {here}/files && sha256sum --quiet --strict -c ../SHA256SUMS"
+    yield (f"test \"$(find {here}/files -type f | wc -l)\" -eq {bundle['count']} || "
+           "{ echo 'bundle: files not in the signed manifest' >&2; exit 1; }")
+    # trusted=yes: the repository's Packages and every .deb were just checked against the
+    # signed manifest; apt has no other key to check them with.
+    yield f"echo 'deb [trusted=yes] file:{here}/files/debs ./' > {here}/sources.list"
+    yield f"echo {bundle['digest']} > {here}/verified"
+    yield (f"find {BUNDLE_ROOT} -mindepth 1 -maxdepth 1 ! -name {bundle['digest'][:16]} "
+           "-exec rm -rf {} +")
+
+
+@operation()
+def bundle_packages(names: list[str], bundle: dict):
+    """``names`` installed from the verified bundle only; a no-op when all are installed."""
+    installed = fact(DebPackages) or {}
+    missing = [n for n in names if n not in installed]
+    if not missing:
+        host.noop(f"{' '.join(names)} installed")
+        return
+    apt = bundle_apt_command(bundle)
+    yield f"{apt} update"
+    yield f"DEBIAN_FRONTEND=noninteractive {apt} install {' '.join(missing)}"
