@@ -51,16 +51,17 @@ def deploy_site(
     With a bundle (``bundle_file`` or site.toml ``[bundle] file``) every package comes from
     it and nothing from the network.
 
-    The site is checked, the bundle verified and the certificates the inventory now needs
-    are issued (``check.refuse_on_problems``); nothing reaches a host unless all succeed."""
-    check.refuse_on_problems(site, "deployed")
-    inventory = site.inventory
-    if site.config.centrifugo_enabled:
-        raise UserError(
-            "site.toml: centrifugo.binary is set, but this version cannot deploy Centrifugo yet; "
-            'set it to "" (live output then flows through the REST cursor API)'
-        )
+    The bundle is verified first, then the site checked and the certificates the inventory
+    now needs issued (``check.refuse_on_problems``); nothing reaches a host unless all
+    succeed."""
     with bundle.opened(site.config, bundle_file) as offline:
+        check.refuse_on_problems(site, "deployed")
+        inventory = site.inventory
+        if site.config.centrifugo_enabled:
+            raise UserError(
+                "site.toml: centrifugo.binary is set, but this version cannot deploy Centrifugo "
+                'yet; set it to "" (live output then flows through the REST cursor API)'
+            )
         preflight(inventory, limit)
         wheels: dict = {"control_plane": None, "agents": None}
         if inventory.groups["control_plane"]:
@@ -249,6 +250,8 @@ def postgres_facts(
         "listen_addresses": host.address,
         "roles_check_sql": pgsql.roles_check(pg),
         "passwords": passwords,
+        "backup": {"directory": site["backup"]["directory"],
+                   "timer": bool(site["backup"]["schedule"])},
     }
 
 
