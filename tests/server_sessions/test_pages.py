@@ -4,7 +4,6 @@ three session checks for a session's page and its live output."""
 from __future__ import annotations
 
 import pytest
-from cmdop_server import output
 from cmdop_server.machines.models import JoinToken, Machine
 from cmdop_server.sessions.models import Status
 from django.test import Client
@@ -49,22 +48,30 @@ def test_machines_page_and_join_tokens_by_role():
     assert _client(stranger).get(f"/w/{ws.slug}/machines/").status_code == 404
 
 
-def test_session_page_and_live_output_follow_the_three_checks():
+def test_session_page_follows_the_three_checks():
+    """The page is the terminal; its live I/O is the WebSocket (test_terminal_socket.py)."""
     ws, owner, observer, member, s = _world()
     url = f"/w/{ws.slug}/sessions/{s.public_id}/"
     op_page = _client(owner).get(url)
-    assert op_page.status_code == 200 and b'name="input"' in op_page.content
+    assert op_page.status_code == 200 and b'data-role="operator"' in op_page.content
+    assert b'id="close-session"' in op_page.content
+    assert f'data-socket-path="{url}terminal"'.encode() in op_page.content
     ob_page = _client(observer).get(url)
-    assert ob_page.status_code == 200 and b'name="input"' not in ob_page.content
+    assert ob_page.status_code == 200 and b'data-role="observer"' in ob_page.content
+    assert b'id="close-session"' not in ob_page.content
     assert _client(member).get(url).status_code == 403
-    assert _client(observer).post(url, {"input": "id"}).status_code == 403
-    output.append_output(s.pk, b"hello")
-    live = _client(observer).get(url + "output.json", {"wait": 0})
-    assert live.json()["items"] == [{"type": "output", "data_b64": "aGVsbG8="}]
-    assert _client(member).get(url + "output.json", {"wait": 0}).status_code == 403
-    Client().get(url + "output.json")
+    assert _client(observer).post(url, {"input": "id"}).status_code == 405
     other, stranger = make_workspace()
     assert _client(stranger).get(f"/w/{other.slug}/sessions/{s.public_id}/").status_code == 404
+
+
+def test_a_pending_session_shows_its_terminal_and_a_closed_one_is_refused():
+    ws, owner, *_ = _world()
+    machine = Machine.unscoped.get(workspace=ws)
+    pending = make_session(ws, machine, Status.PENDING, owner)
+    closed = make_session(ws, machine, Status.CLOSED, owner)
+    assert _client(owner).get(f"/w/{ws.slug}/sessions/{pending.public_id}/").status_code == 200
+    assert _client(owner).get(f"/w/{ws.slug}/sessions/{closed.public_id}/").status_code == 409
 
 
 def test_sessions_page_lists_only_your_sessions():

@@ -8,3 +8,7 @@ application = get_asgi_application()
 from cmdop_server.agent_api.asgi import route_agent_api  # noqa: E402  (after Django setup)
 
 application = route_agent_api(application)  # agent calls skip the browser middleware
+
+from cmdop_server.sessions.terminal import route_terminal  # noqa: E402
+
+application = route_terminal(application)  # the browser terminal's WebSocket

@@ -30,9 +30,13 @@ MAX_OUTPUT_WAIT = 25
 
 
 def _access(request: CallerRequest, session_id: str, permission: SessionPermission,
-            limit: str = "session") -> SessionAccess:
+            limit: str | None = "session") -> SessionAccess:
+    """``limit``: the scope this call counts against; None for the attached terminal's
+    traffic (output reads, keystrokes), which is not a session operation (the seed's 100/min
+    counts opens, joins, closes, resizes, commands); keystrokes count bytes instead."""
     caller = request.auth
-    ratelimit.enforce(limit, f"user:{caller.user.pk}")
+    if limit:
+        ratelimit.enforce(limit, f"user:{caller.user.pk}")
     return authorize(caller.user, session_id, permission, workspace=caller.workspace,
                      ip=client_ip(request), membership=caller.membership)
 
@@ -189,7 +193,7 @@ def get_session(request, slug: str, session_id: str):
 async def read_output(request, slug: str, session_id: str, query: Query[OutputQuery]):
     """Output after ``cursor`` (omit: from the oldest held); waits up to ``wait`` seconds
     (max 25) when there is none yet. A ``dropped`` item marks output trimmed away."""
-    access = await sync_to_async(_access)(request, session_id, P.VIEW_OUTPUT)
+    access = await sync_to_async(_access)(request, session_id, P.VIEW_OUTPUT, None)
     # this request's thread (auth, the check above) must not hold a DB connection while
     # the read waits: under ASGI every request has a thread of its own
     await sync_to_async(dbconn.release_thread_connections)()
@@ -204,7 +208,9 @@ async def read_output(request, slug: str, session_id: str, query: Query[OutputQu
 @router.post("/{slug}/sessions/{session_id}/input", auth=scoped(Action.SESSION_VIEW),
              response={202: dict})
 def send_input(request, slug: str, session_id: str, body: InputIn):
-    access = _access(request, session_id, P.SEND_INPUT)
+    access = _access(request, session_id, P.SEND_INPUT, None)
+    ratelimit.enforce_amount("input_bytes", f"user:{request.auth.user.pk}",
+                             len(body.data_b64) * 3 // 4)
     return 202, {"work_id": actions.send_input(access, body.data_b64)}
 
 

@@ -22,7 +22,13 @@ from django.db.models import OuterRef, Subquery
 from cmdop_server import audit
 from cmdop_server.errors import ApiError
 from cmdop_server.identity.models import Membership, User
-from cmdop_server.sessions.models import ACTIVE_STATUSES, Participant, Session, SessionRole
+from cmdop_server.sessions.models import (
+    ACTIVE_STATUSES,
+    Participant,
+    Session,
+    SessionRole,
+    Status,
+)
 
 
 class SessionPermission(StrEnum):
@@ -66,7 +72,8 @@ def _refuse(status: int, code: str, detail: str, *, user: User, session: Session
 
 def authorize(user: User, session_id: str, permission: SessionPermission, *,
               workspace=None, ip: str | None = None,
-              membership: Membership | None = None) -> SessionAccess:
+              membership: Membership | None = None,
+              pending_ok: bool = False) -> SessionAccess:
     """The three checks for ``user`` doing ``permission`` on session ``session_id``.
 
     ``workspace`` is the workspace the request is addressed to (URL slug, or the one an API
@@ -74,6 +81,8 @@ def authorize(user: User, session_id: str, permission: SessionPermission, *,
     caller's membership row this request already read (the API's workspace check), used
     when it is the session's workspace's, instead of reading it again. The caller's session
     role comes with the session in one query: a keystroke pays for each query.
+    ``pending_ok``: a session the agent has not opened yet passes check 2 (only the
+    terminal's page, whose WebSocket then waits for the agent, asks for that).
     """
     def refuse(status, code, detail, reason, session=None):
         return _refuse(status, code, detail, user=user, session=session, session_id=session_id,
@@ -96,7 +105,8 @@ def authorize(user: User, session_id: str, permission: SessionPermission, *,
     if session is None or membership is None:
         raise refuse(404, "not_found", "No such session.", "not_in_workspace", session)
     # check 2: the session is active
-    if session.status not in ACTIVE_STATUSES:
+    if session.status not in ACTIVE_STATUSES and not (
+            pending_ok and session.status == Status.PENDING):
         raise refuse(409, "session_not_active", f"The session is {session.status}.",
                      f"status_{session.status}", session)
     # check 3: the caller has a role in the session, and the role allows this

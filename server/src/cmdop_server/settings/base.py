@@ -85,7 +85,12 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = 12 * 3600
 
 # CMDOP's own knobs; the site config may override the rates (server.toml [rate_limits]).
-CMDOP_RATE_LIMITS = {"auth": "10/min", "session": "100/min", "file": "50/min"}
+# session: operations (open, join, close, a burst of resizes, commands, participants), not
+# keystrokes; input_bytes: what an attached terminal types and pastes, in bytes
+CMDOP_RATE_LIMITS = {"auth": "10/min", "session": "100/min", "file": "50/min",
+                     "input_bytes": "1048576/min"}
+# an operator's browser terminal with no keystroke for this long ends its session (0: never)
+CMDOP_SESSION_IDLE_TIMEOUT = 30 * 60
 CMDOP_API_KEY_PREFIX = "cmd_live_"
 CMDOP_ACCESS_TOKEN_TTL = 3600
 CMDOP_REFRESH_TOKEN_TTL = 30 * 24 * 3600

@@ -1,0 +1,380 @@
+"""The browser terminal's one long-lived connection: a WebSocket at
+``/w/<slug>/sessions/<session id>/terminal`` (gunicorn's asgi worker speaks RFC 6455; nginx
+passes the Upgrade through).
+
+Attach is authorized once, as every page is: the signed-in user of the session cookie, an
+Origin of this site (a page elsewhere cannot ride the cookie), the workspace role table for
+SESSION_VIEW and ``authz.authorize`` for VIEW_OUTPUT. The same check runs again every
+``RECHECK_SECONDS`` — sign-out, a removed membership, a changed role or a session that is no
+longer active end or narrow the open terminal within seconds, not at the next page load.
+
+Frames: binary from the browser are keystrokes and pastes (operators only; an observer's
+are refused here, audited once per connection, whatever its page did); binary to the
+browser are the PTY's bytes. Text frames are JSON: ``resize`` and ``close`` from the
+browser; ``status``, ``refused``, ``throttled`` and the session's records to it.
+
+Rate limits as the seed means them: attaching is one session operation, a burst of resizes
+is one, closing is one; keystrokes are bounded by a byte rate (``input_bytes``), and output
+is not counted at all (it is pushed, not asked for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from importlib import import_module
+from typing import Any
+from urllib.parse import urlsplit
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.db import close_old_connections
+from django.http import HttpRequest
+
+from cmdop_server import audit, dbconn, output, ratelimit
+from cmdop_server.errors import ApiError
+from cmdop_server.identity.models import Membership, User
+from cmdop_server.permissions import Action, can
+from cmdop_server.sessions import actions
+from cmdop_server.sessions.authz import SessionAccess, SessionPermission, authorize
+from cmdop_server.sessions.models import Session, SessionRole, Status
+from cmdop_server.workqueue import BadCursor
+
+PATH = re.compile(r"^/w/(?P<slug>[-a-zA-Z0-9_]+)/sessions/(?P<session>[-a-zA-Z0-9_]+)/terminal$")
+RECHECK_SECONDS = 2.0
+PENDING_WAIT_SECONDS = 60.0
+# resizes closer together than this are one burst: one session operation
+RESIZE_BURST_SECONDS = 5.0
+OUTPUT_WAIT_SECONDS = 20.0
+# close codes (4000-4999 are the application's): the page says why the terminal stopped
+CLOSE_ENDED, CLOSE_REFUSED, CLOSE_UNAUTHENTICATED = 4000, 4403, 4401
+ENDED_STATUSES = frozenset({Status.CLOSED, Status.DISCONNECTED})
+
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+
+def _off_loop(fn):
+    """Redis work (rate limits, the machine's work stream) off the event loop."""
+    return sync_to_async(fn, thread_sensitive=False)
+
+
+def _in_pool(fn):
+    """DB work on the worker's few long-lived database threads (dbconn.pool): an attached
+    terminal holds no connection of its own between checks."""
+    def run(*args):
+        close_old_connections()
+        return fn(*args)
+    return sync_to_async(run, thread_sensitive=False, executor=dbconn.pool())
+
+
+def _headers(scope: dict) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _client_ip(scope: dict, headers: dict[str, str]) -> str | None:
+    # nginx overwrites X-Real-IP with the address it accepted (netinfo's rule for requests)
+    client = scope.get("client")
+    peer = client[0] if client else None
+    if peer in ("127.0.0.1", "::1", None) or peer in settings.CMDOP_TRUSTED_PROXIES:
+        return headers.get("x-real-ip") or peer
+    return peer
+
+
+def same_origin(headers: dict[str, str]) -> bool:
+    """The page that opens the socket is one of ours: its Origin is a trusted origin or the
+    Host it connects to. Browsers always send Origin on a WebSocket handshake."""
+    origin = headers.get("origin", "")
+    if origin in settings.CSRF_TRUSTED_ORIGINS:
+        return True
+    return bool(origin) and urlsplit(origin).netloc == headers.get("host")
+
+
+def _user(session_key: str) -> User | None:
+    request = HttpRequest()
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = get_user(request)
+    return user if user.is_authenticated else None
+
+
+@dataclass
+class Check:
+    """What one (re)check found: the access, or why there is none."""
+    access: SessionAccess | None = None
+    pending: bool = False
+    refused: ApiError | None = None
+
+
+def check(session_key: str, slug: str, session_id: str, ip: str | None) -> Check:
+    """The attach check, run again every RECHECK_SECONDS."""
+    user = _user(session_key)
+    if user is None:
+        return Check(refused=ApiError(401, "unauthorized", "You are signed out."))
+    membership = (Membership.unscoped.select_related("workspace", "user")
+                  .filter(workspace__slug=slug, user=user).first())
+    if membership is None:
+        return Check(refused=ApiError(404, "not_found", "No such session."))
+    if not can(membership.role, Action.SESSION_VIEW):
+        return Check(refused=ApiError(403, "forbidden",
+                                      f"Your role may not {Action.SESSION_VIEW}."))
+    # pending is not a refusal: the terminal opens as soon as the agent accepts
+    if Session.unscoped.filter(public_id=session_id, workspace=membership.workspace,
+                               status=Status.PENDING).exists():
+        return Check(pending=True)
+    try:
+        return Check(access=authorize(user, session_id, SessionPermission.VIEW_OUTPUT,
+                                      workspace=membership.workspace, ip=ip,
+                                      membership=membership))
+    except ApiError as exc:
+        return Check(refused=exc)
+
+
+def refuse_input(access: SessionAccess, ip: str | None) -> str:
+    """An observer typed: the refusal is audited (authorize records it) and returned."""
+    try:
+        authorize(access.membership.user, access.session.public_id,
+                  SessionPermission.SEND_INPUT, workspace=access.session.workspace_id, ip=ip,
+                  membership=access.membership)
+    except ApiError as exc:
+        return exc.detail
+    return ""
+
+
+def deliver_input(access: SessionAccess, data: bytes) -> ratelimit.Decision:
+    """Keystrokes count bytes against ``input_bytes``, not operations against ``session``."""
+    decision = ratelimit.hit("input_bytes", f"user:{access.membership.user_id}",
+                             amount=len(data))
+    if decision.allowed:
+        for start in range(0, len(data), actions.MAX_INPUT_BYTES):
+            chunk = data[start:start + actions.MAX_INPUT_BYTES]
+            actions.send_input(access, base64.b64encode(chunk).decode())
+    return decision
+
+
+def close_session(access: SessionAccess, ip: str | None) -> None:
+    fresh = authorize(access.membership.user, access.session.public_id,
+                      SessionPermission.MANAGE, workspace=access.session.workspace_id, ip=ip,
+                      membership=access.membership)
+    actions.do_close_session(fresh, ip)
+
+
+def idle_close(access: SessionAccess, idle_seconds: int) -> None:
+    """Nobody typed for the site's idle timeout: the session ends, audited."""
+    audit.record("session.idle_timeout", user=access.membership.user,
+                 workspace=access.session.workspace_id, session=access.session.public_id,
+                 idle_seconds=idle_seconds)
+    actions.do_close_session(access)
+
+
+@dataclass
+class Terminal:
+    scope: dict
+    receive: Receive
+    send: Send
+    slug: str
+    session_id: str
+    session_key: str
+    ip: str | None
+    access: SessionAccess | None = None
+    last_input: float = field(default_factory=time.monotonic)
+    last_resize: float = 0.0
+    observer_refused: bool = False
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await self.send({"type": "websocket.send",
+                         "text": json.dumps(message, separators=(",", ":"), default=str)})
+
+    async def close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+
+    async def attach(self) -> bool:
+        """Until the session is active (the agent accepted) or refused; True when attached."""
+        deadline = time.monotonic() + PENDING_WAIT_SECONDS
+        announced = False
+        while True:
+            found = await _in_pool(check)(self.session_key, self.slug, self.session_id, self.ip)
+            if found.access is not None:
+                self.access = found.access
+                await _off_loop(ratelimit.enforce)(
+                    "session", f"user:{found.access.membership.user_id}")
+                await self.send_json({"type": "status", "status": found.access.session.status,
+                                      "role": found.access.role})
+                return True
+            if found.refused is not None:
+                await self.refused(found.refused)
+                return False
+            if not announced:
+                await self.send_json({"type": "status", "status": Status.PENDING})
+                announced = True
+            if time.monotonic() > deadline:
+                await self.send_json({"type": "refused",
+                                      "detail": "The agent did not open the session."})
+                await self.close(CLOSE_ENDED, "pending too long")
+                return False
+            await asyncio.sleep(0.25)
+
+    async def refused(self, exc: ApiError) -> None:
+        await self.send_json({"type": "refused", "detail": exc.detail, "code": exc.code})
+        ended = exc.code == "session_not_active"
+        await self.close(CLOSE_ENDED if ended else
+                         CLOSE_UNAUTHENTICATED if exc.status == 401 else CLOSE_REFUSED,
+                         exc.detail)
+
+    async def pump_output(self) -> None:
+        """The session's output from the oldest held (a reopened page sees it so far)."""
+        assert self.access is not None
+        cursor: str | None = None
+        pk = self.access.session.pk
+        while True:
+            try:
+                page = await output.read(pk, cursor, OUTPUT_WAIT_SECONDS)
+            except BadCursor:
+                cursor = None
+                continue
+            cursor = page.cursor
+            for item in page.items:
+                if item["type"] == "output":
+                    await self.send({"type": "websocket.send",
+                                     "bytes": base64.b64decode(item["data_b64"])})
+                else:
+                    await self.send_json(item)
+            if not page.items:
+                await self.send_json({"type": "alive"})  # keeps nginx and middleboxes open
+
+    async def recheck(self) -> None:
+        idle = settings.CMDOP_SESSION_IDLE_TIMEOUT
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            found = await _in_pool(check)(self.session_key, self.slug, self.session_id, self.ip)
+            if found.access is None:
+                await self.refused(found.refused or ApiError(
+                    409, "session_not_active", "The session is pending."))
+                return
+            if self.access is None or found.access.role != self.access.role:
+                await self.send_json({"type": "status", "status": found.access.session.status,
+                                      "role": found.access.role})
+            self.access = found.access
+            # only an operator's terminal can idle: an observer never types
+            if (idle and found.access.role == SessionRole.OPERATOR
+                    and time.monotonic() - self.last_input > idle):
+                await _in_pool(idle_close)(found.access, idle)
+                await self.send_json({"type": "refused", "code": "idle_timeout",
+                                      "detail": f"Closed after {idle // 60} idle minutes."})
+                await self.close(CLOSE_ENDED, "idle timeout")
+                return
+
+    async def on_input(self, data: bytes) -> None:
+        access = self.access
+        assert access is not None
+        if access.role != SessionRole.OPERATOR:
+            if not self.observer_refused:
+                self.observer_refused = True
+                detail = await _in_pool(refuse_input)(access, self.ip)
+                await self.send_json({"type": "refused", "code": "read_only", "detail": detail})
+            return
+        decision = await _off_loop(deliver_input)(access, data)
+        if not decision.allowed:
+            await self.send_json({"type": "throttled", "retry_after": decision.retry_after,
+                                  "detail": "Input is over the site's byte rate."})
+            return
+        self.last_input = time.monotonic()
+
+    async def on_message(self, text: str) -> None:
+        access = self.access
+        assert access is not None
+        try:
+            message = json.loads(text)
+            kind = message["type"]
+        except (ValueError, KeyError, TypeError):
+            await self.send_json({"type": "refused", "code": "bad_request",
+                                  "detail": "A text frame is a JSON object with a type."})
+            return
+        if access.role != SessionRole.OPERATOR:
+            return  # an observer's page neither resizes nor closes the shared terminal
+        if kind == "resize":
+            cols, rows = message.get("cols"), message.get("rows")
+            if not (isinstance(cols, int) and isinstance(rows, int)
+                    and 1 <= cols <= 1000 and 1 <= rows <= 1000):
+                return
+            now = time.monotonic()
+            if now - self.last_resize > RESIZE_BURST_SECONDS:
+                await _off_loop(ratelimit.enforce)("session", f"user:{access.membership.user_id}")
+            self.last_resize = now
+            await _off_loop(actions.resize)(access, cols, rows)
+        elif kind == "close":
+            await _off_loop(ratelimit.enforce)("session", f"user:{access.membership.user_id}")
+            await _in_pool(close_session)(access, self.ip)
+
+    async def read_browser(self) -> None:
+        while True:
+            event = await self.receive()
+            if event["type"] == "websocket.disconnect":
+                return
+            try:
+                if event.get("bytes"):
+                    await self.on_input(event["bytes"])
+                elif event.get("text"):
+                    await self.on_message(event["text"])
+            except ratelimit.RateLimitedError as exc:
+                await self.send_json({"type": "throttled", "retry_after": exc.retry_after,
+                                      "detail": "Too many session operations."})
+            except ApiError as exc:
+                await self.send_json({"type": "refused", "code": exc.code,
+                                      "detail": exc.detail})
+
+    async def run(self) -> None:
+        await self.send({"type": "websocket.accept"})
+        try:
+            if not await self.attach():
+                return
+        except ratelimit.RateLimitedError as exc:
+            await self.send_json({"type": "throttled", "retry_after": exc.retry_after,
+                                  "detail": "Too many session operations."})
+            await self.close(CLOSE_REFUSED, "rate limited")
+            return
+        tasks = [asyncio.ensure_future(t) for t in
+                 (self.read_browser(), self.pump_output(), self.recheck())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.close(1000, "")
+
+
+async def handle(scope: dict, receive: Receive, send: Send) -> None:
+    """The ASGI app for one terminal WebSocket (asgi.py routes the path here)."""
+    match = PATH.match(scope["path"])
+    event = await receive()
+    if event["type"] != "websocket.connect":
+        return
+    headers = _headers(scope)
+    cookie = SimpleCookie(headers.get("cookie", ""))
+    morsel = cookie.get(settings.SESSION_COOKIE_NAME)
+    if match is None or morsel is None or not same_origin(headers):
+        # before accept: the handshake fails with 403, the page says it cannot connect
+        await send({"type": "websocket.close", "code": CLOSE_REFUSED})
+        return
+    terminal = Terminal(scope, receive, send, match["slug"], match["session"], morsel.value,
+                        _client_ip(scope, headers))
+    await terminal.run()
+
+
+def route_terminal(app):
+    """Wrap the project's ASGI app: WebSockets go to the terminal (Django serves none)."""
+    async def application(scope, receive, send):
+        if scope["type"] == "websocket":
+            return await handle(scope, receive, send)
+        return await app(scope, receive, send)
+
+    return application
