@@ -368,4 +368,6 @@ def bundle_packages(names: list[str], bundle: dict):
         return
     apt = bundle_apt_command(bundle)
     yield f"{apt} update"
-    yield f"DEBIAN_FRONTEND=noninteractive {apt} install {' '.join(missing)}"
+    # as pyinfra's apt.packages: keep a config file changed on the host, never ask
+    yield (f"DEBIAN_FRONTEND=noninteractive {apt} -o Dpkg::Options::=--force-confdef "
+           f"-o Dpkg::Options::=--force-confold install {' '.join(missing)}")
