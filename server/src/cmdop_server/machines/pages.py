@@ -37,6 +37,7 @@ def machines(request: SignedInRequest, slug: str) -> HttpResponse:
     ws = membership.workspace
     return render(request, "cmdop/machines.html", {
         "workspace": ws, "manage": manage, "new_token": new_token,
+        "can_open": can(membership.role, Action.SESSION_ACCESS),
         "machines": Machine.objects.in_workspace(ws).order_by("hostname"),
         "tokens": JoinToken.objects.in_workspace(ws).order_by("-created_at")[:50]
         if manage else [],

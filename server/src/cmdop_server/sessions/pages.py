@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.urls import path
 from django.views.decorators.http import require_GET, require_http_methods
 
+from cmdop_server import ratelimit
 from cmdop_server.identity.authn import SignedInRequest
 from cmdop_server.machines.models import Machine
 from cmdop_server.netinfo import client_ip
@@ -30,6 +31,7 @@ def sessions(request: SignedInRequest, slug: str) -> HttpResponse:
     membership = dashboard.membership(request, slug, Action.SESSION_VIEW)
     if request.method == "POST":
         membership = dashboard.membership(request, slug, Action.SESSION_ACCESS)
+        ratelimit.enforce("session", f"user:{request.user.pk}")
         session = actions.do_create_session(membership, request.POST.get("machine_id", ""),
                                             80, 24, client_ip(request))
         return redirect("dash-session", slug=slug, session_id=session.public_id)

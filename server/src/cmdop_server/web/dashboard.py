@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.http import Http404
 from django.shortcuts import render
 
+from cmdop_server import ratelimit
 from cmdop_server.errors import ApiError
 from cmdop_server.identity.authn import SignedInRequest
 from cmdop_server.identity.models import Membership
@@ -24,10 +25,16 @@ def membership(request: SignedInRequest, slug: str, action: Action) -> Membershi
 
 
 def page_errors(view):
-    """ApiError (refused, invalid) becomes a plain page with its sentence, never a trace."""
+    """ApiError (refused, invalid) becomes a plain page with its sentence, never a trace;
+    a rate limit, the 429 page with Retry-After."""
     def wrapped(request, *args, **kwargs):
         try:
             return view(request, *args, **kwargs)
+        except ratelimit.RateLimitedError as exc:
+            response = render(request, "cmdop/429.html", {"retry_after": exc.retry_after},
+                              status=429)
+            response["Retry-After"] = str(exc.retry_after)
+            return response
         except ApiError as exc:
             if exc.status == 404:
                 raise Http404(exc.detail) from None
