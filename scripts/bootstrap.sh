@@ -16,8 +16,11 @@ PACKAGES=(
   systemd                                                     # systemd-analyze security for our units
   tmux                                                        # drives `cmdop connect` in a real terminal (tests)
   dpkg-dev                                                    # dpkg-scanpackages: the offline bundle's apt index
-  nodejs npm                                                  # npm ci: xterm.js for the server wheel (server/package-lock.json)
 )
+# npm ci fetches xterm.js for the server wheel (server/package-lock.json). Machines that already
+# carry a Node.js with npm (e.g. NodeSource's nodejs, which bundles npm and conflicts with
+# Debian's npm package) keep it; elsewhere Debian's nodejs and npm are installed.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 
 if [ ! -r /etc/debian_version ]; then
   echo "bootstrap: this is not Debian; install by hand: ${PACKAGES[*]} and python3.11 with venv" >&2
