@@ -473,5 +473,29 @@ def export_ansible(site_dir: Path, out: Path, vault_password_file: Path) -> None
                f"(secrets only in {out}/host_vars/, vault-encrypted)")
 
 
+@click.command("backup")
+@site_dir_arg
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Folder the archive is written to (0600).")
+def backup(site_dir: Path, out: Path) -> None:
+    """Back SITE_DIR up into one archive sealed with the site's key.
+
+    The database host dumps the app and audit databases (pg_dump over the site's TLS);
+    the archive holds them, the site folder without the secrets key, and a manifest of
+    SHA-256 checksums. Keep the key apart from it: the archive is useless without it.
+
+    \b
+    Example:
+      cmdop-install backup mysite --out /srv/backups
+    """
+    from cmdop_install.backup import backup_site
+    from cmdop_install.rollout import SiteLock
+    from cmdop_install.sitedir import SiteDir
+
+    with SiteLock(site_dir):
+        archive = backup_site(SiteDir.load(site_dir), out)
+    click.echo(f"backup: {archive}")
+
+
 ALL = (init, secrets, render, check, deploy, status, rotate, agents, uninstall, demo,
-       export_ansible)
+       export_ansible, backup)

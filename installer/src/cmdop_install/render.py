@@ -84,6 +84,7 @@ class Paths:
             "agent_state": "/var/lib/cmdop-agent",
             "systemd": "/etc/systemd/system",
             "firewall_etc": "/etc/cmdop-firewall",
+            "backup_etc": "/etc/cmdop-backup",
         }
         if name not in table:
             raise AttributeError(name)
@@ -165,6 +166,24 @@ def postgres_names(site: Site) -> dict:
     return pg
 
 
+def backup_passfile(site: Site, host: Host, secrets: dict[str, str]) -> bytes:
+    """cmdop-backup's libpq passfile: each database's admin login at this host's address."""
+    pg = postgres_names(site)
+
+    def field(value: str) -> str:  # libpq reads an escaped : or backslash as itself
+        return value.replace("\\", "\\\\").replace(":", "\\:")
+
+    lines = [
+        ":".join(field(str(v)) for v in (host.address, site["postgres"]["port"], db, role,
+                                          secrets[secret]))
+        for db, role, secret in ((pg["databases"][0], pg["admin"], "postgres_password_admin"),
+                                 (pg["audit_database"], pg["audit_admin"],
+                                  "postgres_password_audit_admin"))
+    ]
+    return (f"# {MANAGED} (site {site['site']['name']}, host {host.name})\n"
+            + "\n".join(lines) + "\n").encode()
+
+
 def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, str],
              paths: Paths) -> dict:
     pg = postgres_names(site)
@@ -184,6 +203,10 @@ def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, st
         "pg_host": inventory.groups["postgres"][0] if inventory.groups["postgres"] else host,
         "redis_host": redis_hosts[0] if redis_hosts else host,
         "app_sources": sorted({_cidr(h.address) for h in inventory.groups["control_plane"]}),
+        # cmdop-backup logs in as the admins from the database host itself (unless it is a
+        # control-plane host, whose lines already let them in)
+        "backup_sources": sorted({_cidr(h.address) for h in inventory.groups["postgres"]}
+                                 - {_cidr(h.address) for h in inventory.groups["control_plane"]}),
         "public_origin": site["site"]["public_url"].rstrip("/"),
         "site_centrifugo_on": site.centrifugo_enabled,
         # agents trust the system CAs when nginx has a public certificate, else only ours
@@ -253,6 +276,12 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
         add("postgres/postgresql.service.hardening.conf.j2",
             f"{host_paths.pg_dropin}/cmdop-hardening.conf", 0o644)
         ca(host_paths.pg_tls)
+        add("postgres/cmdop-backup.sh.j2", f"{host_paths.backup_etc}/cmdop-backup", 0o600)
+        files.append(RenderedFile(f"{host_paths.backup_etc}/pgpass",
+                                  backup_passfile(site, host, secrets), 0o600, secret=True))
+        if site["backup"]["schedule"]:
+            for unit in ("cmdop-backup.service", "cmdop-backup.timer"):
+                add(f"systemd/{unit}.j2", f"{host_paths.systemd}/{unit}", 0o644)
     if {"postgres", "redis"} & set(roles):
         add("firewall/cmdop.nft.j2", f"{host_paths.firewall_etc}/cmdop.nft", 0o600)
         add("systemd/cmdop-firewall.service.j2", f"{host_paths.systemd}/cmdop-firewall.service",

@@ -19,6 +19,11 @@ The 32-byte key comes from ``CMDOP_INSTALL_KEY`` (base64) or from the key file n
 site folder, so the folder (which operators version and back up) reveals nothing on its
 own. The key file is 0600 and refused if anyone else can read it.
 
+Backup archives (``seal_file``/``open_sealed``) use the same AEAD under their own HKDF
+labels: ``CMDOPBAK1\n | key check (16) | nonce prefix (8)``, then 1 MiB chunks, each sealed
+with nonce ``prefix | counter`` and the header plus a last-chunk flag as associated data, so
+a cut, reordered or extended archive fails like a changed byte does.
+
 Rules (Zulip generate_secrets, omnibus-gitlab secrets json): only missing names are
 generated; an existing secret is never regenerated; a value the operator pins
 (``cmdop-install secrets set NAME`` reading stdin) wins and is checked for strength;
@@ -59,6 +64,11 @@ _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _DIGEST_BYTES = 32
 _RESTORE = "restore it from a backup"
+# backup archives: MAGIC | key check (16) | nonce prefix (8) | 1 MiB chunks, each AES-256-GCM
+# sealed with nonce prefix|counter and the header plus a last-chunk flag as associated data
+ARCHIVE_MAGIC = b"CMDOPBAK1\n"
+_ARCHIVE_PREFIX_BYTES = 8
+_ARCHIVE_CHUNK = 1 << 20
 _KEY_FORMAT = "one line of base64 encoding 32 bytes, as `cmdop-install init` writes it"
 
 
@@ -173,6 +183,9 @@ class SecretStore:
         self._aead = AESGCM(key)
         self._pki_passphrase = base64.b64encode(_derive(key, b"cmdop-install pki private keys v1"))
         self._key_check = _derive(key, b"cmdop-install secrets.enc key check v2")[
+            :_KEY_CHECK_BYTES]
+        self._archive = AESGCM(_derive(key, b"cmdop-install backup archive v1"))
+        self._archive_check = _derive(key, b"cmdop-install backup key check v1")[
             :_KEY_CHECK_BYTES]
         self.key_source = key_source
         self._entries: dict[str, dict[str, str]] = {}
@@ -324,6 +337,56 @@ class SecretStore:
         if entry is None:
             raise UserError(f"secret {name} not generated yet (run `cmdop-install init`)")
         return entry["value"]
+
+    def seal_file(self, src: Path, dest: Path) -> None:
+        """``src`` encrypted into ``dest`` (a backup archive; see ``open_sealed``), 0600."""
+        header = ARCHIVE_MAGIC + self._archive_check + os.urandom(_ARCHIVE_PREFIX_BYTES)
+        prefix = header[-_ARCHIVE_PREFIX_BYTES:]
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with src.open("rb") as plain, os.fdopen(fd, "wb") as out:
+            out.write(header)
+            chunk, counter = plain.read(_ARCHIVE_CHUNK), 0
+            while True:
+                following = plain.read(_ARCHIVE_CHUNK)
+                last = b"\x01" if not following else b"\x00"
+                nonce = prefix + counter.to_bytes(4, "big")
+                out.write(self._archive.encrypt(nonce, chunk, header + last))
+                if not following:
+                    break
+                chunk, counter = following, counter + 1
+            out.flush()
+            os.fsync(out.fileno())
+
+    def open_sealed(self, src: Path, dest: Path) -> None:
+        """Decrypt a ``seal_file`` archive into ``dest`` (0600), or one line saying why not:
+        not an archive, another key (another site's), or damaged/modified (any changed,
+        missing, reordered or appended byte: each 1 MiB chunk is authenticated with its
+        position and whether it is the last)."""
+        head = len(ARCHIVE_MAGIC) + _KEY_CHECK_BYTES + _ARCHIVE_PREFIX_BYTES
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with src.open("rb") as sealed, os.fdopen(fd, "wb") as out:
+            header = sealed.read(head)
+            if len(header) < head or not header.startswith(ARCHIVE_MAGIC):
+                raise UserError(f"{src}: not a cmdop-install backup archive")
+            if not hmac.compare_digest(header[len(ARCHIVE_MAGIC):-_ARCHIVE_PREFIX_BYTES],
+                                       self._archive_check):
+                raise UserError(f"{src}: made with another secrets key (another site's, or "
+                                f"this site's before a new key; {self._key_hint()})")
+            prefix, counter = header[-_ARCHIVE_PREFIX_BYTES:], 0
+            size = _ARCHIVE_CHUNK + _TAG_BYTES
+            chunk = sealed.read(size)
+            while True:
+                following = sealed.read(size)
+                last = b"\x01" if not following else b"\x00"
+                try:
+                    out.write(self._archive.decrypt(prefix + counter.to_bytes(4, "big"), chunk,
+                                                    header + last))
+                except InvalidTag:
+                    raise UserError(f"{src}: damaged or modified (its content does not "
+                                    "authenticate with this site's key)") from None
+                if not following:
+                    return
+                chunk, counter = following, counter + 1
 
     def pki_passphrase(self) -> bytes:
         """Passphrase of the private keys in pki/, derived from the secrets key (HKDF), so

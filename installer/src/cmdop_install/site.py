@@ -81,6 +81,20 @@ def _abs_or_empty(v: str) -> str | None:
     return None if v == "" or v.startswith("/") else "must be an absolute path or \"\""
 
 
+def _backup_dir(v: str) -> str | None:
+    if not re.fullmatch(r"/[A-Za-z0-9._/-]*[A-Za-z0-9._-]", v) or "/." in v:
+        return "must be an absolute path of its own, e.g. \"/var/backups/cmdop\""
+    return None
+
+
+def _calendar(v: str) -> str | None:
+    """A systemd OnCalendar= value (systemd.time(7)), or "" for no timer; the characters
+    are checked here, the expression by systemd when the timer loads."""
+    if v == "" or re.fullmatch(r"[A-Za-z0-9*:,./~ -]{1,64}", v):
+        return None
+    return "must be a systemd calendar expression such as \"daily\" or \"*-*-* 03:15\""
+
+
 SCHEMA: dict[str, dict[str, Key]] = {
     "site": {
         "name": Key(str, "cmdop", "Short name of this site: certificate names, Redis key prefix.",
@@ -151,6 +165,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "audit": {
         "retention_days": Key(int, 90, "Audit rows older than this are deleted daily.",
                               _range(1, 3650)),
+    },
+    "backup": {
+        "schedule": Key(str, "daily", "When the database host backs the databases up "
+                        "(systemd OnCalendar=, e.g. \"*-*-* 03:15\"); \"\" turns the timer "
+                        "off.", _calendar),
+        "keep": Key(int, 7, "Scheduled backups kept on the database host (the oldest go).",
+                    _range(1, 365)),
+        "directory": Key(str, "/var/backups/cmdop", "Where the database host writes them "
+                         "(a folder of root's, 0700; each backup 0600).", _backup_dir),
     },
     "rotation": {
         "max_age_days": Key(int, 90, "`check` warns about a rotatable secret older than this "

@@ -9,7 +9,7 @@ md5 of its stored verifier differs from ours, so a rerun changes nothing.
 from __future__ import annotations
 
 from pyinfra.api import deploy
-from pyinfra.operations import systemd
+from pyinfra.operations import files, systemd
 
 from cmdop_install.deploys.common import any_changed, extra, payload, put_files, temp_dir
 from cmdop_install.deploys.ops import (
@@ -19,6 +19,8 @@ from cmdop_install.deploys.ops import (
 )
 
 PSQL = "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1"
+BACKUP_ETC = "/etc/cmdop-backup"
+BACKUP_UNITS = ("cmdop-backup.service", "cmdop-backup.timer")
 
 
 @deploy("PostgreSQL")
@@ -75,3 +77,22 @@ def postgres() -> None:
             psql=PSQL,
             _sudo=True,
         )
+    backup(pg["backup"])
+
+
+def backup(wanted: dict) -> None:
+    """cmdop-backup (the script, its admin passfile) and, when [backup] schedule is set, its
+    timer; `cmdop-install backup` runs the same script."""
+    put_files(BACKUP_ETC, {BACKUP_ETC: ("root", "root", "700")})
+    files.directory(name="Backup folder (root's, 0700)", path=wanted["directory"],
+                    user="root", group="root", mode="700", present=True, _sudo=True)
+    units = put_files("/etc/systemd/system", names=BACKUP_UNITS)
+    systemd.daemon_reload(name="Reload systemd (backup units)", _if=any_changed(units),
+                          _sudo=True)
+    if wanted["timer"]:
+        systemd.service(name="Backup timer", service="cmdop-backup.timer", running=True,
+                        enabled=True, _sudo=True)
+    else:
+        # the units are not rendered any more; a timer left from an earlier deploy stops
+        systemd.service(name="No backup timer", service="cmdop-backup.timer", running=False,
+                        enabled=False, _sudo=True)

@@ -27,6 +27,8 @@ SERVICES = [
     ("cmdop-server.service", {"control_plane"}),
     ("nginx.service", {"control_plane"}),
     ("redis-server.service", {"redis"}),
+    ("cmdop-backup.timer", {"postgres"}),
+    ("cmdop-backup.service", {"postgres"}),
     ("postgresql@{major}-main.service", {"postgres"}),
     ("postgresql.service", {"postgres"}),
     ("cmdop-firewall.service", {"postgres", "redis"}),
@@ -40,7 +42,7 @@ OURS = {
         "/etc/redis/tls",
         "/etc/cmdop-firewall",
     ],
-    "postgres": ["/etc/cmdop-firewall"],
+    "postgres": ["/etc/cmdop-firewall", "/etc/cmdop-backup"],
 }
 # role -> data, removed only without --keep-data
 DATA = {
