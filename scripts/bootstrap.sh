@@ -3,6 +3,9 @@
 # Debian packages (only the missing ones), uv, and the workspace venv from uv.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# uv trusts the machine's certificate store, as apt and pip do (a registry reached through a
+# TLS-inspecting proxy is signed by a CA only that store has; uv's built-in roots refuse it)
+export UV_NATIVE_TLS="${UV_NATIVE_TLS:-1}"
 
 PACKAGES=(
   podman runc debootstrap iptables iproute2 openssh-client   # the lab
