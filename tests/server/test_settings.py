@@ -133,7 +133,8 @@ def test_settings_come_from_the_files(tmp_path):
                                           "sslrootcert": "/etc/cmdop/pki/ca.crt",
                                           "ssl_min_protocol_version": "TLSv1.3"},
                    "pw": "pw-db", "audit": "cmdop_audit", "redis_ssl": True,
-                   "rl": {"auth": "20/min", "session": "100/min", "file": "50/min"},
+                   "rl": {"auth": "20/min", "session": "100/min", "file": "50/min",
+                          "input_bytes": "1048576/min"},
                    "debug": False, "key_ok": True}
 
 

@@ -60,7 +60,8 @@ def test_session_page_follows_the_three_checks():
     assert ob_page.status_code == 200 and b'data-role="observer"' in ob_page.content
     assert b'id="close-session"' not in ob_page.content
     assert _client(member).get(url).status_code == 403
-    assert _client(observer).post(url, {"input": "id"}).status_code == 405
+    invite = {"user_id": member.pk, "role": "operator"}
+    assert _client(observer).post(url, invite).status_code == 403  # only an operator invites
     other, stranger = make_workspace()
     assert _client(stranger).get(f"/w/{other.slug}/sessions/{s.public_id}/").status_code == 404
 

@@ -2,9 +2,10 @@ from django.urls import include, path
 
 from cmdop_server.agent_api.api import api as agent_api
 from cmdop_server.api.main import api
-from cmdop_server.web import second_factor, views
+from cmdop_server.web import console, second_factor, views
 
 urlpatterns = [
+    path("", console.home, name="home"),
     path("api/v1/", api.urls),
     path("api/agent/v1/", agent_api.urls),
     path("login/", views.login, name="login"),
@@ -17,6 +18,7 @@ urlpatterns = [
     path("device/decide/", views.device_decide, name="device-decide"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:family_id>/revoke/", views.revoke_family, name="revoke-family"),
+    path("keys/", console.create_api_key, name="create-api-key"),
     path("keys/<slug:slug>/<int:key_id>/revoke/", views.revoke_api_key, name="revoke-key"),
     path("healthz", views.healthz, name="healthz"),
     path("assets/<path:name>", views.asset, name="asset"),

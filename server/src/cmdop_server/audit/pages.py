@@ -1,4 +1,6 @@
-"""The dashboard's audit log page: the workspace's events, filtered, and their export."""
+"""The dashboard's audit log page: the workspace's events, or its members' authentication
+events (sign-ins and failures with IP and method: they belong to no workspace), filtered,
+and their export (itself audited, as the API's)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ from django.urls import path
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET
 
+from cmdop_server import audit
 from cmdop_server.audit import AUDIT_DB, export
 from cmdop_server.audit.models import AuditEvent
 from cmdop_server.identity.authn import SignedInRequest
+from cmdop_server.identity.models import Membership
+from cmdop_server.netinfo import client_ip
 from cmdop_server.permissions import Action
 from cmdop_server.web import dashboard
 
@@ -24,7 +29,13 @@ def audit_log(request: SignedInRequest, slug: str) -> HttpResponse | StreamingHt
     ws = membership.workspace
     since = parse_datetime(request.GET.get("since", "") or "") or None
     until = parse_datetime(request.GET.get("until", "") or "") or None
-    rows = AuditEvent.objects.using(AUDIT_DB).filter(workspace_id=ws.pk)
+    members = request.GET.get("scope") == "authentication"
+    if members:
+        where = export.authentication_of(
+            list(Membership.objects.in_workspace(ws).values_list("user_id", flat=True)))
+    else:
+        where = export.of_workspace(ws.pk)
+    rows = AuditEvent.objects.using(AUDIT_DB).filter(where)
     if request.GET.get("event"):
         rows = rows.filter(event__startswith=request.GET["event"][:64])
     if request.GET.get("success") in ("true", "false"):
@@ -35,8 +46,10 @@ def audit_log(request: SignedInRequest, slug: str) -> HttpResponse | StreamingHt
         rows = rows.filter(occurred_at__lt=until)
     if request.GET.get("export") in ("jsonl", "csv"):
         fmt = request.GET["export"]
-        body = (export.jsonl if fmt == "jsonl" else export.csv_lines)(
-            export.of_workspace(ws.pk), since, until)
+        audit.record("audit.export", user=request.user, workspace=ws, ip=client_ip(request),
+                     scope="members_authentication" if members else "workspace",
+                     since=str(since or ""), until=str(until or ""), format=fmt)
+        body = (export.jsonl if fmt == "jsonl" else export.csv_lines)(where, since, until)
         response = StreamingHttpResponse(
             body, content_type="application/x-ndjson" if fmt == "jsonl" else "text/csv")
         response["Content-Disposition"] = f'attachment; filename="audit-{ws.slug}.{fmt}"'

@@ -65,7 +65,7 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "/static/"
 LOGIN_URL = "/login/"
-LOGIN_REDIRECT_URL = "/device/"
+LOGIN_REDIRECT_URL = "/"
 
 # Request bodies: the agent protocol's 1 MiB cap (docs/agent-protocol.md).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024

@@ -20,6 +20,7 @@ from cmdop_server.identity.authn import SignedInRequest
 from cmdop_server.identity.models import ApiKey, TokenFamily, User
 from cmdop_server.identity.oauth_clients import CLIENTS
 from cmdop_server.netinfo import client_ip
+from cmdop_server.permissions import Action, can
 from cmdop_server.web import second_factor
 
 
@@ -124,7 +125,10 @@ def tokens(request: SignedInRequest) -> HttpResponse:
     for membership in request.user.memberships.select_related("workspace"):
         keys += list(ApiKey.objects.in_workspace(membership.workspace)
                      .filter(user=request.user).select_related("workspace"))
-    return render(request, "cmdop/tokens.html", {"families": families, "keys": keys})
+    key_workspaces = [m for m in request.user.memberships.select_related("workspace")
+                      if can(m.role, Action.API_KEY_USE)]
+    return render(request, "cmdop/tokens.html", {"families": families, "keys": keys,
+                                                 "key_workspaces": key_workspaces})
 
 
 @login_required
