@@ -258,6 +258,18 @@ class PostgresServer(_Daemon):
             time.sleep(0.05)
         raise TimeoutError(f"postgres not ready after {timeout}s:\n{self.log()}")
 
+    def crash(self) -> None:
+        """Immediate shutdown (SIGQUIT by PID: every backend ends at once, no checkpoint), as
+        a crash would. The data dir stays; ``restart()`` brings the cluster back."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGQUIT)
+            self.proc.wait(timeout=15)
+
+    def restart(self) -> None:
+        """Start the cluster again on the same port and data dir (after ``crash()``)."""
+        self.proc = self._popen([str(self.bindir / "postgres"), "-D", str(self.data)])
+        self._wait_ready()
+
 
 class RedisServer(_Daemon):
     """A scratch redis-server (as the ``redis`` user when the tests run as root).

@@ -12,6 +12,7 @@ import logging
 
 import redis
 from django.core.exceptions import ObjectDoesNotExist
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 from ninja import NinjaAPI, Query
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -85,6 +86,14 @@ def _missing(request, exc):
 @api.exception_handler(redis.RedisError)
 def _redis_down(request, exc):
     logger.error("redis unavailable: %s", type(exc).__name__)
+    return error_response(request, 503, "unavailable", "A backing service is unavailable.")
+
+
+@api.exception_handler(InterfaceError)  # a connection the database closed under us
+@api.exception_handler(OperationalError)
+def _database_down(request, exc):
+    # a backing service is down, not a bug: 503 like Redis down, and no traceback logged
+    logger.error("database unavailable: %s", type(exc).__name__)
     return error_response(request, 503, "unavailable", "A backing service is unavailable.")
 
 

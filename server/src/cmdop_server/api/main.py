@@ -6,7 +6,7 @@ import logging
 
 import redis
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -72,6 +72,7 @@ def _redis_down(request, exc):
     return default_error(request, 503)
 
 
+@api.exception_handler(InterfaceError)  # a connection the database closed under us
 @api.exception_handler(OperationalError)
 def _database_down(request, exc):
     logger.error("database unavailable: %s", type(exc).__name__)

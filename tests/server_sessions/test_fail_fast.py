@@ -1,0 +1,224 @@
+"""Failing fast and recovering (issue 19.3): the real control plane (gunicorn asgi over TLS)
+with Redis, Postgres or only the audit database down answers 503 with the JSON error at
+once, comes back by itself when the service does, and never does an audited change
+unrecorded.
+
+Each test runs its control plane against daemons of its own (a scratch Redis; a scratch
+Postgres holding a copy of the test databases), so stopping them disturbs no other test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import psycopg
+import pytest
+from cmdop_server import audit
+from cmdop_server.audit.models import AuditEvent
+from cmdop_server.identity import actions
+from cmdop_server.identity.models import Membership, User
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connections
+
+from tests.server.helpers import make_user
+from tests.server_sessions.helpers import enroll
+from tests.support.control_plane import ApiError, ControlPlane, UserApi, until
+from tests.support.services import PostgresServer, RedisServer
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.django_db(databases=["default", "audit"], transaction=True)]
+
+# What "fast" tells apart: redis-py's default retries took about 3 s per refused request;
+# failing fast takes milliseconds. The bound leaves a loaded test machine room and still
+# fails a client that retries with backoff.
+FAST = 1.5
+DATABASES = ("test_cmdop", "test_cmdop_audit")
+
+
+@pytest.fixture
+def site():
+    """A workspace with an API key and an enrolled machine, in the test databases."""
+    owner = make_user()
+    ws = actions.do_create_workspace(owner, "failfast", "Fail fast")
+    _, key = actions.do_create_api_key(Membership.objects.in_workspace(ws).get(user=owner), "k")
+    return {"slug": ws.slug, "key": key, "machine": enroll(ws, owner)}
+
+
+def user_api(cp: ControlPlane, site: dict) -> UserApi:
+    return UserApi(cp.url, cp.pki.ca, site["key"], site["slug"])
+
+
+def agent_api(cp: ControlPlane, site: dict) -> UserApi:
+    agent = UserApi(cp.url, cp.pki.ca, site["machine"]["credential"], "")
+    agent.base = "/api/agent/v1"
+    return agent
+
+
+def refusal(call) -> tuple[int, dict, float]:
+    """(status, body, seconds) of a call expected to be refused."""
+    started = time.monotonic()
+    try:
+        call()
+    except ApiError as exc:
+        return exc.status, exc.body, time.monotonic() - started
+    raise AssertionError("the call succeeded with its backing service down")
+
+
+def assert_unavailable(call) -> None:
+    status, body, took = refusal(call)
+    assert (status, body["error"]) == (503, "unavailable"), body
+    assert took < FAST, f"refused after {took:.2f} s"
+
+
+def succeeds(call) -> bool:
+    try:
+        call()
+    except ApiError as exc:
+        if exc.status != 503:
+            raise
+        return False
+    return True
+
+
+def copy_of_test_databases() -> PostgresServer:
+    """A started scratch Postgres holding what the test databases hold now."""
+    source = settings.DATABASES["default"]
+    pg = PostgresServer().__enter__()
+    try:
+        for name in DATABASES:
+            dump = subprocess.run(
+                [str(pg.bindir / "pg_dump"), "--no-owner", "--no-privileges", "-h",
+                 source["HOST"], "-p", str(source["PORT"]), "-U", source["USER"], name],
+                capture_output=True, text=True, timeout=120, check=True).stdout
+            pg.psql(f"CREATE DATABASE {name}")
+            pg.psql(dump, dbname=name)
+    except BaseException:
+        pg.stop()
+        raise
+    return pg
+
+
+@pytest.fixture
+def own_redis():
+    with RedisServer() as redis:
+        yield redis
+
+
+def test_redis_down_refuses_fast_and_recovers(own_redis, site, tls_pki, django_db_setup,
+                                              django_db_modify_db_settings, tmp_path):
+    with ControlPlane(tls_pki, tmp_path / "gunicorn.log",
+                      env={"CMDOP_TEST_REDIS_PORT": str(own_redis.port)}) as cp:
+        user, agent = user_api(cp, site), agent_api(cp, site)
+        # every session operation is rate-limited in Redis first; a poll reads its queue
+        open_session = lambda: user.open_session(site["machine"]["machine_id"])  # noqa: E731
+        poll = lambda: agent.call("GET", "/work?wait=0")  # noqa: E731
+        open_session()
+        poll()
+        own_redis.kill()
+        for _ in range(3):
+            assert_unavailable(open_session)
+            assert_unavailable(poll)
+        own_redis.start()  # same port, empty: as after a crash
+        until(lambda: succeeds(open_session), timeout=10, what="the user API back")
+        until(lambda: succeeds(poll), timeout=10, what="the agent API back")
+        user.close()
+        agent.close()
+    assert "Traceback" not in cp.log()
+
+
+def test_postgres_down_refuses_fast_and_recovers(site, tls_pki, django_db_setup,
+                                                 django_db_modify_db_settings, tmp_path):
+    pg = copy_of_test_databases()
+    try:
+        # connections kept between requests (CONN_MAX_AGE 60), as deployed: the ones the
+        # crash broke must be replaced, not reused
+        env = {"CMDOP_TEST_PG_PORT": str(pg.port), "CMDOP_TEST_CONN_MAX_AGE": "60"}
+        with ControlPlane(tls_pki, tmp_path / "gunicorn.log", env=env) as cp:
+            user, agent = user_api(cp, site), agent_api(cp, site)
+            machines = lambda: user.call("GET", "/machines")  # noqa: E731
+            heartbeat = lambda: agent.call(  # noqa: E731
+                "POST", "/heartbeat", {"version": "0.1.0", "boot_id": "b1"})
+            poll = lambda: agent.call("GET", "/work?wait=0")  # noqa: E731
+            for call in (machines, heartbeat, poll):
+                call()
+            pg.crash()
+            for _ in range(3):
+                for call in (machines, heartbeat, poll):
+                    assert_unavailable(call)
+            pg.restart()
+            for call, what in ((machines, "user API"), (heartbeat, "heartbeat"),
+                               (poll, "poll")):
+                until(lambda call=call: succeeds(call), timeout=15, what=f"the {what} back")
+            user.close()
+            agent.close()
+        assert "Traceback" not in cp.log()
+    finally:
+        pg.stop()
+
+
+def test_audit_database_down_refuses_audited_changes(site, tls_pki, django_db_setup,
+                                                     django_db_modify_db_settings, tmp_path):
+    pg = copy_of_test_databases()
+    try:
+        with ControlPlane(tls_pki, tmp_path / "gunicorn.log",
+                          env={"CMDOP_TEST_PG_PORT": str(pg.port)}) as cp:
+            user = user_api(cp, site)
+            create = lambda name: user.call("POST", "/join-tokens", {"name": name})  # noqa: E731
+
+            def tokens() -> int:
+                return int(pg.psql("SELECT count(*) FROM machines_jointoken",
+                                   dbname=DATABASES[0]))
+
+            create("before")  # the worker's first request pays for its warm-up
+            pg.psql("ALTER DATABASE test_cmdop_audit WITH ALLOW_CONNECTIONS false; "
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = 'test_cmdop_audit'")
+            before = tokens()
+            assert_unavailable(lambda: create("unaudited"))
+            assert tokens() == before  # not done, since it could not be recorded
+            # reads need no audit row
+            assert user.call("GET", "/machines") is not None
+            pg.psql("ALTER DATABASE test_cmdop_audit WITH ALLOW_CONNECTIONS true")
+            until(lambda: succeeds(lambda: create("audited")), timeout=10,
+                  what="audited changes back")
+            assert tokens() == before + 1
+            # every join token there is has its audit row, and no more
+            recorded = pg.psql("SELECT count(*) FROM audit_auditevent "
+                               "WHERE event = 'machine.join_token.create'", dbname=DATABASES[1])
+            assert int(recorded) == tokens()
+            user.close()
+    finally:
+        pg.stop()
+
+
+def end_audit_connection() -> None:
+    """Terminate the server end of this thread's audit connection, as a restart of the
+    audit database would."""
+    pid = connections["audit"].connection.info.backend_pid
+    db = settings.DATABASES["audit"]
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"],
+                         dbname="postgres", autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+def test_an_audit_row_lost_after_it_was_written_is_not_lost_for_the_change():
+    """The old order (audit transaction around the app's) committed the change first and
+    the audit row after it: the audit database lost there meant a change without its row."""
+    with audit.action():
+        user = User.objects.create_user("audited-before-commit")
+        audit.record("test.ordering", user=user)
+        end_audit_connection()
+    connections["audit"].close()
+    assert User.objects.filter(username="audited-before-commit").exists()
+    assert AuditEvent.objects.filter(event="test.ordering", user_id=user.pk).exists()
+
+
+def test_a_change_whose_audit_row_cannot_be_written_is_rolled_back():
+    connections["audit"].ensure_connection()
+    end_audit_connection()
+    with pytest.raises((OperationalError, InterfaceError)), audit.action():
+        user = User.objects.create_user("never-recorded")
+        audit.record("test.ordering", user=user)
+    connections["audit"].close()
+    assert not User.objects.filter(username="never-recorded").exists()
