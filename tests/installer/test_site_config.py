@@ -21,7 +21,8 @@ def test_generated_site_toml_documents_every_key_and_parses_to_the_defaults():
 def test_defaults_follow_the_security_model():
     site = default_site()
     assert site["rate_limits"] == {"auth_per_minute": 10, "session_per_minute": 100,
-                                   "file_per_minute": 50}
+                                   "file_per_minute": 50, "input_kb_per_minute": 1024}
+    assert site["sessions"] == {"idle_timeout_minutes": 30}
     assert site["audit"]["retention_days"] == 90
     assert site["tokens"] == {"access_ttl_seconds": 3600, "refresh_ttl_days": 30}
     assert site["postgres"]["major"] == 15 and site["site"]["debian_release"] == "bookworm"

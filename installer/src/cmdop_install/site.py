@@ -156,6 +156,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "auth_per_minute": Key(int, 10, "Authentication requests per client IP.", _range(1, 10000)),
         "session_per_minute": Key(int, 100, "Session operations per client.", _range(1, 100000)),
         "file_per_minute": Key(int, 50, "File operations per client.", _range(1, 100000)),
+        "input_kb_per_minute": Key(int, 1024, "What one person's terminals may type and paste "
+                                   "a minute, in KiB (keystrokes are not session operations).",
+                                   _range(1, 1048576)),
+    },
+    "sessions": {
+        "idle_timeout_minutes": Key(int, 30, "A browser terminal nobody typed in for this long "
+                                    "ends its session (audited); 0 never.", _range(0, 1440)),
     },
     "tokens": {
         "access_ttl_seconds": Key(int, 3600, "Access token lifetime (1 hour).",

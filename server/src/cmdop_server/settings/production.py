@@ -118,6 +118,7 @@ _tokens = _site.get("tokens", {})
 CMDOP_ACCESS_TOKEN_TTL = int(_tokens.get("access_ttl_seconds", 3600))
 CMDOP_REFRESH_TOKEN_TTL = int(_tokens.get("refresh_ttl_days", 30)) * 24 * 3600
 CMDOP_RATE_LIMITS = CMDOP_RATE_LIMITS | dict(_site.get("rate_limits", {}))  # noqa: F405
+CMDOP_SESSION_IDLE_TIMEOUT = int(_site.get("sessions", {}).get("idle_timeout_seconds", 1800))
 CMDOP_AUDIT_RETENTION_DAYS = int(_site.get("audit", {}).get("retention_days", 90))
 CMDOP_DB_POOL_THREADS = int(_db.get("pool_threads", CMDOP_DB_POOL_THREADS))  # noqa: F405
 
