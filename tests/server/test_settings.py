@@ -100,11 +100,13 @@ def test_the_installers_rendered_server_toml_passes_check_deploy(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     code = ("import django; django.setup(); from django.conf import settings as s; "
             "print(s.CMDOP_REDIS_KEY_PREFIX, s.DATABASES['audit']['NAME'], "
-            "s.DATABASES['default']['OPTIONS']['ssl_min_protocol_version'])")
+            "s.DATABASES['default']['OPTIONS']['ssl_min_protocol_version'], "
+            "s.CMDOP_SESSION_IDLE_TIMEOUT, s.CMDOP_RATE_LIMITS['input_bytes'])")
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env=env | {"DJANGO_SETTINGS_MODULE": "cmdop_server.settings.production"},
                            timeout=60, check=False)
-    assert probe.stdout.split() == ["golden:", "cmdop_audit", "TLSv1.3"], probe.stderr
+    assert probe.stdout.split() == ["golden:", "cmdop_audit", "TLSv1.3", "1800",
+                                    "1048576/min"], probe.stderr
 
 
 def test_no_switch_lowers_tls(tmp_path):
