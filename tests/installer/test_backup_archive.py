@@ -2,11 +2,17 @@
 extended or foreign archive is refused in one line; the site folder without its key."""
 
 import base64
+import io
 import os
+import re
 import stat
+import tarfile
+from pathlib import Path
 
 import pytest
+from cmdop_install import backup, restore
 from cmdop_install.backup import site_files
+from cmdop_install.cli import main
 from cmdop_install.errors import UserError
 from cmdop_install.secrets import SecretStore
 from cmdop_install.site import parse_site
@@ -119,3 +125,94 @@ def test_backup_settings_are_checked(line, message):
     with pytest.raises(UserError, match=message):
         parse_site(f"[backup]\n{line}\n")
 
+
+
+@pytest.fixture
+def archived(tmp_path, monkeypatch):
+    """A site, and a backup archive of it with two small stand-in dumps."""
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    site = SiteDir.load(make_site(tmp_path / "site"))
+    fetched = tmp_path / "db"
+    fetched.mkdir()
+    for name in backup.DUMPS:
+        (fetched / name).write_bytes(os.urandom(1000))
+    plain, archive = tmp_path / "plain.tar", tmp_path / "site.cmdop-backup"
+    backup._write_tar(plain, site, fetched, "20260101T000000Z", skip=set())
+    site.store.seal_file(plain, archive)
+    return site, plain, archive
+
+
+def _resealed(site, plain, tmp_path, change, extra: bool) -> Path:
+    """The archive's tar with ``change(name, data) -> data | None`` applied (None: left out)
+    and an ``extra`` member, sealed again with the site's key, as someone holding it could."""
+    changed = tmp_path / "changed.tar"
+    with tarfile.open(plain) as old, tarfile.open(changed, "w") as new:
+        for info in old.getmembers():
+            data = change(info.name, old.extractfile(info).read())
+            if data is not None:
+                info.size = len(data)
+                new.addfile(info, io.BytesIO(data))
+        if extra:
+            info = tarfile.TarInfo("site/extra")
+            new.addfile(info, io.BytesIO(b""))
+    archive = tmp_path / "changed.cmdop-backup"
+    site.store.seal_file(changed, archive)
+    return archive
+
+
+def test_an_archive_of_this_site_opens_with_its_manifest(archived, tmp_path):
+    site, _, archive = archived
+    manifest = restore.opened(site, archive, _fresh(tmp_path))
+    assert manifest["site"] == "testsite" and manifest["created"] == "20260101T000000Z"
+    assert {"db/app.dump", "db/audit.dump", "site/site.toml", "site/secrets.enc"} <= set(
+        manifest["files"])
+
+
+def _flip_app_dump(name: str, data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1]) if name == "db/app.dump" else data
+
+
+@pytest.mark.parametrize("change, extra, refusal", [
+    (_flip_app_dump, False, "db/app.dump does not match its checksum"),
+    (lambda n, d: None if n == "db/audit.dump" else d, False,
+     "its members differ from its manifest (db/audit.dump)"),
+    (lambda n, d: d, True, "its members differ from its manifest (site/extra)"),
+])
+def test_a_member_that_differs_from_the_manifest_is_refused(archived, tmp_path, change, extra,
+                                                             refusal):
+    site, plain, _ = archived
+    archive = _resealed(site, plain, tmp_path, change, extra)
+    with pytest.raises(UserError, match=re.escape(refusal)):
+        restore.opened(site, archive, _fresh(tmp_path))
+
+
+def test_another_sites_archive_is_refused_by_its_ca(archived, tmp_path):
+    _, _, archive = archived
+    other = SiteDir.load(make_site(tmp_path / "other"))  # same name and key, its own CA
+    with pytest.raises(UserError, match="belongs to site 'testsite' with another CA"):
+        restore.opened(other, archive, _fresh(tmp_path))
+
+
+def _fresh(tmp_path) -> Path:
+    into = tmp_path / f"into-{len(list(tmp_path.iterdir()))}"
+    into.mkdir()
+    return into
+
+
+@pytest.mark.parametrize("problem", ["one flipped byte", "another site's"])
+def test_the_restore_command_refuses_in_one_line_before_any_host(archived, tmp_path, capsys,
+                                                                 monkeypatch, problem):
+    site, _, archive = archived
+    target = site.path
+    if problem == "one flipped byte":
+        _damage(archive, problem)
+    else:
+        target = make_site(tmp_path / "other")
+    monkeypatch.setattr("cmdop_install.restore.run_deploy", _no_host)
+    assert main(["restore", str(target), str(archive), "--yes"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(archive) in err, err
+
+
+def _no_host(*args, **kwargs):
+    raise AssertionError("a refused archive must not reach any host")

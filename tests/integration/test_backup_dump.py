@@ -119,3 +119,44 @@ def test_the_timer_run_keeps_the_newest_n(backup_host):
     assert sorted(p.name for p in top.iterdir()) == ["testsite-20210101T000000Z", made.name]
     assert stat.S_IMODE(made.stat().st_mode) == 0o700
     assert "app-row-2" in _restored_sql(pg, made / "app.dump")
+
+
+def test_cmdop_restore_puts_both_databases_back_and_the_app_keeps_its_rights(backup_host,
+                                                                            tmp_path):
+    pg, _, _ = backup_host
+    dest = tmp_path / "db"
+    assert _run(pg, str(dest)).returncode == 0
+    pg.psql("SET ROLE cmdop_owner; DELETE FROM probe; INSERT INTO probe VALUES ('later')",
+            dbname="cmdop")
+    pg.psql("SET ROLE cmdop_audit_owner; INSERT INTO trail VALUES ('later')",
+            dbname="cmdop_audit")
+    restore = pg.dir / "etc/cmdop-backup/cmdop-restore"
+    done = subprocess.run(["bash", str(restore), str(dest)], capture_output=True, text=True,
+                          timeout=120, check=False,
+                          env={"PATH": f"{pg.bindir}:/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+    assert done.returncode == 0, done.stderr
+    assert pg.psql("SELECT v FROM probe ORDER BY v", dbname="cmdop").split() == [
+        "app-row-1", "app-row-2"]
+    assert pg.psql("SELECT v FROM trail", dbname="cmdop_audit").split() == ["audit-row-1"]
+    owners = pg.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'probe'",
+                     dbname="cmdop").split()
+    assert owners == ["cmdop_owner"]  # made as the owner, so its default privileges apply
+    rights = pg.psql("SELECT has_table_privilege('cmdop_app', 'probe', 'INSERT'), "
+                     "has_table_privilege('cmdop_app', 'probe', 'TRUNCATE')", dbname="cmdop")
+    assert rights.strip() == "t|f"
+
+
+def test_cmdop_restore_refuses_a_changed_dump_and_leaves_the_databases(backup_host, tmp_path):
+    pg, _, _ = backup_host
+    dest = tmp_path / "db"
+    assert _run(pg, str(dest)).returncode == 0
+    data = bytearray((dest / "app.dump").read_bytes())
+    data[len(data) // 2] ^= 1
+    (dest / "app.dump").write_bytes(bytes(data))
+    before = pg.psql("SELECT v FROM probe ORDER BY v", dbname="cmdop")
+    restore = pg.dir / "etc/cmdop-backup/cmdop-restore"
+    done = subprocess.run(["bash", str(restore), str(dest)], capture_output=True, text=True,
+                          timeout=120, check=False,
+                          env={"PATH": f"{pg.bindir}:/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+    assert done.returncode != 0 and "app.dump: FAILED" in done.stdout + done.stderr
+    assert pg.psql("SELECT v FROM probe ORDER BY v", dbname="cmdop") == before

@@ -77,12 +77,12 @@ def _check_sums(fetched: Path, db_host: str) -> None:
         digest, _, name = line.partition("  ")
         wanted[name] = digest
     for name in DUMPS:
-        if wanted.get(name) != _sha256(fetched / name):
+        if wanted.get(name) != sha256(fetched / name):
             raise UserError(f"{db_host}: {name} arrived different from what the host wrote "
                             "(its SHA-256 does not match); rerun the backup")
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -113,10 +113,10 @@ def _write_tar(plain: Path, site: SiteDir, fetched: Path, stamp: str, skip: set[
     manifest = {
         "format": FORMAT,
         "site": site.name,
-        "site_ca_sha256": _sha256(ca) if ca.is_file() else "",
+        "site_ca_sha256": sha256(ca) if ca.is_file() else "",
         "created": stamp,
         "installer": __version__,
-        "files": {name: _sha256(path) for name, path in members},
+        "files": {name: sha256(path) for name, path in members},
     }
     fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle, tarfile.open(fileobj=handle, mode="w") as tar:

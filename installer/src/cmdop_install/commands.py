@@ -497,5 +497,39 @@ def backup(site_dir: Path, out: Path) -> None:
     click.echo(f"backup: {archive}")
 
 
+@click.command("restore")
+@site_dir_arg
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@options.yes
+def restore(site_dir: Path, archive: Path, yes: bool) -> None:
+    """Put a `backup` ARCHIVE's databases back onto the deployed site SITE_DIR.
+
+    The archive is checked first (this site's key, its name and CA, every checksum); a
+    refused one touches nothing. Then the control plane stops, each database is replaced
+    from its dump in one transaction, the control plane starts and audit_verify must pass.
+    Users, their passwords, API keys and enrolled agents' credentials come back as they were.
+
+    \b
+    Example:
+      cmdop-install restore mysite /srv/backups/mysite-20260101T031500Z.cmdop-backup
+    """
+    import tempfile
+
+    from cmdop_install.restore import opened, restore_site
+    from cmdop_install.rollout import SiteLock
+    from cmdop_install.sitedir import SiteDir
+
+    with SiteLock(site_dir), tempfile.TemporaryDirectory(prefix="cmdop-restore-") as tmp:
+        site = SiteDir.load(site_dir)
+        manifest = opened(site, archive, Path(tmp))  # a refusal comes before any question
+        if not yes:
+            click.confirm(f"Replace the databases of {site.name} with the backup of "
+                          f"{manifest['created']}?", abort=True)
+        result = restore_site(site, Path(tmp))
+    control = site.inventory.groups["control_plane"][0].name
+    click.echo(f"restore: {archive} is back; "
+               f"{result.hosts[control].facts['audit_verify'].strip().splitlines()[-1]}")
+
+
 ALL = (init, secrets, render, check, deploy, status, rotate, agents, uninstall, demo,
-       export_ansible, backup)
+       export_ansible, backup, restore)

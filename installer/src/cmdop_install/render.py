@@ -277,6 +277,7 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
             f"{host_paths.pg_dropin}/cmdop-hardening.conf", 0o644)
         ca(host_paths.pg_tls)
         add("postgres/cmdop-backup.sh.j2", f"{host_paths.backup_etc}/cmdop-backup", 0o600)
+        add("postgres/cmdop-restore.sh.j2", f"{host_paths.backup_etc}/cmdop-restore", 0o600)
         files.append(RenderedFile(f"{host_paths.backup_etc}/pgpass",
                                   backup_passfile(site, host, secrets), 0o600, secret=True))
         if site["backup"]["schedule"]:
