@@ -4,6 +4,7 @@ site and the three session checks; re-checked every few seconds while open."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from django.conf import settings
 from django.test import Client
 
 from tests.server_sessions.helpers import add_member
-from tests.support.control_plane import until
+from tests.support.control_plane import ControlPlane, until
 from tests.support.websocket import Closed, HandshakeRefused, TerminalSocket
 
 pytestmark = [pytest.mark.integration,
@@ -181,3 +182,28 @@ def test_the_handshake_needs_the_cookie_and_our_origin(agent) -> None:
         screen.until(lambda: False, timeout=10)
     assert closed.value.code == 4403
     assert screen.record(type="refused")["code"] == "forbidden"
+
+
+def test_an_idle_terminal_ends_its_session_audited(tls_pki, django_db_setup,
+                                                    django_db_modify_db_settings, tmp_path,
+                                                    real_agent) -> None:
+    """A control plane of its own with a 3 s idle timeout (site.toml's [sessions])."""
+    (tmp_path / "idle_settings.py").write_text(
+        "from cmdop_server.settings.test import *  # noqa: F403\n"
+        "CMDOP_SESSION_IDLE_TIMEOUT = 3\n")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path),
+                                                       os.environ.get("PYTHONPATH")]))}
+    with ControlPlane(tls_pki, tmp_path / "gunicorn.log", settings="idle_settings",
+                      env=env) as cp:
+        agent = real_agent(cp)
+        agent.start()
+        sid, _ = agent.open_session()
+        screen = attach(agent, agent.owner, sid)
+        screen.sock.send_bytes(b"echo typed\r")
+        with pytest.raises(Closed) as closed:
+            screen.until(lambda: False, timeout=20)
+        assert closed.value.code == 4000
+        assert screen.record(type="refused")["code"] == "idle_timeout"
+        assert agent.session(sid).status == Status.CLOSED
+        assert AuditEvent.objects.filter(event="session.idle_timeout",
+                                         data__session=sid).exists()
