@@ -1,10 +1,11 @@
-"""Day 2 on a deployed lab site: backups, and certificates renewed by deploy with no
-operator step.
+"""Day 2 on a deployed lab site: backup and restore, and certificates renewed by deploy
+with no operator step.
 
 The site (conftest ``site``): host1 carries Postgres, Redis and the control plane.
 """
 
 import hashlib
+import http.client
 import json
 import socket
 import ssl
@@ -12,12 +13,14 @@ import stat
 import struct
 import subprocess
 import tarfile
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cmdop_install import pki
 from cmdop_install.inventory import load_inventory
+from cmdop_install.manage import api_key_command, parse_api_key
 from cmdop_install.secrets import SecretStore
 from cmdop_install.site import load_site
 from cryptography import x509
@@ -129,3 +132,71 @@ def test_the_database_host_backs_up_on_its_timer_into_private_files(lab, site) -
     assert modes.pop("/var/backups/cmdop") == "700"
     assert sorted(Path(p).name for p in modes) == ["SHA256SUMS", "app.dump", "audit.dump"]
     assert set(modes.values()) == {"600"}
+
+
+TABLES = {"cmdop": ("identity_user", "identity_workspace", "identity_apikey",
+                    "machines_machine", "cmdop_sessions_session"),
+          "cmdop_audit": ("audit_auditevent",)}
+
+
+def _counts(lab) -> dict[str, str]:
+    """Rows per table, read on host1 as the postgres superuser (peer, local socket)."""
+    counts = {}
+    for db, tables in TABLES.items():
+        query = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in tables)  # noqa: S608
+        out = lab_ssh(lab, "host1", f'sudo runuser -u postgres -- psql -d {db} -XtA -F " " '
+                                    f'-c "{query}"')
+        assert out.returncode == 0, out.stderr
+        counts.update(line.split() for line in out.stdout.splitlines())
+    return counts
+
+
+def _machines(lab, site, key: str) -> int:
+    """The status of listing the workspace's machines with API key ``key``."""
+    ctx = ssl.create_default_context(cafile=str(site.ca))
+    ctx.check_hostname = False  # the certificate names the site's domain; we dial the IP
+    conn = http.client.HTTPSConnection(lab.host("host1").ip, 443, context=ctx, timeout=10)
+    domain = load_site(site.dir)["site"]["domain"]
+    conn.request("GET", "/api/v1/workspaces/labsite/machines",
+                 headers={"Host": domain, "Authorization": f"Bearer {key}"})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_restore_brings_the_databases_back_with_old_keys_and_agents(lab, site, tmp_path):
+    def issue(name: str) -> str:
+        out = lab_ssh(lab, "host1", f"sudo {api_key_command('labsite', name)}")
+        assert out.returncode == 0, out.stderr
+        return parse_api_key(out.stdout)[1]
+
+    old_key = issue("before-backup")
+    assert _machines(lab, site, old_key) == 200
+    before = _counts(lab)
+    archive = Path(cli("backup", str(site.dir), "--out", str(tmp_path)).stdout.strip()
+                   .removeprefix("backup: "))
+    later_key = issue("after-backup")  # a row the restore must take away
+    assert _counts(lab) != before
+    # refused archives touch nothing: one flipped byte, then another site's
+    flipped = tmp_path / "flipped.cmdop-backup"
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 1
+    flipped.write_bytes(bytes(data))
+    refused = cli("restore", str(site.dir), str(flipped), "--yes", check=False)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert "damaged or modified" in refused.stderr
+    assert _machines(lab, site, later_key) == 200
+    done = cli("restore", str(site.dir), str(archive), "--yes")
+    assert "audit chain intact" in done.stdout
+    assert _counts(lab) == before
+    assert _machines(lab, site, old_key) == 200
+    assert _machines(lab, site, later_key) == 401
+    # each agent polls again with the credential it enrolled with (online in the fleet)
+    deadline = time.monotonic() + 120
+    while True:
+        hosts = json.loads(cli("status", str(site.dir), "--json").stdout)["hosts"]
+        agents = [c for h in hosts for c in h["components"] if c["component"] == "agents"]
+        if agents and all(c["online"] for c in agents):
+            break
+        assert time.monotonic() < deadline, agents
+        time.sleep(5)
