@@ -4,12 +4,13 @@ Everything is checked on this machine before any host is touched: the archive mu
 with this site's key (``SecretStore.open_sealed``: not damaged, not another key's), its
 manifest must name this site and its CA, and every member must match its SHA-256, with
 nothing extra. Then, in one pyinfra run (``deploys/restore.py``): the control plane and its
-timers stop, the database host replaces each database from its dump in one transaction
-(``cmdop-restore``, as the admin logins over the site's TLS), the audit log's grants are
-applied again, the control plane starts and ``audit_verify`` walks the hash chains.
+timers stop, Redis restarts empty, the database host replaces each database from its dump
+in one transaction (``cmdop-restore``, as the admin logins over the site's TLS), the audit
+log's grants are applied again, the control plane starts and ``audit_verify`` walks the
+hash chains.
 
-Redis is not restored (docs/operations.md#backup-and-restore says why nothing a user needs
-is lost). The site folder in the archive is not written over this one: it is there to
+Redis is not restored but emptied (docs/operations.md#backup-and-restore says why nothing a
+user needs is lost). The site folder in the archive is not written over this one: it is there to
 rebuild a lost site folder by hand (`tar` after opening); restore needs the site the
 archive came from, deployed.
 """
@@ -84,7 +85,8 @@ def restore_site(site: SiteDir, into: Path) -> RunResult:
         f"{site.config['audit']['retention_days']}", audit_admin=True)
     result = run_deploy(
         inventory.pyinfra_groups(), RESTORE_DEPLOY,
-        limit=sorted({db_host, *(h.name for h in inventory.groups["control_plane"])}),
+        limit=sorted({db_host, *(h.name for group in ("control_plane", "redis")
+                                  for h in inventory.groups[group])}),
         data={"cmdop_restore_dumps": str(dumps), "cmdop_restore_run": _random.token_hex(8),
               "cmdop_restore_db_host": db_host, "cmdop_restore_grants": grants},
         facts={"audit_verify": manage.manage_command("audit_verify") + " 2>&1 || true"},

@@ -1,7 +1,8 @@
-"""`cmdop-install restore`'s run: the control plane stops, the database host replaces both
-databases from the dumps (``cmdop-restore``), the audit grants are applied again and the
-control plane starts. pyinfra runs each operation on every host before the next, so the
-databases are replaced only once every control-plane host has stopped.
+"""`cmdop-install restore`'s run: the control plane stops, Redis starts empty, the
+database host replaces both databases from the dumps (``cmdop-restore``), the audit grants
+are applied again and the control plane starts. pyinfra runs each operation on every host
+before the next, so the databases are replaced only once every control-plane host has
+stopped.
 
 The dumps go up as the SSH user into a 0700 folder of its own, removed whatever the outcome.
 """
@@ -19,6 +20,7 @@ from cmdop_install.deploys.control_plane import TIMERS
 from cmdop_install.deploys.postgres import BACKUP_ETC
 
 SENT = ("app.dump", "audit.dump", "SHA256SUMS")
+REDIS_DATA = "/var/lib/redis"
 SERVICES = ("cmdop-server.service", *TIMERS)
 
 
@@ -29,6 +31,14 @@ def restore() -> None:
         for unit in SERVICES:
             systemd.service(name=f"Stop {unit} for the restore", service=unit, running=False,
                             _sudo=True)
+    if "redis" in host.groups:
+        # what Redis holds belongs to the databases being replaced: a session or machine
+        # id the restored sequences hand out again must not meet another's output or work
+        systemd.service(name="Stop Redis", service="redis-server", running=False, _sudo=True)
+        server.shell(name="Empty Redis (transient state only)",
+                     commands=[f"rm -rf {REDIS_DATA}/dump.rdb {REDIS_DATA}/appendonlydir"],
+                     _sudo=True)
+        systemd.service(name="Start Redis", service="redis-server", running=True, _sudo=True)
     if host.name == host.data.cmdop_restore_db_host:
         home = host.get_fact(Home, _sudo=False)
         remote = f"{home}/.cmdop-restore-{host.data.cmdop_restore_run}"
