@@ -152,16 +152,21 @@ def _counts(lab) -> dict[str, str]:
 
 
 def _machines(lab, site, key: str) -> int:
-    """The status of listing the workspace's machines with API key ``key``."""
+    """The status of listing the workspace's machines with API key ``key`` (waiting, at most
+    a minute, while the control plane is still starting behind nginx)."""
     ctx = ssl.create_default_context(cafile=str(site.ca))
     ctx.check_hostname = False  # the certificate names the site's domain; we dial the IP
-    conn = http.client.HTTPSConnection(lab.host("host1").ip, 443, context=ctx, timeout=10)
     domain = load_site(site.dir)["site"]["domain"]
-    conn.request("GET", "/api/v1/workspaces/labsite/machines",
-                 headers={"Host": domain, "Authorization": f"Bearer {key}"})
-    status = conn.getresponse().status
-    conn.close()
-    return status
+    deadline = time.monotonic() + 60
+    while True:
+        conn = http.client.HTTPSConnection(lab.host("host1").ip, 443, context=ctx, timeout=10)
+        conn.request("GET", "/api/v1/workspaces/labsite/machines",
+                     headers={"Host": domain, "Authorization": f"Bearer {key}"})
+        status = conn.getresponse().status
+        conn.close()
+        if status not in (502, 503, 504) or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
 
 
 def test_restore_brings_the_databases_back_with_old_keys_and_agents(lab, site, tmp_path):
