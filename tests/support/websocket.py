@@ -36,10 +36,13 @@ class TerminalSocket:
     """``TerminalSocket(url, ca, cookie=(name, value), origin=...)``; ``url`` is https://…"""
 
     def __init__(self, url: str, ca: Path | None, cookie: tuple[str, str],
-                 origin: str | None = None, timeout: float = 30) -> None:
+                 origin: str | None = None, timeout: float = 30,
+                 connect_to: tuple[str, int] | None = None) -> None:
+        """``connect_to``: the address to dial when ``url``'s name does not resolve (a
+        site's public name served by nginx on loopback); SNI and Host stay ``url``'s."""
         parts = urlsplit(url)
         host, port = parts.hostname or "localhost", parts.port or 443
-        raw = socket.create_connection((host, port), timeout=timeout)
+        raw = socket.create_connection(connect_to or (host, port), timeout=timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
         self.sock = ctx.wrap_socket(raw, server_hostname=host)

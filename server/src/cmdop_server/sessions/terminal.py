@@ -39,7 +39,7 @@ from django.contrib.auth import get_user
 from django.db import close_old_connections
 from django.http import HttpRequest
 
-from cmdop_server import audit, dbconn, output, ratelimit
+from cmdop_server import audit, dbconn, netinfo, output, ratelimit
 from cmdop_server.errors import ApiError
 from cmdop_server.identity.models import Membership, User
 from cmdop_server.permissions import Action, can
@@ -81,12 +81,12 @@ def _headers(scope: dict) -> dict[str, str]:
 
 
 def _client_ip(scope: dict, headers: dict[str, str]) -> str | None:
-    # nginx overwrites X-Real-IP with the address it accepted (netinfo's rule for requests)
+    """The address nginx accepted the browser from, by netinfo's rule for requests."""
+    request = HttpRequest()
     client = scope.get("client")
-    peer = client[0] if client else None
-    if peer in ("127.0.0.1", "::1", None) or peer in settings.CMDOP_TRUSTED_PROXIES:
-        return headers.get("x-real-ip") or peer
-    return peer
+    request.META["REMOTE_ADDR"] = client[0] if client else ""
+    request.META["HTTP_X_FORWARDED_FOR"] = headers.get("x-forwarded-for", "")
+    return netinfo.client_ip(request) or None
 
 
 def same_origin(headers: dict[str, str]) -> bool:
@@ -135,6 +135,12 @@ def check(session_key: str, slug: str, session_id: str, ip: str | None) -> Check
                                       membership=membership))
     except ApiError as exc:
         return Check(refused=exc)
+
+
+def record_attach(access: SessionAccess, ip: str | None) -> None:
+    audit.record("session.attach", user=access.membership.user,
+                 workspace=access.session.workspace_id, ip=ip,
+                 session=access.session.public_id, role=str(access.role))
 
 
 def refuse_input(access: SessionAccess, ip: str | None) -> str:
@@ -206,6 +212,7 @@ class Terminal:
                 self.access = found.access
                 await _off_loop(ratelimit.enforce)(
                     "session", f"user:{found.access.membership.user_id}")
+                await _in_pool(record_attach)(found.access, self.ip)
                 await self.send_json({"type": "status", "status": found.access.session.status,
                                       "role": found.access.role})
                 return True
