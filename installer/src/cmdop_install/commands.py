@@ -251,6 +251,8 @@ def status(site_dir: Path, as_json: bool) -> None:
             extra = ""
             if "online" in c:
                 extra = "  online" if c["online"] else "  OFFLINE"
+            if c.get("restart_pending"):
+                extra = "  installed after it started: the previous release is serving"
             click.echo(f"  {c['component']:<14} {c['state']:<10} {c['version']:<22}{extra}")
         for name, when in sorted(h["certificates"].items()):
             click.echo(f"  cert {name:<28} expires {when}")

@@ -33,6 +33,19 @@ COMPONENTS = {
 }
 
 
+def restart_pending_command(venv: str = manage.SERVER_VENV) -> str:
+    """Prints yes when cmdop-server was installed after the running service started: the
+    version installed is then not the one serving (a deploy stopped before the restart, e.g.
+    by a failed migration, leaves the previous release's code in the workers)."""
+    return (
+        "s=$(systemctl show -p ExecMainStartTimestamp --value cmdop-server 2>/dev/null); "
+        f"d=$(ls -d {venv}/lib/python3*/site-packages/cmdop_server-*.dist-info 2>/dev/null "
+        "| head -n 1); "
+        'if [ -n "$s" ] && [ -n "$d" ] && '
+        '[ "$(stat -c %Y "$d")" -gt "$(date -d "$s" +%s)" ]; then echo yes; else echo no; fi'
+    )
+
+
 def site_status(site: SiteDir) -> dict:
     inventory = site.inventory
     major = site.config["postgres"]["major"]
@@ -41,6 +54,7 @@ def site_status(site: SiteDir) -> dict:
         unit, version = unit.format(major=major), version.format(major=major)
         facts[f"{component}.state"] = f"systemctl is-active {unit} 2>/dev/null || true"
         facts[f"{component}.version"] = version
+    facts["control_plane.restart_pending"] = restart_pending_command()
     result = read_facts(inventory.pyinfra_groups(), facts)
     fleet: dict[str, dict] = {}
     if inventory.groups["control_plane"]:
@@ -65,6 +79,9 @@ def site_status(site: SiteDir) -> dict:
                 "state": res.facts.get(f"{component}.state", "?") if res else "?",
                 "version": res.facts.get(f"{component}.version", "") if res else "",
             }
+            if component == "control_plane":
+                row["restart_pending"] = bool(
+                    res and res.facts.get("control_plane.restart_pending", "").strip() == "yes")
             if component == "agents":
                 machine = manage.machine_of(fleet, res.facts.get("hostname", "")) if res else {}
                 row["online"] = bool(machine.get("online"))
