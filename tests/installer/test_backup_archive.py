@@ -105,6 +105,7 @@ def test_the_site_folder_goes_in_without_its_key_or_lock(tmp_path, monkeypatch):
     toml = site_dir / "site.toml"
     toml.write_text(toml.read_text().replace('\nkey_file = ""', f'\nkey_file = "{key}"'))
     (site_dir / ".rollout.lock").write_text("")
+    (site_dir / "mysite-20260101T000000Z.cmdop-backup").write_text("an earlier archive")
     (site_dir / "backups").mkdir()
     (site_dir / "backups" / "old.cmdop-backup").write_text("x")
     monkeypatch.delenv("CMDOP_INSTALL_KEY", raising=False)
@@ -112,7 +113,8 @@ def test_the_site_folder_goes_in_without_its_key_or_lock(tmp_path, monkeypatch):
     assert site.config["site"]["key_file"] == str(key)
     names = {str(p) for p in site_files(site, skip={(site_dir / "backups").resolve()})}
     assert {"site.toml", "inventory.py", "secrets.enc", "pki/ca.crt", "pki/ca.key"} <= names
-    assert not {n for n in names if n.startswith(("keys/", "backups/", ".rollout"))}
+    assert not {n for n in names if n.startswith(("keys/", "backups/", ".rollout"))
+                or n.endswith(".cmdop-backup")}
 
 
 @pytest.mark.parametrize("line, message", [

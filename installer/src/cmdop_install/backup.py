@@ -91,7 +91,8 @@ def sha256(path: Path) -> str:
 
 
 def site_files(site: SiteDir, skip: set[Path]) -> list[Path]:
-    """The site folder's regular files, relative, without the secrets key or ``skip``."""
+    """The site folder's regular files, relative, without the secrets key, ``skip`` or
+    earlier archives (``--out`` may be the site folder itself)."""
     key_file = site.config["site"]["key_file"]
     skipped = {*skip, *([Path(key_file).resolve()] if key_file else [])}
     found = []
@@ -99,8 +100,8 @@ def site_files(site: SiteDir, skip: set[Path]) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if (Path(root) / d).resolve() not in skipped)
         for name in sorted(names):
             path = Path(root) / name
-            if (name in _SKIPPED and Path(root) == site.path) or path.is_symlink() \
-                    or not path.is_file() or path.resolve() in skipped:
+            if (name in _SKIPPED and Path(root) == site.path) or name.endswith(SUFFIX) \
+                    or path.is_symlink() or not path.is_file() or path.resolve() in skipped:
                 continue
             found.append(path.relative_to(site.path))
     return found
