@@ -72,6 +72,20 @@ def _database(section: dict, password_file: str, default_password: str | None) -
     }
     if section.get("sslcert"):
         options |= {"sslcert": section["sslcert"], "sslkey": section["sslkey"]}
+    pooled = int(section.get("pool_max_size", 0))
+    if pooled:
+        # Django's psycopg pool, one per worker process and database: a request borrows a
+        # connection and gives it back when it ends (dbconn), instead of a TLS connection
+        # and a Postgres backend made for every request
+        options["pool"] = {
+            "min_size": int(section.get("pool_min_size", 1)),
+            "max_size": pooled,
+            # the longest a request waits for a free connection, then 503; also all that
+            # Postgres being down costs a request (issue 19.3: fail within 0.5 s)
+            "timeout": float(section.get("pool_timeout", 0.4)),
+            # renewed now and then, so a rotated password or a moved server is picked up
+            "max_lifetime": float(section.get("pool_max_lifetime", 600)),
+        }
     return {
         "ENGINE": "django.db.backends.postgresql",
         "HOST": section["host"],
@@ -79,7 +93,8 @@ def _database(section: dict, password_file: str, default_password: str | None) -
         "NAME": section["name"],
         "USER": section["user"],
         "PASSWORD": config.read_secret(password_file, default_password),
-        "CONN_MAX_AGE": int(section.get("conn_max_age", 60)),
+        # the pool keeps the connections; Django's own persistence is for unpooled sites
+        "CONN_MAX_AGE": 0 if pooled else int(section.get("conn_max_age", 60)),
         "CONN_HEALTH_CHECKS": True,
         "OPTIONS": options,
     }

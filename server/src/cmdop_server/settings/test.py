@@ -19,6 +19,9 @@ CSRF_COOKIE_SECURE = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+_POOL = os.environ.get("CMDOP_TEST_DB_POOL_MAX_SIZE", "")
+
+
 def _db(name: str) -> dict:
     return {
         "ENGINE": "django.db.backends.postgresql",
@@ -32,6 +35,10 @@ def _db(name: str) -> dict:
         # does too, the tests do not
         "CONN_MAX_AGE": int(os.environ.get("CMDOP_TEST_CONN_MAX_AGE", "0")),
         "TEST": {"NAME": f"test_{name}"},
+        # a gunicorn of a test may pool its connections as a deployed site does
+        # (server.toml [database] pool_max_size; tests/server_sessions/test_db_connections.py)
+        "OPTIONS": ({"pool": {"min_size": 1, "max_size": int(_POOL), "timeout": 0.4}}
+                    if _POOL else {}),
     }
 
 
