@@ -127,13 +127,15 @@ def test_redis_down_refuses_fast_and_recovers(own_redis, site, tls_pki, django_d
     assert "Traceback" not in cp.log()
 
 
-def test_postgres_down_refuses_fast_and_recovers(site, tls_pki, django_db_setup,
+# connections kept between requests, as deployed, by the pool or by Django
+# (CONN_MAX_AGE): the ones the crash broke must be replaced, not reused
+@pytest.mark.parametrize("kept", [{"CMDOP_TEST_DB_POOL_MAX_SIZE": "4"},
+                                  {"CMDOP_TEST_CONN_MAX_AGE": "60"}], ids=["pool", "persistent"])
+def test_postgres_down_refuses_fast_and_recovers(kept, site, tls_pki, django_db_setup,
                                                  django_db_modify_db_settings, tmp_path):
     pg = copy_of_test_databases()
     try:
-        # connections kept between requests (CONN_MAX_AGE 60), as deployed: the ones the
-        # crash broke must be replaced, not reused
-        env = {"CMDOP_TEST_PG_PORT": str(pg.port), "CMDOP_TEST_CONN_MAX_AGE": "60"}
+        env = {"CMDOP_TEST_PG_PORT": str(pg.port), **kept}
         with ControlPlane(tls_pki, tmp_path / "gunicorn.log", env=env) as cp:
             user, agent = user_api(cp, site), agent_api(cp, site)
             machines = lambda: user.call("GET", "/machines")  # noqa: E731
