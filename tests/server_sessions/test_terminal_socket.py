@@ -157,6 +157,17 @@ def test_the_terminal_ends_when_the_session_closes(agent) -> None:
     assert agent.session(sid).status == Status.CLOSED
 
 
+def test_the_terminal_ends_when_the_shell_exits(agent) -> None:
+    sid, _ = agent.open_session()
+    screen = attach(agent, agent.owner, sid)
+    screen.until(lambda: screen.record(type="status"))
+    screen.sock.send_bytes(b"exit 3\r")
+    with pytest.raises(Closed) as closed:
+        screen.until(lambda: False, timeout=20)
+    assert closed.value.code == 4000
+    assert agent.session(sid).status == Status.CLOSED
+
+
 def test_a_pending_session_opens_without_a_reload(agent) -> None:
     sid = agent.api.open_session(agent.machine.public_id)
     screen = attach(agent, agent.owner, sid)
