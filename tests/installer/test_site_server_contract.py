@@ -33,6 +33,7 @@ print(json.dumps({
     "redis_password": h(settings.CMDOP_REDIS["password"]),
     "redis_tls": [settings.CMDOP_REDIS[k] for k in ("ssl", "ssl_ca_certs", "ssl_certfile")],
     "rate_limits": settings.CMDOP_RATE_LIMITS, "retention": settings.CMDOP_AUDIT_RETENTION_DAYS,
+    "idle": settings.CMDOP_SESSION_IDLE_TIMEOUT,
     "debug": settings.DEBUG,
 }))
 """
@@ -45,6 +46,8 @@ def _sha(value: str) -> str:
 def test_production_settings_read_our_rendered_files(tmp_path, monkeypatch):
     monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
     site = make_site(tmp_path / "site", {"rate_limits.auth_per_minute": 7,
+                                         "rate_limits.input_kb_per_minute": 64,
+                                         "sessions.idle_timeout_minutes": 12,
                                          "postgres.active_role": "green"})
     render_site(SiteDir.load(site), tmp_path / "out", "node1")
     secrets = SecretStore.open(site, "").values()
@@ -68,7 +71,9 @@ def test_production_settings_read_our_rendered_files(tmp_path, monkeypatch):
     assert got["redis_user"] == "testsite-app"
     assert got["redis_password"] == _sha(secrets["redis_password_app"])
     assert got["redis_tls"] == [True, "/etc/cmdop/tls/ca.crt", "/etc/cmdop/tls/app.crt"]
-    assert got["rate_limits"] == {"auth": "7/min", "session": "100/min", "file": "50/min"}
+    assert got["rate_limits"] == {"auth": "7/min", "session": "100/min", "file": "50/min",
+                                  "input_bytes": "65536/min"}
+    assert got["idle"] == 12 * 60
     assert got["retention"] == 90 and got["debug"] is False
     assert not [n for n, v in secrets.items() if v in done.stdout + done.stderr]
 
