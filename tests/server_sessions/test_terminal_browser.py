@@ -29,6 +29,17 @@ SCREEN = """() => { const b = window.cmdopTerminal.buffer.active, lines = [];
   for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true));
   return lines.join("\\n"); }"""
 
+# (is the foreground a palette colour, which) of the first cell of the line starting with it
+COLOUR_OF = """(start) => { const b = window.cmdopTerminal.buffer.active;
+  for (let i = 0; i < b.length; i++) {
+    const line = b.getLine(i);
+    if (line.translateToString(true).startsWith(start)) {
+      const cell = line.getCell(0);
+      return [cell.isFgPalette(), cell.getFgColor()];
+    }
+  }
+  return null; }"""
+
 
 @pytest.fixture
 def browser(monkeypatch):
@@ -103,6 +114,12 @@ def test_sign_in_connect_type_interrupt_resize_reopen(browser, agent) -> None:
     page.keyboard.type("echo $((6*7))")
     page.keyboard.press("Enter")
     shows(page, r"^42$")
+
+    # colours reach the terminal as colours, not as escape codes in the text
+    page.keyboard.type("printf '\\033[31mred-%s\\033[0m\\n' $((1+1))")
+    page.keyboard.press("Enter")
+    shows(page, r"^red-2$")  # the line is the text alone: the escape codes were taken
+    assert page.evaluate(COLOUR_OF, "red-2") == [True, 1]  # palette colour 1: red
 
     page.keyboard.type("sleep 100")
     page.keyboard.press("Enter")
