@@ -210,3 +210,35 @@ def test_site_toml_bundle_paths_must_be_absolute(tmp_path) -> None:
 
     with pytest.raises(UserError, match=r"site\.toml:2: .*bundle.*file.*absolute"):
         parse_site('[bundle]\nfile = "cmdop.bundle"\n')
+
+
+def test_a_deploy_from_a_bundle_plans_apt_from_the_bundle_only(tmp_path) -> None:
+    """Every host of a site planned on pyinfra's fresh @fake hosts: with bundle.json in its
+    payload it gets the verified repository and the bundle's packages, and pyinfra's
+    apt.packages (which runs `apt-get update` against the host's own sources) never."""
+    from cmdop_install import deploy
+    from cmdop_install.runner import run_deploy
+    from cmdop_install.sitedir import SiteDir
+
+    from tests.installer.test_site_deploy_plan import FRESH_DEBIAN, WHEELS
+    from tests.support.sites import key_env, make_site
+
+    with key_env():
+        site = SiteDir.load(make_site(tmp_path / "s", agents=True))
+        payload = tmp_path / "payload"
+        facts = {"digest": "d" * 64, "path": "/b", "manifest": "/m", "sums": "/s", "count": 1}
+        for host in site.inventory.hosts():
+            folder = payload / "@fake" / host.name
+            deploy.write_payload(folder, site, host.name)
+            deploy.write_extras(folder, site, host.name, WHEELS)
+            (folder / "bundle.json").write_text(json.dumps(facts))
+        groups = {group: [(f"@fake/{name}", FRESH_DEBIAN) for name, _ in hosts]
+                  for group, hosts in site.inventory.pyinfra_groups().items()}
+        result = run_deploy(groups, deploy.SITE_DEPLOY, dry_run=True,
+                            data={"cmdop_payload": str(payload)})
+    assert result.failed == []
+    for name, host in result.hosts.items():
+        ops = [op.name.removeprefix("CMDOP site | ") for op in host.ops if op.changed]
+        assert ops[:3] == ["Private upload folder", "Offline bundle", "Debian packages (bundle)"
+                           ], (name, ops)
+        assert "Debian packages" not in ops, (name, ops)
