@@ -1,11 +1,11 @@
 """The audit module: ``record(event, …)`` is the only way anything writes an audit row.
 
 Rows go to the separate ``audit`` database (``router.AuditRouter``). Audit writes fail
-closed: inside ``action()`` (the app's durable transaction) each ``record()`` commits its
-row before the app's transaction commits, so an action whose row cannot be stored (audit
-database down, connection lost at commit) raises and its change is rolled back — never
-done unrecorded. Each row is hash-chained per workspace (``chain.py``; ``audit_verify`` proves
-it); ``purge_audit`` enforces retention; ``export.py`` streams rows as JSON lines or CSV.
+closed: ``action()`` commits an action's audit rows before the app's transaction, so an
+action whose rows cannot be stored (audit database down, connection lost at commit)
+raises and its change is rolled back — never done unrecorded. Each row is hash-chained per
+workspace (``chain.py``; ``audit_verify`` proves it); ``purge_audit`` enforces retention;
+``export.py`` streams rows as JSON lines or CSV.
 """
 
 from __future__ import annotations
@@ -69,14 +69,14 @@ def record(
 
 @contextlib.contextmanager
 def action() -> Iterator[None]:
-    """One state change: the app's durable transaction, committed only after every audit
-    row recorded inside it has been.
+    """One state change: the audit transaction inside the app's durable transaction, so
+    the audit rows commit first and the change only after them.
 
     Two databases cannot commit atomically without two-phase commit, so the order decides
-    what a failure between the two commits leaves: the audit row first means at worst a
-    row for a change that then failed to commit (the row says what was attempted), never
-    a change without its row. The app's transaction is durable so that no caller's outer
-    transaction can hold the change back.
+    what a failure between the two commits leaves: the audit rows first means at worst
+    rows for a change that then failed to commit (they say what was attempted), never a
+    change without its rows. Anything raised inside rolls both back. The app's transaction
+    is durable so that no caller's outer transaction can hold the change back.
     """
-    with transaction.atomic(using="default", durable=True):
+    with transaction.atomic(using="default", durable=True), transaction.atomic(using=AUDIT_DB):
         yield
