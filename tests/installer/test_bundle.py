@@ -242,3 +242,31 @@ def test_a_deploy_from_a_bundle_plans_apt_from_the_bundle_only(tmp_path) -> None
         assert ops[:3] == ["Private upload folder", "Offline bundle", "Debian packages (bundle)"
                            ], (name, ops)
         assert "Debian packages" not in ops, (name, ops)
+
+
+def test_an_opened_bundle_gives_its_wheelhouses_keyed_by_its_signed_manifest(tmp_path, keys
+                                                                           ) -> None:
+    src = tmp_path / "w"
+    src.mkdir()
+    files = {}
+    for name in ("cmdop_agent-0.3.0-py3-none-any.whl", "requirements.txt"):
+        (src / name).write_text(name)
+        files[f"wheels/cmdop-agent/{name}"] = src / name
+    out = tmp_path / "b.bundle"
+    bundle.write_bundle(out, files, {"target": "debian-12-amd64"}, keys[0])
+    config = {"bundle": {"file": str(out), "pubkey": str(keys[1])}}
+    with bundle.opened(config, None) as offline:
+        assert offline is not None
+        release = offline.agent_release(None)
+        assert release.version == "0.3.0"
+        assert release.wheelhouse["key"] == f"cmdop-agent-{offline.digest[:16]}"
+        assert release.wheelhouse["package_wheel"] == "cmdop_agent-0.3.0-py3-none-any.whl"
+        assert offline.host_facts["count"] == 2
+        with pytest.raises(UserError, match="carries agent 0.3.0 only"):
+            offline.agent_release("0.4.0")
+        with pytest.raises(UserError, match="has no wheels/cmdop-server"):
+            offline.wheelhouse("cmdop-server")
+        unpacked = offline.root
+    assert not unpacked.exists()  # the unpacked copy lives for one run only
+    with bundle.opened({"bundle": {"file": "", "pubkey": ""}}, None) as online:
+        assert online is None
