@@ -31,12 +31,13 @@ def _db(name: str) -> dict:
         "NAME": os.environ.get(f"CMDOP_TEST_DB_{name.upper()}", name),
         "USER": "postgres",
         "PASSWORD": "",
-        # production keeps connections (server.toml conn_max_age, default 60); bench/auth.py
-        # does too, the tests do not
-        "CONN_MAX_AGE": int(os.environ.get("CMDOP_TEST_CONN_MAX_AGE", "0")),
+        # production keeps connections (server.toml conn_max_age, default 60, or its pool);
+        # bench/auth.py does too, the tests do not. A pool keeps them itself (Django
+        # refuses both at once).
+        "CONN_MAX_AGE": 0 if _POOL else int(os.environ.get("CMDOP_TEST_CONN_MAX_AGE", "0")),
         "TEST": {"NAME": f"test_{name}"},
         # a gunicorn of a test may pool its connections as a deployed site does
-        # (server.toml [database] pool_max_size; tests/server_sessions/test_db_connections.py)
+        # (server.toml [database] pool_max_size; tests/server_sessions/test_db_pool.py)
         "OPTIONS": ({"pool": {"min_size": 1, "max_size": int(_POOL), "timeout": 0.4}}
                     if _POOL else {}),
     }
