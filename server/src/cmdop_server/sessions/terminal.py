@@ -248,12 +248,18 @@ class Terminal:
                 cursor = None
                 continue
             cursor = page.cursor
+            # a page's consecutive output chunks go as one frame (fewer sends under load)
+            pending = bytearray()
             for item in page.items:
                 if item["type"] == "output":
-                    await self.send({"type": "websocket.send",
-                                     "bytes": base64.b64decode(item["data_b64"])})
-                else:
-                    await self.send_json(item)
+                    pending += base64.b64decode(item["data_b64"])
+                    continue
+                if pending:
+                    await self.send({"type": "websocket.send", "bytes": bytes(pending)})
+                    pending.clear()
+                await self.send_json(item)
+            if pending:
+                await self.send({"type": "websocket.send", "bytes": bytes(pending)})
             if not page.items:
                 await self.send_json({"type": "alive"})  # keeps nginx and middleboxes open
 
