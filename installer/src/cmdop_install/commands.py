@@ -244,9 +244,10 @@ def status(site_dir: Path, as_json: bool) -> None:
         + (f"{last['at']} ({last['changes']} change(s))" if last else "never")
     )
     for h in info["hosts"]:
-        click.echo(
-            f"{h['host']} ({h['address']})" + (f"  ERROR: {h['error']}" if "error" in h else "")
-        )
+        if "error" in h:
+            click.echo(f"{h['host']} ({h['address']})  unreachable: {h['error']}")
+            continue
+        click.echo(f"{h['host']} ({h['address']})")
         for c in h["components"]:
             extra = ""
             if "online" in c:

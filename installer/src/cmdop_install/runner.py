@@ -98,6 +98,7 @@ class RunRequest:
     data: dict = field(default_factory=dict)
     facts: dict[str, str] = field(default_factory=dict)
     parallel: int = 0
+    host_facts: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -118,6 +119,7 @@ def run_deploy(
     data: dict | None = None,
     facts: dict[str, str] | None = None,
     parallel: int = 0,
+    host_facts: dict[str, dict[str, str]] | None = None,
 ) -> RunResult:
     """Run ``deploy`` ("package.module:function") on the hosts of ``groups``.
 
@@ -125,11 +127,13 @@ def run_deploy(
     inventory model; host data holds the ssh_* connection keys).
 
     ``facts`` maps a label to a shell command whose output is read (a pyinfra ``Command``
-    fact) on every host after the run; with ``dry_run`` nothing is executed and each
-    operation reports whether it *would* change.
+    fact) on every host after the run; ``host_facts`` maps a host name to the facts read on
+    that host instead (a host is asked only what concerns it); with ``dry_run`` nothing is
+    executed and each operation reports whether it *would* change.
     """
     pyinfra_internals.refuse_unknown_version()
-    request = RunRequest(groups, deploy, limit, dry_run, data or {}, facts or {}, parallel)
+    request = RunRequest(groups, deploy, limit, dry_run, data or {}, facts or {}, parallel,
+                         host_facts or {})
     proc = subprocess.run(
         [sys.executable, "-m", "cmdop_install.runner"],
         input=request.to_json(),
@@ -161,9 +165,11 @@ def run_deploy(
 READ_ONLY = "cmdop_install.deploys.site:nothing"
 
 
-def read_facts(groups: Groups, facts: dict[str, str], limit: list[str] | None = None) -> RunResult:
-    """Run ``facts`` (label -> shell command, as root) on the hosts and change nothing."""
-    return run_deploy(groups, READ_ONLY, limit=limit, facts=facts)
+def read_facts(groups: Groups, facts: dict[str, str], limit: list[str] | None = None,
+               host_facts: dict[str, dict[str, str]] | None = None) -> RunResult:
+    """Run ``facts`` (label -> shell command, as root) on the hosts and change nothing;
+    a host named in ``host_facts`` runs its own facts instead."""
+    return run_deploy(groups, READ_ONLY, limit=limit, facts=facts, host_facts=host_facts)
 
 
 # ---------------------------------------------------------------- child process side
@@ -254,14 +260,16 @@ def _host_result(state, host, names: dict, dry_run: bool) -> HostResult:
     return HostResult(host.name, ops, error)
 
 
-def _read_host_facts(state, results: dict[str, HostResult], facts: dict[str, str]) -> None:
-    """Read ``facts`` on every host that did not fail, all hosts at once."""
+def _read_host_facts(state, results: dict[str, HostResult], facts: dict[str, str],
+                     host_facts: dict[str, dict[str, str]]) -> None:
+    """Read ``facts`` (a host in ``host_facts``: its own) on every host that did not fail,
+    all hosts at once."""
     from gevent.pool import Pool
     from pyinfra.facts.server import Command
 
     def read(host) -> None:
         if host not in state.failed_hosts:
-            for label, command in facts.items():
+            for label, command in host_facts.get(host.name, facts).items():
                 results[host.name].facts[label] = (
                     host.get_fact(Command, command, _sudo=True, _ignore_errors=True) or ""
                 )
@@ -289,8 +297,8 @@ def _child(request: RunRequest) -> dict:
         else _host_result(state, host, names, request.dry_run)
         for host in state.inventory
     }
-    if request.facts:
-        _read_host_facts(state, results, request.facts)
+    if request.facts or request.host_facts:
+        _read_host_facts(state, results, request.facts, request.host_facts)
     timer.mark("facts")
     disconnect_all(state)
     timer.report()

@@ -46,16 +46,31 @@ def restart_pending_command(venv: str = manage.SERVER_VENV) -> str:
     )
 
 
+def shown_components(roles: list[str]) -> list[str]:
+    """The components status reports on a host with these inventory groups."""
+    shown = [*roles, *(["nginx"] if "control_plane" in roles else [])]
+    return [c for c in shown if c in COMPONENTS]
+
+
+def host_facts(components: list[str], major: int) -> dict[str, str]:
+    """The facts status reads on a host running ``components``, and no others: a command
+    about a package the host does not have fails there (pyinfra logs every such failure)."""
+    facts: dict[str, str] = {"hostname": manage.HOSTNAME_COMMAND}
+    for component in components:
+        unit, version = (c.format(major=major) for c in COMPONENTS[component])
+        facts[f"{component}.state"] = f"systemctl is-active {unit} 2>/dev/null || true"
+        facts[f"{component}.version"] = version
+    if "control_plane" in components:
+        facts["control_plane.restart_pending"] = restart_pending_command()
+    return facts
+
+
 def site_status(site: SiteDir) -> dict:
     inventory = site.inventory
     major = site.config["postgres"]["major"]
-    facts: dict[str, str] = {"hostname": manage.HOSTNAME_COMMAND}
-    for component, (unit, version) in COMPONENTS.items():
-        unit, version = unit.format(major=major), version.format(major=major)
-        facts[f"{component}.state"] = f"systemctl is-active {unit} 2>/dev/null || true"
-        facts[f"{component}.version"] = version
-    facts["control_plane.restart_pending"] = restart_pending_command()
-    result = read_facts(inventory.pyinfra_groups(), facts)
+    shown = {h.name: shown_components(inventory.roles_of(h.name)) for h in inventory.hosts()}
+    result = read_facts(inventory.pyinfra_groups(), {},
+                        host_facts={n: host_facts(c, major) for n, c in shown.items()})
     fleet: dict[str, dict] = {}
     if inventory.groups["control_plane"]:
         try:
@@ -65,28 +80,13 @@ def site_status(site: SiteDir) -> dict:
     expiry = pki.expiry_dates(site.path)
     hosts = []
     for host in inventory.hosts():
-        roles = inventory.roles_of(host.name)
-        shown = [*roles, *(["nginx"] if "control_plane" in roles else [])]
         entry: dict[str, Any] = {"host": host.name, "address": host.address, "components": []}
         res = result.hosts.get(host.name)
         if res is None or res.error:
+            # nothing was read there: one row saying why, not a row of unknowns per component
             entry["error"] = res.error if res else "not reached"
-        for component in shown:
-            if component not in COMPONENTS:
-                continue
-            row: dict[str, Any] = {
-                "component": component,
-                "state": res.facts.get(f"{component}.state", "?") if res else "?",
-                "version": res.facts.get(f"{component}.version", "") if res else "",
-            }
-            if component == "control_plane":
-                row["restart_pending"] = bool(
-                    res and res.facts.get("control_plane.restart_pending", "").strip() == "yes")
-            if component == "agents":
-                machine = manage.machine_of(fleet, res.facts.get("hostname", "")) if res else {}
-                row["online"] = bool(machine.get("online"))
-                row["last_seen"] = machine.get("last_seen")
-            entry["components"].append(row)
+        else:
+            entry["components"] = [_component_row(c, res.facts, fleet) for c in shown[host.name]]
         entry["certificates"] = {k: v for k, v in expiry.items() if k.endswith(f"-{host.name}")}
         hosts.append(entry)
     record = rotation_state.load(site.path)["rotation"]
@@ -96,6 +96,21 @@ def site_status(site: SiteDir) -> dict:
     return {"site": site.name, "last_deploy": last_deploy(site.path), "hosts": hosts,
             "rotation": rotation, "secrets": secrets,
             "warnings": pki.expiry_warnings(site.path, site.config)}
+
+
+def _component_row(component: str, facts: dict[str, str], fleet: dict[str, dict]) -> dict:
+    row: dict[str, Any] = {
+        "component": component,
+        "state": facts.get(f"{component}.state", "?"),
+        "version": facts.get(f"{component}.version", ""),
+    }
+    if component == "control_plane":
+        row["restart_pending"] = facts.get("control_plane.restart_pending", "").strip() == "yes"
+    if component == "agents":
+        machine = manage.machine_of(fleet, facts.get("hostname", ""))
+        row["online"] = bool(machine.get("online"))
+        row["last_seen"] = machine.get("last_seen")
+    return row
 
 
 def read_fleet(site: SiteDir) -> dict[str, dict]:
