@@ -2,7 +2,8 @@
 
 OUT/inventory.yml is an Ansible YAML inventory with the groups of inventory.py and how to
 reach each host; OUT/group_vars/all.yml holds the site-wide values the roles need (the
-wheelhouses, the management command lines; no secret). OUT/host_vars/<host>.yml is
+wheelhouses, the management command lines; no secret), OUT/templates/ a copy of the
+templates the context was built for. OUT/host_vars/<host>.yml is
 ansible-vault encrypted (format 1.1, AES256) and holds everything the roles need for that
 host: the variables its templates see (``cmdop_context``, the same dict ``cmdop-install
 render`` renders with), the list of its files with path, mode, owner and group
@@ -21,6 +22,7 @@ import hmac
 import json
 import os
 import secrets as pysecrets
+import shutil
 from pathlib import Path
 
 import jinja2
@@ -149,10 +151,11 @@ def host_vars(site: SiteDir, host_name: str) -> dict:
     return data
 
 
-def group_vars(site, wheels: dict) -> dict:
+def group_vars(site, wheels: dict, templates: Path) -> dict:
     """Site-wide, non-secret: where the templates are, the wheelhouses, the first Owner."""
     return {
-        "cmdop_common_templates_dir": str(render.templates_dir()),
+        # the export's own copy: the templates of the installer that built the context
+        "cmdop_common_templates_dir": str(templates),
         "cmdop_site_name": site["site"]["name"],
         "cmdop_postgres_major": site["postgres"]["major"],
         "cmdop_postgres_roles_check_sql": pgsql.roles_check(render.postgres_names(site)),
@@ -232,7 +235,10 @@ def export_site(site_dir: Path, out: Path, vault_password_file: Path) -> list[st
     for name, vault in vaults.items():
         write_atomic(out / "host_vars" / f"{name}.yml", vault, 0o600)
     make_dir(out / "group_vars", 0o755)
-    common = MANAGED + json.dumps(group_vars(site.config, wheels), indent=2) + "\n"
-    write_atomic(out / "group_vars" / "all.yml", common.encode(), 0o644)
+    common = group_vars(site.config, wheels, (out / "templates").absolute())
+    common_text = MANAGED + json.dumps(common, indent=2) + "\n"
+    write_atomic(out / "group_vars" / "all.yml", common_text.encode(), 0o644)
+    shutil.rmtree(out / "templates", ignore_errors=True)
+    shutil.copytree(render.templates_dir(), out / "templates")
     write_atomic(out / "inventory.yml", inventory_yaml(inventory).encode(), 0o644)
     return list(vaults)

@@ -1,0 +1,108 @@
+"""`molecule test` of molecule/default: the Ansible roles converge one control-plane host and
+two agents, change nothing on a second run, and pass the security verify (molecule/default/
+verify.yml), every file compared with `cmdop-install render`'s manifest.
+
+The site is made here with the real CLI (init, export-ansible, render) over the scenario's
+fixed addresses; molecule's podman hosts use the lab's image, containers.conf and safety
+route, on a network of the scenario's own that molecule removes at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cmdop_install.lab import image, network, system
+from cmdop_install.sitedir import SiteDir
+
+from tests.lab.helpers import cli
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+HOSTS = {"molecule-cp1": "10.89.200.10", "molecule-agent1": "10.89.200.11",
+         "molecule-agent2": "10.89.200.12"}
+NETWORK = "cmdop-molecule-default"
+SUBNET = "10.89.200.0/24"
+
+
+def _inventory() -> str:
+    def entry(name: str) -> str:
+        return f'("{name}", {{"ssh_hostname": "{HOSTS[name]}"}})'
+
+    return (
+        f"_CONTROL = {entry('molecule-cp1')}\n"
+        "postgres = [_CONTROL]\nredis = [_CONTROL]\ncentrifugo = []\ncontrol_plane = [_CONTROL]\n"
+        f"agents = [{entry('molecule-agent1')}, {entry('molecule-agent2')}]\n"
+    )
+
+
+def _left_over(env: dict[str, str]) -> list[str]:
+    names = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], env=env,
+                           capture_output=True, text=True, check=True).stdout.split()
+    networks = subprocess.run(["podman", "network", "ls", "--format", "{{.Name}}"], env=env,
+                              capture_output=True, text=True, check=True).stdout.split()
+    return [n for n in names if n in HOSTS] + [n for n in networks if n == NETWORK]
+
+
+def _failures(output: str) -> str:
+    """What failed: each failing task with what follows it (the whole log is long)."""
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines) if "fatal:" in line or "failed:" in line]
+    excerpt = [line for i in starts[:5] for line in lines[max(i - 3, 0):i + 25]]
+    return "\n".join(excerpt)[-8000:] or output[-6000:]
+
+
+def test_molecule_default_converges_is_idempotent_and_verifies(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("molecule's podman hosts need root")
+    system.write_containers_conf()
+    network.ensure_blackhole()
+    image.ensure_image()  # the lab's one image recipe, cached
+    assert _left_over(system.podman_env()) == [], "a molecule run is left over: molecule destroy"
+
+    site_dir = tmp_path / "site"
+    site_dir.mkdir(mode=0o700)
+    (site_dir / "inventory.py").write_text(_inventory())
+    cli("init", str(site_dir), "--key-file", str(tmp_path / "site.key"))
+    export = tmp_path / "export"
+    vault_pass = tmp_path / "vault-pass"
+    cli("export-ansible", str(site_dir), str(export), "--vault-password-file", str(vault_pass))
+    rendered = tmp_path / "rendered"
+    cli("render", str(site_dir), "--out", str(rendered))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text((rendered / "manifest.json").read_text())
+    subprocess.run(["rm", "-rf", str(rendered)], check=True)  # secrets: keep only the manifest
+    assert set(json.loads(manifest.read_text())["hosts"]) == set(HOSTS)
+
+    env = {
+        **system.podman_env(),
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "ANSIBLE_VAULT_PASSWORD_FILE": str(vault_pass),
+        "CMDOP_MOLECULE_EXPORT": str(export),
+        "CMDOP_MOLECULE_SITE": str(site_dir),
+        "CMDOP_MOLECULE_MANIFEST": str(manifest),
+    }
+    # the scenario's own network, in the lab's supernet above the labs' subnets
+    subprocess.run(["podman", "network", "create", "--subnet", SUBNET, NETWORK], env=env,
+                   capture_output=True, text=True, check=True)
+    log = tmp_path / "molecule.log"  # followed live with tail -f while it runs
+    try:
+        with log.open("w") as out:
+            run = subprocess.run([str(VENV_BIN / "molecule"), "test", "-s", "default"],
+                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 timeout=2400, check=False)
+    finally:
+        subprocess.run([str(VENV_BIN / "molecule"), "destroy", "-s", "default"], cwd=REPO,
+                       env=env, capture_output=True, timeout=600, check=False)
+    output = log.read_text()
+    assert run.returncode == 0, _failures(output)
+    assert "Idempotence completed successfully" in output
+    assert _left_over(env) == []
+    secrets = SiteDir.load(site_dir).secrets.values()
+    assert not any(v in output for v in secrets if len(v) >= 12)
