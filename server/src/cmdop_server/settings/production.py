@@ -82,7 +82,7 @@ def _database(section: dict, password_file: str, default_password: str | None) -
             "max_size": pooled,
             # the longest a request waits for a free connection, then 503; also all that
             # Postgres being down costs a request (issue 19.3: fail within 0.5 s)
-            "timeout": float(section.get("pool_timeout", 0.4)),
+            "timeout": float(section.get("pool_timeout", 0.3)),
             # renewed now and then, so a rotated password or a moved server is picked up
             "max_lifetime": float(section.get("pool_max_lifetime", 600)),
         }
