@@ -21,7 +21,15 @@ from cmdop_install.sitedir import SiteDir
 
 from tests.lab.helpers import cli
 
-pytestmark = pytest.mark.lab
+pytestmark = [
+    pytest.mark.lab,
+    # Opt-in until one uninterrupted `molecule test` has passed on a quiet machine: its steps
+    # passed one by one on the lab, the whole run (about 17 minutes here) has not yet.
+    pytest.mark.skipif(
+        os.environ.get("CMDOP_TEST_MOLECULE") != "1",
+        reason="molecule test is opt-in for now: set CMDOP_TEST_MOLECULE=1",
+    ),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
