@@ -19,6 +19,16 @@ from cmdop_install.errors import UserError
 site_dir_arg = options.site_dir_arg
 
 
+def _echo(as_json: bool, line: str) -> None:
+    """A human line: on stdout, or on stderr when stdout carries the --json document."""
+    click.echo(line, err=as_json)
+
+
+def _document(doc: dict) -> None:
+    """The --json document: the only thing written to stdout (docs/cli.md has each schema)."""
+    click.echo(json.dumps(doc, indent=2))
+
+
 @click.command()
 @site_dir_arg
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -66,17 +76,25 @@ def _store(site_dir: Path):
 
 @secrets.command("list")
 @site_dir_arg
-def secrets_list(site_dir: Path) -> None:
+@options.as_json
+def secrets_list(site_dir: Path, as_json: bool) -> None:
     """Names, creation time, age, source and rotatability (or why not) of every secret —
     never values.
 
     \b
     Example:
-      cmdop-install secrets list mysite
+      cmdop-install secrets list mysite --json
     """
     from cmdop_install.rotation_state import OTHER_SECRETS, ROTATABLE
 
     rows = _store(site_dir).listing()
+    if as_json:
+        _document({
+            "secrets": [{**r, "rotatable": not ROTATABLE[r["name"]],
+                         "why_not": ROTATABLE[r["name"]] or None} for r in rows],
+            "other": [{"name": name, "why_not": why} for name, why in OTHER_SECRETS.items()],
+        })
+        return
     width = max(len(name) for name in [*ROTATABLE, *OTHER_SECRETS])
     click.echo(f"{'NAME':<{width}}  {'CREATED':<20}  {'AGE':>7}  {'SOURCE':<9}  ROTATE")
     for r in rows:
@@ -152,28 +170,35 @@ def render(site_dir: Path, host: str | None, out: Path) -> None:
 
 @click.command()
 @site_dir_arg
-def check(site_dir: Path) -> None:
+@options.as_json
+def check(site_dir: Path, as_json: bool) -> None:
     """Validate site.toml and inventory.py and lint the rendered files; exit 1 on findings.
 
     \b
     Example:
-      cmdop-install check mysite
+      cmdop-install check mysite --json
     """
     from cmdop_install.check import check_site
     from cmdop_install.sitedir import SiteDir
 
     findings = check_site(SiteDir.load(site_dir))
-    for finding in findings:
-        click.echo(finding)
-    if any(not f.startswith("warning:") for f in findings):
-        raise UserError(f"check: {sum(not f.startswith('warning:') for f in findings)} "
-                        "problem(s) found", 1)
+    problems = [f for f in findings if not f.startswith("warning:")]
+    if as_json:
+        _document({"ok": not problems, "problems": problems,
+                   "warnings": [f for f in findings if f.startswith("warning:")]})
+    else:
+        for finding in findings:
+            click.echo(finding)
+    if problems:
+        raise UserError(f"check: {len(problems)} problem(s) found", 1)
+    if as_json:
+        return
     click.echo("check: ok" + (f" ({len(findings)} warning(s))" if findings else ""))
 
 
-def _echo_issued(site) -> None:
+def _echo_issued(site, as_json: bool = False) -> None:
     if site.issued:
-        click.echo(f"issued certificates: {', '.join(site.issued)}")
+        _echo(as_json, f"issued certificates: {', '.join(site.issued)}")
 
 
 @click.command("deploy")
@@ -181,8 +206,9 @@ def _echo_issued(site) -> None:
 @options.limit
 @options.dry_run
 @options.bundle
-def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool, bundle_file: Path | None
-           ) -> None:
+@options.as_json
+def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool, bundle_file: Path | None,
+           as_json: bool) -> None:
     """Converge every host of SITE_DIR: Postgres, Redis, nginx, the control plane, the agents.
 
     Only what differs changes; a second deploy of an unchanged site reports zero changes.
@@ -193,6 +219,7 @@ def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool, bundle_file: P
     Example:
       cmdop-install deploy mysite --limit control_plane --dry-run
       cmdop-install deploy mysite --bundle cmdop.bundle
+      cmdop-install deploy mysite --json > deploy.json
     """
     from cmdop_install.deploy import deploy_site
     from cmdop_install.rollout import SiteLock
@@ -204,21 +231,22 @@ def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool, bundle_file: P
             result = deploy_site(site, limit=list(limit) or None, dry_run=dry_run,
                                  bundle_file=bundle_file)
         finally:
-            _echo_issued(site)
-    click.echo(
-        "centrifugo: skipped (no binary in site.toml [centrifugo]); live output flows "
-        "through the REST cursor API"
-    )
+            _echo_issued(site, as_json)
+    _echo(as_json, "centrifugo: skipped (no binary in site.toml [centrifugo]); live output "
+          "flows through the REST cursor API")
     for line in result.host_lines("would change" if dry_run else "changed"):
-        click.echo(line)
+        _echo(as_json, line)
+    if as_json:
+        _document({"dry_run": dry_run, "ok": not result.failed, "issued": list(site.issued),
+                   **result.as_json()})
     if result.failed:
         raise UserError(
             f"deploy failed on {', '.join(result.failed)}; fix and rerun "
             "(the hosts that succeeded are consistent and will report no change)"
         )
-    click.echo(
-        f"{'dry run: ' if dry_run else ''}{result.changes} change(s) on {len(result.hosts)} host(s)"
-    )
+    _echo(as_json,
+          f"{'dry run: ' if dry_run else ''}{result.changes} change(s) on {len(result.hosts)} "
+          "host(s)")
 
 
 @click.command("status")
@@ -356,6 +384,7 @@ def agents() -> None:
     help="How long an agent has to report its new version.",
 )
 @options.bundle
+@options.as_json
 def rollout(
     site_dir: Path,
     version: str | None,
@@ -364,6 +393,7 @@ def rollout(
     max_fail: str,
     health_timeout: int,
     bundle_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Install or upgrade the agents of SITE_DIR in batches, each gated on the control plane.
 
@@ -373,15 +403,24 @@ def rollout(
     \b
     Example:
       cmdop-install agents rollout mysite --version 0.2.0 --canary 1 --batch-size 25%
+      cmdop-install agents rollout mysite --json > rollout.json
     """
+    from dataclasses import asdict
+
     from cmdop_install.rollout import Rollout, SiteLock, summary_lines
     from cmdop_install.sitedir import SiteDir
 
     with SiteLock(site_dir):
-        outcome = Rollout(SiteDir.load(site_dir), click.echo, health_timeout,
-                          bundle_file).run(version, batch_size, canary, max_fail)
+        outcome = Rollout(SiteDir.load(site_dir), lambda line: _echo(as_json, line),
+                          health_timeout, bundle_file).run(version, batch_size, canary, max_fail)
     for line in summary_lines(outcome):
-        click.echo(line)
+        _echo(as_json, line)
+    if as_json:
+        _document({"version": outcome.version,
+                   "ok": not outcome.stopped and not outcome.failed,
+                   "stopped": outcome.stopped, "resumed": outcome.resumed,
+                   "failed": outcome.failed, "batches": outcome.batches,
+                   "hosts": [asdict(h) for h in outcome.hosts.values()]})
     if outcome.stopped:
         raise UserError(
             f"rollout of {outcome.version} stopped: {outcome.stopped}; the hosts not reached "
@@ -392,7 +431,7 @@ def rollout(
             f"rollout of {outcome.version} finished with failed host(s) "
             f"{', '.join(outcome.failed)} (rolled back); rerun to retry them"
         )
-    click.echo(f"rollout of {outcome.version}: every agent runs it and is online")
+    _echo(as_json, f"rollout of {outcome.version}: every agent runs it and is online")
 
 
 @click.command("uninstall")
@@ -404,7 +443,9 @@ def rollout(
 )
 @options.limit
 @options.yes
-def uninstall(site_dir: Path, keep_data: bool, limit: tuple[str, ...], yes: bool) -> None:
+@options.as_json
+def uninstall(site_dir: Path, keep_data: bool, limit: tuple[str, ...], yes: bool,
+              as_json: bool) -> None:
     """Remove what deploy installed on the hosts of SITE_DIR: services, code, our files, users
     and the Debian packages it installed; with --keep-data the data stays.
 
@@ -413,6 +454,7 @@ def uninstall(site_dir: Path, keep_data: bool, limit: tuple[str, ...], yes: bool
     \b
     Example:
       cmdop-install uninstall mysite --keep-data --yes
+      cmdop-install uninstall mysite --yes --json > uninstall.json
     """
     from cmdop_install.sitedir import SiteDir
     from cmdop_install.uninstall import uninstall_site
@@ -422,14 +464,17 @@ def uninstall(site_dir: Path, keep_data: bool, limit: tuple[str, ...], yes: bool
     site = SiteDir.load(site_dir)
     if not yes:
         what = "keeping the data" if keep_data else "INCLUDING ALL DATA (databases, audit log)"
-        click.confirm(f"Uninstall CMDOP from the hosts of {site_dir}, {what}?", abort=True)
+        click.confirm(f"Uninstall CMDOP from the hosts of {site_dir}, {what}?", abort=True,
+                      err=as_json)
     result = uninstall_site(site, keep_data=keep_data, limit=list(limit) or None)
     for line in result.host_lines():
-        click.echo(line)
+        _echo(as_json, line)
+    if as_json:
+        _document({"keep_data": keep_data, "ok": not result.failed, **result.as_json()})
     if result.failed:
         raise UserError(f"uninstall failed on {', '.join(result.failed)}; fix and rerun")
     kept = " (data kept: `cmdop-install deploy` brings the site back)" if keep_data else ""
-    click.echo(f"uninstalled from {len(result.hosts)} host(s){kept}")
+    _echo(as_json, f"uninstalled from {len(result.hosts)} host(s){kept}")
 
 
 @click.command("demo")

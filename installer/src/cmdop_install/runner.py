@@ -58,6 +58,23 @@ class RunResult:
             h.name for h in self.hosts.values() if h.error or not all(op.success for op in h.ops)
         ]
 
+    def as_json(self) -> dict:
+        """The run for a ``--json`` document: per host its changes, its error and the
+        operations that changed or failed (facts stay out: one may carry what a host holds)."""
+        return {
+            "changes": self.changes,
+            "failed": self.failed,
+            "hosts": [
+                {
+                    "host": h.name,
+                    "changes": h.changes,
+                    "error": h.error,
+                    "operations": [asdict(op) for op in h.ops if op.changed or not op.success],
+                }
+                for h in self.hosts.values()
+            ],
+        }
+
     def host_lines(self, verb: str = "changed") -> list[str]:
         """Per host: its count of changes (or why it failed), then each changed or failed
         operation, indented."""
