@@ -13,7 +13,7 @@ from cmdop_install.rollout import HostOutcome, Outcome
 from cmdop_install.runner import UNREACHABLE, HostResult, OpResult, RunResult
 from cmdop_install.sitedir import SiteDir
 
-from tests.support.sites import TEST_KEY, make_site
+from tests.support.sites import TEST_KEY, make_site, write_site
 
 pytestmark = pytest.mark.unit
 
@@ -44,10 +44,21 @@ HOSTS = [{"host": "node1", "changes": 1, "error": None,
          {"host": "agent1", "changes": 0, "error": UNREACHABLE, "operations": []}]
 
 
-def test_check_json(site_dir, capsys):
+def test_check_json_lists_warnings_and_problems(site_dir, capsys, monkeypatch):
+    write_site(site_dir, agents=True, address="10.9.8.7")  # certificates now name the old one
     code, doc, err = _run(capsys, "check", str(site_dir), "--json")
     assert code == 0 and err == ""
-    assert doc == {"ok": True, "problems": [], "warnings": doc["warnings"]}
+    assert doc["ok"] is True and doc["problems"] == []
+    assert any(w.startswith("warning: pki/postgres-node1.crt: names node1") for w in
+               doc["warnings"])
+
+    from cmdop_install import check
+
+    monkeypatch.setattr(check, "check_site", lambda site: ["site.toml: bad", "warning: w"])
+    code, doc, err = _run(capsys, "check", str(site_dir), "--json")
+    assert (code, doc) == (1, {"ok": False, "problems": ["site.toml: bad"],
+                               "warnings": ["warning: w"]})
+    assert err == "cmdop-install: error: check: 1 problem(s) found\n"
 
 
 def test_secrets_list_json_has_names_and_ages_never_values(site_dir, capsys):

@@ -1,14 +1,15 @@
 """`status` on a real site folder, the hosts faked at the runner boundary (read_facts): each
 host is asked only about its own components, an unreachable host is one row saying why while
-the others are shown, and every deploy through deploy_site (deploy, the demo, a rollout's
-batches) is the last deploy status reports."""
+the others are shown, and every deploy (deploy_site: deploy, the demo, a rollout's batches;
+a rollout's rollback) is the last deploy status reports."""
 
 from pathlib import Path
 
 import pytest
-from cmdop_install import deploy, status
+from cmdop_install import deploy, rollout, status
 from cmdop_install.cli import main
-from cmdop_install.runner import UNREACHABLE, HostResult, RunResult
+from cmdop_install.rollout import HostOutcome, Outcome, Rollout
+from cmdop_install.runner import UNREACHABLE, HostResult, OpResult, RunResult
 from cmdop_install.sitedir import SiteDir
 
 from tests.support.sites import TEST_KEY, make_site
@@ -82,3 +83,14 @@ def test_every_deploy_through_deploy_site_is_the_last_deploy(site_dir, hosts, mo
     assert last is not None and last["failed"] == ["agent1"]
     assert main(["status", str(site_dir)]) == 0
     assert capsys.readouterr().out.startswith(f"site testsite; last deploy: {last['at']} (")
+
+
+def test_a_rollouts_rollback_is_the_last_deploy(site_dir, monkeypatch):
+    back = RunResult({"agent1": HostResult("agent1", [OpResult("Agent release", True, False)])},
+                     dry_run=False)
+    monkeypatch.setattr(rollout, "run_deploy", lambda *args, **kwargs: back)
+    outcome = Outcome("0.2.0", {"agent1": HostOutcome("agent1", "0.1.0", result="failed")})
+    Rollout(SiteDir.load(site_dir), lambda line: None, 1).roll_back(["agent1"], outcome, {})
+    last = status.last_deploy(site_dir)
+    assert last is not None and (last["changes"], last["failed"]) == (1, ["agent1"])
+    assert "rollback failed" in outcome.hosts["agent1"].detail

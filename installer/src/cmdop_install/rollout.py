@@ -29,7 +29,7 @@ from cmdop_install.errors import UserError
 from cmdop_install.fsutil import write_atomic
 from cmdop_install.runner import read_facts, run_deploy, with_host_data
 from cmdop_install.sitedir import SiteDir
-from cmdop_install.status import read_fleet
+from cmdop_install.status import read_fleet, record_deploy
 
 STATE_FILE = "rollout.json"
 RECORD_KEYS = {"version", "status", "hosts", "started"}
@@ -271,6 +271,7 @@ class Rollout:
         )
         self.echo(f"rolling back: {', '.join(f'{n} -> {targets[n]}' for n in back)}")
         result = run_deploy(groups, ROLLBACK_DEPLOY, limit=back)
+        record_deploy(self.site_dir, result.changes, result.failed)  # status: the last deploy
         waiting = {}
         for name in back:
             host = result.hosts[name]
