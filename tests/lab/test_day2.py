@@ -125,8 +125,8 @@ def test_backup_seals_both_databases_and_the_site_folder_without_the_key(lab, si
 def test_the_database_host_backs_up_on_its_timer_into_private_files(lab, site) -> None:
     assert lab_ssh(lab, "host1", "systemctl is-enabled cmdop-backup.timer").stdout.strip() \
         == "enabled"
-    ran = lab_ssh(lab, "host1", "systemctl start cmdop-backup.service && "
-                  "stat -c '%a %n' /var/backups/cmdop /var/backups/cmdop/labsite-*Z/*")
+    ran = lab_ssh(lab, "host1", "sudo systemctl start cmdop-backup.service && sudo sh -c "
+                  "\"stat -c '%a %n' /var/backups/cmdop /var/backups/cmdop/labsite-*Z/*\"")
     assert ran.returncode == 0, ran.stderr
     modes = dict(line.split(" ", 1)[::-1] for line in ran.stdout.splitlines())
     assert modes.pop("/var/backups/cmdop") == "700"
