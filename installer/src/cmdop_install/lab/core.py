@@ -480,7 +480,13 @@ def down(name: str, purge: bool = False) -> list[str]:
             network.remove_airgap(name, state.air_subnet)
             _remove_tree(state.dir)
             removed.append(f"state {state.dir}")
-        if not any(paths.home().glob("*/state.json")) and network.blackhole_present():
+        # the safety route stays while anything still uses the lab range: another lab, or a
+        # network made outside `lab up` (molecule's scenarios take their subnets from it too)
+        if (
+            not any(paths.home().glob("*/state.json"))
+            and not network.networks_in_supernet()
+            and network.blackhole_present()
+        ):
             network.remove_blackhole()
             removed.append("blackhole route")
         if purge:

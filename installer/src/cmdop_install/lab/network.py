@@ -6,6 +6,9 @@
   tagged with a comment so ``lab down`` removes exactly what it added.
 """
 
+import ipaddress
+import json
+
 from cmdop_install.lab import paths, system
 
 
@@ -74,3 +77,18 @@ def bridge_of(net: str) -> str:
         what=f"reading network {net}",
     )
     return out.stdout.strip()
+
+
+def networks_in_supernet() -> list[str]:
+    """podman networks with a subnet inside the lab's range, whoever made them."""
+    out = system.run(["podman", "network", "ls", "--format", "json"], check=False)
+    if out.returncode != 0:
+        return []
+    supernet = ipaddress.ip_network(paths.SUPERNET)
+    found = []
+    for net in json.loads(out.stdout or "[]"):
+        for sub in net.get("subnets") or []:
+            subnet = ipaddress.ip_network(sub.get("subnet", "0.0.0.0/32"), strict=False)
+            if subnet.version == 4 and subnet.subnet_of(supernet):
+                found.append(net.get("name", "?"))
+    return found
