@@ -84,11 +84,11 @@ def networks_in_supernet() -> list[str]:
     out = system.run(["podman", "network", "ls", "--format", "json"], check=False)
     if out.returncode != 0:
         return []
-    supernet = ipaddress.ip_network(paths.SUPERNET)
+    supernet = ipaddress.IPv4Network(paths.SUPERNET)
     found = []
     for net in json.loads(out.stdout or "[]"):
         for sub in net.get("subnets") or []:
             subnet = ipaddress.ip_network(sub.get("subnet", "0.0.0.0/32"), strict=False)
-            if subnet.version == 4 and subnet.subnet_of(supernet):
+            if isinstance(subnet, ipaddress.IPv4Network) and subnet.subnet_of(supernet):
                 found.append(net.get("name", "?"))
     return found
