@@ -197,6 +197,8 @@ def check(site_dir: Path, as_json: bool) -> None:
 
 
 def _echo_issued(site, as_json: bool = False) -> None:
+    if site.generated:
+        _echo(as_json, f"generated secrets: {', '.join(site.generated)}")
     if site.issued:
         _echo(as_json, f"issued certificates: {', '.join(site.issued)}")
 

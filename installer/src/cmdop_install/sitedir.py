@@ -27,6 +27,7 @@ class SiteDir:
         self._files: dict[str, list[RenderedFile]] = {}
         self._certificates_checked = False
         self.issued: list[str] = []  # leaf certificates issued by this load
+        self.generated: list[str] = []  # secrets this load generated (names, never values)
 
     @classmethod
     def load(cls, path: Path) -> SiteDir:
@@ -80,6 +81,13 @@ class SiteDir:
         match the inventory (never a new CA: that is ``init``'s); the names issued."""
         if self._certificates_checked:
             return []
+        # a site made by an older release lacks the secrets newer templates need (e.g. the
+        # migration admin's password): generate only the missing ones, as `init` does
+        self.generated = self.store.ensure_all()
+        if self.generated:
+            self.store.save()
+            self.__dict__.pop("secrets", None)
+            self._files.clear()
         issued = pki.ensure_pki(
             self.path, self.config, self.inventory, self.store.pki_passphrase(), new_ca=False
         )
