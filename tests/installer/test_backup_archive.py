@@ -218,3 +218,20 @@ def test_the_restore_command_refuses_in_one_line_before_any_host(archived, tmp_p
 
 def _no_host(*args, **kwargs):
     raise AssertionError("a refused archive must not reach any host")
+
+
+@pytest.mark.parametrize("kind", ["symlink", "parent", "absolute"])
+def test_an_archive_member_outside_plain_files_is_never_extracted(tmp_path, kind):
+    """The hand-made "data" filter (Debian 12's Python 3.11.2 has no extractall(filter=))."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo({"symlink": "link", "parent": "../evil", "absolute": "/etc/evil"}
+                               [kind])
+        if kind == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info, io.BytesIO(b""))
+    buf.seek(0)
+    into = tmp_path / "members"
+    with tarfile.open(fileobj=buf) as tar, pytest.raises(tarfile.TarError):
+        restore._extract_plain_members(tar, into)
+    assert not into.exists() or not any(into.iterdir())
