@@ -232,7 +232,7 @@ def test_every_unit_scores_at_most_2(tmp_path):
     units = _units(tmp_path)
     assert set(units) == {"cmdop-server.service", "cmdop-audit-retention.service",
                           "centrifugo.service", "cmdop-agent.service", "cmdop-firewall.service",
-                          "cmdop-sessions-sweep.service"}
+                          "cmdop-sessions-sweep.service", "cmdop-backup.service"}
     scores = {}
     for name, content in units.items():
         path = tmp_path / name
