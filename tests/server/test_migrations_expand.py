@@ -127,7 +127,13 @@ def _previous_release() -> str | None:
     if pinned:
         return pinned
     tags = _git("tag", "--merged", "HEAD", "--sort=-creatordate", "--list", "v[0-9]*").split()
-    return tags[0] if tags else None
+    if tags:
+        return tags[0]
+    # no tag yet: the commit deployed sites run (server/PREVIOUS_RELEASE), if this clone has it
+    recorded = (REPO / "server" / "PREVIOUS_RELEASE").read_text().split()[0]
+    known = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{recorded}^{{commit}}"],
+                           capture_output=True, check=False).returncode == 0
+    return recorded if known else None
 
 
 def test_this_releases_migrations_keep_the_previous_release_working():

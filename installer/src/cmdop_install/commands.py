@@ -309,7 +309,7 @@ def status(site_dir: Path, as_json: bool) -> None:
 @options.yes
 def rotate(site_dir: Path, names: tuple[str, ...], every: bool, finish: bool, rollback: bool,
            dry_run: bool, yes: bool) -> None:
-    """Renew secrets NAME... (or --all) with no failed request, in recorded phases.
+    """Renew secrets NAME... (or --all) in recorded, resumable phases.
 
     Staged, admitted, switched: the new values are in use and the old ones still verify.
     Then `--finish` (after the grace period) destroys the old values. An interrupted

@@ -1,4 +1,4 @@
-"""`cmdop-install rotate`: renew secrets in recorded phases, with no failed request.
+"""`cmdop-install rotate`: renew secrets in recorded, resumable phases.
 
 Every rotation walks the same phases, all its secrets together (one deploy per phase, to
 the control-plane and Postgres hosts only):
