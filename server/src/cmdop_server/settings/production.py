@@ -80,9 +80,9 @@ def _database(section: dict, password_file: str, default_password: str | None) -
         options["pool"] = {
             "min_size": int(section.get("pool_min_size", 1)),
             "max_size": pooled,
-            # the longest a request waits for a free connection, then 503; also all that
-            # Postgres being down costs a request (issue 19.3: fail within 0.5 s)
-            "timeout": float(section.get("pool_timeout", 0.3)),
+            # the longest a request waits for a connection (free, or being made), then 503;
+            # also what Postgres being down costs a request
+            "timeout": float(section.get("pool_timeout", 2)),
             # renewed now and then, so a rotated password or a moved server is picked up
             "max_lifetime": float(section.get("pool_max_lifetime", 600)),
         }
