@@ -1,4 +1,4 @@
-"""Private files: the one place that writes and checks the agent's secrets on disk.
+"""Private files: the one place that writes and checks secrets on disk (agent and cmdop).
 
 Every secret file is written to a temp file in the same directory (mode 0600 from creation,
 ``O_EXCL``), fsynced, and moved into place with ``os.replace``, so a crash leaves either the
