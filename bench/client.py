@@ -19,17 +19,13 @@ measured, not throttled).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import os
 import select
-import shutil
-import signal
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import termios
 import time
 from pathlib import Path
@@ -37,9 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.pty import BENCH_SETTINGS, _agent, _percentile, _prepare  # noqa: E402
-from tests.support.control_plane import ControlPlane, make_pki  # noqa: E402
-from tests.support.services import PostgresServer, RedisServer  # noqa: E402
+from bench.pty import _agent, _percentile, loopback_site  # noqa: E402
+from tests.support.control_plane import ControlPlane  # noqa: E402
 
 CMDOP = [sys.executable, "-m", "cmdop_agent.client.cli"]
 
@@ -112,21 +107,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--keys", type=int, default=100)
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    scratch = Path(tempfile.mkdtemp(prefix="cmdop-bench-client-"))
-    (scratch / "cmdop_bench_settings.py").write_text(BENCH_SETTINGS)
-    (scratch / "home").mkdir()
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-        pg = stack.enter_context(PostgresServer())
-        rd = stack.enter_context(RedisServer())
-        _prepare(pg, rd)
-        cp = ControlPlane(make_pki(scratch / "pki"), scratch / "gunicorn.log",
-                          settings="cmdop_bench_settings",
-                          env={"PYTHONPATH": os.pathsep.join(
-                              filter(None, [str(scratch), os.environ.get("PYTHONPATH")])),
-                               "CMDOP_TEST_CONN_MAX_AGE": "60"})
-        stack.enter_context(cp)
+    with loopback_site("cmdop-bench-client-") as (scratch, cp, stack):
+        (scratch / "home").mkdir()
         agent = _agent(cp, scratch / "agent")
         stack.callback(agent.close)
         assert agent.machine is not None

@@ -139,6 +139,38 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@contextlib.contextmanager
+def loopback_site(prefix: str, workers: int = 1):
+    """A scratch folder and the real control plane on loopback (gunicorn asgi over TLS, real
+    PostgreSQL and Redis) with production's connection reuse; every bench here starts one.
+    Yields (scratch, control plane, exit stack for the caller's own clean-ups)."""
+    # a plain SIGTERM must still stop what we started (the exit stack below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    (scratch / "cmdop_bench_settings.py").write_text(BENCH_SETTINGS)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        pg = stack.enter_context(PostgresServer())
+        rd = stack.enter_context(RedisServer())
+        _prepare(pg, rd)
+        cp = ControlPlane(make_pki(scratch / "pki"), scratch / "gunicorn.log",
+                          settings="cmdop_bench_settings", workers=workers,
+                          env={"PYTHONPATH": os.pathsep.join(
+                              filter(None, [str(scratch), os.environ.get("PYTHONPATH")])),
+                               # production keeps database connections (conn_max_age 60)
+                               "CMDOP_TEST_CONN_MAX_AGE": "60"})
+        stack.enter_context(cp)
+        yield scratch, cp, stack
+
+
+def big_file(scratch: Path, mib: int) -> Path:
+    """``mib`` MiB of printable lines for `cat` throughput runs."""
+    big = scratch / "big.txt"
+    line = b"0123456789abcdefghijklmnopqrstuvwxyz" * 2 + b"\n"
+    big.write_bytes(line * (mib * 1024 * 1024 // len(line)))
+    return big
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keys", type=int, default=200)
@@ -150,26 +182,9 @@ def main() -> None:
     parser.add_argument("--raised-buffer", type=int, default=4 * 1024 * 1024,
                         help="output_buffer_bytes for the raised-cap run")
     args = parser.parse_args()
-    # a plain SIGTERM must still stop what we started (the finally blocks below)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    scratch = Path(tempfile.mkdtemp(prefix="cmdop-bench-pty-"))
-    (scratch / "cmdop_bench_settings.py").write_text(BENCH_SETTINGS)
-    big = scratch / "big.txt"
-    line = b"0123456789abcdefghijklmnopqrstuvwxyz" * 2 + b"\n"
-    big.write_bytes(line * (args.mib * 1024 * 1024 // len(line)))
     agents = []
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-        pg = stack.enter_context(PostgresServer())
-        rd = stack.enter_context(RedisServer())
-        _prepare(pg, rd)
-        cp = ControlPlane(make_pki(scratch / "pki"), scratch / "gunicorn.log",
-                          settings="cmdop_bench_settings", workers=args.workers,
-                          env={"PYTHONPATH": os.pathsep.join(
-                              filter(None, [str(scratch), os.environ.get("PYTHONPATH")])),
-                               # production keeps database connections (conn_max_age 60)
-                               "CMDOP_TEST_CONN_MAX_AGE": "60"})
-        stack.enter_context(cp)
+    with loopback_site("cmdop-bench-pty-", args.workers) as (scratch, cp, stack):
+        big = big_file(scratch, args.mib)
         stack.callback(lambda: [a.close() for a in agents])
         print(f"bench/pty.py: real control plane on loopback (gunicorn asgi, "
               f"{args.workers} worker(s), TLS 1.3; PostgreSQL, Redis), real cmdop-agent",

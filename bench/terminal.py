@@ -19,22 +19,16 @@ the real ``cmdop-agent`` (the same set-up as bench/pty.py, whose helpers this re
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.pty import BENCH_SETTINGS, _agent, _percentile, _prepare, keystrokes  # noqa: E402
-from tests.support.control_plane import ControlPlane, make_pki  # noqa: E402
-from tests.support.services import PostgresServer, RedisServer  # noqa: E402
+from bench.pty import _agent, _percentile, big_file, keystrokes, loopback_site  # noqa: E402
 from tests.support.websocket import TerminalSocket  # noqa: E402
 
 
@@ -107,24 +101,9 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    scratch = Path(tempfile.mkdtemp(prefix="cmdop-bench-terminal-"))
-    (scratch / "cmdop_bench_settings.py").write_text(BENCH_SETTINGS)
-    big = scratch / "big.txt"
-    line = b"0123456789abcdefghijklmnopqrstuvwxyz" * 2 + b"\n"
-    big.write_bytes(line * (args.mib * 1024 * 1024 // len(line)))
     agents = []
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-        pg = stack.enter_context(PostgresServer())
-        rd = stack.enter_context(RedisServer())
-        _prepare(pg, rd)
-        cp = ControlPlane(make_pki(scratch / "pki"), scratch / "gunicorn.log",
-                          settings="cmdop_bench_settings", workers=args.workers,
-                          env={"PYTHONPATH": os.pathsep.join(
-                              filter(None, [str(scratch), os.environ.get("PYTHONPATH")])),
-                               "CMDOP_TEST_CONN_MAX_AGE": "60"})
-        stack.enter_context(cp)
+    with loopback_site("cmdop-bench-terminal-", args.workers) as (scratch, cp, stack):
+        big = big_file(scratch, args.mib)
         stack.callback(lambda: [a.close() for a in agents])
         print(f"bench/terminal.py: real control plane on loopback (gunicorn asgi, "
               f"{args.workers} worker(s), TLS 1.3; PostgreSQL, Redis), real cmdop-agent",
