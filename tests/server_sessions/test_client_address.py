@@ -10,10 +10,7 @@ while serving a request carries the address nginx saw.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from cmdop_server.audit.models import AuditEvent
@@ -21,10 +18,7 @@ from cmdop_server.identity import actions
 from cmdop_server.identity.models import Membership
 
 from tests.server.helpers import make_user
-from tests.support.control_plane import ControlPlane
-from tests.support.nginx import NGINX, Nginx
-from tests.support.services import free_port
-from tests.support.sites import key_env, make_site
+from tests.support.nginx import Nginx, control_plane_behind_nginx
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.django_db(databases=["default", "audit"], transaction=True)]
@@ -35,23 +29,8 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def web(tls_pki, django_db_setup, django_db_modify_db_settings, tmp_path_factory):
-    if not Path(NGINX).exists():
-        pytest.skip("nginx is not installed (scripts/bootstrap.sh installs it)")
-    root = Path(tempfile.mkdtemp(prefix="cmdop-web-"))
-    with key_env():
-        site_dir = make_site(tmp_path_factory.mktemp("site"), {
-            "control_plane.https_port": free_port(), "control_plane.http_port": free_port()})
-        nginx = Nginx(root, site_dir)
-    app = ControlPlane(tls_pki, tmp_path_factory.mktemp("app") / "gunicorn.log",
-                       env={"CMDOP_TEST_TRUSTED_PROXIES": "unix"}, unix_socket=nginx.app_socket)
-    try:
-        app.start()
-        nginx.start()
+    with control_plane_behind_nginx(tls_pki, tmp_path_factory) as nginx:
         yield nginx
-    finally:
-        nginx.stop()
-        app.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _whole_window_left() -> None:

@@ -5,10 +5,6 @@ the attach is audited with the address nginx saw, not one the client claims."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
 from cmdop_server import output, redis_client, workqueue
 from cmdop_server.audit.models import AuditEvent
@@ -18,10 +14,8 @@ from django.conf import settings
 from django.test import Client
 
 from tests.server_sessions.helpers import make_session, make_workspace
-from tests.support.control_plane import ControlPlane, until
-from tests.support.nginx import NGINX, Nginx
-from tests.support.services import free_port
-from tests.support.sites import key_env, make_site
+from tests.support.control_plane import until
+from tests.support.nginx import Nginx, control_plane_behind_nginx
 from tests.support.websocket import HandshakeRefused, TerminalSocket
 
 pytestmark = [pytest.mark.integration,
@@ -30,23 +24,8 @@ pytestmark = [pytest.mark.integration,
 
 @pytest.fixture(scope="module")
 def web(tls_pki, django_db_setup, django_db_modify_db_settings, tmp_path_factory):
-    if not Path(NGINX).exists():
-        pytest.skip("nginx is not installed (scripts/bootstrap.sh installs it)")
-    root = Path(tempfile.mkdtemp(prefix="cmdop-web-"))
-    with key_env():
-        site_dir = make_site(tmp_path_factory.mktemp("site"), {
-            "control_plane.https_port": free_port(), "control_plane.http_port": free_port()})
-        nginx = Nginx(root, site_dir)
-    app = ControlPlane(tls_pki, tmp_path_factory.mktemp("app") / "gunicorn.log",
-                       env={"CMDOP_TEST_TRUSTED_PROXIES": "unix"}, unix_socket=nginx.app_socket)
-    try:
-        app.start()
-        nginx.start()
+    with control_plane_behind_nginx(tls_pki, tmp_path_factory) as nginx:
         yield nginx
-    finally:
-        nginx.stop()
-        app.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _cookie(user) -> tuple[str, str]:

@@ -17,11 +17,16 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cmdop_install.render import load_for_render, render_host
 
-from tests.support.services import wait_for_port
+from tests.support.control_plane import ControlPlane
+from tests.support.services import free_port, wait_for_port
+from tests.support.sites import key_env, make_site
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -107,3 +112,28 @@ class Nginx:
             return resp.status, dict(resp.getheaders()), resp.read()
         finally:
             conn.close()
+
+
+@contextmanager
+def control_plane_behind_nginx(tls_pki, tmp_path_factory) -> Iterator[Nginx]:
+    """The real control plane on a deployed site's unix socket, trusting only that peer, behind
+    our rendered nginx on free loopback ports (skipped where nginx is not installed)."""
+    import pytest
+
+    if not Path(NGINX).exists():
+        pytest.skip("nginx is not installed (scripts/bootstrap.sh installs it)")
+    root = Path(tempfile.mkdtemp(prefix="cmdop-web-"))
+    with key_env():
+        site_dir = make_site(tmp_path_factory.mktemp("site"), {
+            "control_plane.https_port": free_port(), "control_plane.http_port": free_port()})
+        nginx = Nginx(root, site_dir)
+    app = ControlPlane(tls_pki, tmp_path_factory.mktemp("app") / "gunicorn.log",
+                       env={"CMDOP_TEST_TRUSTED_PROXIES": "unix"}, unix_socket=nginx.app_socket)
+    try:
+        app.start()
+        nginx.start()
+        yield nginx
+    finally:
+        nginx.stop()
+        app.stop()
+        shutil.rmtree(root, ignore_errors=True)
