@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from cmdop_install import manage
 from cmdop_install.check import check_site
-from cmdop_install.cli import main
 from cmdop_install.inventory import parse_inventory
 from cmdop_install.sitedir import SiteDir
 from cryptography import x509
@@ -34,16 +33,6 @@ ERROR = "cmdop-install: error: "
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
     return make_site(tmp_path / "site")
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]):
-    def invoke(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 def _names(site: Path, leaf: str) -> list[str]:

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-from cmdop_install.cli import main
 from cmdop_install.lab import core, system
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -17,18 +16,6 @@ from tests.support.sites import TEST_KEY, key_env, make_site
 pytestmark = pytest.mark.unit
 
 ERROR = "cmdop-install: error: "
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]):
-    """The real entry point: exit code, stdout, stderr."""
-
-    def invoke(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 @pytest.fixture
