@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import pwd
 import re
 import shutil
 import socket
@@ -24,12 +23,12 @@ from pathlib import Path
 import pytest
 from cmdop_install.render import load_for_render, render_host
 
-from tests.support.services import free_port, wait_for_port
+from tests.support.nginx import NGINX, Nginx
+from tests.support.services import free_port
 from tests.support.sites import key_env, make_site
 
 pytestmark = pytest.mark.integration
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 # the browser headers the real app sends (cmdop_server: SecurityMiddleware, CSP middleware)
@@ -64,67 +63,25 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
         return conn, ("127.0.0.1", 0)  # BaseHTTPRequestHandler wants an address tuple
 
 
-def _unprivileged_user() -> str | None:
-    """www-data when we are root (the whole nginx then runs unprivileged), else ourselves."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam("www-data")
-    except KeyError:
-        return None
-    return "www-data"
-
-
 @pytest.fixture(scope="module")
 def nginx(tmp_path_factory):
     if not Path(NGINX).exists():
         pytest.skip("nginx is not installed (scripts/bootstrap.sh installs it)")
     # not under pytest's 0700 tmp: nginx (unprivileged) must reach the app socket
     root = Path(tempfile.mkdtemp(prefix="cmdop-nginx-"))
-    root.chmod(0o755)
     https_port, http_port = free_port(), free_port()
     with key_env():
         site_dir = make_site(tmp_path_factory.mktemp("site"), {
             "control_plane.https_port": https_port, "control_plane.http_port": http_port})
-        site, inventory, secrets, pem = load_for_render(site_dir)
-    for f in render_host(site, inventory, "node1", secrets, pem, root=str(root)):
-        dest = root / f.path.lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(f.content)
-        dest.chmod(f.mode)
-    sock_path = root / "run/cmdop/gunicorn.sock"
-    sock_path.parent.mkdir(parents=True)
-    for d in (root / "run", sock_path.parent):
-        d.chmod(0o755)
-    app = _UnixHTTPServer(str(sock_path), _App)
-    sock_path.chmod(0o666)  # nginx runs as another user here
+        server = Nginx(root, site_dir)  # our rendered site file; `nginx -t` before it runs
+    app = _UnixHTTPServer(str(server.app_socket), _App)
+    server.app_socket.chmod(0o666)  # nginx runs as another user here
     threading.Thread(target=app.serve_forever, daemon=True).start()
-    main_conf = root / "nginx.conf"
-    main_conf.write_text(
-        f"pid {root}/nginx.pid;\nerror_log {root}/error.log;\ndaemon off;\n"
-        "events { worker_connections 64; }\n"
-        f"http {{\n  access_log off;\n"
-        + "".join(f"  {kind}_temp_path {root}/scratch-{kind};\n"
-                  for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        + f"  include {root}/etc/nginx/conf.d/cmdop.conf;\n}}\n")
-    user = _unprivileged_user()
-    if user:
-        for path in [root, *root.rglob("*")]:
-            if not path.is_socket():
-                shutil.chown(path, user, user)
-    argv = [NGINX, "-c", str(main_conf), "-e", str(root / "e.log")]
-    test = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True, check=False,
-                          user=user)
-    assert test.returncode == 0, test.stderr  # the daemon validates our file first
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, user=user)
     try:
-        wait_for_port("127.0.0.1", https_port, proc)
-        yield {"https": https_port, "http": http_port, "ca": root / "etc/nginx/tls/ca.crt",
-               "domain": site["site"]["domain"]}
+        server.start()
+        yield {"https": https_port, "http": http_port, "ca": server.ca, "domain": server.domain}
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
         app.shutdown()
         app.server_close()
         shutil.rmtree(root, ignore_errors=True)
