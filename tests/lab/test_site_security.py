@@ -1,18 +1,28 @@
-"""Issue 12 item 1 through the deployed site: host1's real nginx, gunicorn's asgi workers on
-their unix socket, Postgres and Redis; clients on other lab hosts. One lab host exhausting
-its sign-in limit does not limit another, a client-forged X-Forwarded-For changes nothing,
-and the audit rows name each host (the site-wide export of the site's administrator)."""
+"""Issue 12 items 1 and 5 through the deployed site: host1's real nginx, gunicorn's asgi
+workers on their unix socket, Postgres and Redis; clients on other lab hosts.
+
+- Client addresses: one lab host exhausting its sign-in limit does not limit another, a
+  client-forged X-Forwarded-For changes nothing, and the audit rows name each host.
+- Postgres connections: after 1,000 mixed requests and a reconnect storm of the agents, the
+  app's login role holds no more connections than the configured bound, and no request
+  failed. The figures (before, peak, after) are printed for the report.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import json
 import shlex
 import ssl
+import subprocess
+import threading
 import time
+import tomllib
 
 import pytest
-from cmdop_install.manage import api_key_command, parse_api_key
+from cmdop_install.lab import core
+from cmdop_install.manage import api_key_command, fleet_status_command, parse_api_key, parse_fleet
 from cmdop_install.site import load_site
 
 from tests.lab.conftest import AGENT_HOSTS
@@ -39,6 +49,9 @@ for forged in json.loads(sys.argv[2]):
         statuses.append(refused.code)
 print(json.dumps(statuses))
 """
+
+CONCURRENCY = 16
+REQUESTS = 1000
 
 
 def _start_device_from(lab, site, host: str, forged: list[str]) -> list[int]:
@@ -113,3 +126,93 @@ def test_one_host_exhausting_its_limit_does_not_limit_another(lab, site, owner_k
     assert {lab.host(first).ip, lab.host(second).ip} <= addresses
     assert None not in addresses and "" not in addresses
     assert not addresses & {"198.51.100.7", "198.51.100.8"}  # never a client's own header
+
+
+# --- 5. Postgres connections -----------------------------------------------------------------
+
+def _app_connections(lab) -> int:
+    sql = ("SELECT count(*) FROM pg_stat_activity "
+           "WHERE usename IN ('cmdop_blue', 'cmdop_green')")
+    out = lab_ssh(lab, "host1", f"sudo -u postgres psql -tAc {shlex.quote(sql)}")
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip())
+
+
+def _boots(lab, workspace: str) -> dict[str, str]:
+    """Each agent machine's current boot, as its heartbeats reported it."""
+    fleet = parse_fleet(_manage(lab, fleet_status_command(workspace)))
+    return {name: row.get("boot_id", "") for name, row in fleet.items()}
+
+
+def test_connections_stay_bounded_after_a_burst_and_a_reconnect_storm(lab, site,
+                                                                       owner_key) -> None:
+    workers = load_site(site.dir)["control_plane"]["workers"]
+    conf = lab_ssh(lab, "host1", "sudo cat /etc/cmdop/server.toml")
+    assert conf.returncode == 0, conf.stderr
+    database = tomllib.loads(conf.stdout)["database"]
+    pool_max = int(database.get("pool_max_size", 0))
+    if pool_max:  # each worker keeps one pool per database (app and audit)
+        bound = in_flight_bound = workers * pool_max * 2
+    else:  # at rest only the long-poll lookup threads keep theirs, per worker and database
+        bound = workers * int(database.get("pool_threads", 4)) * 2
+        # in flight, each request's thread may hold one connection per database besides
+        in_flight_bound = bound + 2 * CONCURRENCY
+    api = Site(lab, site, owner_key)
+    before = _app_connections(lab)
+
+    # the agents reconnect at once after an outage: the control plane restarts under them,
+    # and every agent restarts too (a new boot: enroll-free reconnect, heartbeat, polls)
+    boots = _boots(lab, api.workspace)
+    assert lab_ssh(lab, "host1", "sudo systemctl restart cmdop-server").returncode == 0
+    deadline = time.monotonic() + 60
+    while api.call("GET", "/healthz")[0] != 200:  # the restart itself is not the burst
+        assert time.monotonic() < deadline, "the control plane did not come back"
+        time.sleep(0.5)
+    restarts = [subprocess.Popen(core.ssh_argv(lab, name, "sudo systemctl restart cmdop-agent"),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for name in AGENT_HOSTS]
+
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _app_connections(lab))
+            done.wait(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+
+    def one(i: int) -> int:
+        paths = [("GET", "/api/v1/me", None),
+                 ("GET", f"/api/v1/workspaces/{api.workspace}/machines", None),
+                 ("GET", f"/api/v1/workspaces/{api.workspace}/members", None),
+                 ("POST", f"/api/v1/workspaces/{api.workspace}/join-tokens",
+                  {"name": f"burst{i}", "ttl_seconds": 60})]
+        method, path, body = paths[i % len(paths)]
+        return api.call(method, path, body)[0]
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
+            statuses = list(pool.map(one, range(REQUESTS)))
+        for proc in restarts:
+            assert proc.wait(timeout=120) == 0
+        deadline = time.monotonic() + 120
+        while True:  # every agent is back: a new boot reported by its heartbeat
+            now = _boots(lab, api.workspace)
+            if all(now.get(h) and now.get(h) != boots.get(h) for h in boots):
+                break
+            assert time.monotonic() < deadline, f"agents did not come back: {now}"
+            time.sleep(2)
+    finally:
+        done.set()
+        sampler.join(timeout=30)
+    time.sleep(2)  # the last requests' threads close theirs as they finish
+    after = _app_connections(lab)
+    print(json.dumps({"app_connections_before": before, "peak_during_burst": peak[0],
+                      "after": after, "bound_at_rest": bound, "requests": REQUESTS,
+                      "concurrency": CONCURRENCY}))
+    failed = {s: statuses.count(s) for s in set(statuses) if s >= 400}
+    assert not failed, f"requests failed: {failed}"
+    assert after <= bound
+    assert peak[0] <= in_flight_bound
