@@ -32,7 +32,7 @@ from cmdop_install.sitedir import SiteDir
 RESTORE_DEPLOY = "cmdop_install.deploys.restore:restore"
 
 
-def _extract_plain_members(tar: tarfile.TarFile, into: Path) -> None:
+def extract_plain_members(tar: tarfile.TarFile, into: Path) -> None:
     """Only plain files and folders under ``into``: what tarfile's "data" filter allows, done
     by hand because Debian 12's Python 3.11.2 predates the filter argument (3.11.4)."""
     for member in tar.getmembers():
@@ -53,7 +53,7 @@ def opened(site: SiteDir, archive: Path, into: Path) -> dict:
     try:
         with tarfile.open(plain) as tar:
             names = tar.getnames()
-            _extract_plain_members(tar, into / "members")
+            extract_plain_members(tar, into / "members")
         manifest = json.loads((into / "members" / "manifest.json").read_text())
     except (tarfile.TarError, OSError, ValueError) as exc:
         raise UserError(f"{archive}: opens, but is not a backup archive inside ({exc})") from None
