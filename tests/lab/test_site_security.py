@@ -216,3 +216,18 @@ def test_connections_stay_bounded_after_a_burst_and_a_reconnect_storm(lab, site,
     assert not failed, f"requests failed: {failed}"
     assert after <= bound
     assert peak[0] <= in_flight_bound
+
+
+# --- 3. text the database cannot store --------------------------------------------------------
+
+def test_a_nul_in_a_field_is_a_400_naming_it_through_the_deployed_site(lab, site,
+                                                                         owner_key) -> None:
+    api = Site(lab, site, owner_key)
+    path = f"/api/v1/workspaces/{api.workspace}/api-keys"
+    status, body = api.call("POST", path, {"name": "a\u0000b"})
+    assert status == 400, body
+    assert "name" in json.loads(body)["detail"], body
+    status, body = api.call("POST", f"/api/v1/workspaces/{api.workspace}/sessions",
+                            {"machine_id": "m_\u0000x"})
+    assert status == 400, body
+    assert "machine_id" in json.loads(body)["detail"], body
