@@ -214,7 +214,7 @@ def export_site(site_dir: Path, out: Path, vault_password_file: Path) -> list[st
     from cmdop_install.deploy import wheelhouse_facts
 
     site = SiteDir.load(site_dir)
-    site.issue_certificates()  # as deploy and render do: the leaves the inventory now needs
+    site.complete()  # as deploy and render do: missing secrets, the leaves the inventory needs
     check.refuse_on_problems(site, "exported")
     password = read_vault_password(vault_password_file)
     inventory = site.inventory

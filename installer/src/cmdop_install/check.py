@@ -76,7 +76,7 @@ def refuse_on_problems(site: SiteDir, what: str) -> list[str]:
     findings = check_inventory(site.config, site.inventory)
     problems = [f for f in findings if not f.startswith("warning:")]
     if not problems:
-        site.issue_certificates()
+        site.complete()
         findings = check_site(site)
         problems = [f for f in findings if not f.startswith("warning:")]
     if problems:

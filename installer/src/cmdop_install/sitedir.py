@@ -25,7 +25,7 @@ class SiteDir:
         self._inventory = inventory
         self._pem: PemFiles | None = None
         self._files: dict[str, list[RenderedFile]] = {}
-        self._certificates_checked = False
+        self._completed = False
         self.issued: list[str] = []  # leaf certificates issued by this load
         self.generated: list[str] = []  # secrets this load generated (names, never values)
 
@@ -76,10 +76,12 @@ class SiteDir:
             )
         return self._files[host_name]
 
-    def issue_certificates(self) -> list[str]:
-        """Issue the leaf certificates that are missing, expiring, or whose names no longer
-        match the inventory (never a new CA: that is ``init``'s); the names issued."""
-        if self._certificates_checked:
+    def complete(self) -> list[str]:
+        """Complete the site as ``init`` would, without replacing anything: generate the
+        secrets that are missing, then issue the leaf certificates that are missing, expiring,
+        or whose names no longer match the inventory (never a new CA: that is ``init``'s).
+        Returns the certificates issued."""
+        if self._completed:
             return []
         # a site made by an older release lacks the secrets newer templates need (e.g. the
         # migration admin's password): generate only the missing ones, as `init` does
@@ -91,7 +93,7 @@ class SiteDir:
         issued = pki.ensure_pki(
             self.path, self.config, self.inventory, self.store.pki_passphrase(), new_ca=False
         )
-        self._certificates_checked = True
+        self._completed = True
         self.issued = issued
         if issued:
             self._pem = None
