@@ -257,3 +257,62 @@ def test_a_parked_poll_sees_work_sent_as_redis_comes_back(own_redis):
 
     sent, batch = asyncio.run(scenario())
     assert [i["id"] for i in batch.items] == [sent]
+
+
+class _Reads:
+    """A ``read`` for ``wait_until``: empty, then the scripted outcomes, one per call."""
+
+    def __init__(self, *outcomes) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    async def __call__(self):
+        from cmdop_server.workqueue import Batch
+
+        self.calls += 1
+        outcome = self.outcomes.pop(0) if self.outcomes else []
+        if isinstance(outcome, Exception):
+            raise outcome
+        return Batch(outcome, "c")
+
+
+def test_a_wake_that_meets_redis_going_away_keeps_the_poll_parked():
+    """The re-read after a wake fails (Redis died as the wake was delivered): the poll does
+    not fail, it waits for the next wake (the resubscription) and returns what that finds."""
+    import redis.exceptions
+    from cmdop_server import workqueue
+
+    reads = _Reads([], redis.exceptions.ConnectionError("refused"), [{"id": "w_1"}])
+
+    async def scenario():
+        poll = asyncio.create_task(workqueue.wait_until("wake-test", 7, reads, 20))
+        for expected_calls in (2, 3):
+            while reads.calls < expected_calls - 1:
+                await asyncio.sleep(0.01)
+            # wait until the listener is subscribed, then wake key 7
+            await asyncio.to_thread(until, lambda: _numsub("wake-test") > 0, 10, "subscription")
+            await asyncio.to_thread(workqueue.wake, "wake-test", 7)
+            await asyncio.to_thread(until, lambda c=expected_calls: reads.calls >= c, 10,
+                                    f"read {expected_calls}")
+        return await asyncio.wait_for(poll, 10)
+
+    batch = asyncio.run(scenario())
+    assert batch.items == [{"id": "w_1"}]
+    assert reads.calls == 3
+
+
+def test_a_poll_whose_first_read_fails_fails_at_once():
+    """Fail fast: Redis down when the poll comes in is the caller's 503, not a 25 s hang."""
+    import redis.exceptions
+    from cmdop_server import workqueue
+
+    reads = _Reads(redis.exceptions.ConnectionError("refused"))
+    with pytest.raises(redis.exceptions.ConnectionError):
+        asyncio.run(asyncio.wait_for(workqueue.wait_until("wake-test", 8, reads, 20), 5))
+    assert reads.calls == 1
+
+
+def _numsub(channel: str) -> int:
+    from cmdop_server import redis_client
+
+    return redis_client.client().pubsub_numsub(redis_client.key(channel))[0][1]

@@ -27,6 +27,7 @@ import re
 import weakref
 from dataclasses import dataclass
 
+import redis.exceptions
 from django.utils import timezone
 from redis.typing import EncodableT, FieldT, StreamRangeResponse
 
@@ -151,14 +152,29 @@ async def wait_until(channel: str, key: int, read, wait: float):
     event = hub.register(key)
     try:
         deadline = asyncio.get_running_loop().time() + wait * random.uniform(0.8, 1.0)
+        first = True
         while True:
             # registered first, then clear and read: anything published from here on sets
             # the event, so nothing falls between the read and the wait
             event.clear()
-            batch = await read()
+            try:
+                batch = await read()
+            except redis.exceptions.ConnectionError:
+                # The first read fails fast (the caller answers 503). A re-read after a wake
+                # can meet a Redis that is going away (a wake already on its way when it
+                # died): the poll stays parked, and the resubscription once Redis is back
+                # wakes it again. Past the deadline, the failure is the answer.
+                remaining = deadline - asyncio.get_running_loop().time()
+                if first or remaining <= 0:
+                    raise
+                logger.warning("re-read after a wake-up failed; waiting for Redis to return")
+                batch = None
+            first = False
             remaining = deadline - asyncio.get_running_loop().time()
-            if batch.items or remaining <= 0:
+            if batch is not None and (batch.items or remaining <= 0):
                 return batch
+            if remaining <= 0:
+                return await read()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
     finally:
