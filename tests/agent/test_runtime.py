@@ -92,6 +92,29 @@ def test_runaway_command_output_is_capped_and_killed(tmp_path: Path) -> None:
     assert slow["timed_out"] and slow["duration_ms"] < 5000
 
 
+def test_streamed_command_output_is_filtered_per_stream_and_capped(tmp_path: Path) -> None:
+    ex = Executor(Limits(command_output_bytes=100_000, command_timeout=5), Outbox(),
+                  Journal(tmp_path), sessions=None)  # type: ignore[arg-type]
+    shown: list[tuple[str, bytes]] = []
+
+    def emit(stream: str, data: bytes) -> None:
+        shown.append((stream, data))
+
+    # stderr first: it is read before stdout can reach the cap (one read is 64 KiB); a title
+    # sequence split across two writes (mostly two reads) is dropped whole
+    command = ("echo err >&2; printf 'a\\033]0;ti'; sleep 0.2; printf 'tle\\007b\\n'; "
+               "yes | head -c 200000")
+    result = ex.run_command({"command": command, "cwd": str(tmp_path), "stream": True}, emit)
+    out = b"".join(data for stream, data in shown if stream == "stdout")
+    assert out.startswith(b"ab\ny\ny\n") and b"\x1b" not in out and b"title" not in out
+    assert b"".join(data for stream, data in shown if stream == "stderr") == b"err\n"
+    assert len(out) + len(b"err\n") + len(b"\x1b]0;title\x07") == 100_000  # the cap, in all
+    assert result["truncated"] and result["stdout_b64"] == result["stderr_b64"] == ""
+    # without "stream" the same executor keeps the output for the result
+    whole = ex.run_command({"command": "echo whole", "cwd": str(tmp_path)}, emit)
+    assert base64.b64decode(whole["stdout_b64"]) == b"whole\n" and len(shown) > 2
+
+
 def test_outbox_size_tracks_queued_events() -> None:
     box = Outbox()
     box.put({"type": "command.result", "stdout_b64": "x" * 5000})

@@ -5,7 +5,10 @@ reuse, logout, API keys, file-mode and TLS refusals, machines and exec."""
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -115,6 +118,36 @@ def test_exec_exit_codes_and_output(agent, person) -> None:
     missing = person.run("exec", agent.machine.public_id, "--", "no-such-command-here")
     assert missing.returncode == 127 and b"not found" in missing.stderr
     one_line_failure(person.run("exec", "nonesuch", "--", "true"), "no machine 'nonesuch'")
+
+
+def test_exec_streams_output_while_the_command_runs(agent, person, tmp_path) -> None:
+    """The command prints a line, then waits for a file this test makes only once it has
+    read that line from cmdop's stdout: only streamed output can get it there. Then the
+    rest comes, and the command's exit code is cmdop's."""
+    person.api_key = agent.key
+    release = tmp_path / "release"
+    script = (f"echo first-$((1+1)); while [ ! -e {release} ]; do sleep 0.1; done; "
+              "echo second-$((2+2)) >&2; exit 7")
+    proc = subprocess.Popen(person.argv("exec", "--server", person.server, "--ca",
+                                        str(person.ca), agent.machine.hostname, "--", script),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=person.env())
+    assert proc.stdout is not None
+    seen = bytearray()
+    try:
+        deadline = time.monotonic() + 60
+        while b"first-2\n" not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([proc.stdout], [], [], left)[0], (
+                f"no streamed first line; got {bytes(seen)!r}")
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, f"cmdop ended before the command: {proc.stderr.read()!r}"
+            seen += chunk
+        assert proc.poll() is None  # the command is still waiting for us
+    finally:
+        release.touch()  # the command ends whatever happened (the agent's group outlives us)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 7, err
+    assert bytes(seen) + out == b"first-2\n" and err == b"second-4\n"
 
 
 def test_files_readable_by_others_are_refused(agent, person) -> None:

@@ -11,10 +11,11 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .ansi import filter_once
+from .ansi import AnsiFilter, filter_once
 from .config import Limits
 from .errors import WorkError
 from .pty_session import SessionManager
@@ -23,6 +24,7 @@ from .validate import sanitize_input, validate_command, validate_path, validate_
 
 WORK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_COMMANDS = 8
+STREAMS = ("stdout", "stderr")
 
 
 def _b64(data: bytes) -> str:
@@ -96,13 +98,21 @@ class Executor:
             self.sessions.close(session_id)
 
     def _command_thread(self, work_id: str, session_id: object, payload: dict) -> None:
+        def emit(stream: str, data: bytes) -> None:
+            self.outbox.put({"type": "command.output", "work_id": work_id,
+                             "session_id": session_id, "stream": stream, "data_b64": _b64(data)})
+
         try:
-            event = self.run_command(payload)
+            event = self.run_command(payload, emit)
         except WorkError as exc:
             event = {"type": "work.error", "error": exc.code, "detail": exc.detail}
         self.outbox.put({**event, "work_id": work_id, "session_id": session_id})
 
-    def run_command(self, payload: dict) -> dict:
+    def run_command(self, payload: dict,
+                    emit: Callable[[str, bytes], None] | None = None) -> dict:
+        """Run a command to its end. With ``"stream": true`` in the payload (and ``emit``),
+        its output goes to ``emit`` as it is read, filtered per stream, and the result
+        carries none; otherwise the result carries all of it."""
         command = validate_command(payload.get("command"))
         cwd = validate_path(payload.get("cwd") or os.path.expanduser("~"))
         timeout = payload.get("timeout", self.limits.command_timeout)
@@ -117,7 +127,16 @@ class Executor:
                                     start_new_session=True)
         except OSError as exc:
             raise WorkError("spawn_failed", f"cannot start the command: {exc.strerror}") from None
-        out, truncated, timed_out = _collect(proc, cap, start + timeout)
+        sink = None
+        if emit is not None and payload.get("stream") is True:
+            filters = (AnsiFilter(), AnsiFilter())
+
+            def sink(index: int, data: bytes) -> None:
+                shown = filters[index].feed(data)
+                if shown:
+                    emit(STREAMS[index], shown)
+
+        out, truncated, timed_out = _collect(proc, cap, start + timeout, sink)
         code = proc.wait()
         return {"type": "command.result", "command": command, "exit_code": code,
                 "duration_ms": round((time.monotonic() - start) * 1000),
@@ -143,10 +162,14 @@ class Executor:
         return {"path": path, "operation": "write", "bytes": len(data), "truncated": False}
 
 
-def _collect(proc: subprocess.Popen, cap: int, deadline: float) -> tuple[list[bytes], bool, bool]:
+def _collect(proc: subprocess.Popen, cap: int, deadline: float,
+             sink: Callable[[int, bytes], None] | None = None,
+             ) -> tuple[list[bytes], bool, bool]:
     """Read stdout/stderr up to ``cap`` bytes in total; kill the command's group past the cap
-    or the deadline, so a runaway command cannot fill the agent's memory."""
+    or the deadline, so a runaway command cannot fill the agent's memory. Each read goes to
+    ``sink`` (0 stdout, 1 stderr) when there is one, else into the returned buffers."""
     bufs = [bytearray(), bytearray()]
+    total = 0
     sel = selectors.DefaultSelector()
     assert proc.stdout is not None and proc.stderr is not None
     sel.register(proc.stdout, selectors.EVENT_READ, 0)
@@ -162,9 +185,13 @@ def _collect(proc: subprocess.Popen, cap: int, deadline: float) -> tuple[list[by
             if not chunk:
                 sel.unregister(key.fileobj)
                 continue
-            room = cap - len(bufs[0]) - len(bufs[1])
-            bufs[key.data] += chunk[:room]
-            if len(chunk) > room:
+            kept = chunk[:cap - total]
+            total += len(kept)
+            if sink is None:
+                bufs[key.data] += kept
+            elif kept:
+                sink(key.data, kept)
+            if len(kept) < len(chunk):
                 truncated = True
         if truncated:
             break

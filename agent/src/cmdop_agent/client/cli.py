@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     connect = command("connect", "an interactive terminal on a machine (Enter ~ . detaches)",
                       "cmdop connect web1")
     connect.add_argument("machine", help="hostname or machine id")
-    run = command("exec", "run a command, print its output, exit with its exit code",
+    run = command("exec", "run a command, stream its output, exit with its exit code",
                   "cmdop exec web1 -- df -h /")
     run.add_argument("machine", help="hostname or machine id")
     run.add_argument("argv", nargs="+", metavar="CMD", help="the command (after --)")

@@ -103,11 +103,15 @@ def run(api: UserApi, machine: str, command: str, timeout: int) -> int:
     if not 1 <= timeout <= 3600:
         raise AgentError("--timeout must be 1 to 3600 seconds")
 
+    def show(stream: str, data: bytes) -> None:
+        out = sys.stderr.buffer if stream == "stderr" else sys.stdout.buffer
+        out.write(data)
+        out.flush()
+
     def work(session: Session) -> int:
-        result = session.command(command, timeout)
-        sys.stdout.buffer.write(base64.b64decode(result.get("stdout_b64") or ""))
-        sys.stdout.buffer.flush()
-        sys.stderr.buffer.write(base64.b64decode(result.get("stderr_b64") or ""))
+        result = session.command(command, timeout, show)
+        show("stdout", base64.b64decode(result.get("stdout_b64") or ""))
+        show("stderr", base64.b64decode(result.get("stderr_b64") or ""))
         if result.get("timed_out"):
             print(f"cmdop: the command timed out after {timeout} s", file=sys.stderr)
         elif result.get("truncated"):

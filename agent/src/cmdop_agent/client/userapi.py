@@ -21,6 +21,8 @@ OUTPUT_WAIT = 25  # the server's longest output long-poll
 MAX_WRITE_BYTES = 540 * 1024  # data_b64 of a file write is at most 720 KiB
 MAX_INPUT_BYTES = 4096  # one session.input work item
 
+Shown = Callable[[str, bytes], None]  # a command's output as it comes: (stream, bytes)
+
 
 def https_client(settings: Settings) -> HttpsClient:
     return HttpsClient(settings.server, settings.ca_file, user_agent=f"cmdop/{__version__}")
@@ -168,8 +170,9 @@ class Session:
         while True:
             yield from self.read()
 
-    def result(self, work_id: str, kind: str) -> dict:
-        """The record of ``kind`` (or a work.error) for ``work_id``."""
+    def result(self, work_id: str, kind: str, show: Shown | None = None) -> dict:
+        """The record of ``kind`` (or a work.error) for ``work_id``; its ``command.output``
+        records on the way go to ``show`` (stream name, bytes) as they are read."""
         for item in self.follow():
             if item.get("work_id") != work_id:
                 if item["type"] == "status" and item["status"] not in ("connected",
@@ -178,6 +181,9 @@ class Session:
                 continue
             if item["type"] == kind:
                 return item
+            if item["type"] == "command.output" and show is not None:
+                show(str(item.get("stream")), base64.b64decode(item.get("data_b64") or ""))
+                continue
             if item["type"] in ("work.error", "agent.dropped"):
                 raise AgentError(f"the agent refused: {item.get('error', item['type'])}: "
                                  f"{item.get('detail', '')}")
@@ -192,10 +198,12 @@ class Session:
     def resize(self, cols: int, rows: int) -> None:
         self.api.ws("POST", f"{self.path}/resize", {"cols": cols, "rows": rows})
 
-    def command(self, command: str, timeout: int) -> dict:
+    def command(self, command: str, timeout: int, show: Shown) -> dict:
+        """Run ``command``; its output goes to ``show`` while it runs (an agent that does not
+        stream puts all of it in the result instead)."""
         work = self.api.ws("POST", f"{self.path}/commands",
-                           {"command": command, "timeout": timeout})
-        return self.result(work["work_id"], "command.result")
+                           {"command": command, "timeout": timeout, "stream": True})
+        return self.result(work["work_id"], "command.result", show)
 
     def read_file(self, path: str) -> dict:
         work = self.api.ws("POST", f"{self.path}/files/read", {"path": path})

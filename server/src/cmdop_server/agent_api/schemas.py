@@ -73,6 +73,7 @@ class EventIn(Lenient):
     session_id: str | None = Field(default=None, max_length=40)
     work_id: str | None = Field(default=None, max_length=40)
     data_b64: str | None = None
+    stream: str | None = Field(default=None, max_length=8)
     pid: int | None = None
     exit_code: int | None = None
     signal: int | str | None = None

@@ -171,12 +171,16 @@ def _audited_work(access: SessionAccess, event: str, work_type: str, payload: di
 
 
 def do_request_command(access: SessionAccess, command: str, cwd: str, timeout: int,
-                       ip: str | None = None) -> str:
+                       ip: str | None = None, stream: bool = False) -> str:
+    """``stream``: the agent sends the output as it comes (command.output records), the
+    result then carries none."""
     if not command or "\x00" in command or len(command.encode()) > MAX_COMMAND_BYTES:
         raise ApiError(400, "bad_request", "command is empty, has NUL or is over 8 KiB.")
     _check_path(cwd, "cwd")
-    return _audited_work(access, "command.request", "command.run",
-                         {"command": command, "cwd": cwd, "timeout": timeout}, ip,
+    payload: dict[str, object] = {"command": command, "cwd": cwd, "timeout": timeout}
+    if stream:
+        payload["stream"] = True
+    return _audited_work(access, "command.request", "command.run", payload, ip,
                          command=command, cwd=cwd)
 
 
@@ -367,6 +371,9 @@ def _apply(machine: Machine, session: Session | None, event: dict, effects: _Eff
                         exit_code=_int(event.get("exit_code")))
         audit.record("session.exited", workspace=ws, method="agent", ip=ip,
                      exit_code=event.get("exit_code"), signal=event.get("signal"), **facts)
+    elif kind == "command.output" and session is not None:
+        # a running command's output as it comes: audited once, with the command's result
+        effects.add(session, kind, {k: event.get(k) for k in ("work_id", "stream", "data_b64")})
     elif kind in _RESULT_FIELDS:
         record = {k: event.get(k) for k in _RESULT_FIELDS[kind] if k in event}
         if kind == "command.result":

@@ -77,6 +77,7 @@ class CommandIn(Strict):
     command: str = Field(min_length=1, max_length=8192)
     cwd: str = Field(default="/", max_length=4096)
     timeout: int = Field(default=60, ge=1, le=3600)
+    stream: bool = False  # output as command.output records while it runs
 
 
 class FileReadIn(Strict):
@@ -226,7 +227,7 @@ def resize(request, slug: str, session_id: str, body: ResizeIn):
 def run_command(request, slug: str, session_id: str, body: CommandIn):
     access = _access(request, session_id, P.EXECUTE_COMMAND)
     work_id = actions.do_request_command(access, body.command, body.cwd, body.timeout,
-                                         client_ip(request))
+                                         client_ip(request), body.stream)
     return 202, {"work_id": work_id}
 
 
