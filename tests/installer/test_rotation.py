@@ -2,7 +2,7 @@
 
 The deploy is the one fake: it records what each host would receive at that moment (the
 control plane's credential files and which blue/green logins get a password), rendered by
-the real render and payload code. tests/lab/test_rotate.py proves the same on real hosts.
+the real render and payload code. tests/lab/test_site_rotation.py proves it on real hosts.
 """
 
 import fcntl
@@ -155,14 +155,30 @@ def test_rollback_from_any_phase_returns_to_the_old_values(site_dir, hosts, cut)
         _run(site_dir)
     except KeyboardInterrupt:
         pass
+    staged = SecretStore.open(site_dir, "")._entries["django_secret_key"]
+    new_key = staged.get("next", staged)["value"]
     _run(site_dir, "rollback")
     assert _state(site_dir)["rotation"] is None
     assert SiteDir.load(site_dir).config["postgres"]["active_role"] == "blue"
     assert hosts.now["secret_key"] == old["django_secret_key"]
-    assert hosts.now["secret_key_fallbacks"] == ""
+    # a key that signed (the switch began) keeps verifying: nobody it signed in is signed out
+    assert hosts.now["secret_key_fallbacks"] == ("" if cut == 0 else new_key)
     assert hosts.now["db_password"] == old["postgres_password_blue"]
     assert hosts.now["logins"] == ["cmdop_blue"]
     assert SecretStore.open(site_dir, "").values()["django_secret_key"] == old["django_secret_key"]
+
+
+def test_a_rolled_back_key_verifies_until_the_next_rotation_finishes(site_dir, hosts):
+    _run(site_dir)
+    abandoned = SecretStore.open(site_dir, "").values()["django_secret_key"]
+    _run(site_dir, "rollback")
+    current = SecretStore.open(site_dir, "").values()["django_secret_key"]
+    assert hosts.now["secret_key_fallbacks"] == abandoned
+    _run(site_dir, names=("django_secret_key",))
+    assert hosts.now["secret_key_fallbacks"] == current  # the replaced key, not the abandoned
+    _run(site_dir, "finish")
+    assert hosts.now["secret_key_fallbacks"] == ""
+    assert "django_secret_key:previous" not in SecretStore.open(site_dir, "").values()
 
 
 def test_rollback_after_finish_and_finish_without_rotation_are_one_line_refusals(site_dir, hosts):

@@ -78,7 +78,8 @@ class Paths:
             "cmdop_admin": "/etc/cmdop/admin",
             "cmdop_tls": "/etc/cmdop/tls",
             "gunicorn_socket": "/run/cmdop/gunicorn.sock",
-            "server_venv": "/opt/cmdop/venv",
+            # the release `current` links to (manage.SERVER_VENV): a deploy switches the link
+            "server_venv": "/opt/cmdop/server/current/venv",
             "agent_etc": "/etc/cmdop-agent",
             "agent_bin": "/opt/cmdop-agent/current/venv/bin/cmdop-agent",
             "agent_state": "/var/lib/cmdop-agent",

@@ -15,8 +15,9 @@ the control-plane and Postgres hosts only):
 The phase the site is being brought to and whether it got there are recorded in
 ``rotation.json`` before and after each deploy, so an interrupted run resumes by deploying
 that phase again (a deploy changes only what differs). ``--rollback`` walks the phases
-back, one deploy each, from any phase before ``retired``. A new value is always written to
-``secrets.enc`` before the record names a phase that uses it.
+back, one deploy each, from any phase before ``retired``; a Django key it takes back stays
+a fallback (what it signed still verifies) until the next rotation. A new value is always
+written to ``secrets.enc`` before the record names a phase that uses it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from cmdop_install.rotation_state import PG_LOGINS, PHASES, ROTATABLE, idle_role
 from cmdop_install.sitedir import SiteDir
 
 PG = "postgres_password"  # the app's blue/green logins, rotated as one
+# keys whose replaced value keeps verifying what it signed (SECRET_KEY_FALLBACKS): a rollback
+# keeps the abandoned new key verifying as well, or every session used while it signed
+# (Django re-signs a session's auth hash with the current key) would be signed out
+SIGNING_KEYS = ("django_secret_key",)
 # the hosts each phase's deploy reaches: the secrets live there, nothing else changes
 HOST_GROUPS = ["postgres", "control_plane"]
 _WHAT = {
@@ -179,7 +184,8 @@ class Rotation:
         store, names = self.site.store, record["names"]
         for name in names:
             if name != PG:
-                store.demote(name)  # no-op unless promoted (also by a switch cut short)
+                # no-op unless promoted (also by a switch cut short)
+                store.demote(name, keep_newer=name in SIGNING_KEYS)
         if phase == "staged":
             for name in names:
                 store.drop_staged(self._pg_idle_secret(record) if name == PG else name)

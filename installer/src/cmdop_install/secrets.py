@@ -10,9 +10,10 @@ from a damaged file: the digest catches accidental damage without any key; a rig
 check with a failing GCM tag means the content was modified. The plaintext is JSON
 ``{"version": 1, "secrets": {name: {"value", "created", "source"}}}``; during a rotation an
 entry also holds ``next`` (the staged value) or ``previous`` (the value it replaced, until
-``rotate --finish``), each ``{"value", "created"}``. Format 1 files
-(``CMDOPSEC1\n | nonce | ciphertext+tag``, no key check) are still read, and the next
-save (``init``, ``secrets set``, ``rotate``) writes them as format 2.
+``rotate --finish``), each ``{"value", "created"}``; after a rollback ``previous`` may
+hold the abandoned newer value (``"rolled_back": true``) until the next rotation replaces
+it. Format 1 files (``CMDOPSEC1\n | nonce | ciphertext+tag``, no key check) are still
+read, and the next save (``init``, ``secrets set``, ``rotate``) writes them as format 2.
 
 The 32-byte key comes from ``CMDOP_INSTALL_KEY`` (base64) or from the key file named by
 ``[site] key_file`` — by default under ``~/.config/cmdop-install/keys/``, i.e. OUTSIDE the
@@ -302,12 +303,18 @@ class SecretStore:
         entry.update(value=staged["value"], created=staged["created"], source="rotated")
         self._dirty = True
 
-    def demote(self, name: str) -> None:
-        """Undo ``promote``: the previous value is current again; the newer one is dropped."""
+    def demote(self, name: str, keep_newer: bool = False) -> None:
+        """Undo ``promote``: the previous value is current again. The newer one is dropped,
+        or with ``keep_newer`` becomes ``previous`` (marked ``rolled_back``, which a second
+        demote leaves alone) so that what it signed meanwhile still verifies."""
         entry = self._entry(name)
-        previous = entry.pop("previous", None)
-        if previous is None:
+        previous = entry.get("previous")
+        if previous is None or previous.get("rolled_back"):
             return
+        del entry["previous"]
+        if keep_newer:
+            entry["previous"] = {"value": entry["value"], "created": entry["created"],
+                                 "rolled_back": True}
         entry.update(value=previous["value"], created=previous["created"])
         self._dirty = True
 

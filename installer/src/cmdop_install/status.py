@@ -26,7 +26,8 @@ COMPONENTS = {
     "redis": ("redis-server", "dpkg-query -W -f='${{Version}}' redis-server"),
     "control_plane": (
         "cmdop-server",
-        "/opt/cmdop/venv/bin/pip show cmdop-server 2>/dev/null | sed -n 's/^Version: //p'",
+        f"{manage.SERVER_VENV}/bin/pip show cmdop-server 2>/dev/null "
+        "| sed -n 's/^Version: //p'",
     ),
     "nginx": ("nginx", "dpkg-query -W -f='${{Version}}' nginx"),
     "agents": ("cmdop-agent", agent_releases.CURRENT_RELEASE_COMMAND),
@@ -34,15 +35,15 @@ COMPONENTS = {
 
 
 def restart_pending_command(venv: str = manage.SERVER_VENV) -> str:
-    """Prints yes when cmdop-server was installed after the running service started: the
-    version installed is then not the one serving (a deploy stopped before the restart, e.g.
-    by a failed migration, leaves the previous release's code in the workers)."""
+    """Prints yes when a worker of cmdop-server runs another release than ``venv`` (the
+    `current` link) resolves to: a deploy stopped before its switch reached gunicorn, or old
+    workers still finishing their requests after one. Each worker's working directory is the
+    release it imported (gunicorn.conf.py's ``chdir``)."""
     return (
-        "s=$(systemctl show -p ExecMainStartTimestamp --value cmdop-server 2>/dev/null); "
-        f"d=$(ls -d {venv}/lib/python3*/site-packages/cmdop_server-*.dist-info 2>/dev/null "
-        "| head -n 1); "
-        'if [ -n "$s" ] && [ -n "$d" ] && '
-        '[ "$(stat -c %Y "$d")" -gt "$(date -d "$s" +%s)" ]; then echo yes; else echo no; fi'
+        "m=$(systemctl show -p MainPID --value cmdop-server 2>/dev/null); "
+        f"c=$(readlink -f {venv}); p=no; "
+        'if [ -n "$c" ] && [ "${m:-0}" != 0 ]; then for w in $(pgrep -P "$m"); do '
+        '[ "$(readlink -f /proc/$w/cwd)" = "$c" ] || p=yes; done; fi; echo $p'
     )
 
 
