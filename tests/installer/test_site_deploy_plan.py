@@ -85,9 +85,9 @@ def test_a_fresh_host_gets_every_component_and_restarts_rather_than_reloads(fres
         "PostgreSQL | Owner and blue/green roles, databases",
         "PostgreSQL | Password of cmdop_blue (a SCRAM verifier, never plaintext)",
         "Redis | Restart Redis (configuration changed)",
-        "Control plane | Virtualenv from the wheelhouse",
+        "Control plane | cmdop-server release installed beside the one serving",
         "Control plane | Databases migrated, the first Owner and workspace created (once)",
-        "Control plane | Restart the control plane (new code)",
+        "Control plane | Switch to the release and hand it to gunicorn (HUP, old workers finish)",
         "nginx | Validate nginx configuration (nginx -t)",
         "nginx | Restart nginx (new group membership or sandbox)",
         "nginx | Reload systemd (nginx sandbox drop-in)",
@@ -97,6 +97,7 @@ def test_a_fresh_host_gets_every_component_and_restarts_rather_than_reloads(fres
     for not_also in (
         "Firewall | Reload the firewall rules",  # it starts with the new rules
         "Control plane | Reload the control plane (new settings or secrets)",
+        "Control plane | Restart the control plane (new units)",  # the first switch did
         "Control plane | Audit log append-only for the app, retention as configured",
         "nginx | Reload nginx",
     ):

@@ -13,7 +13,11 @@ import json
 
 from cmdop_install.errors import UserError
 
-SERVER_VENV = "/opt/cmdop/venv"
+# Each cmdop-server release is a virtualenv of its own, releases/<wheelhouse key>/venv; the
+# service and every management command run the one `current` links to (a deploy installs a
+# release beside the serving one, migrates with it, then switches the link: docs/upgrades.md)
+SERVER_ROOT = "/opt/cmdop/server"
+SERVER_VENV = f"{SERVER_ROOT}/current/venv"
 ADMIN_DIR = "/etc/cmdop/admin"
 CREDENTIALS_DIR = "/etc/cmdop/credentials"
 # The control plane's credential files (docs/server-config.md), loaded with LoadCredential=:
@@ -33,12 +37,18 @@ CREDENTIALS = {
 HOSTNAME_COMMAND = "hostname"
 
 
-def manage_command(args: str, audit_admin: bool = False) -> str:
+def server_release_venv(key: str) -> str:
+    """The virtualenv of the cmdop-server release built from wheelhouse ``key``."""
+    return f"{SERVER_ROOT}/releases/{key}/venv"
+
+
+def manage_command(args: str, audit_admin: bool = False, venv: str = SERVER_VENV) -> str:
     """A cmdop-server management command as the service runs it (user, credentials, settings).
 
     ``audit_admin``: with each database as its owner's admin login (``/etc/cmdop/admin``:
     ``<prefix>_admin`` for the app's, ``<prefix>_audit_admin`` for the audit log's), for
-    migrations and grants; the service itself never gets those credentials.
+    migrations and grants; the service itself never gets those credentials. ``venv``: the
+    release that runs it (a deploy migrates with the release it is about to switch to).
     """
     admin = ("db_password", "audit_db_password") if audit_admin else ()
     props = " ".join(
@@ -56,7 +66,7 @@ def manage_command(args: str, audit_admin: bool = False) -> str:
         "systemd-run --quiet --wait --pipe --collect -p User=cmdop -p Group=cmdop "
         f"{props} -E CMDOP_SERVER_TOML={toml} "
         "-E DJANGO_SETTINGS_MODULE=cmdop_server.settings.production "
-        f"{SERVER_VENV}/bin/cmdop-server {args}"
+        f"{venv}/bin/cmdop-server {args}"
     )
 
 

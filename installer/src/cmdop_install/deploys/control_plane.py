@@ -1,5 +1,10 @@
 """The control plane: cmdop_server in a virtualenv from our wheels, under gunicorn and systemd.
 
+A new release is installed beside the one serving, migrated with (expand-only, all or
+nothing), and only then switched to and handed to gunicorn by a graceful HUP; a failed
+migration stops the deploy before the switch, so the previous release keeps serving
+(docs/upgrades.md).
+
 Management commands (migrate, collectstatic) run through ``systemd-run`` with the same
 user, credentials (``LoadCredential=``) and settings as the service, so secrets never
 appear in argv or the environment and no command runs as root inside Django.
@@ -12,10 +17,14 @@ from pyinfra.operations import server, systemd
 
 from cmdop_install.deploys.common import any_changed, extra, payload, put_files, temp_dir
 from cmdop_install.deploys.facts import InstallerState
-from cmdop_install.deploys.ops import control_plane_database, prefetch, python_venv
+from cmdop_install.deploys.ops import (
+    control_plane_database,
+    prefetch,
+    server_release,
+    server_switch,
+)
 from cmdop_install.manage import ADMIN_DIR as ADMIN
-from cmdop_install.manage import SERVER_VENV as VENV
-from cmdop_install.manage import manage_command
+from cmdop_install.manage import SERVER_ROOT, manage_command, server_release_venv
 
 UNITS = (
     "cmdop-server.service",
@@ -34,9 +43,11 @@ TIMERS = {
 @deploy("Control plane")
 def control_plane() -> None:
     cp = extra("control_plane")
-    owner = cp["owner"]
+    owner, wheelhouse = cp["owner"], cp["wheelhouse"]
+    # the release this deploy brings answers for its own migrations and runs them
+    release = server_release_venv(wheelhouse["key"])
     state_command = manage_command(
-        f"installer_state --workspace {owner['workspace']}", audit_admin=True
+        f"installer_state --workspace {owner['workspace']}", audit_admin=True, venv=release
     )
     prefetch(InstallerState, state_command)  # a Django start: read beside the other facts
     server.group(name="Group cmdop", group="cmdop", system=True, _sudo=True)
@@ -50,10 +61,10 @@ def control_plane() -> None:
         create_home=False,
         _sudo=True,
     )
-    venv = python_venv(
-        name="Virtualenv from the wheelhouse",
-        venv=VENV,
-        wheelhouse=cp["wheelhouse"],
+    server_release(
+        name="cmdop-server release installed beside the one serving",
+        root=SERVER_ROOT,
+        wheelhouse=wheelhouse,
         temp_dir=temp_dir(),
         _sudo=True,
     )
@@ -74,20 +85,19 @@ def control_plane() -> None:
     grants = manage_command(
         f"audit_grants {audit['app_role']} --retention-days {audit['retention_days']}",
         audit_admin=True,
+        venv=release,
     )
     database = control_plane_database(
         name="Databases migrated, the first Owner and workspace created (once)",
         state_command=state_command,
-        migrate={
-            # as the owner's admin login: the app's own logins may not change the schema
-            "default": manage_command("migrate --database default --noinput", audit_admin=True),
-            # the audit log lives in its own database, owned by a role the app is not: the
-            # app may only add and read rows (audit_grants, after every audit migration)
-            "audit": manage_command("migrate --database audit --noinput", audit_admin=True)
-            + f" && {grants}",
-        },
+        # as the owners' admin logins: the app's own logins may not change the schema; the
+        # audit log lives in its own database, owned by a role the app is not: the app may
+        # only add and read rows (audit_grants, after every audit migration)
+        migrate=manage_command("migrate_release", audit_admin=True, venv=release)
+        + f" && {grants}",
         bootstrap=manage_command(
-            f"bootstrap_owner --email {owner['email']} --workspace {owner['workspace']}"
+            f"bootstrap_owner --email {owner['email']} --workspace {owner['workspace']}",
+            venv=release,
         ),
         secret_src=str(payload() / owner["password_src"]),
         temp_dir=temp_dir(),
@@ -99,6 +109,16 @@ def control_plane() -> None:
         _if=lambda: any_changed(config + admin)() and not any_changed([database])(),
         _sudo=True,
     )
+    switch = server_switch(
+        name="Switch to the release and hand it to gunicorn (HUP, old workers finish)",
+        root=SERVER_ROOT,
+        key=wheelhouse["key"],
+        service="cmdop-server.service",
+        gunicorn=_gunicorn_version(wheelhouse["files"]),
+        restart=any_changed(units),
+        replaces=["/opt/cmdop/venv", "/opt/cmdop/wheels"],
+        _sudo=True,
+    )
     systemd.service(
         name="Control plane enabled and running",
         service="cmdop-server.service",
@@ -106,11 +126,12 @@ def control_plane() -> None:
         enabled=True,
         _sudo=True,
     )
+    # a switch has already restarted or reloaded it, which reads every file below anew
     systemd.service(
-        name="Restart the control plane (new code)",
+        name="Restart the control plane (new units)",
         service="cmdop-server.service",
         restarted=True,
-        _if=any_changed([venv, *units, database]),
+        _if=lambda: not any_changed([switch])() and any_changed([*units, database])(),
         _sudo=True,
     )
     systemd.service(
@@ -118,9 +139,15 @@ def control_plane() -> None:
         service="cmdop-server.service",
         reloaded=True,
         _if=lambda: (
-            not any_changed([venv, *units, database])() and any_changed(config + creds + tls)()
+            not any_changed([switch, *units, database])() and any_changed(config + creds + tls)()
         ),
         _sudo=True,
     )
     for timer, what in TIMERS.items():
         systemd.service(name=what, service=timer, running=True, enabled=True, _sudo=True)
+
+
+def _gunicorn_version(wheels: list[str]) -> str:
+    """gunicorn's version in a wheelhouse (its wheel is named gunicorn-<version>-…), "" if
+    it has none."""
+    return next((name.split("-")[1] for name in wheels if name.startswith("gunicorn-")), "")

@@ -106,6 +106,23 @@ class WheelhouseKey(FactBase[str]):
         return output[0].strip() if output else ""
 
 
+class DistributionVersion(FactBase[str]):
+    """The version of ``distribution`` installed in virtualenv ``venv``; "" if none."""
+
+    def command(self, venv: str, distribution: str) -> str:
+        return (f"ls -d {shlex.quote(venv)}/lib/python3*/site-packages/{shlex.quote(distribution)}-"
+                f"*.dist-info {QUIET}")
+
+    @staticmethod
+    def default() -> str:
+        return ""
+
+    def process(self, output: list[str]) -> str:
+        if not output:
+            return ""
+        return output[0].strip().rsplit("/", 1)[-1].removesuffix(".dist-info").split("-", 1)[-1]
+
+
 class IsExecutable(FactBase[bool]):
     def command(self, path: str) -> str:
         return f"test -x {shlex.quote(path)} && echo yes {QUIET}"

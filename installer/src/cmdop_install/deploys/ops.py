@@ -20,6 +20,7 @@ from pyinfra.facts.deb import DebPackages
 
 from cmdop_install import pgsql
 from cmdop_install.deploys.facts import (
+    DistributionVersion,
     ExistingPaths,
     InstallerState,
     IsExecutable,
@@ -114,16 +115,18 @@ def postgres_password(
 
 
 @operation()
-def python_venv(venv: str, wheelhouse: dict, temp_dir: str):
-    """A virtualenv at ``venv`` holding exactly the wheelhouse ``wheelhouse["key"]``.
-
-    The wheels are uploaded to ``<venv>/../wheels/<key>/`` and installed with
-    ``--no-index``: the host never reaches a package index. A marker file records the key,
-    so an unchanged wheelhouse is a no-op.
+def server_release(root: str, wheelhouse: dict, temp_dir: str):
+    """The cmdop-server release built from ``wheelhouse``: ``root/releases/<key>/venv``,
+    installed beside the release serving and not switched to (``server_switch`` does that
+    once the migrations have run with it). A marker file records the key, so a release
+    already installed is a no-op.
     """
-    if fact(WheelhouseKey, venv) == wheelhouse["key"]:
-        host.noop(f"{venv} has wheelhouse {wheelhouse['key']}")
+    key = wheelhouse["key"]
+    venv = f"{root}/releases/{key}/venv"
+    if fact(WheelhouseKey, venv) == key:
+        host.noop(f"cmdop-server release {key} is installed")
         return
+    yield f"rm -rf {root}/releases/{key}"
     yield from venv_commands(venv, wheelhouse, temp_dir)
 
 
@@ -147,6 +150,38 @@ def venv_commands(venv: str, wheelhouse: dict, temp_dir: str):
 def relink(link: str, target: str) -> str:
     """Point ``link`` at ``target`` atomically: a new link renamed over the old one."""
     return f"ln -sfn {target} {link}.new && mv -T {link}.new {link}"
+
+
+@operation()
+def server_switch(root: str, key: str, service: str, gunicorn: str, restart, replaces: list[str]):
+    """``root/current`` pointed at release ``key``, and the service moved onto it.
+
+    A HUP (``systemctl reload-or-restart``): gunicorn starts new workers, which import the
+    code through ``current``, and lets the old ones finish their requests, so none fails. A
+    restart instead when ``restart()`` (the unit changed), on the first switch, or when the
+    release brings another gunicorn (``gunicorn``: its version): the master a HUP keeps must
+    run the workers' gunicorn. The release replaced stays as ``previous``, any other is
+    removed, and ``replaces`` (the layout before releases) once the first switch is done.
+    """
+    current = fact(LinkTarget, f"{root}/current")
+    target = f"{root}/releases/{key}"
+    if current == target:
+        host.noop(f"cmdop-server release {key} is current")
+        return
+    same_gunicorn = fact(DistributionVersion, f"{root}/current/venv", "gunicorn") == gunicorn
+    keep = [key]
+    if current:
+        yield relink(f"{root}/previous", current)
+        keep.append(current.rsplit("/", 1)[-1])
+    yield relink(f"{root}/current", target)
+    if current and same_gunicorn and not restart():
+        yield f"systemctl reload-or-restart {service}"
+    else:
+        yield f"systemctl restart {service}"
+    spare = " ".join(f"! -name {shlex.quote(k)}" for k in keep)
+    yield f"find {root}/releases -mindepth 1 -maxdepth 1 {spare} -exec rm -rf {{}} +"
+    if not current and replaces:
+        yield f"rm -rf {' '.join(replaces)}"
 
 
 @operation()
@@ -211,20 +246,20 @@ def enroll_agent(
 
 @operation()
 def control_plane_database(
-    state_command: str, migrate: dict[str, str], bootstrap: str, secret_src: str, temp_dir: str
+    state_command: str, migrate: str, bootstrap: str, secret_src: str, temp_dir: str
 ):
-    """Migrate each database that has pending migrations, then create the first Owner if
-    the workspace does not exist; one Django start (``installer_state``) decides all of it.
+    """``migrate`` (both databases, all or nothing) when either has pending migrations, then
+    the first Owner if the workspace does not exist; one Django start (``installer_state``)
+    decides all of it.
 
     The Owner's password goes to ``bootstrap`` on stdin from a 0600 file in the SSH user's
     private folder, removed right after.
     """
     state = fact(InstallerState, state_command)
     todo = False
-    for database, command in migrate.items():
-        if state.get(database) != "current":
-            todo = True
-            yield command
+    if state.get("default") != "current" or state.get("audit") != "current":
+        todo = True
+        yield migrate
     if state.get("owner") != "present":
         todo = True
         secret_file = f"{temp_dir}/stdin-secret"

@@ -15,8 +15,12 @@ worker_connections = 4096
 timeout = 55
 graceful_timeout = 30
 keepalive = 5
-# settings are re-imported on SIGHUP only without preloading (secret rotation reloads)
+# settings are re-imported on SIGHUP only without preloading (secret rotation reloads), and
+# each new worker imports the app itself (a deploy's switch to a new release reloads)
 preload_app = False
+# the master enters the release `current` links to at start and on every SIGHUP, so each
+# worker's working directory names the release it imported (`cmdop-install status` reads it)
+chdir = "/opt/cmdop/server/current/venv"
 # no control socket: the home folder is read-only under ProtectSystem=strict, and nothing
 # but systemd manages this service
 control_socket_disable = True
