@@ -40,8 +40,9 @@ RESULT = RunResult({"node1": HostResult("node1", [OpResult("Files in /etc/cmdop"
                                         facts={"enrolled": "yes"}),
                     "agent1": HostResult("agent1", error=UNREACHABLE)}, dry_run=False)
 HOSTS = [{"host": "node1", "changes": 1, "error": None,
-          "operations": [{"name": "Files in /etc/cmdop", "changed": True, "success": True}]},
-         {"host": "agent1", "changes": 0, "error": UNREACHABLE, "operations": []}]
+          "operations": [{"name": "Files in /etc/cmdop", "changed": True, "success": True}],
+          "files": []},
+         {"host": "agent1", "changes": 0, "error": UNREACHABLE, "operations": [], "files": []}]
 
 
 def test_check_json_lists_warnings_and_problems(site_dir, capsys, monkeypatch):

@@ -171,29 +171,52 @@ def render(site_dir: Path, host: str | None, out: Path) -> None:
 @click.command()
 @site_dir_arg
 @options.as_json
-def check(site_dir: Path, as_json: bool) -> None:
+@options.verbosity("Also each host's rendered files that were linted (path, mode, owner).")
+def check(site_dir: Path, as_json: bool, verbosity: int) -> None:
     """Validate site.toml and inventory.py and lint the rendered files; exit 1 on findings.
 
     \b
     Example:
       cmdop-install check mysite --json
+      cmdop-install check mysite --verbose
+      cmdop-install check mysite --quiet
     """
     from cmdop_install.check import check_site
+    from cmdop_install.progress import QUIET, VERBOSE
     from cmdop_install.sitedir import SiteDir
 
-    findings = check_site(SiteDir.load(site_dir))
+    site = SiteDir.load(site_dir)
+    findings = check_site(site)
     problems = [f for f in findings if not f.startswith("warning:")]
     if as_json:
         _document({"ok": not problems, "problems": problems,
                    "warnings": [f for f in findings if f.startswith("warning:")]})
     else:
         for finding in findings:
-            click.echo(finding)
+            if verbosity > QUIET or finding in problems:
+                click.echo(finding)
     if problems:
         raise UserError(f"check: {len(problems)} problem(s) found", 1)
     if as_json:
         return
+    if verbosity >= VERBOSE:
+        for line in _linted_files(site):
+            click.echo(line)
     click.echo("check: ok" + (f" ({len(findings)} warning(s))" if findings else ""))
+
+
+def _linted_files(site) -> list[str]:
+    """Per host, the rendered files check linted (those of a host still waiting for its
+    certificates were not rendered, so they are not listed)."""
+    lines = []
+    for host in site.inventory.hosts():
+        rendered = site.rendered(host.name)
+        if rendered is None:
+            continue
+        lines.append(f"{host.name}: {len(rendered)} file(s) rendered and linted")
+        lines += [f"    {f.mode:04o} {f.owner}:{f.group} {f.path}"
+                  f"{' (secret)' if f.secret else ''}" for f in rendered]
+    return lines
 
 
 def _echo_issued(site, as_json: bool = False) -> None:
@@ -209,34 +232,44 @@ def _echo_issued(site, as_json: bool = False) -> None:
 @options.dry_run
 @options.bundle
 @options.as_json
+@options.verbosity("Each operation with its result, as it runs and in the summary.")
 def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool, bundle_file: Path | None,
-           as_json: bool) -> None:
+           as_json: bool, verbosity: int) -> None:
     """Converge every host of SITE_DIR: Postgres, Redis, nginx, the control plane, the agents.
 
     Only what differs changes; a second deploy of an unchanged site reports zero changes.
-    Certificates the inventory now needs are issued first. Secrets never appear in the
-    output.
+    Certificates the inventory now needs are issued first. Each host's progress shows as it
+    goes (one live line per host on a terminal), then what changed: operations and files.
+    --dry-run changes nothing and shows each file that would change with a unified diff
+    (a secret file by name only). Secrets never appear in the output.
 
     \b
     Example:
       cmdop-install deploy mysite --limit control_plane --dry-run
       cmdop-install deploy mysite --bundle cmdop.bundle
       cmdop-install deploy mysite --json > deploy.json
+      cmdop-install deploy mysite --verbose
+      cmdop-install deploy mysite --quiet
     """
     from cmdop_install.deploy import deploy_site
+    from cmdop_install.progress import QUIET, for_output
     from cmdop_install.rollout import SiteLock
+    from cmdop_install.runner import reporting
     from cmdop_install.sitedir import SiteDir
 
-    with SiteLock(site_dir):
+    sink = for_output(sys.stderr, verbosity, as_json)
+    with SiteLock(site_dir), reporting(sink):
         site = SiteDir.load(site_dir)
         try:
             result = deploy_site(site, limit=list(limit) or None, dry_run=dry_run,
                                  bundle_file=bundle_file)
         finally:
             _echo_issued(site, as_json)
-    _echo(as_json, "centrifugo: skipped (no binary in site.toml [centrifugo]); live output "
-          "flows through the REST cursor API")
-    for line in result.host_lines("would change" if dry_run else "changed"):
+    if verbosity > QUIET:
+        _echo(as_json, "centrifugo: skipped (no binary in site.toml [centrifugo]); live "
+              "output flows through the REST cursor API")
+    for line in result.host_lines("would change" if dry_run else "changed", verbosity,
+                                  diffs=dry_run):
         _echo(as_json, line)
     if as_json:
         _document({"dry_run": dry_run, "ok": not result.failed, "issued": list(site.issued),
@@ -254,19 +287,30 @@ def deploy(site_dir: Path, limit: tuple[str, ...], dry_run: bool, bundle_file: P
 @click.command("status")
 @site_dir_arg
 @options.as_json
-def status(site_dir: Path, as_json: bool) -> None:
+@options.verbosity("Also when each agent was last seen.")
+def status(site_dir: Path, as_json: bool, verbosity: int) -> None:
     """Per host and component: service state, version, certificates, agents online, last deploy.
 
     \b
     Example:
       cmdop-install status mysite --json
+      cmdop-install status mysite --verbose
+      cmdop-install status mysite --quiet
     """
+    from cmdop_install.progress import NORMAL, QUIET
     from cmdop_install.sitedir import SiteDir
-    from cmdop_install.status import site_status
+    from cmdop_install.status import problem_lines, site_status
 
     info = site_status(SiteDir.load(site_dir))
     if as_json:
         click.echo(json.dumps(info, indent=2))
+        return
+    if verbosity == QUIET:
+        problems = problem_lines(info)
+        for line in problems:
+            click.echo(line)
+        click.echo(f"status: {len(info['hosts'])} host(s), "
+                   + (f"{len(problems)} problem(s)" if problems else "every component active"))
         return
     last = info["last_deploy"]
     click.echo(
@@ -282,6 +326,8 @@ def status(site_dir: Path, as_json: bool) -> None:
             extra = ""
             if "online" in c:
                 extra = "  online" if c["online"] else "  OFFLINE"
+                if verbosity > NORMAL:
+                    extra += f"  last seen {c['last_seen'] or 'never'}"
             if c.get("restart_pending"):
                 extra = "  installed after it started: the previous release is serving"
             click.echo(f"  {c['component']:<14} {c['state']:<10} {c['version']:<22}{extra}")
@@ -387,6 +433,7 @@ def agents() -> None:
 )
 @options.bundle
 @options.as_json
+@options.verbosity("Each operation of each batch with its result, as it runs.")
 def rollout(
     site_dir: Path,
     version: str | None,
@@ -396,24 +443,35 @@ def rollout(
     health_timeout: int,
     bundle_file: Path | None,
     as_json: bool,
+    verbosity: int,
 ) -> None:
     """Install or upgrade the agents of SITE_DIR in batches, each gated on the control plane.
 
     Failed hosts go back to their previous release; when failures exceed --max-fail the
-    rollout stops and the rest stay untouched. Rerun the same command to resume.
+    rollout stops and the rest stay untouched. Rerun the same command to resume. Each
+    batch's hosts show their progress as they go (one live line per host on a terminal).
 
     \b
     Example:
       cmdop-install agents rollout mysite --version 0.2.0 --canary 1 --batch-size 25%
       cmdop-install agents rollout mysite --json > rollout.json
+      cmdop-install agents rollout mysite --verbose
+      cmdop-install agents rollout mysite --quiet
     """
     from dataclasses import asdict
 
+    from cmdop_install.progress import QUIET, for_output
     from cmdop_install.rollout import Rollout, SiteLock, summary_lines
+    from cmdop_install.runner import reporting
     from cmdop_install.sitedir import SiteDir
 
-    with SiteLock(site_dir):
-        outcome = Rollout(SiteDir.load(site_dir), lambda line: _echo(as_json, line),
+    def echo(line: str) -> None:
+        if verbosity > QUIET:
+            _echo(as_json, line)
+
+    sink = for_output(sys.stderr, verbosity, as_json)
+    with SiteLock(site_dir), reporting(sink):
+        outcome = Rollout(SiteDir.load(site_dir), echo,
                           health_timeout, bundle_file).run(version, batch_size, canary, max_fail)
     for line in summary_lines(outcome):
         _echo(as_json, line)

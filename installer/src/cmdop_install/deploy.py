@@ -18,6 +18,7 @@ from cmdop_install import (
     agent_releases,
     bundle,
     check,
+    filediff,
     manage,
     pgsql,
     render,
@@ -33,6 +34,8 @@ from cmdop_install.status import record_deploy
 
 SITE_DEPLOY = "cmdop_install.deploys.site:site"
 AGENT_CREDENTIAL = "/var/lib/cmdop-agent/credential.json"
+# the state of the host's rendered files before the run, read by filediff's probe
+FILES_FACT = "rendered_files"
 # payload file names (the files hold secrets; the names do not)
 JOIN_TOKEN_SRC = "files/join-token"  # noqa: S105
 OWNER_PASSWORD_SRC = "files/owner-password"  # noqa: S105
@@ -90,6 +93,8 @@ def _converge(site: SiteDir, limit: list[str] | None, dry_run: bool, wheels: dic
                 _json(payload / host.name / "bundle.json", offline.host_facts)
         data = {"cmdop_payload": str(payload)}
         facts = {"enrolled": f"test -s {AGENT_CREDENTIAL} && echo yes || echo no"}
+        probes = {h.name: {FILES_FACT: filediff.probe_command(site.files(h.name))}
+                  for h in inventory.hosts()}
         result = run_deploy(
             groups,
             SITE_DEPLOY,
@@ -97,7 +102,11 @@ def _converge(site: SiteDir, limit: list[str] | None, dry_run: bool, wheels: dic
             dry_run=dry_run,
             data=data,
             facts=facts if inventory.groups["agents"] else None,
+            facts_before=probes,
         )
+        for name, done in result.hosts.items():
+            if FILES_FACT in done.facts:
+                done.files = filediff.changes(name, site.files(name), done.facts.pop(FILES_FACT))
         waiting = [
             h.name
             for h in inventory.groups["agents"]

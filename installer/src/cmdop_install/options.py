@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -27,3 +28,24 @@ bundle = click.option(
     help="Install only from this signed offline bundle (default: site.toml [bundle] file); "
     "it is verified against [bundle] pubkey before any host is touched.",
 )
+
+
+def verbosity(verbose_help: str):
+    """``--verbose`` / ``--quiet``, handed to the command as one ``verbosity``
+    (``progress.QUIET``, ``NORMAL`` or ``VERBOSE``); ``verbose_help`` says what --verbose adds."""
+    from cmdop_install.progress import NORMAL, QUIET, VERBOSE
+
+    def decorate(command):
+        @functools.wraps(command)
+        def with_verbosity(*args, verbose: bool, quiet: bool, **kwargs):
+            if verbose and quiet:
+                raise click.UsageError("--verbose and --quiet: give one of them")
+            level = VERBOSE if verbose else QUIET if quiet else NORMAL
+            return command(*args, verbosity=level, **kwargs)
+
+        quiet = click.option("-q", "--quiet", is_flag=True,
+                             help="Only errors and the final summary.")
+        verbose = click.option("-v", "--verbose", is_flag=True, help=verbose_help)
+        return verbose(quiet(with_verbosity))
+
+    return decorate

@@ -1,12 +1,13 @@
 """Every use of pyinfra's private names, in one place, for the pyinfra release it was written for.
 
-pyinfra has no public hook for three things the runner needs: a fact cache (pyinfra 3 reads
+pyinfra has no public hook for four things the runner needs: a fact cache (pyinfra 3 reads
 every fact again), each host's own name for its operations (API mode merges them across
-hosts), and planning every host at once (``add_deploy`` goes host after host). So this
-module patches or re-implements private pieces of pyinfra 3.10, and reads the planned
-operations out of pyinfra's ``State``. ``refuse_unknown_version`` stops a run under any other
-release with one line; tests/installer/test_pyinfra_internals.py holds each piece to its
-contract against the installed pyinfra.
+hosts), planning every host at once (``add_deploy`` goes host after host), and each
+operation's end with whether it changed the host (for live progress). So this module
+patches or re-implements private pieces of pyinfra 3.10, and reads the planned operations
+out of pyinfra's ``State``. ``refuse_unknown_version`` stops a run under any other release
+with one line; tests/installer/test_pyinfra_internals.py (and, for the progress events,
+test_deploy_progress.py) hold each piece to its contract against the installed pyinfra.
 
 Nothing here imports pyinfra at module level: the CLI imports this module to check the
 version without paying for pyinfra and gevent.
@@ -185,3 +186,47 @@ def would_change(state, host, host_op) -> bool:
             return all(c() for c in (conditions if isinstance(conditions, list) else [conditions]))
         except RuntimeError:
             return True
+
+
+def report_progress(state, names: dict[tuple[str, str], str],
+                    emit: Callable[[dict], None]) -> None:
+    """Tell ``emit`` as each host connects (or cannot) and as each of its operations starts
+    and ends (with whether it changed the host and succeeded).
+
+    pyinfra's own CLI shows a spinner per operation and logs a line per host and operation;
+    we show one line per host instead. Connections come through pyinfra's public state
+    callbacks. An operation's end does not: ``operation_host_success`` fires before the
+    operation records whether it changed anything, so ``run_host_op`` is wrapped (private
+    name: ``pyinfra.api.operations.run_host_op``, looked up in its module by
+    ``_run_host_op_with_context`` at every call). ``names``: from ``record_operation_names``.
+    """
+    from pyinfra.api.state import BaseStateCallback
+
+    class Connections(BaseStateCallback):
+        @staticmethod
+        def host_connect(state, host) -> None:
+            emit({"host": host.name, "event": "connected"})
+
+        @staticmethod
+        def host_connect_error(state, host, error) -> None:
+            emit({"host": host.name, "event": "unreachable"})
+
+    state.add_callback_handler(Connections())
+    operations: Any = importlib.import_module("pyinfra.api.operations")
+    run_host_op = operations.run_host_op
+
+    def reporting(state, host, op_hash):
+        host_op = state.ops[host].get(op_hash)
+        if host_op is None:  # not one of this host's operations: pyinfra skips it
+            return run_host_op(state, host, op_hash)
+        name = names.get((host.name, op_hash), op_hash)
+        emit({"host": host.name, "event": "start", "op": name})
+        succeeded = run_host_op(state, host, op_hash)
+        meta = host_op.operation_meta
+        complete = meta.is_complete()
+        emit({"host": host.name, "event": "done", "op": name,
+              "changed": complete and meta.did_change(),
+              "success": meta.did_succeed() if complete else succeeded})
+        return succeeded
+
+    operations.run_host_op = reporting

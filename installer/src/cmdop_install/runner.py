@@ -2,7 +2,9 @@
 
 pyinfra runs on gevent and monkey-patches the process it lives in, so each run happens in
 a child Python process (``python -m cmdop_install.runner``) that receives a JSON request on
-stdin and answers with a JSON result on stdout; progress goes to stderr. Callers use
+stdin and answers with a JSON result on stdout; pyinfra's log lines go to stderr, and
+inside ``reporting(sink)`` each host's progress goes as JSON lines to a pipe of its own, for
+the sink (``cmdop_install.progress``) to show while the run goes. Callers use
 ``run_deploy`` and get a ``RunResult`` back — nothing else in cmdop_install imports
 ``pyinfra.api``. Deploy code (``cmdop_install.deploys.*``) uses pyinfra *operations* only.
 What pyinfra has no public API for (a fact cache, per-host operation names, planning all
@@ -15,13 +17,19 @@ import importlib
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 
 from cmdop_install import pyinfra_internals
 from cmdop_install.errors import UserError
+from cmdop_install.filediff import FileChange
+from cmdop_install.progress import NORMAL, QUIET, VERBOSE, Sink
 
 
 @dataclass
@@ -37,6 +45,7 @@ class HostResult:
     ops: list[OpResult] = field(default_factory=list)
     error: str | None = None
     facts: dict[str, str] = field(default_factory=dict)
+    files: list[FileChange] = field(default_factory=list)  # a deploy's rendered files
 
     @property
     def changes(self) -> int:
@@ -59,8 +68,9 @@ class RunResult:
         ]
 
     def as_json(self) -> dict:
-        """The run for a ``--json`` document: per host its changes, its error and the
-        operations that changed or failed (facts stay out: one may carry what a host holds)."""
+        """The run for a ``--json`` document: per host its changes, its error, the
+        operations that changed or failed and the rendered files it changes (facts stay
+        out: one may carry what a host holds)."""
         return {
             "changes": self.changes,
             "failed": self.failed,
@@ -70,26 +80,36 @@ class RunResult:
                     "changes": h.changes,
                     "error": h.error,
                     "operations": [asdict(op) for op in h.ops if op.changed or not op.success],
+                    "files": [f.as_json() for f in h.files],
                 }
                 for h in self.hosts.values()
             ],
         }
 
-    def host_lines(self, verb: str = "changed") -> list[str]:
+    def host_lines(self, verb: str = "changed", verbosity: int = NORMAL,
+                   diffs: bool = False) -> list[str]:
         """Per host: its count of changes (or why it failed), then each changed or failed
-        operation, indented."""
+        operation and each rendered file it changes (``diffs``: with its diff), indented.
+        QUIET: only the hosts that failed; VERBOSE: every operation with its result."""
         lines = []
         for host in self.hosts.values():
             if host.error:
                 lines.append(f"{host.name}: FAILED: {host.error}")
                 continue
-            lines.append(f"{host.name}: {host.changes} {verb}")
-            lines += [
-                f"    {'FAILED ' if not op.success else ''}{op.name}"
-                for op in host.ops
-                if op.changed or not op.success
-            ]
+            if verbosity > QUIET:
+                lines.append(f"{host.name}: {host.changes} {verb}")
+                lines += [f"    {line}" for line in _op_lines(host.ops, verb, verbosity)]
+                lines += [f"    {line}" for f in host.files for line in f.lines(verb, diffs)]
         return lines
+
+
+def _op_lines(ops: list[OpResult], verb: str, verbosity: int) -> list[str]:
+    if verbosity >= VERBOSE:
+        width = max(len("FAILED"), len(verb))
+        return [f"{'FAILED' if not op.success else verb if op.changed else 'ok':<{width}}  "
+                f"{op.name}" for op in ops]
+    return [f"{'FAILED ' if not op.success else ''}{op.name}"
+            for op in ops if op.changed or not op.success]
 
 
 Groups = dict[str, list[tuple[str, dict]]]
@@ -116,6 +136,8 @@ class RunRequest:
     facts: dict[str, str] = field(default_factory=dict)
     parallel: int = 0
     host_facts: dict[str, dict[str, str]] = field(default_factory=dict)
+    facts_before: dict[str, dict[str, str]] = field(default_factory=dict)
+    quiet: bool = False  # pyinfra logs errors only, not warnings
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -125,6 +147,21 @@ class RunRequest:
         raw = json.loads(text)
         groups = {g: [(n, d) for n, d in hosts] for g, hosts in raw.pop("groups").items()}
         return cls(groups=groups, **raw)
+
+
+# where run_deploy reports its progress (``reporting``); None: nowhere
+_progress: ContextVar[Sink | None] = ContextVar("cmdop_install_progress", default=None)
+
+
+@contextmanager
+def reporting(sink: Sink | None) -> Iterator[None]:
+    """Every deploy run inside the block reports its progress to ``sink`` (reads of facts
+    do not: they change nothing and take a moment)."""
+    token = _progress.set(sink)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
 
 
 def run_deploy(
@@ -137,6 +174,7 @@ def run_deploy(
     facts: dict[str, str] | None = None,
     parallel: int = 0,
     host_facts: dict[str, dict[str, str]] | None = None,
+    facts_before: dict[str, dict[str, str]] | None = None,
 ) -> RunResult:
     """Run ``deploy`` ("package.module:function") on the hosts of ``groups``.
 
@@ -145,24 +183,35 @@ def run_deploy(
 
     ``facts`` maps a label to a shell command whose output is read (a pyinfra ``Command``
     fact) on every host after the run; ``host_facts`` maps a host name to the facts read on
-    that host instead (a host is asked only what concerns it); with ``dry_run`` nothing is
-    executed and each operation reports whether it *would* change.
+    that host instead (a host is asked only what concerns it); ``facts_before``: per host,
+    facts read before anything is planned or run; with ``dry_run`` nothing is executed and
+    each operation reports whether it *would* change.
     """
     pyinfra_internals.refuse_unknown_version()
+    sink = _progress.get() if deploy != READ_ONLY else None
     request = RunRequest(groups, deploy, limit, dry_run, data or {}, facts or {}, parallel,
-                         host_facts or {})
-    proc = subprocess.run(
-        [sys.executable, "-m", "cmdop_install.runner"],
-        input=request.to_json(),
-        stdout=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise UserError(
-            f"pyinfra run of {deploy} failed before it could report (exit {proc.returncode})"
+                         host_facts or {}, facts_before or {},
+                         quiet=sink is not None and sink.verbosity == QUIET)
+    if sink is None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cmdop_install.runner"],
+            input=request.to_json(),
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
         )
-    raw = json.loads(proc.stdout)
+        returncode, stdout = proc.returncode, proc.stdout
+    else:
+        sink.begin(sorted(select_hosts(groups, limit)), dry_run)
+        try:
+            returncode, stdout = _run_reporting(request, sink)
+        finally:
+            sink.end()
+    if returncode != 0 or not stdout.strip():
+        raise UserError(
+            f"pyinfra run of {deploy} failed before it could report (exit {returncode})"
+        )
+    raw = json.loads(stdout)
     if raw.get("error"):
         raise UserError(raw["error"])
     return RunResult(
@@ -177,6 +226,66 @@ def run_deploy(
         },
         dry_run=dry_run,
     )
+
+
+PROGRESS_FD = "CMDOP_INSTALL_PROGRESS_FD"
+TICK = 0.5  # seconds between redraws while no event comes (the elapsed time moves on)
+
+
+def _run_reporting(request: RunRequest, sink: Sink) -> tuple[int, str]:
+    """The child with a pipe for its progress events (JSON lines), each handed to ``sink``
+    as it comes, and its log lines (stderr) too, so that a live display stays whole."""
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cmdop_install.runner"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(write_end,),
+            env={**os.environ, PROGRESS_FD: str(write_end)},
+        )
+    finally:
+        os.close(write_end)
+    with proc:
+        assert proc.stdin and proc.stdout and proc.stderr
+        try:
+            proc.stdin.write(request.to_json().encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the child died before reading: its exit code says so below
+        try:
+            stdout = _forward(read_end, proc.stderr.fileno(), proc.stdout.fileno(), sink)
+        finally:
+            os.close(read_end)
+    return proc.returncode, stdout
+
+
+def _forward(events: int, stderr: int, stdout: int, sink: Sink) -> str:
+    """Read the child's three pipes until each ends: events and log lines go to ``sink``
+    line by line, stdout (the reply) is returned."""
+    pending = {events: b"", stderr: b"", stdout: b""}
+    reply = []
+    while pending:
+        ready, _, _ = select.select(list(pending), [], [], TICK)
+        if not ready:
+            sink.tick()
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if fd == stdout:
+                reply.append(chunk)
+                if not chunk:
+                    del pending[fd]
+                continue
+            *lines, pending[fd] = (pending[fd] + chunk).split(b"\n")
+            if not chunk:
+                lines.append(pending.pop(fd))
+            for line in filter(None, lines):
+                if fd == events:
+                    sink.event(json.loads(line))
+                else:
+                    sink.message(line.decode(errors="replace"))
+    return b"".join(reply).decode()
 
 
 READ_ONLY = "cmdop_install.deploys.site:nothing"
@@ -238,7 +347,8 @@ def _connect(state) -> set[str]:
     return {host.name for host in state.failed_hosts}
 
 
-def _plan_and_execute(state, deploy: str, dry_run: bool, timer: _PhaseTimer) -> str | None:
+def _plan_and_execute(state, deploy: str, dry_run: bool, timer: _PhaseTimer,
+                      emit: Emit = None) -> str | None:
     """Plan ``deploy`` on every reachable host, then (unless ``dry_run``) run it; returns
     an error that is about the run as a whole, not one host."""
     from pyinfra.api.exceptions import PyinfraError
@@ -247,9 +357,15 @@ def _plan_and_execute(state, deploy: str, dry_run: bool, timer: _PhaseTimer) -> 
     module_name, func_name = deploy.split(":")
     deploy_func = getattr(importlib.import_module(module_name), func_name)
     try:
+        _phase(emit, "plan")
         timer.slowest(pyinfra_internals.plan_in_parallel(state, deploy_func))
         timer.mark("plan")
+        if emit is not None:
+            for host in state.inventory.get_active_hosts():
+                total = sum(1 for _ in pyinfra_internals.planned_operations(state, host))
+                emit({"host": host.name, "event": "planned", "total": total})
         if not dry_run:
+            _phase(emit, "run")
             run_ops(state)
             timer.mark("run")
     except PyinfraError as exc:
@@ -277,37 +393,54 @@ def _host_result(state, host, names: dict, dry_run: bool) -> HostResult:
     return HostResult(host.name, ops, error)
 
 
-def _read_host_facts(state, results: dict[str, HostResult], facts: dict[str, str],
-                     host_facts: dict[str, dict[str, str]]) -> None:
+def _read_host_facts(state, facts: dict[str, str],
+                     host_facts: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
     """Read ``facts`` (a host in ``host_facts``: its own) on every host that did not fail,
-    all hosts at once."""
+    all hosts at once; host name -> label -> output."""
     from gevent.pool import Pool
     from pyinfra.facts.server import Command
 
-    def read(host) -> None:
+    read: dict[str, dict[str, str]] = {}
+
+    def read_one(host) -> None:
         if host not in state.failed_hosts:
-            for label, command in host_facts.get(host.name, facts).items():
-                results[host.name].facts[label] = (
-                    host.get_fact(Command, command, _sudo=True, _ignore_errors=True) or ""
-                )
+            read[host.name] = {
+                label: host.get_fact(Command, command, _sudo=True, _ignore_errors=True) or ""
+                for label, command in host_facts.get(host.name, facts).items()
+            }
 
     hosts = list(state.inventory)
-    Pool(len(hosts) or 1).map(read, hosts)
+    Pool(len(hosts) or 1).map(read_one, hosts)
+    return read
 
 
-def _child(request: RunRequest) -> dict:
-    """The run, in this (gevent-patched) process; returns the reply for the parent."""
+Emit = Callable[[dict], None] | None
+
+
+def _phase(emit: Emit, phase: str) -> None:
+    if emit is not None:
+        emit({"event": "phase", "phase": phase})
+
+
+def _child(request: RunRequest, emit: Emit = None) -> dict:
+    """The run, in this (gevent-patched) process; returns the reply for the parent.
+    ``emit``: where each host's progress goes, as it happens."""
     from pyinfra.api.connect import disconnect_all
 
     names = pyinfra_internals.install()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    logging.basicConfig(level=logging.ERROR if request.quiet else logging.WARNING,
+                        stream=sys.stderr, format="%(message)s")
     timer = _PhaseTimer()
     state = _build_state(request)
+    if emit is not None:
+        pyinfra_internals.report_progress(state, names, emit)
+    _phase(emit, "connect")
     unreachable = _connect(state)
     timer.mark("connect")
+    before = _read_host_facts(state, {}, request.facts_before) if request.facts_before else {}
     error = None
     if len(unreachable) < len(state.inventory):
-        error = _plan_and_execute(state, request.deploy, request.dry_run, timer)
+        error = _plan_and_execute(state, request.deploy, request.dry_run, timer, emit)
     results = {
         host.name: HostResult(host.name, error=UNREACHABLE)
         if host.name in unreachable
@@ -315,7 +448,11 @@ def _child(request: RunRequest) -> dict:
         for host in state.inventory
     }
     if request.facts or request.host_facts:
-        _read_host_facts(state, results, request.facts, request.host_facts)
+        _phase(emit, "facts")
+        for name, read in _read_host_facts(state, request.facts, request.host_facts).items():
+            results[name].facts.update(read)
+    for name, read in before.items():
+        results[name].facts.update(read)
     timer.mark("facts")
     disconnect_all(state)
     timer.report()
@@ -355,8 +492,15 @@ def _child_main() -> int:
     from gevent import monkey
 
     monkey.patch_all()
+    fd = os.environ.get(PROGRESS_FD)
+    events = os.fdopen(int(fd), "w", buffering=1) if fd else None
+
+    def emit(event: dict) -> None:
+        assert events is not None
+        events.write(json.dumps(event) + "\n")
+
     try:
-        reply = _child(RunRequest.from_json(sys.stdin.read()))
+        reply = _child(RunRequest.from_json(sys.stdin.read()), emit if events else None)
     except UserError as exc:
         reply = {"error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - reported as one line, with details on request
@@ -366,6 +510,9 @@ def _child_main() -> int:
             "error": f"deploy code failed: {type(exc).__name__}: {exc} "
             "(rerun with CMDOP_INSTALL_DEBUG=1 for the traceback)"
         }
+    finally:
+        if events is not None:
+            events.close()  # the parent reads events until this, then the reply
     print(json.dumps(reply))
     return 0
 

@@ -76,6 +76,10 @@ class SiteDir:
             )
         return self._files[host_name]
 
+    def rendered(self, host_name: str) -> list[RenderedFile] | None:
+        """The files of ``host_name`` if this load rendered them already (``files``)."""
+        return self._files.get(host_name)
+
     def complete(self) -> list[str]:
         """Complete the site as ``init`` would, without replacing anything: generate the
         secrets that are missing, then issue the leaf certificates that are missing, expiring,

@@ -99,6 +99,26 @@ def site_status(site: SiteDir) -> dict:
             "warnings": pki.expiry_warnings(site.path, site.config)}
 
 
+def problem_lines(info: dict) -> list[str]:
+    """What in ``site_status``'s ``info`` needs the operator (``status --quiet``): hosts not
+    reached, components not active, agents offline, a control plane serving an older
+    release, certificate warnings."""
+    lines = []
+    for h in info["hosts"]:
+        if "error" in h:
+            lines.append(f"{h['host']} ({h['address']})  unreachable: {h['error']}")
+            continue
+        for c in h["components"]:
+            if c["state"] != "active":
+                lines.append(f"{h['host']}: {c['component']} {c['state']}")
+            if c.get("online") is False:
+                lines.append(f"{h['host']}: agent OFFLINE (last seen {c['last_seen'] or 'never'})")
+            if c.get("restart_pending"):
+                lines.append(f"{h['host']}: control_plane installed after it started: the "
+                             "previous release is serving")
+    return lines + list(info["warnings"])
+
+
 def _component_row(component: str, facts: dict[str, str], fleet: dict[str, dict]) -> dict:
     row: dict[str, Any] = {
         "component": component,
