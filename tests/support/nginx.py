@@ -115,9 +115,11 @@ class Nginx:
 
 
 @contextmanager
-def control_plane_behind_nginx(tls_pki, tmp_path_factory) -> Iterator[Nginx]:
+def control_plane_behind_nginx(tls_pki, tmp_path_factory, site: dict | None = None,
+                               env: dict[str, str] | None = None) -> Iterator[Nginx]:
     """The real control plane on a deployed site's unix socket, trusting only that peer, behind
-    our rendered nginx on free loopback ports (skipped where nginx is not installed)."""
+    our rendered nginx on free loopback ports (skipped where nginx is not installed).
+    ``site`` adds site.toml values ({"section.key": value}), ``env`` the app's environment."""
     import pytest
 
     if not Path(NGINX).exists():
@@ -125,10 +127,12 @@ def control_plane_behind_nginx(tls_pki, tmp_path_factory) -> Iterator[Nginx]:
     root = Path(tempfile.mkdtemp(prefix="cmdop-web-"))
     with key_env():
         site_dir = make_site(tmp_path_factory.mktemp("site"), {
-            "control_plane.https_port": free_port(), "control_plane.http_port": free_port()})
+            "control_plane.https_port": free_port(), "control_plane.http_port": free_port(),
+            **(site or {})})
         nginx = Nginx(root, site_dir)
     app = ControlPlane(tls_pki, tmp_path_factory.mktemp("app") / "gunicorn.log",
-                       env={"CMDOP_TEST_TRUSTED_PROXIES": "unix"}, unix_socket=nginx.app_socket)
+                       env={"CMDOP_TEST_TRUSTED_PROXIES": "unix", **(env or {})},
+                       unix_socket=nginx.app_socket)
     try:
         app.start()
         nginx.start()

@@ -78,6 +78,8 @@ class Paths:
             "cmdop_admin": "/etc/cmdop/admin",
             "cmdop_tls": "/etc/cmdop/tls",
             "gunicorn_socket": "/run/cmdop/gunicorn.sock",
+            # the workers' shared metrics, in the service's RuntimeDirectory like the socket
+            "metrics_dir": "/run/cmdop/metrics",
             # the release `current` links to (manage.SERVER_VENV): a deploy switches the link
             "server_venv": "/opt/cmdop/server/current/venv",
             "agent_etc": "/etc/cmdop-agent",
@@ -145,6 +147,12 @@ def firewall(site: Site, inventory: Inventory, host: Host) -> dict:
 
 def admin_sources(site: Site) -> list[str]:
     return [a.strip() for a in site["firewall"]["admin_sources"].split(",") if a.strip()]
+
+
+def metrics_sources(site: Site) -> list[str]:
+    """The networks /metrics answers, normalised (10.0.0.5 -> 10.0.0.5/32) for nginx."""
+    return [str(ipaddress.ip_network(a.strip(), strict=False))
+            for a in site["metrics"]["allowed_sources"].split(",") if a.strip()]
 
 
 def postgres_names(site: Site) -> dict:
@@ -221,6 +229,7 @@ def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, st
         "credential_names": list(CREDENTIALS),
         "roles": inventory.roles_of(host.name),
         "firewall": firewall(site, inventory, host),
+        "metrics_sources": metrics_sources(site),
         "redis": {
             "app_user": f"{name}-app",
             "app_prefix": f"{name}:",

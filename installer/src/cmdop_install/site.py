@@ -199,6 +199,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                              "backup host); every other source is refused on those ports.",
                              _sources),
     },
+    "metrics": {
+        "allowed_sources": Key(str, "", "Comma-separated addresses or networks of the "
+                               "Prometheus servers that may scrape https://<domain>/metrics "
+                               "(docs/monitoring.md); every other source is refused. "
+                               "\"\": nobody.", _sources),
+    },
     "agent": {
         "user": Key(str, "cmdop-agent", "Unprivileged user the agent runs as on fleet hosts; "
                     "sessions get exactly its permissions. Never a service account.",

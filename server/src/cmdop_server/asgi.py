@@ -12,3 +12,7 @@ application = route_agent_api(application)  # agent calls skip the browser middl
 from cmdop_server.sessions.terminal import route_terminal  # noqa: E402
 
 application = route_terminal(application)  # the browser terminal's WebSocket
+
+from cmdop_server import metrics  # noqa: E402
+
+application = metrics.instrument(application)  # every HTTP request counted and timed

@@ -34,6 +34,15 @@ def is_address(ip: str) -> bool:
     return True
 
 
+def is_network(value: str) -> bool:
+    """An address or a network in CIDR notation (host bits may be set: 10.0.0.5/24)."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def client_ip(request: HttpRequest) -> str:
     """The client's address, or "" when nobody trusted told us (a direct socket probe)."""
     remote = request.META.get("REMOTE_ADDR") or UNIX_PEER

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from cmdop_server import redis_client
+from cmdop_server import metrics, redis_client
 
 _UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "m": 60, "minute": 60, "h": 3600,
           "hour": 3600}
@@ -65,6 +65,8 @@ def hit(scope: str, subject: str, now: float | None = None, amount: int = 1) -> 
     limit, key, remaining = _window(scope, subject, now)
     expire_ms = int(remaining * 1000) + 1000
     count = int(redis_client.client().eval(_SCRIPT, 1, key, expire_ms, max(1, amount)))
+    if count > limit:
+        metrics.inc("cmdop_rate_limited_total", scope=scope)
     return Decision(count <= limit, max(1, math.ceil(remaining)))
 
 
@@ -73,6 +75,7 @@ def refuse_if_exhausted(scope: str, subject: str) -> None:
     endpoints that count only failures, so an exhausted client does no work at all."""
     limit, key, remaining = _window(scope, subject, None)
     if int(redis_client.client().get(key) or 0) >= limit:
+        metrics.inc("cmdop_rate_limited_total", scope=scope)
         raise RateLimitedError(max(1, math.ceil(remaining)))
 
 

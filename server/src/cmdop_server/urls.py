@@ -1,5 +1,6 @@
 from django.urls import include, path
 
+from cmdop_server import metrics
 from cmdop_server.agent_api.api import api as agent_api
 from cmdop_server.api.main import api
 from cmdop_server.web import console, second_factor, views
@@ -21,6 +22,7 @@ urlpatterns = [
     path("keys/", console.create_api_key, name="create-api-key"),
     path("keys/<slug:slug>/<int:key_id>/revoke/", views.revoke_api_key, name="revoke-key"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics.view, name="metrics"),
     path("assets/<path:name>", views.asset, name="asset"),
     path("w/<slug:slug>/", include("cmdop_server.machines.pages")),
     path("w/<slug:slug>/", include("cmdop_server.sessions.pages")),

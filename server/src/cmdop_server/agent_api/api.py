@@ -17,7 +17,7 @@ from django.utils import timezone
 from ninja import NinjaAPI, Query
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from cmdop_server import audit, ratelimit, workqueue
+from cmdop_server import audit, metrics, ratelimit, workqueue
 from cmdop_server.agent_api import auth
 from cmdop_server.agent_api.schemas import (
     AckIn,
@@ -86,6 +86,7 @@ def _missing(request, exc):
 @api.exception_handler(redis.RedisError)
 def _redis_down(request, exc):
     logger.error("redis unavailable: %s", type(exc).__name__)
+    metrics.inc("cmdop_redis_errors_total")
     return error_response(request, 503, "unavailable", "A backing service is unavailable.")
 
 
@@ -94,6 +95,7 @@ def _redis_down(request, exc):
 def _database_down(request, exc):
     # a backing service is down, not a bug: 503 like Redis down, and no traceback logged
     logger.error("database unavailable: %s", type(exc).__name__)
+    metrics.inc("cmdop_database_errors_total")
     return error_response(request, 503, "unavailable", "A backing service is unavailable.")
 
 
@@ -152,7 +154,8 @@ async def work(request: auth.AgentRequest, query: Query[WorkQuery]):
     seconds (at most 25) with no items."""
     wait = max(0.0, min(float(query.wait), MAX_WAIT))
     try:
-        batch = await workqueue.wait_for_work(request.auth.machine.pk, query.cursor, wait)
+        with metrics.parked():
+            batch = await workqueue.wait_for_work(request.auth.machine.pk, query.cursor, wait)
     except workqueue.BadCursor as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     return {"items": batch.items, "cursor": batch.cursor}

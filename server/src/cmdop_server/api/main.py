@@ -11,6 +11,7 @@ from django.http import Http404
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from cmdop_server import metrics
 from cmdop_server.errors import ApiError, default_error, error_response
 from cmdop_server.ratelimit import RateLimitedError
 
@@ -69,6 +70,7 @@ def _rate_limited(request, exc: RateLimitedError):
 @api.exception_handler(redis.RedisError)
 def _redis_down(request, exc):
     logger.error("redis unavailable: %s", type(exc).__name__)
+    metrics.inc("cmdop_redis_errors_total")
     return default_error(request, 503)
 
 
@@ -76,6 +78,7 @@ def _redis_down(request, exc):
 @api.exception_handler(OperationalError)
 def _database_down(request, exc):
     logger.error("database unavailable: %s", type(exc).__name__)
+    metrics.inc("cmdop_database_errors_total")
     return default_error(request, 503)
 
 

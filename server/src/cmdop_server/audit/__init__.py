@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 AUDIT_DB = "audit"
@@ -38,7 +38,7 @@ def record(
     The row is linked into its workspace's hash chain (``chain.py``); an advisory lock per
     chain, held until the audit transaction commits, keeps concurrent writers in order.
     """
-    from cmdop_server import netinfo
+    from cmdop_server import metrics, netinfo
     from cmdop_server.audit import chain
     from cmdop_server.audit.models import AuditEvent
 
@@ -55,15 +55,21 @@ def record(
         reason=reason,
         data=json.loads(json.dumps(data, default=str)),  # exactly what jsonb will hand back
     )
-    with transaction.atomic(using=AUDIT_DB):
-        with connections[AUDIT_DB].cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
-                           [CHAIN_LOCK, row.workspace_id or 0])
-        last = (AuditEvent.objects.using(AUDIT_DB).filter(workspace_id=row.workspace_id)
-                .order_by("-id").values_list("row_hash", flat=True).first())
-        row.prev_hash = last or chain.GENESIS
-        row.row_hash = chain.link(row.prev_hash, row)
-        row.save(using=AUDIT_DB)
+    if not success and (event.startswith("auth.") or event == "machine.enroll"):
+        metrics.inc("cmdop_auth_failures_total", event=event, reason=reason)
+    try:
+        with transaction.atomic(using=AUDIT_DB):
+            with connections[AUDIT_DB].cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                               [CHAIN_LOCK, row.workspace_id or 0])
+            last = (AuditEvent.objects.using(AUDIT_DB).filter(workspace_id=row.workspace_id)
+                    .order_by("-id").values_list("row_hash", flat=True).first())
+            row.prev_hash = last or chain.GENESIS
+            row.row_hash = chain.link(row.prev_hash, row)
+            row.save(using=AUDIT_DB)
+    except DatabaseError:
+        metrics.inc("cmdop_audit_write_failures_total", stage="write")
+        raise
     return row
 
 
@@ -78,5 +84,18 @@ def action() -> Iterator[None]:
     change without its rows. Anything raised inside rolls both back. The app's transaction
     is durable so that no caller's outer transaction can hold the change back.
     """
-    with transaction.atomic(using="default", durable=True), transaction.atomic(using=AUDIT_DB):
-        yield
+    from cmdop_server import metrics
+
+    body_raised = False
+    with transaction.atomic(using="default", durable=True):
+        try:
+            with transaction.atomic(using=AUDIT_DB):
+                try:
+                    yield
+                except BaseException:
+                    body_raised = True
+                    raise
+        except DatabaseError:
+            if not body_raised:  # the rows were written but their commit failed
+                metrics.inc("cmdop_audit_write_failures_total", stage="commit")
+            raise

@@ -102,6 +102,12 @@ CMDOP_TRUSTED_PROXIES: list[str] = []
 # threads per worker whose DB connections persist (cmdop_server.dbconn), per database
 CMDOP_DB_POOL_THREADS = 4
 CMDOP_PUBLIC_URL = ""
+# /metrics (cmdop_server.metrics): the networks it answers (none: refused to everyone), the
+# folder where each gunicorn worker leaves its numbers for the others ("": this process's
+# numbers only), and the certificates whose expiry it reports (name -> PEM file)
+CMDOP_METRICS_ALLOWED_SOURCES: list[str] = []
+CMDOP_METRICS_DIR = ""
+CMDOP_METRICS_CERTIFICATES: dict[str, str] = {}
 CMDOP_REDIS: dict = {}
 # every Redis key starts with this (the site's Redis ACL allows nothing else)
 CMDOP_REDIS_KEY_PREFIX = "app:"

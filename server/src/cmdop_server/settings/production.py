@@ -137,6 +137,19 @@ CMDOP_SESSION_IDLE_TIMEOUT = int(_site.get("sessions", {}).get("idle_timeout_sec
 CMDOP_AUDIT_RETENTION_DAYS = int(_site.get("audit", {}).get("retention_days", 90))
 CMDOP_DB_POOL_THREADS = int(_db.get("pool_threads", CMDOP_DB_POOL_THREADS))  # noqa: F405
 
+_metrics = _site.get("metrics", {})
+CMDOP_METRICS_ALLOWED_SOURCES = list(_metrics.get("allowed_sources", []))
+for _source in CMDOP_METRICS_ALLOWED_SOURCES:
+    if not netinfo.is_network(_source):
+        raise ImproperlyConfigured(f"server.toml [metrics] allowed_sources: {_source!r} is not "
+                                   "an address or network like 10.0.0.5 or 10.0.0.0/24")
+# the workers' shared numbers live in gunicorn's runtime folder (gone when the service stops)
+CMDOP_METRICS_DIR = _metrics.get("directory", "")
+CMDOP_METRICS_CERTIFICATES = {
+    name: path for name, path in (("ca", DATABASES["default"]["OPTIONS"]["sslrootcert"]),
+                                  ("redis_client", CMDOP_REDIS.get("ssl_certfile", "")))
+    if path}
+
 # Realtime and agent knobs (issue 5). Centrifugo is optional: disabled, the REST cursor API
 # carries everything and no Centrifugo secret is read.
 _centrifugo = _site.get("centrifugo", {})

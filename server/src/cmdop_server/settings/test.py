@@ -48,6 +48,10 @@ CMDOP_REDIS = {"host": "127.0.0.1", "port": int(os.environ.get("CMDOP_TEST_REDIS
 # a control plane behind a real nginx on gunicorn's unix socket trusts that socket's peer,
 # as a deployed site does (tests/server_sessions/test_client_address.py)
 CMDOP_TRUSTED_PROXIES = os.environ.get("CMDOP_TEST_TRUSTED_PROXIES", "").split()
+# a gunicorn of a test serves /metrics to these networks, its workers sharing their numbers
+# through this folder (tests/server_sessions/test_metrics.py)
+CMDOP_METRICS_ALLOWED_SOURCES = os.environ.get("CMDOP_TEST_METRICS_SOURCES", "").split()
+CMDOP_METRICS_DIR = os.environ.get("CMDOP_TEST_METRICS_DIR", "")
 
 # Tests that run the device flow and token refresh against their own gunicorn in seconds,
 # not minutes (tests/server_sessions/test_real_agent_enroll.py); unset, the base values.
