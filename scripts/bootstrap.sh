@@ -19,6 +19,7 @@ PACKAGES=(
   systemd                                                     # systemd-analyze security for our units
   tmux                                                        # drives `cmdop connect` in a real terminal (tests)
   dpkg-dev                                                    # dpkg-scanpackages: the offline bundle's apt index
+  prometheus                                                  # promtool: checks and unit-tests docs/alerts.yml
 )
 # npm ci fetches xterm.js for the server wheel (server/package-lock.json). Machines that already
 # carry a Node.js with npm (e.g. NodeSource's nodejs, which bundles npm and conflicts with
@@ -47,6 +48,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d
+  # prometheus is here for promtool only: its postinst enables the daemon for the next boot
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # uv (one lock file for the workspace); from PyPI into a private venv if the machine has none.
