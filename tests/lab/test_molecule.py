@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,12 +53,36 @@ def _inventory() -> str:
     )
 
 
+def _ssh_access(folder: Path) -> None:
+    """The scenario's key (its authorized_keys is mounted into each host, as the lab does) and
+    an ssh config naming each host's address; a host's key is new with every run, so it is
+    accepted on first sight into this run's own known_hosts."""
+    key = folder / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cmdop-molecule",
+                    "-f", str(key)], check=True)
+    (folder / "authorized_keys").write_text((folder / "id_ed25519.pub").read_text())
+    (folder / "authorized_keys").chmod(0o644)
+    hosts = "".join(f"Host {name}\n  HostName {ip}\n" for name, ip in HOSTS.items())
+    (folder / "config").write_text(
+        f"{hosts}Host *\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {folder / 'known_hosts'}\n  StrictHostKeyChecking accept-new\n")
+
+
 def _left_over(env: dict[str, str]) -> list[str]:
     names = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], env=env,
                            capture_output=True, text=True, check=True).stdout.split()
     networks = subprocess.run(["podman", "network", "ls", "--format", "{{.Name}}"], env=env,
                               capture_output=True, text=True, check=True).stdout.split()
     return [n for n in names if n in HOSTS] + [n for n in networks if n == NETWORK]
+
+
+def _changed_per_host(output: str, phase: str) -> dict[str, int]:
+    """The PLAY RECAP's changed= of each host in one molecule phase (colours removed)."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    start = plain.index(f"default ➜ {phase}: Executing")
+    end = plain.index(f"default ➜ {phase}: Executed", start)
+    recap = re.findall(r"(\S+)\s+: ok=\d+\s+changed=(\d+)", plain[start:end])
+    return {host: int(changed) for host, changed in recap}
 
 
 def _failures(output: str) -> str:
@@ -88,6 +115,9 @@ def test_molecule_default_converges_is_idempotent_and_verifies(tmp_path: Path) -
     subprocess.run(["rm", "-rf", str(rendered)], check=True)  # secrets: keep only the manifest
     assert set(json.loads(manifest.read_text())["hosts"]) == set(HOSTS)
 
+    # short: ssh's control sockets live in it too (a unix socket path has 108 bytes at most)
+    ssh = Path(tempfile.mkdtemp(prefix="cmdop-mol-"))
+    _ssh_access(ssh)
     env = {
         **system.podman_env(),
         "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
@@ -95,6 +125,7 @@ def test_molecule_default_converges_is_idempotent_and_verifies(tmp_path: Path) -
         "CMDOP_MOLECULE_EXPORT": str(export),
         "CMDOP_MOLECULE_SITE": str(site_dir),
         "CMDOP_MOLECULE_MANIFEST": str(manifest),
+        "CMDOP_MOLECULE_SSH": str(ssh),
     }
     # the scenario's own network, in the lab's supernet above the labs' subnets
     subprocess.run(["podman", "network", "create", "--subnet", SUBNET, NETWORK], env=env,
@@ -104,13 +135,17 @@ def test_molecule_default_converges_is_idempotent_and_verifies(tmp_path: Path) -
         with log.open("w") as out:
             run = subprocess.run([str(VENV_BIN / "molecule"), "test", "-s", "default"],
                                  cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                 timeout=2400, check=False)
+                                 timeout=1200, check=False)
     finally:
         subprocess.run([str(VENV_BIN / "molecule"), "destroy", "-s", "default"], cwd=REPO,
                        env=env, capture_output=True, timeout=600, check=False)
+        for socket in [p for p in ssh.iterdir() if p.is_socket()]:  # masters Ansible left
+            subprocess.run(["ssh", "-S", str(socket), "-O", "exit", "molecule"],
+                           capture_output=True, timeout=30, check=False)
+        shutil.rmtree(ssh)
     output = log.read_text()
     assert run.returncode == 0, _failures(output)
-    assert "Idempotence completed successfully" in output
+    assert _changed_per_host(output, "idempotence") == dict.fromkeys(HOSTS, 0)
     assert _left_over(env) == []
     secrets = SiteDir.load(site_dir).secrets.values()
     assert not any(v in output for v in secrets if len(v) >= 12)
