@@ -216,7 +216,7 @@ def test_bad_cursor_is_400():
 def test_work_posted_during_a_poll_wakes_it(monkeypatch):
     """The parked poll is woken by the enqueue, not by its own deadline: it re-reads once
     and returns the item long before its 20-25 s wait ends. (The latency in milliseconds
-    is a figure of bench/longpoll.py, not a test threshold.)"""
+    is a figure of bench/fleet.py, not a test threshold.)"""
     ws, owner = make_workspace()
     body = enroll(ws, owner)
     m = Machine.objects.in_workspace(ws).get()

@@ -38,7 +38,8 @@ def _db(name: str) -> dict:
         "TEST": {"NAME": f"test_{name}"},
         # a gunicorn of a test may pool its connections as a deployed site does
         # (server.toml [database] pool_max_size; tests/server_sessions/test_db_pool.py)
-        "OPTIONS": ({"pool": {"min_size": 1, "max_size": int(_POOL), "timeout": 0.3}}
+        "OPTIONS": ({"pool": {"min_size": 1, "max_size": int(_POOL), "timeout": float(
+                        os.environ.get("CMDOP_TEST_DB_POOL_TIMEOUT", "0.3"))}}
                     if _POOL else {}),
     }
 
