@@ -7,22 +7,28 @@ the connection stays open until the garbage collector happens to free it — in 
 worker, for many minutes (issue 12.5: 90+ connections against max_connections 100).
 So under ASGI every request closes its thread's connections when it finishes. The only
 connections that outlive a request belong to ``pool()``, a worker's few long-lived threads
-for the database work of async views (``agent_api.auth.PooledMachineAuth``): at most
-CMDOP_DB_POOL_THREADS per database and worker, reused and recycled after CONN_MAX_AGE.
-At rest a control-plane host therefore holds at most workers x pool threads x 2 (the app
-and audit databases) connections.
+for the database work of async views (``in_pool``): at most CMDOP_DB_POOL_THREADS per
+database and worker, reused and recycled after CONN_MAX_AGE. At rest a control-plane host
+therefore holds at most workers x pool threads x 2 (the app and audit databases)
+connections. With the psycopg pool (server.toml pool_max_size) those threads give their
+connection back after each call like a request does: kept by an idle thread, each would be
+a pool connection no request can have.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_finished
-from django.db import connections
+from django.db import close_old_connections, connections
+
+T = TypeVar("T")
 
 
 @functools.cache
@@ -31,11 +37,27 @@ def pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(settings.CMDOP_DB_POOL_THREADS, thread_name_prefix="cmdop-db")
 
 
-def release_thread_connections() -> None:
-    """Close the calling thread's connections (a transaction in progress keeps its own)."""
+def release_thread_connections(pooled_only: bool = False) -> None:
+    """Close the calling thread's connections (a transaction in progress keeps its own);
+    ``pooled_only``: only those of a psycopg pool, which closing hands back to it."""
     for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
+        if connection.in_atomic_block:
+            continue
+        if not pooled_only or "pool" in connection.settings_dict.get("OPTIONS", {}):
             connection.close()
+
+
+def in_pool(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """``fn`` as an awaitable run on this worker's database threads (``pool()``)."""
+
+    def run(*args: Any) -> T:
+        close_old_connections()
+        try:
+            return fn(*args)
+        finally:
+            release_thread_connections(pooled_only=True)
+
+    return sync_to_async(run, thread_sensitive=False, executor=pool())
 
 
 def _request_finished(sender: Any, **kwargs: Any) -> None:

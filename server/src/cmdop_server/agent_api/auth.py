@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
-from django.db import close_old_connections
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
@@ -73,12 +71,7 @@ class PooledMachineAuth(HttpBearer):
     permission_rule = MachineAuth.permission_rule
 
     async def authenticate(self, request: HttpRequest, token: str) -> AgentCaller | None:
-        return await sync_to_async(self._in_pool, thread_sensitive=False,
-                                   executor=dbconn.pool())(request, token)
-
-    def _in_pool(self, request: HttpRequest, token: str) -> AgentCaller | None:
-        close_old_connections()
-        return _machine_caller(request, token)
+        return await dbconn.in_pool(_machine_caller)(request, token)
 
 
 machine = MachineAuth()

@@ -36,7 +36,6 @@ from urllib.parse import urlsplit
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user
-from django.db import close_old_connections
 from django.http import HttpRequest
 
 from cmdop_server import audit, dbconn, netinfo, output, ratelimit
@@ -68,12 +67,9 @@ def _off_loop(fn):
 
 
 def _in_pool(fn):
-    """DB work on the worker's few long-lived database threads (dbconn.pool): an attached
+    """DB work on the worker's few long-lived database threads (dbconn.in_pool): an attached
     terminal holds no connection of its own between checks."""
-    def run(*args):
-        close_old_connections()
-        return fn(*args)
-    return sync_to_async(run, thread_sensitive=False, executor=dbconn.pool())
+    return dbconn.in_pool(fn)
 
 
 def _headers(scope: dict) -> dict[str, str]:

@@ -1,0 +1,67 @@
+"""The long-poll's database threads and the psycopg pool (issue 19 item 1): a thread of
+``dbconn.pool()`` gives its pool connection back after each lookup, so agents polling
+leave the pool's connections to the requests that need them.
+
+Before, each of a worker's four lookup threads kept the connection it last used: with a
+pool of two, two polling agents on two threads left no connection for anyone else, and
+user-API calls waited out the pool's timeout and got 503.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+from cmdop_server.identity import actions
+from cmdop_server.identity.models import Membership
+
+from tests.server.helpers import make_user
+from tests.server_sessions.helpers import enroll
+from tests.support.control_plane import ApiError, ControlPlane, UserApi
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.django_db(databases=["default", "audit"], transaction=True)]
+
+
+@pytest.fixture
+def small_pool(tls_pki, django_db_setup, django_db_modify_db_settings, tmp_path):
+    with ControlPlane(tls_pki, tmp_path / "gunicorn.log", workers=1,
+                      env={"CMDOP_TEST_DB_POOL_MAX_SIZE": "2",
+                           "CMDOP_TEST_DB_POOL_TIMEOUT": "1"}) as cp:
+        yield cp
+
+
+def test_polling_agents_leave_the_pool_to_requests(small_pool):
+    from django.db import connection
+
+    owner = make_user()
+    ws = actions.do_create_workspace(owner, "pooled", "Pooled")
+    _, key = actions.do_create_api_key(Membership.objects.in_workspace(ws).get(user=owner), "k")
+    agents = [enroll(ws, owner)["credential"] for _ in range(4)]
+    connection.close()
+
+    def poll(credential: str) -> int:
+        api = UserApi(small_pool.url, small_pool.pki.ca, credential, "")
+        api.base = "/api/agent/v1"
+        try:
+            api.call("GET", "/work?wait=0")
+            return 200
+        except ApiError as exc:
+            return exc.status
+        finally:
+            api.close()
+
+    # concurrent polls: the lookups land on several of the worker's database threads
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        polled = list(pool.map(poll, agents * 6))
+    assert set(polled) == {200}, polled
+    user = UserApi(small_pool.url, small_pool.pki.ca, key, ws.slug)
+    statuses = []
+    for _ in range(10):
+        try:
+            user.call("GET", "/machines")
+            statuses.append(200)
+        except ApiError as exc:
+            statuses.append(exc.status)
+    user.close()
+    assert statuses == [200] * 10
