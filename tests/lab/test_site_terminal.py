@@ -16,7 +16,7 @@ from cmdop_install.manage import api_key_command, parse_api_key
 from cmdop_install.site import load_site
 
 from tests.lab.helpers import lab_ssh
-from tests.support.site_web import RateLimited, SiteWeb, patiently
+from tests.support.site_web import SIGN_IN_WAIT, RateLimited, SiteWeb, patiently
 from tests.support.websocket import Closed, HandshakeRefused, TerminalSocket
 
 pytestmark = pytest.mark.lab
@@ -61,7 +61,8 @@ def test_the_browser_terminal_on_the_deployed_site(lab, site) -> None:
     assert status == 201, session
     assert isinstance(session, dict)
     sid = session["session_id"]
-    cookie = patiently(lambda: web.sign_in(site.secrets["owner_password"]))
+    cookie = patiently(lambda: web.sign_in(site.secrets["owner_password"]),
+                       at_least=SIGN_IN_WAIT)
     url = web.terminal_url(sid)
 
     def attach(cookie=cookie, origin=web.origin) -> Screen:

@@ -17,6 +17,9 @@ from urllib.parse import urlencode
 # how long a rate-limited call waits for its window in all (a lab test before may have spent
 # this machine's sign-in or session allowance of the minute)
 RATE_LIMIT_PATIENCE = 150.0
+# nginx's sign-in zone lets one request through every 6 s once its burst is spent (10 a
+# minute): a sign-in's two requests need two slots
+SIGN_IN_WAIT = 15.0
 
 
 class RateLimited(Exception):
@@ -25,16 +28,19 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
-def patiently(call, patience: float = RATE_LIMIT_PATIENCE):
-    """``call()``, again after each RateLimited's Retry-After, for at most ``patience`` s."""
+def patiently(call, patience: float = RATE_LIMIT_PATIENCE, at_least: float = 0):
+    """``call()``, again after each RateLimited's Retry-After (or ``at_least`` seconds: a
+    call of several requests must wait for as many of nginx's slots, one per Retry-After),
+    for at most ``patience`` s."""
     deadline = time.monotonic() + patience
     while True:
         try:
             return call()
         except RateLimited as limited:
-            if time.monotonic() + limited.retry_after > deadline:
+            wait = max(limited.retry_after, at_least)
+            if time.monotonic() + wait > deadline:
                 raise
-            time.sleep(limited.retry_after)
+            time.sleep(wait)
 
 
 class SiteWeb:
@@ -77,7 +83,8 @@ class SiteWeb:
 
     def sign_in(self, password: str) -> tuple[str, str]:
         """The site's Owner signs in on the login page as a browser does (CSRF cookie and
-        token, Origin and Referer): the session cookie as (name, value)."""
+        token, Origin and Referer): the session cookie as (name, value). Two requests in
+        nginx's sign-in zone: retry it with ``patiently(..., at_least=SIGN_IN_WAIT)``."""
         conn = self.connect()
         try:
             conn.request("GET", "/login/", headers={"Host": self.domain})
