@@ -168,6 +168,28 @@ def test_verbose_lines_scroll_above_the_host_lines_and_logs_too() -> None:
                                  "db1  connecting        -    0 changed   0:00"]
 
 
+def test_each_run_of_a_rollout_keeps_its_lines_and_the_next_starts_below() -> None:
+    clock, terminal = Clock(), Terminal()
+    live = Live(terminal, NORMAL, clock, lambda: 120)
+    for batch in (["agent1"], ["agent2", "agent3"]):
+        live.begin(batch, False)
+        for host in batch:
+            live.event({"host": host, "event": "unreachable"})
+        live.end()
+    assert [row.split()[:2] for row in terminal.screen()] == [
+        ["agent1", "unreachable"], ["agent2", "unreachable"], ["agent3", "unreachable"]]
+
+
+def test_a_host_with_no_operation_to_run_is_done_when_the_run_ends() -> None:
+    clock, terminal = Clock(), Terminal()
+    live = Live(terminal, NORMAL, clock, lambda: 120)
+    live.begin(["db1"], False)
+    live.event({"host": "db1", "event": "planned", "total": 0})
+    clock.now = 103.0
+    live.end()
+    assert terminal.screen() == ["db1  done            0/0    0 changed   0:03"]
+
+
 def test_a_host_line_never_wraps_on_a_narrow_terminal() -> None:
     screen = live_screen(NORMAL, columns=30)
     assert screen and all(len(row) <= 29 for row in screen)

@@ -122,6 +122,15 @@ class Tracker:
             return line
         return None
 
+    def finish(self) -> None:
+        """The run ended: a host with nothing (left) to run is done, the clock stops."""
+        now = self.clock()
+        for host in self.hosts.values():
+            if host.ended is None:
+                host.ended = now
+                if host.total is not None and host.done == host.total:
+                    host.phase = "done"
+
     def _normal(self, line: str) -> str | None:
         return line if self.verbosity >= NORMAL else None
 
@@ -156,7 +165,7 @@ class Plain:
         pass
 
     def end(self) -> None:
-        pass
+        self.tracker.finish()
 
 
 class Live:
@@ -193,6 +202,7 @@ class Live:
         self.draw()
 
     def end(self) -> None:
+        self.tracker.finish()
         self.draw()
         self.drawn = 0
 
