@@ -24,15 +24,8 @@ from cmdop_install.sitedir import SiteDir
 
 from tests.lab.helpers import cli
 
-pytestmark = [
-    pytest.mark.lab,
-    # Opt-in until one uninterrupted `molecule test` has passed on a quiet machine: its steps
-    # passed one by one on the lab, the whole run (about 17 minutes here) has not yet.
-    pytest.mark.skipif(
-        os.environ.get("CMDOP_TEST_MOLECULE") != "1",
-        reason="molecule test is opt-in for now: set CMDOP_TEST_MOLECULE=1",
-    ),
-]
+# About 6-7 minutes on this 2-core machine (converge 3-4, idempotence 1:10, verify 0:30)
+pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
