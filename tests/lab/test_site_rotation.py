@@ -1,0 +1,173 @@
+"""`cmdop-install rotate` on the deployed lab site (conftest ``site``), under load.
+
+The load (tests/support/site_load.py) signs in, browses while signed in, refreshes OAuth
+tokens, calls the API with a key and keeps an agent session echoing input, while the lab
+agents long-poll. Rotating the Django SECRET_KEY and the app's Postgres password must fail
+none of it and sign nobody out; after --finish the old values are refused and a redeploy
+changes nothing. A rollback from the switched phase gives back a working site on the old
+values. Runs after the other site tests that expect the first login (file order) and
+before uninstall; it leaves the site on the other blue/green login, which
+``site.secrets`` then describes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tomllib
+
+import pytest
+from cmdop_install.lab import core
+from cmdop_install.manage import api_key_command, fleet_status_command, parse_api_key, parse_fleet
+from cmdop_install.secrets import SecretStore
+from cmdop_install.site import load_site
+
+from tests.lab.conftest import AGENT_HOSTS, NORMAL_HOSTS
+from tests.lab.helpers import cli, lab_ssh
+from tests.support.site_load import Browser, Endpoint, SiteLoad
+
+pytestmark = pytest.mark.lab
+
+ROTATED = ("django_secret_key", "postgres_password_blue")  # the app's login: blue and green
+
+
+def _manage(lab, command: str) -> str:
+    out = lab_ssh(lab, "host1", f"sudo {command}")
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _secrets(site) -> dict[str, str]:
+    return SecretStore.open(site.dir, load_site(site.dir)["site"]["key_file"]).values()
+
+
+def _rotation(site) -> dict | None:
+    return json.loads((site.dir / "rotation.json").read_text())["rotation"]
+
+
+def _app_login(lab) -> str:
+    """The Postgres login the deployed control plane uses (its server.toml)."""
+    conf = lab_ssh(lab, "host1", "sudo cat /etc/cmdop/server.toml")
+    assert conf.returncode == 0, conf.stderr
+    return tomllib.loads(conf.stdout)["database"]["user"]
+
+
+def _pg_login(lab, role: str, password: str) -> subprocess.CompletedProcess[str]:
+    """``role`` logs in to Postgres from host1 with ``password`` (stdin, never argv)."""
+    psql = (f"psql 'host={lab.host('host1').ip} dbname=cmdop user={role} "
+            "sslmode=verify-full sslrootcert=/etc/postgresql/tls/ca.crt' -XtA "
+            "-c 'SELECT current_user'")
+    return subprocess.run(
+        core.ssh_argv(lab, "host1",
+                      f"f=$(mktemp); cat > $f; sudo PGPASSFILE=$f {psql}; r=$?; rm -f $f; exit $r"),
+        input=f"*:*:*:{role}:{password}\n", capture_output=True, text=True, timeout=60,
+        check=False)
+
+
+def _logs_in(lab, role: str, password: str) -> bool:
+    out = _pg_login(lab, role, password)
+    if out.returncode == 0:
+        assert out.stdout == f"{role}\n", out.stdout
+        return True
+    assert "password authentication failed" in out.stderr, out.stderr
+    return False
+
+
+def _agents_online(lab, site) -> dict[str, bool]:
+    fleet = parse_fleet(_manage(lab, fleet_status_command(load_site(site.dir)["site"]["name"])))
+    return {h: bool(fleet.get(h, {}).get("online")) for h in AGENT_HOSTS}
+
+
+@pytest.fixture(scope="module")
+def endpoint(lab, site) -> Endpoint:
+    return Endpoint(lab.host("host1").ip, load_site(site.dir)["site"]["domain"], str(site.ca))
+
+
+@pytest.fixture(scope="module")
+def load(lab, site, endpoint):
+    config = load_site(site.dir)
+    workspace = config["site"]["name"]
+    email = config["site"]["owner_email"] or f"admin@{config['site']['domain']}"
+    key = parse_api_key(_manage(lab, api_key_command(workspace, "lab-rotate")))[1]
+    generator = SiteLoad(endpoint, workspace, email, site.secrets["owner_password"], key,
+                         machine_hostname=AGENT_HOSTS[0])
+    generator.prepare()
+    yield generator
+    generator.stop()
+    # later lab tests read the site's current secrets from the shared fixture
+    site.secrets.clear()
+    site.secrets.update(_secrets(site))
+
+
+def test_rotate_then_finish_under_load_fails_no_request_and_signs_nobody_out(
+        lab, site, load, endpoint) -> None:
+    old = _secrets(site)
+    old_login = _app_login(lab)
+    old_role = old_login.rsplit("_", 1)[1]
+    new_role = "green" if old_role == "blue" else "blue"
+    # signed in with the old key only, then idle all through the grace period
+    idle = Browser(endpoint)
+    load.auth_turn()
+    assert idle.sign_in(load.email, load.password)[0]
+
+    load.start()
+    rotated = cli("rotate", str(site.dir), *ROTATED, "--yes")
+    assert "phase switched: done" in rotated.stdout, rotated.stdout
+    # switched: the app uses the other login; the old one still logs in
+    assert _app_login(lab) == f"cmdop_{new_role}"
+    new = _secrets(site)
+    assert new["django_secret_key"] != old["django_secret_key"]
+    assert _logs_in(lab, f"cmdop_{old_role}", old[f"postgres_password_{old_role}"])
+    assert _logs_in(lab, f"cmdop_{new_role}", new[f"postgres_password_{new_role}"])
+    # every kind of request is served on the new values before the old ones go
+    assert load.wait_served(load.served(), SiteLoad.KINDS), load.served()
+
+    finished = cli("rotate", str(site.dir), "--finish", "--yes")
+    assert "finished" in finished.stdout, finished.stdout
+    assert load.wait_served(load.served(), SiteLoad.KINDS), load.served()
+    counts = load.stop()
+    assert counts.failures == [], counts.failures[:10]
+    assert all(_agents_online(lab, site).values()), _agents_online(lab, site)
+
+    assert _rotation(site) is None
+    assert "django_secret_key:previous" not in _secrets(site)
+    # the session used all along is still signed in; one signed only with the old key is not
+    assert load.browser.signed_in(f"/w/{load.workspace}/machines/") == (True, 200)
+    assert idle.signed_in(f"/w/{load.workspace}/machines/") == (False, 302)
+    # the old login can no longer log in (its password is NULL); the new one can
+    assert not _logs_in(lab, f"cmdop_{old_role}", old[f"postgres_password_{old_role}"])
+    assert _logs_in(lab, f"cmdop_{new_role}", new[f"postgres_password_{new_role}"])
+
+
+def test_rollback_from_the_switched_phase_gives_back_a_working_site(lab, site, load,
+                                                                    endpoint) -> None:
+    before = _secrets(site)
+    login = _app_login(lab)
+    role = login.rsplit("_", 1)[1]
+    other = "green" if role == "blue" else "blue"
+    cli("rotate", str(site.dir), *ROTATED, "--yes")
+    assert (_rotation(site) or {}).get("phase") == "switched"
+    assert _app_login(lab) == f"cmdop_{other}"
+    # the session is used while the new key signs, then the rotation is taken back
+    assert load.browse()[0] and load.echo()[0]
+
+    rolled = cli("rotate", str(site.dir), "--rollback", "--yes")
+    assert "rolled back" in rolled.stdout, rolled.stdout
+    assert _rotation(site) is None
+    after = _secrets(site)
+    assert after["django_secret_key"] == before["django_secret_key"]
+    assert after[f"postgres_password_{role}"] == before[f"postgres_password_{role}"]
+    assert _app_login(lab) == login
+    assert _logs_in(lab, login, before[f"postgres_password_{role}"])
+    assert not _logs_in(lab, f"cmdop_{other}", after[f"postgres_password_{other}"])
+    # the site works on the old values: the session, a new sign-in, the agent session
+    assert load.browse()[0], "signed out by the rollback"
+    load.auth_turn()
+    assert Browser(endpoint).sign_in(load.email, load.password)[0]
+    assert load.echo()[0], "no agent session after the rollback"
+    assert all(_agents_online(lab, site).values())
+
+
+def test_a_redeploy_after_the_rotations_changes_nothing(site) -> None:
+    again = cli("deploy", str(site.dir))
+    assert f"0 change(s) on {len(NORMAL_HOSTS)} host(s)" in again.stdout, again.stdout
