@@ -36,6 +36,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -443,10 +444,14 @@ def main() -> None:
               f"{r['db_backends_peak']:>4} {r['loadavg_1m']:>5}")
     # why requests were refused, as the control plane logged it (e.g. "redis unavailable:
     # TimeoutError": a reply later than redis_client.READ_TIMEOUT)
-    refusals = collections.Counter(line.split("] ")[-1].split(" ERROR ")[-1] for line in log
-                                   if "unavailable:" in line)
+    refusals = collections.Counter(m.group(1) for m in (
+        re.search(r"(\w+ unavailable: .*)$", line) for line in log) if m)
     if refusals:
         print("\nrefusals in gunicorn's log: " + json.dumps(dict(refusals)))
+    # a lost wake subscription wakes every parked poll of its worker to re-read at once
+    lost = sum("wake subscription lost" in line for line in log)
+    if lost:
+        print(f"wake subscriptions lost and renewed: {lost}")
     if any("Traceback" in line for line in log):
         print("\ngunicorn's log has a traceback:\n" + "\n".join(log[-40:]))
 
