@@ -85,7 +85,9 @@ def _missing(request, exc):
 
 @api.exception_handler(redis.RedisError)
 def _redis_down(request, exc):
-    logger.error("redis unavailable: %s", type(exc).__name__)
+    # the message says which failure (refused, timed out, the client's pool exhausted);
+    # redis-py's messages carry no credentials
+    logger.error("redis unavailable: %s: %s", type(exc).__name__, exc)
     metrics.inc("cmdop_redis_errors_total")
     return error_response(request, 503, "unavailable", "A backing service is unavailable.")
 
