@@ -115,6 +115,7 @@ def test_requests_of_every_worker_are_counted_and_timed(metered, site):
     # a refused credential is an authentication failure, by its reason
     assert found['cmdop_auth_failures_total{event="auth.machine",'
                  'reason="unknown_machine_credential"}'] == 1
+    assert found['cmdop_auth_failures_recent_by_source{ip="127.0.0.1"}'] == 1
 
 
 def test_parked_polls_and_agents_online(metered, own_redis, site, monkeypatch):
@@ -173,6 +174,25 @@ def test_metrics_closed_when_no_source_is_configured():
     assert resp.status_code == 200
     assert resp["Content-Type"].startswith("text/plain; version=0.0.4")
     parse(resp.content.decode())
+
+
+def test_the_addresses_and_accounts_failing_most_lately():
+    target, other = make_user(), make_user()
+    for _ in range(3):
+        audit.record("auth.login", success=False, user=target, ip="192.0.2.7",
+                     method="password", reason="bad_password")
+    audit.record("auth.login", success=False, user=other, ip="192.0.2.8", method="password",
+                 reason="bad_password")
+    audit.record("auth.login", user=other, ip="192.0.2.9", method="password")  # succeeded
+    with override_settings(CMDOP_METRICS_ALLOWED_SOURCES=["127.0.0.1/32"]):
+        found = parse(Client().get("/metrics").content.decode())
+    recent = {k: v for k, v in found.items() if "_recent_by_" in k}
+    assert recent == {
+        'cmdop_auth_failures_recent_by_source{ip="192.0.2.7"}': 3,
+        'cmdop_auth_failures_recent_by_source{ip="192.0.2.8"}': 1,
+        f'cmdop_auth_failures_recent_by_user{{user_id="{target.pk}"}}': 3,
+        f'cmdop_auth_failures_recent_by_user{{user_id="{other.pk}"}}': 1,
+    }
 
 
 def _counted(name: str, **labels: str) -> float:

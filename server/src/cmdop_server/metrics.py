@@ -38,6 +38,10 @@ HELP = {
     "cmdop_sessions": ("gauge", "Terminal sessions by status."),
     "cmdop_auth_failures_total": ("counter", "Failed authentications (audited), by event "
                                   "and reason."),
+    "cmdop_auth_failures_recent_by_source": ("gauge", "Failed authentications in the last "
+                                             "10 minutes of the addresses with the most."),
+    "cmdop_auth_failures_recent_by_user": ("gauge", "Failed authentications in the last 10 "
+                                           "minutes against the accounts with the most (id)."),
     "cmdop_rate_limited_total": ("counter", "Rate-limit refusals, by scope (one per "
                                  "subject over its limit: a client's address, a person)."),
     "cmdop_redis_errors_total": ("counter", "Requests answered 503 because Redis failed."),
@@ -328,6 +332,34 @@ def _database_gauges() -> dict[tuple[str, Labels], float]:
     return gauges
 
 
+# Per-address and per-account failures are read from the audit rows, for the few with the
+# most only: a series per address ever seen would grow without bound
+RECENT_FAILURES_SECONDS = 600
+TOP_FAILING = 5
+
+
+def _recent_failures() -> dict[tuple[str, Labels], float]:
+    from datetime import timedelta
+
+    from django.db.models import Count, Q
+    from django.utils import timezone
+
+    from cmdop_server.audit import AUDIT_DB
+    from cmdop_server.audit.models import AuditEvent
+
+    failed = AuditEvent.objects.using(AUDIT_DB).filter(
+        Q(event__startswith="auth.") | Q(event="machine.enroll"), success=False,
+        occurred_at__gte=timezone.now() - timedelta(seconds=RECENT_FAILURES_SECONDS))
+    gauges: dict[tuple[str, Labels], float] = {}
+    for field, name, label in (("ip", "cmdop_auth_failures_recent_by_source", "ip"),
+                               ("user_id", "cmdop_auth_failures_recent_by_user", "user_id")):
+        top = (failed.exclude(**{f"{field}__isnull": True}).values(field)
+               .annotate(n=Count("id")).order_by("-n", field)[:TOP_FAILING])
+        for row in top:
+            gauges[(name, ((label, str(row[field])),))] = float(row["n"])
+    return gauges
+
+
 def allowed(client: str) -> bool:
     """Is ``client`` (the address our nginx saw) in server.toml [metrics] allowed_sources?"""
     import ipaddress
@@ -352,11 +384,12 @@ def view(request):
     if not allowed(netinfo.client_ip(request)):
         return default_error(request, 403)
     gauges = _certificate_expiries()
-    try:
-        gauges |= _database_gauges()
-    except DatabaseError:
-        # Postgres down: the request counters and the error counters still tell the story
-        inc("cmdop_database_errors_total")
+    for source in (_database_gauges, _recent_failures):
+        try:
+            gauges |= source()
+        except DatabaseError:
+            # Postgres down: the request and error counters still tell the story
+            inc("cmdop_database_errors_total")
     response = HttpResponse(render(gauges), content_type="text/plain; version=0.0.4; "
                             "charset=utf-8")
     response["Cache-Control"] = "no-store"
