@@ -1,0 +1,114 @@
+"""Restore onto new hosts: the deployed lab site (conftest ``site``, host1) is backed up, then
+moved to a freshly made lab host of a lab of its own, as an operator whose database host
+is lost does: inventory.py names the new host, `deploy` makes an empty site there, `restore`
+brings the archive back. Users, API keys, machines and the audit chain are the old site's.
+"""
+
+import http.client
+import json
+import os
+import shutil
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cmdop_install.inventory import load_inventory
+from cmdop_install.lab import core, network
+from cmdop_install.manage import api_key_command, parse_api_key
+from cmdop_install.site import load_site
+
+from tests.lab.conftest import LAB
+from tests.lab.helpers import cli, lab_ssh
+
+pytestmark = pytest.mark.lab
+
+NAME = f"{LAB}-move"[:20]
+TABLES = {"cmdop": ("identity_user", "identity_workspace", "identity_membership",
+                    "identity_apikey", "machines_machine", "cmdop_sessions_session"),
+          "cmdop_audit": ("audit_auditevent",)}
+
+
+@pytest.fixture(scope="module")
+def new_host() -> Iterator[core.LabState]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    try:
+        cli("lab", "up", "--name", NAME, "--hosts", "1")
+        state = core.LabState.load(NAME)
+        assert state is not None
+        yield state
+    finally:
+        cli("lab", "down", "--name", NAME, check=False)
+
+
+def _counts(lab) -> dict[str, str]:
+    """Rows per table on the lab's host1, read as the postgres superuser."""
+    counts = {}
+    for db, tables in TABLES.items():
+        query = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in tables)  # noqa: S608
+        out = lab_ssh(lab, "host1", f'sudo runuser -u postgres -- psql -d {db} -XtA -F " " '
+                                    f'-c "{query}"')
+        assert out.returncode == 0, out.stderr
+        counts.update(line.split() for line in out.stdout.splitlines())
+    return counts
+
+
+def _machines(address: str, site_dir: Path, key: str) -> tuple[int, list[str]]:
+    """(status, machine host names) of the workspace's machines listed with API key ``key``
+    through the site's nginx at ``address`` (waiting, at most a minute, while it starts)."""
+    ctx = ssl.create_default_context(cafile=str(site_dir / "pki/ca.crt"))
+    ctx.check_hostname = False  # the certificate names the site's domain; we dial the IP
+    domain = load_site(site_dir)["site"]["domain"]
+    deadline = time.monotonic() + 60
+    while True:
+        conn = http.client.HTTPSConnection(address, 443, context=ctx, timeout=10)
+        conn.request("GET", "/api/v1/workspaces/labsite/machines",
+                     headers={"Host": domain, "Authorization": f"Bearer {key}"})
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        if response.status not in (502, 503, 504) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    if response.status != 200:
+        return response.status, []
+    rows = json.loads(body)
+    rows = rows.get("items", rows) if isinstance(rows, dict) else rows
+    return 200, sorted(m["hostname"] for m in rows)
+
+
+def test_a_backup_restored_onto_a_new_host_is_the_old_site(lab, site, new_host, tmp_path):
+    issued = lab_ssh(lab, "host1", f"sudo {api_key_command('labsite', 'before-the-move')}")
+    assert issued.returncode == 0, issued.stderr
+    key = parse_api_key(issued.stdout)[1]
+    old_address = lab.host("host1").ip
+    status, machines = _machines(old_address, site.dir, key)
+    assert status == 200 and machines, machines
+    archive = Path(cli("backup", str(site.dir), "--out", str(tmp_path)).stdout.strip()
+                   .removeprefix("backup: "))
+    before = _counts(lab)
+
+    # the operator's site folder, its inventory now naming the new host (no agents yet)
+    moved = tmp_path / "labsite"
+    shutil.copytree(site.dir, moved)
+    (moved / "inventory.py").write_text(core.site_inventory_text(new_host, "host1", []))
+    toml = moved / "site.toml"
+    text = toml.read_text()
+    old_gateway = network.gateway(lab.subnet)
+    assert text.count(f'admin_sources = "{old_gateway}"') == 1
+    toml.write_text(text.replace(f'admin_sources = "{old_gateway}"',
+                                 f'admin_sources = "{network.gateway(new_host.subnet)}"'))
+    new_address = new_host.host("host1").ip
+    core.map_site_domain(load_inventory(moved).pyinfra_groups(),
+                         load_site(moved)["site"]["domain"], new_address)
+    deployed = cli("deploy", str(moved), check=False)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert _machines(new_address, moved, key)[0] == 401  # an empty site: not restored yet
+
+    done = cli("restore", str(moved), str(archive), "--yes", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "audit chain intact" in done.stdout
+    assert _counts(new_host) == before
+    assert _machines(new_address, moved, key) == (200, machines)
