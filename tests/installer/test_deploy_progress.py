@@ -79,7 +79,8 @@ def test_plain_output_is_one_line_per_event_worth_one() -> None:
 def test_verbose_shows_every_operation_with_its_result_and_quiet_only_failures() -> None:
     verbose = plain_lines(VERBOSE)
     assert "db1: [1/3] ok Packages (0:01)" in verbose
-    assert "db1: [3/3] ok Postgres | Service (0:07)" in verbose
+    assert verbose[-2:] == ["db1: [3/3] ok Postgres | Service (0:07)",
+                            "db1: done, 1 changed, 3 operations in 0:07"]
     assert len([line for line in verbose if "] " in line]) == 5
     assert plain_lines(QUIET) == ["cache1: unreachable over ssh",
                                   "web1: [2/2] FAILED Nginx | Files (0:06)"]

@@ -61,7 +61,7 @@ class HostLine:
 
 
 class Tracker:
-    """Applies the runner's events to one HostLine per host; says which line each event
+    """Applies the runner's events to one HostLine per host; says which lines each event
     is worth on its own (for the plain output and --verbose), if any."""
 
     def __init__(self, verbosity: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -75,22 +75,22 @@ class Tracker:
         self.hosts = {name: HostLine(name, now) for name in hosts}
         self.dry_run = dry_run
 
-    def apply(self, event: dict) -> str | None:
-        """Update the lines; returns the event as one line of text, or None."""
+    def apply(self, event: dict) -> list[str]:
+        """Update the lines; returns the lines of text the event is worth on its own."""
         if event["event"] == "phase":
             for host in self.hosts.values():
                 if host.ended is None and event["phase"] == "plan":
                     host.phase = "planning"
-            return None
+            return []
         if event["host"] not in self.hosts:
-            return None
+            return []
         host, kind = self.hosts[event["host"]], event["event"]
         if kind == "connected":
             host.phase = "connected"
             return self._normal(f"{host.name}: connected")
         if kind == "unreachable":
             host.phase, host.ended = "unreachable", self.clock()
-            return f"{host.name}: unreachable over ssh"
+            return [f"{host.name}: unreachable over ssh"]
         if kind == "planned":
             host.total, host.phase = event["total"], "planned"
             if self.dry_run:
@@ -98,10 +98,10 @@ class Tracker:
             return self._normal(f"{host.name}: {event['total']} operations planned")
         if kind == "start":
             host.phase, host.op = "running", event["op"]
-            return None
+            return []
         return self._op_done(host, event)
 
-    def _op_done(self, host: HostLine, event: dict) -> str | None:
+    def _op_done(self, host: HostLine, event: dict) -> list[str]:
         host.done += 1
         host.changed += bool(event["changed"])
         result = "FAILED" if not event["success"] else (
@@ -110,17 +110,15 @@ class Tracker:
                 f"({elapsed(self.clock() - host.started)})")
         if not event["success"]:
             host.phase, host.ended = "FAILED", self.clock()
-            return line
+            return [line]
         host.op = ""
+        shown = self.verbosity >= VERBOSE or (event["changed"] and self.verbosity >= NORMAL)
+        lines = [line] if shown else []
         if host.done == host.total:
             host.phase, host.ended = "done", self.clock()
-            if self.verbosity >= VERBOSE:
-                return line
-            return self._normal(f"{host.name}: done, {host.changed} changed, {host.done} "
-                                f"operations in {elapsed(host.ended - host.started)}")
-        if self.verbosity >= VERBOSE or (event["changed"] and self.verbosity >= NORMAL):
-            return line
-        return None
+            lines += self._normal(f"{host.name}: done, {host.changed} changed, {host.done} "
+                                  f"operations in {elapsed(host.ended - host.started)}")
+        return lines
 
     def finish(self) -> None:
         """The run ended: a host with nothing (left) to run is done, the clock stops."""
@@ -131,8 +129,8 @@ class Tracker:
                 if host.total is not None and host.done == host.total:
                     host.phase = "done"
 
-    def _normal(self, line: str) -> str | None:
-        return line if self.verbosity >= NORMAL else None
+    def _normal(self, line: str) -> list[str]:
+        return [line] if self.verbosity >= NORMAL else []
 
     def lines(self) -> list[str]:
         width = max((len(name) for name in self.hosts), default=0)
@@ -153,8 +151,7 @@ class Plain:
         self.tracker.begin(hosts, dry_run)
 
     def event(self, event: dict) -> None:
-        line = self.tracker.apply(event)
-        if line is not None:
+        for line in self.tracker.apply(event):
             self.message(line)
 
     def message(self, line: str) -> None:
@@ -191,9 +188,9 @@ class Live:
         self.draw()
 
     def event(self, event: dict) -> None:
-        line = self.tracker.apply(event)
+        lines = self.tracker.apply(event)
         # the per-host lines say what a normal event says; --verbose lines scroll above them
-        self.draw([line] if line is not None and self.verbosity >= VERBOSE else [])
+        self.draw(lines if self.verbosity >= VERBOSE else [])
 
     def message(self, line: str) -> None:
         self.draw([line])
