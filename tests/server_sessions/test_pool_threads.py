@@ -17,6 +17,7 @@ from cmdop_server.identity.models import Membership
 
 from tests.server.helpers import make_user
 from tests.server_sessions.helpers import enroll
+from tests.server_sessions.test_fail_fast import copy_of_test_databases
 from tests.support.control_plane import ApiError, ControlPlane, UserApi
 
 pytestmark = [pytest.mark.integration,
@@ -65,3 +66,48 @@ def test_polling_agents_leave_the_pool_to_requests(small_pool):
             statuses.append(exc.status)
     user.close()
     assert statuses == [200] * 10
+
+
+def test_a_restarted_postgres_costs_no_request(tls_pki, django_db_setup,
+                                               django_db_modify_db_settings, tmp_path):
+    """The pool checks a connection before lending it: after Postgres restarted, the
+    connections it held are dead, and lending one would answer that request 503."""
+    from django.db import connection
+
+    owner = make_user()
+    ws = actions.do_create_workspace(owner, "restarted", "Restarted")
+    _, key = actions.do_create_api_key(Membership.objects.in_workspace(ws).get(user=owner), "k")
+    connection.close()
+    pg = copy_of_test_databases()
+    try:
+        env = {"CMDOP_TEST_PG_PORT": str(pg.port), "CMDOP_TEST_DB_POOL_MAX_SIZE": "4",
+               "CMDOP_TEST_DB_POOL_TIMEOUT": "5"}
+        with ControlPlane(tls_pki, tmp_path / "gunicorn.log", workers=1, env=env) as cp:
+            user = UserApi(cp.url, cp.pki.ca, key, ws.slug)
+
+            def burst() -> list[int]:
+                with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                    return list(pool.map(lambda _: _status(user_api(cp, key, ws.slug)),
+                                         range(8)))
+
+            assert set(burst()) == {200}  # the pool now holds several connections
+            pg.crash()
+            pg.restart()
+            assert burst() == [200] * 8
+            user.close()
+    finally:
+        pg.stop()
+
+
+def user_api(cp: ControlPlane, key: str, slug: str) -> UserApi:
+    return UserApi(cp.url, cp.pki.ca, key, slug)
+
+
+def _status(api: UserApi) -> int:
+    try:
+        api.call("GET", "/machines")
+        return 200
+    except ApiError as exc:
+        return exc.status
+    finally:
+        api.close()

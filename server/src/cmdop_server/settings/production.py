@@ -95,6 +95,8 @@ def _database(section: dict, password_file: str, default_password: str | None) -
         "PASSWORD": config.read_secret(password_file, default_password),
         # the pool keeps the connections; Django's own persistence is for unpooled sites
         "CONN_MAX_AGE": 0 if pooled else int(section.get("conn_max_age", 60)),
+        # with the pool too: Django then has it check a connection before lending it (after
+        # Postgres restarted, every one it kept is dead, and lending it would answer 503)
         "CONN_HEALTH_CHECKS": True,
         "OPTIONS": options,
     }

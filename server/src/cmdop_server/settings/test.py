@@ -41,6 +41,8 @@ def _db(name: str) -> dict:
         "OPTIONS": ({"pool": {"min_size": 1, "max_size": int(_POOL), "timeout": float(
                         os.environ.get("CMDOP_TEST_DB_POOL_TIMEOUT", "0.3"))}}
                     if _POOL else {}),
+        # as production: a pool then checks a connection before lending it
+        "CONN_HEALTH_CHECKS": True,
     }
 
 
