@@ -157,6 +157,23 @@ def test_redis_errors_are_counted_and_metrics_still_served(metered, own_redis, s
         agent.close()
 
 
+def test_pool_usage_is_reported(tls_pki, site, django_db_setup, django_db_modify_db_settings,
+                                tmp_path):
+    env = {"CMDOP_TEST_METRICS_SOURCES": "127.0.0.1/32", "CMDOP_TEST_DB_POOL_MAX_SIZE": "3"}
+    with ControlPlane(tls_pki, tmp_path / "gunicorn.log", workers=1, env=env) as cp:
+        user = UserApi(cp.url, cp.pki.ca, site["key"], site["slug"])
+        user.call("GET", "/machines")
+        user.close()
+        found = samples(cp)
+    for database in ("default", "audit"):
+        # this scrape's own queries hold one of each pool's connections while it answers
+        in_use = found[f'cmdop_db_pool_connections{{database="{database}",state="in_use"}}']
+        idle = found[f'cmdop_db_pool_connections{{database="{database}",state="idle"}}']
+        assert in_use >= 1 and in_use + idle <= 3
+        assert found[f'cmdop_db_pool_waiting{{database="{database}"}}'] == 0
+        assert found[f'cmdop_db_pool_timeouts_total{{database="{database}"}}'] == 0
+
+
 def test_metrics_refused_to_a_source_not_allowed(tls_pki, django_db_setup,
                                                  django_db_modify_db_settings, tmp_path):
     with ControlPlane(tls_pki, tmp_path / "gunicorn.log",

@@ -49,6 +49,11 @@ HELP = {
                                     "failed."),
     "cmdop_audit_write_failures_total": ("counter", "Audit rows that could not be stored "
                                          "(the action was refused), by stage."),
+    "cmdop_db_pool_connections": ("gauge", "Pooled Postgres connections of the workers, by "
+                                  "database and state (in_use, idle)."),
+    "cmdop_db_pool_waiting": ("gauge", "Requests waiting for a pooled connection now."),
+    "cmdop_db_pool_timeouts_total": ("counter", "Requests refused because no pooled "
+                                     "connection came within pool_timeout."),
     "cmdop_certificate_expiry_timestamp_seconds": ("gauge", "When a certificate the control "
                                                    "plane uses expires (Unix time)."),
     "cmdop_metrics_workers": ("gauge", "gunicorn workers whose numbers this scrape sums."),
@@ -105,6 +110,32 @@ def observe(name: str, seconds: float, **labels: str) -> None:
         row[-1] += 1
         _registry.changed = True
     _ensure_flusher()
+
+
+def _refresh_pools() -> None:
+    """This worker's psycopg pools (Django's ``connection.pool``) as gauges and a counter."""
+    from django.db import connections
+
+    with _registry.lock:
+        before = (dict(_registry.gauges), dict(_registry.counters))
+    for alias in connections:
+        pool = getattr(connections[alias], "pool", None)
+        if pool is None:
+            continue  # unpooled
+        stats = pool.get_stats()
+        idle, size = stats.get("pool_available", 0), stats.get("pool_size", 0)
+        with _registry.lock:
+            for state, value in (("in_use", size - idle), ("idle", idle)):
+                _registry.gauges[("cmdop_db_pool_connections",
+                                  _labels({"database": alias, "state": state}))] = value
+            _registry.gauges[("cmdop_db_pool_waiting", _labels({"database": alias}))] = (
+                stats.get("requests_waiting", 0))
+            # the pool counts them since it opened: this worker's total, not an increment
+            _registry.counters[("cmdop_db_pool_timeouts_total",
+                                _labels({"database": alias}))] = stats.get("requests_errors", 0)
+    with _registry.lock:
+        if (_registry.gauges, _registry.counters) != before:
+            _registry.changed = True
 
 
 def _add_gauge(name: str, amount: float) -> None:
@@ -189,6 +220,7 @@ def _write_snapshot() -> None:
 def _flush_forever() -> None:
     while True:
         time.sleep(FLUSH_SECONDS)
+        _refresh_pools()
         if _registry.changed:
             try:
                 _write_snapshot()
@@ -270,6 +302,7 @@ def _series(name: str, labels: Labels | list, value: float) -> str:
 
 def render(site_gauges: dict[tuple[str, Labels], float]) -> str:
     """The Prometheus text format (version 0.0.4) of every metric, HELP and TYPE first."""
+    _refresh_pools()
     counters, gauges, histograms, workers = merged()
     gauges = {**gauges, **site_gauges, ("cmdop_metrics_workers", ()): float(workers)}
     # a gauge with no worker reporting it yet is still 0, not absent (alerts compare it)
