@@ -218,9 +218,13 @@ class UserApi:
 
     IDLE_REUSE = 1.5
 
-    def __init__(self, server: str, ca: Path, key: str, slug: str) -> None:
+    def __init__(self, server: str, ca: Path, key: str, slug: str,
+                 connect_to: str | None = None) -> None:
+        """``connect_to``: the address to dial when ``server``'s name does not resolve here
+        (a lab site's); TLS and Host still use the name."""
         self.host, _, port = server.removeprefix("https://").partition(":")
         self.port = int(port or 443)
+        self.connect_to = connect_to
         self.key = key
         self.base = f"/api/v1/workspaces/{slug}"
         self._ctx = ssl.create_default_context(cafile=str(ca))
@@ -241,7 +245,11 @@ class UserApi:
         if self._conn is None:
             self._conn = http.client.HTTPSConnection(self.host, self.port, context=self._ctx,
                                                      timeout=timeout)
-            self._conn.connect()
+            if self.connect_to:
+                raw = socket.create_connection((self.connect_to, self.port), timeout)
+                self._conn.sock = self._ctx.wrap_socket(raw, server_hostname=self.host)
+            else:
+                self._conn.connect()
             self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conn.sock.settimeout(timeout)
         payload = json.dumps(body).encode() if body is not None else None
