@@ -1,0 +1,248 @@
+"""A whole site onto the lab's air-gapped host from the signed offline bundle alone (issue 16).
+
+air1 sits on the lab's --internal network (no way out, DNS 127.0.0.1). Postgres, Redis,
+nginx and the control plane go onto it with `deploy --bundle`, then its agent with
+`agents rollout --bundle`; the agent comes online and a session runs a command through the
+control plane. Two counters in this machine's raw PREROUTING chain see every IPv4 packet
+air1's bridge delivers: toward the air-gapped subnet itself (it must tick) and toward any
+other address (it must stay at zero, and it does tick when air1 tries to get out; air1 gets
+a default route to this machine meanwhile, so that an attempt is a packet, not a local error).
+A bundle with one flipped byte, or signed by another key, is refused before air1 changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import shutil
+import ssl
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cmdop_install.bundle import MANIFEST, SIGNATURE, keygen
+from cmdop_install.inventory import load_inventory
+from cmdop_install.lab import core, network
+from cmdop_install.manage import api_key_command, parse_api_key
+from cmdop_install.site import load_site
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.lab.helpers import cli, lab_ssh
+
+pytestmark = pytest.mark.lab
+
+HOST = "air1"
+# an address of the lab range that no bridge carries: the lab's blackhole route drops it
+NOWHERE = "10.89.255.254"
+
+
+@pytest.fixture(scope="session")
+def offline_bundle(lab, tmp_path_factory) -> tuple[Path, Path]:
+    """A bundle built once per session (`lab up` made the image it computes the Debian
+    closure against), and the public key it is signed with."""
+    base = tmp_path_factory.mktemp("bundle")
+    key = base / "keys" / "bundle.key"
+    pub = keygen(key)
+    cli("bundle", "build", "--out", str(base / "cmdop.bundle"), "--signing-key", str(key))
+    return base / "cmdop.bundle", pub
+
+
+@pytest.fixture(scope="module")
+def air_site(lab, offline_bundle, tmp_path_factory) -> Path:
+    """A single-node site on air1 trusting the bundle's key, its agent not yet installed."""
+    base = tmp_path_factory.mktemp("airsite")
+    site = base / "site"
+    site.mkdir(mode=0o700)
+    (site / "inventory.py").write_text(core.site_inventory_text(lab, HOST, []))
+    cli("init", str(site), "--key-file", str(base / "site.key"))
+    toml = site / "site.toml"
+    text = toml.read_text()
+    assert text.count('\npubkey = ""') == 1
+    toml.write_text(text.replace('\npubkey = ""', f'\npubkey = "{offline_bundle[1]}"'))
+    core.map_site_domain(load_inventory(site).pyinfra_groups(), load_site(site)["site"]["domain"],
+                         lab.host(HOST).ip)
+    return site
+
+
+def _on_air1(lab, command: str) -> str:
+    out = lab_ssh(lab, HOST, command)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _copy_with(bundle: Path, out: Path, member: tarfile.TarInfo, offset: int,
+               data: bytes) -> Path:
+    """A copy of ``bundle`` with ``data`` written over ``member``'s bytes at ``offset``."""
+    shutil.copyfile(bundle, out)
+    with open(out, "r+b") as handle:
+        handle.seek(member.offset_data + offset)
+        handle.write(data)
+    return out
+
+
+def test_a_tampered_bundle_is_refused_before_the_host_changes(lab, offline_bundle, air_site,
+                                                              tmp_path) -> None:
+    bundle, _ = offline_bundle
+    with tarfile.open(bundle) as tar:
+        deb = max((m for m in tar.getmembers() if m.name.endswith(".deb")), key=lambda m: m.size)
+        signature = tar.getmember(SIGNATURE)
+        body = tar.extractfile(MANIFEST).read()  # type: ignore[union-attr]
+        middle = tar.extractfile(deb).read(deb.size // 2 + 1)[-1]  # type: ignore[union-attr]
+    other = tmp_path / "other" / "bundle.key"
+    keygen(other)
+    stranger = serialization.load_pem_private_key(other.read_bytes(), password=None)
+    assert isinstance(stranger, Ed25519PrivateKey)
+    cases = {
+        _copy_with(bundle, tmp_path / "flipped.bundle", deb, deb.size // 2,
+                   bytes([middle ^ 0xFF])): f"{deb.name}: changed",
+        _copy_with(bundle, tmp_path / "stranger.bundle", signature, 0,
+                   stranger.sign(body)): f"{MANIFEST} is not signed by",
+    }
+    state = ("sudo sh -c 'sha256sum /var/lib/dpkg/status /etc/hosts; "
+             "ls -lAR --time-style=full-iso /var/lib/cmdop-install /opt /etc/systemd/system "
+             "2>&1 || true'")
+    before = _on_air1(lab, state)
+    for bad, why in cases.items():
+        refused = cli("deploy", str(air_site), "--bundle", str(bad), check=False)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert refused.stderr.startswith(f"cmdop-install: error: {bad}: {why}"), refused.stderr
+        assert len(refused.stderr.splitlines()) == 1 and refused.stdout == "", refused.stderr
+    assert _on_air1(lab, state) == before
+
+
+class Counters:
+    """Rules with no target (they only count) at the top of the raw table's PREROUTING: every
+    IPv4 packet from air1's bridge, before any routing or firewall decision."""
+
+    def __init__(self, lab) -> None:
+        bridge = network.bridge_of(lab.net_name(True))
+        tag = f"cmdop-test:{lab.name}:airgap"
+        self.rules = {
+            "inside": ["-i", bridge, "-d", lab.air_subnet, "-m", "comment", "--comment",
+                       f"{tag}-inside"],
+            "outside": ["-i", bridge, "!", "-d", lab.air_subnet, "-m", "comment", "--comment",
+                        f"{tag}-outside"],
+        }
+
+    def __enter__(self) -> Counters:
+        for rule in self.rules.values():
+            subprocess.run(["iptables", "-w", "-t", "raw", "-I", "PREROUTING", *rule], check=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for rule in self.rules.values():
+            subprocess.run(["iptables", "-w", "-t", "raw", "-D", "PREROUTING", *rule],
+                           check=False)
+
+    def packets(self) -> dict[str, int]:
+        listing = subprocess.run(
+            ["iptables", "-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"],
+            capture_output=True, text=True, check=True).stdout.splitlines()
+        return {kind: sum(int(line.split()[0]) for line in listing if f"/* {rule[-1]} */" in line)
+                for kind, rule in self.rules.items()}
+
+
+class Api:
+    """The control plane on air1 through its nginx, from this machine."""
+
+    def __init__(self, lab, site: Path) -> None:
+        config = load_site(site)
+        self.ip, self.domain = lab.host(HOST).ip, config["site"]["domain"]
+        self.base = f"/api/v1/workspaces/{config['site']['name']}"
+        self.ctx = ssl.create_default_context(cafile=str(site / "pki" / "ca.crt"))
+        self.ctx.check_hostname = False  # the certificate names the domain; we dial the IP
+        command = api_key_command(config["site"]["name"], "lab-airgapped")
+        self.key = parse_api_key(_on_air1(lab, f"sudo {command}"))[1]
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        conn = http.client.HTTPSConnection(self.ip, 443, context=self.ctx, timeout=60)
+        try:
+            conn.request(method, self.base + path,
+                         body=json.dumps(body) if body is not None else None,
+                         headers={"Host": self.domain, "Authorization": f"Bearer {self.key}",
+                                  "Content-Type": "application/json"})
+            answer = conn.getresponse()
+            data = answer.read()
+        finally:
+            conn.close()
+        assert answer.status in (200, 201, 202), (method, path, answer.status, data)
+        return json.loads(data)
+
+
+def _echo_through_a_session(api: Api) -> str:
+    """air1's output after a session on its agent typed a command whose answer we compute."""
+    (machine,) = api.call("GET", "/machines")
+    session = api.call("POST", "/sessions", {"machine_id": machine["machine_id"]})["session_id"]
+    until = time.monotonic() + 60
+    # the caller's session list: asking the session itself counts against the session limit
+    while next(s["status"] for s in api.call("GET", "/sessions")
+               if s["session_id"] == session) == "pending":
+        assert time.monotonic() < until, "the agent never opened the session"
+        time.sleep(0.5)
+    typed = base64.b64encode(b"echo air''gapped-$((6*7))\n").decode()
+    api.call("POST", f"/sessions/{session}/input", {"data_b64": typed})
+    seen, cursor, until = "", "", time.monotonic() + 90
+    while "airgapped-42" not in seen and time.monotonic() < until:
+        page = api.call("GET", f"/sessions/{session}/output?wait=20"
+                               + (f"&cursor={cursor}" if cursor else ""))
+        cursor = page["cursor"]
+        seen += "".join(base64.b64decode(i["data_b64"]).decode(errors="replace")
+                        for i in page["items"] if "data_b64" in i)
+    return seen
+
+
+@pytest.fixture
+def counters(lab) -> Iterator[Counters]:
+    """The counters, and air1 given a default route to this machine meanwhile: the kernel
+    refuses a connect to an address it has no route to before any packet exists; with the
+    route every attempt to get out is a packet the counter sees (and the air-gap rules drop)."""
+    assert _on_air1(lab, "ip -4 route show default") == "", "air1 must have no route out"
+    gateway = network.gateway(lab.air_subnet)
+    _on_air1(lab, f"sudo ip route add default via {gateway}")
+    try:
+        with Counters(lab) as counted:
+            yield counted
+    finally:
+        lab_ssh(lab, HOST, f"sudo ip route del default via {gateway}")
+
+
+def test_a_site_and_its_agent_install_from_the_bundle_and_nothing_leaves_the_subnet(
+        lab, offline_bundle, air_site, counters) -> None:
+    bundle, _ = offline_bundle
+    assert counters.packets() == {"inside": 0, "outside": 0}
+    assert _on_air1(lab, "ip -6 route show default") == "", "air1 must have no IPv6 way out"
+
+    deployed = cli("deploy", str(air_site), "--bundle", str(bundle), check=False)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    inventory = air_site / "inventory.py"
+    text = inventory.read_text()
+    assert text.count("\nagents = [\n]") == 1
+    inventory.write_text(text.replace("\nagents = [\n]", "\nagents = [_CONTROL]"))
+    rolled = cli("agents", "rollout", str(air_site), "--bundle", str(bundle), check=False)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert any(line.startswith(HOST) and "installed" in line
+               for line in rolled.stdout.splitlines()), rolled.stdout
+    assert rolled.stdout.rstrip().endswith("every agent runs it and is online"), rolled.stdout
+    assert "airgapped-42" in _echo_through_a_session(Api(lab, air_site))
+
+    counted = counters.packets()
+    assert counted["inside"] > 0, "the counters must see air1's own traffic"
+    assert counted["outside"] == 0, counted
+    # apt read the verified bundle's source alone, never the host's own sources or lists
+    history = _on_air1(lab, "sudo cat /var/log/apt/history.log")
+    installs = [line for line in history.splitlines() if line.startswith("Commandline:")]
+    assert installs, history
+    for line in installs:
+        assert "-o Dir::Etc::sourceparts=- " in line, line
+        assert "-o Dir::Etc::sourcelist=/var/lib/cmdop-install/bundle/" in line, line
+    assert _on_air1(lab, "sudo find /var/lib/apt/lists -type f ! -name lock") == ""
+
+    # and the outside counter does see an attempt to get out
+    tried = lab_ssh(lab, HOST, f"timeout 5 bash -c '</dev/tcp/{NOWHERE}/80'")
+    assert tried.returncode != 0
+    assert counters.packets()["outside"] > 0
