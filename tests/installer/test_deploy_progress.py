@@ -306,7 +306,8 @@ def test_status_problem_lines_name_each_component_not_running() -> None:
          "last_seen": None}]}], "warnings": ["warning: pki/x.crt expires in 3 days"]}
     assert problem_lines(info) == [
         "db1: postgres failed",
-        "db1: control_plane installed after it started: the previous release is serving",
+        "db1: control_plane a release other than current is serving (a deploy stopped "
+        "before its switch, or old workers are still finishing)",
         "db1: agent OFFLINE (last seen never)",
         "warning: pki/x.crt expires in 3 days",
     ]

@@ -299,7 +299,7 @@ def status(site_dir: Path, as_json: bool, verbosity: int) -> None:
     """
     from cmdop_install.progress import NORMAL, QUIET
     from cmdop_install.sitedir import SiteDir
-    from cmdop_install.status import problem_lines, site_status
+    from cmdop_install.status import RESTART_PENDING, problem_lines, site_status
 
     info = site_status(SiteDir.load(site_dir))
     if as_json:
@@ -329,7 +329,7 @@ def status(site_dir: Path, as_json: bool, verbosity: int) -> None:
                 if verbosity > NORMAL:
                     extra += f"  last seen {c['last_seen'] or 'never'}"
             if c.get("restart_pending"):
-                extra = "  installed after it started: the previous release is serving"
+                extra = f"  {RESTART_PENDING}"
             click.echo(f"  {c['component']:<14} {c['state']:<10} {c['version']:<22}{extra}")
         for name, when in sorted(h["certificates"].items()):
             click.echo(f"  cert {name:<28} expires {when}")

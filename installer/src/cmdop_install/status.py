@@ -33,6 +33,11 @@ COMPONENTS = {
     "agents": ("cmdop-agent", agent_releases.CURRENT_RELEASE_COMMAND),
 }
 
+# what restart_pending means since releases are switched by a link: some gunicorn worker runs
+# from another release directory than `current`
+RESTART_PENDING = ("a release other than current is serving (a deploy stopped before its "
+                   "switch, or old workers are still finishing)")
+
 
 def restart_pending_command(venv: str = manage.SERVER_VENV) -> str:
     """Prints yes when a worker of cmdop-server runs another release than ``venv`` (the
@@ -114,8 +119,7 @@ def problem_lines(info: dict) -> list[str]:
             if c.get("online") is False:
                 lines.append(f"{h['host']}: agent OFFLINE (last seen {c['last_seen'] or 'never'})")
             if c.get("restart_pending"):
-                lines.append(f"{h['host']}: control_plane installed after it started: the "
-                             "previous release is serving")
+                lines.append(f"{h['host']}: control_plane {RESTART_PENDING}")
     return lines + list(info["warnings"])
 
 
