@@ -1,7 +1,7 @@
 """`deploy --dry-run` against the deployed lab site: each file that drifted is named, a
 non-secret one with a unified diff from the host's copy, a secret one by name only; the dry
 run leaves every file as it was, and the deploy that follows reports, and changes, exactly
-the same files (issue 21 Output)."""
+the same files, its progress shown host by host as plain lines (issue 21 Output)."""
 
 import re
 
@@ -75,6 +75,13 @@ def test_a_dry_run_shows_the_drifted_files_changes_nothing_and_the_deploy_agrees
         "the dry run changed a file"
 
     real = cli("deploy", str(site.dir))
+    # not a terminal: progress as plain lines on stderr, each host's as it goes
+    progress = real.stderr.splitlines()
+    assert "\x1b" not in real.stderr
+    for host in NORMAL_HOSTS:
+        assert f"{host}: connected" in progress, real.stderr
+        assert any(re.fullmatch(rf"{host}: \d+ operations planned", line) for line in progress)
+    assert any(re.match(r"host3: \[\d+/\d+\] changed ", line) for line in progress), real.stderr
     changed = reported_files(real.stdout)
     assert {h: set(files) for h, files in changed.items()} == \
         {h: set(files) for h, files in would.items()}, real.stdout
