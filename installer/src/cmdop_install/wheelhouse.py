@@ -155,6 +155,13 @@ def for_target(exported: str) -> list[str]:
     return wanted
 
 
+# made from tracked files by installs and builds, not sources: npm ci's tree (package-lock.json
+# is hashed) and the browser assets the server's build hook copies out of it. Hashed, they
+# would give a tree a new key after its first build, and every deploy a new release.
+GENERATED = {"__pycache__", "node_modules"}
+GENERATED_DIRS = {"server/src/cmdop_server/web/assets/vendor"}
+
+
 def _source_hash(root: Path, package: str) -> str:
     """Changes whenever the lock or any source file of ``package`` changes."""
     h = hashlib.sha256((root / "uv.lock").read_bytes())
@@ -162,10 +169,16 @@ def _source_hash(root: Path, package: str) -> str:
         package
     ]
     for f in sorted((root / folder).rglob("*")):
-        if f.is_file() and "__pycache__" not in f.parts:
+        if f.is_file() and not _generated(f.relative_to(root)):
             h.update(str(f.relative_to(root)).encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _generated(path: Path) -> bool:
+    return bool(GENERATED.intersection(path.parts)) or any(
+        path.is_relative_to(d) for d in GENERATED_DIRS
+    )
 
 
 def _run(argv: list[str], cwd: Path, package: str, pip: bool = False) -> None:
