@@ -235,6 +235,15 @@ class SiteLoad:
                                  {"machine_id": machine["machine_id"], "cols": 80, "rows": 24})
         assert status == 201, data
         self.session_id = json.loads(data)["session_id"]
+        # the load starts once the agent has opened the PTY: until then the session answers
+        # 409 "pending" (input too, which the load would count as a failure)
+        path = f"/api/v1/workspaces/{self.workspace}/sessions/{self.session_id}"
+        until = time.monotonic() + 60
+        status, data = self._api("GET", path)
+        while status == 409 and b"pending" in data and time.monotonic() < until:
+            time.sleep(0.5)
+            status, data = self._api("GET", path)
+        assert status == 200, data
 
     def _form(self, path: str, form: dict[str, str]) -> tuple[bool, int]:
         status = self.browser.call("POST", path, form)[0]
