@@ -72,9 +72,14 @@ def _left_over(env: dict[str, str]) -> list[str]:
 def _changed_per_host(output: str, phase: str) -> dict[str, int]:
     """The PLAY RECAP's changed= of each host in one molecule phase (colours removed)."""
     plain = re.sub(r"\x1b\[[0-9;]*m", "", output)
-    start = plain.index(f"default ➜ {phase}: Executing")
-    end = plain.index(f"default ➜ {phase}: Executed", start)
-    recap = re.findall(r"(\S+)\s+: ok=\d+\s+changed=(\d+)", plain[start:end])
+    # molecule writes "default ➜ idempotence: Executing" with a UTF-8 locale and
+    # "[default > idempotence] Executing" without one (CI's minimal environment)
+    mark = rf"default (?:➜|>) {phase}\]?:? Execut"
+    start = re.search(mark + "ing", plain)
+    assert start is not None, f"no {phase} phase in molecule's log"
+    end = re.compile(mark + "ed").search(plain, start.end())
+    assert end is not None, f"the {phase} phase did not end in molecule's log"
+    recap = re.findall(r"(\S+)\s+: ok=\d+\s+changed=(\d+)", plain[start.end():end.start()])
     return {host: int(changed) for host, changed in recap}
 
 
