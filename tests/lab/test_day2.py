@@ -26,7 +26,7 @@ from cmdop_install.site import load_site
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.lab.helpers import cli, lab_ssh
+from tests.lab.helpers import cli, lab_ssh, row_counts
 from tests.support.services import pg_bindir
 
 pytestmark = pytest.mark.lab
@@ -139,18 +139,6 @@ TABLES = {"cmdop": ("identity_user", "identity_workspace", "identity_apikey",
           "cmdop_audit": ("audit_auditevent",)}
 
 
-def _counts(lab) -> dict[str, str]:
-    """Rows per table, read on host1 as the postgres superuser (peer, local socket)."""
-    counts = {}
-    for db, tables in TABLES.items():
-        query = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in tables)  # noqa: S608
-        out = lab_ssh(lab, "host1", f'sudo runuser -u postgres -- psql -d {db} -XtA -F " " '
-                                    f'-c "{query}"')
-        assert out.returncode == 0, out.stderr
-        counts.update(line.split() for line in out.stdout.splitlines())
-    return counts
-
-
 def _machines(lab, site, key: str) -> int:
     """The status of listing the workspace's machines with API key ``key`` (waiting, at most
     a minute, while the control plane is still starting behind nginx)."""
@@ -177,11 +165,11 @@ def test_restore_brings_the_databases_back_with_old_keys_and_agents(lab, site, t
 
     old_key = issue("before-backup")
     assert _machines(lab, site, old_key) == 200
-    before = _counts(lab)
+    before = row_counts(lab, TABLES)
     archive = Path(cli("backup", str(site.dir), "--out", str(tmp_path)).stdout.strip()
                    .removeprefix("backup: "))
     later_key = issue("after-backup")  # a row the restore must take away
-    assert _counts(lab) != before
+    assert row_counts(lab, TABLES) != before
     # refused archives touch nothing: one flipped byte, then another site's
     flipped = tmp_path / "flipped.cmdop-backup"
     data = bytearray(archive.read_bytes())
@@ -193,7 +181,7 @@ def test_restore_brings_the_databases_back_with_old_keys_and_agents(lab, site, t
     assert _machines(lab, site, later_key) == 200
     done = cli("restore", str(site.dir), str(archive), "--yes")
     assert "audit chain intact" in done.stdout
-    assert _counts(lab) == before
+    assert row_counts(lab, TABLES) == before
     assert _machines(lab, site, old_key) == 200
     assert _machines(lab, site, later_key) == 401
     # each agent polls again with the credential it enrolled with (online in the fleet)

@@ -6,7 +6,6 @@ brings the archive back. Users, API keys, machines and the audit chain are the o
 
 import http.client
 import json
-import os
 import shutil
 import ssl
 import time
@@ -20,7 +19,7 @@ from cmdop_install.manage import api_key_command, parse_api_key
 from cmdop_install.site import load_site
 
 from tests.lab.conftest import LAB
-from tests.lab.helpers import cli, lab_ssh
+from tests.lab.helpers import cli, lab_ssh, one_host_lab, row_counts
 
 pytestmark = pytest.mark.lab
 
@@ -32,27 +31,7 @@ TABLES = {"cmdop": ("identity_user", "identity_workspace", "identity_membership"
 
 @pytest.fixture(scope="module")
 def new_host() -> Iterator[core.LabState]:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    try:
-        cli("lab", "up", "--name", NAME, "--hosts", "1")
-        state = core.LabState.load(NAME)
-        assert state is not None
-        yield state
-    finally:
-        cli("lab", "down", "--name", NAME, check=False)
-
-
-def _counts(lab) -> dict[str, str]:
-    """Rows per table on the lab's host1, read as the postgres superuser."""
-    counts = {}
-    for db, tables in TABLES.items():
-        query = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in tables)  # noqa: S608
-        out = lab_ssh(lab, "host1", f'sudo runuser -u postgres -- psql -d {db} -XtA -F " " '
-                                    f'-c "{query}"')
-        assert out.returncode == 0, out.stderr
-        counts.update(line.split() for line in out.stdout.splitlines())
-    return counts
+    yield from one_host_lab(NAME)
 
 
 def _machines(address: str, site_dir: Path, key: str) -> tuple[int, list[str]]:
@@ -88,7 +67,7 @@ def test_a_backup_restored_onto_a_new_host_is_the_old_site(lab, site, new_host, 
     assert status == 200 and machines, machines
     archive = Path(cli("backup", str(site.dir), "--out", str(tmp_path)).stdout.strip()
                    .removeprefix("backup: "))
-    before = _counts(lab)
+    before = row_counts(lab, TABLES)
 
     # the operator's site folder, its inventory now naming the new host (no agents yet)
     moved = tmp_path / "labsite"
@@ -110,5 +89,5 @@ def test_a_backup_restored_onto_a_new_host_is_the_old_site(lab, site, new_host, 
     done = cli("restore", str(moved), str(archive), "--yes", check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "audit chain intact" in done.stdout
-    assert _counts(new_host) == before
+    assert row_counts(new_host, TABLES) == before
     assert _machines(new_address, moved, key) == (200, machines)

@@ -8,7 +8,6 @@ file runs without the shared lab of the other lab tests.
 """
 
 import json
-import os
 import time
 from collections.abc import Iterator
 
@@ -18,7 +17,7 @@ from cmdop_install.lab import core
 from cmdop_install.site import load_site
 
 from tests.lab.conftest import LAB
-from tests.lab.helpers import cli, lab_ssh
+from tests.lab.helpers import cli, lab_ssh, one_host_lab
 
 pytestmark = pytest.mark.lab
 
@@ -28,15 +27,7 @@ STATUS_TIMEOUT = 120.0  # the agent reports on enrolment, then every 30 s
 
 @pytest.fixture(scope="module")
 def bare_host() -> Iterator[core.LabState]:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    try:
-        cli("lab", "up", "--name", NAME, "--hosts", "1")
-        state = core.LabState.load(NAME)
-        assert state is not None
-        yield state
-    finally:
-        cli("lab", "down", "--name", NAME, check=False)
+    yield from one_host_lab(NAME)
 
 
 def test_the_documented_first_site_deploys_and_its_agent_shows_online(bare_host, tmp_path):
