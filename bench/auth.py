@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.pty import migrated  # noqa: E402
 from tests.support.services import (  # noqa: E402
     PostgresServer,
     RedisServer,
@@ -35,17 +36,7 @@ SLUG = "bench"
 
 def _prepare(pg: PostgresServer, rd: RedisServer) -> str:
     """Databases, migrations, one user with a workspace; returns an access token."""
-    pg.psql("CREATE DATABASE cmdop; CREATE DATABASE cmdop_audit;")
-    os.environ.update({
-        "DJANGO_SETTINGS_MODULE": "cmdop_server.settings.test",
-        "CMDOP_TEST_PG_PORT": str(pg.port), "CMDOP_TEST_REDIS_PORT": str(rd.port),
-    })
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0)
-    call_command("migrate", database="audit", verbosity=0)
+    migrated(pg, rd)
     from cmdop_server.identity import actions
     from cmdop_server.identity.models import User
 

@@ -51,6 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.pty import migrated  # noqa: E402
 from tests.support.control_plane import ControlPlane, make_pki  # noqa: E402
 from tests.support.services import PostgresServer, RedisServer  # noqa: E402
 
@@ -67,16 +68,7 @@ CMDOP_RATE_LIMITS = {**CMDOP_RATE_LIMITS,  # noqa: F405
 def _prepare(pg: PostgresServer, rd: RedisServer, count: int) -> tuple[list, str, str]:
     """Databases, migrations, one workspace with ``count`` machines and an API key:
     ([(pk, credential)], workspace slug, API key)."""
-    pg.psql("CREATE DATABASE cmdop; CREATE DATABASE cmdop_audit;")
-    os.environ.update({"DJANGO_SETTINGS_MODULE": "cmdop_server.settings.test",
-                       "CMDOP_TEST_PG_PORT": str(pg.port),
-                       "CMDOP_TEST_REDIS_PORT": str(rd.port)})
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0)
-    call_command("migrate", database="audit", verbosity=0)
+    migrated(pg, rd)
     from cmdop_server import credentials
     from cmdop_server.identity import actions
     from cmdop_server.identity.models import Membership, User

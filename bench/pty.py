@@ -51,9 +51,9 @@ CMDOP_RATE_LIMITS = {**CMDOP_RATE_LIMITS,  # noqa: F405
 '''
 
 
-def _prepare(pg: PostgresServer, rd: RedisServer) -> None:
-    """Databases and migrations; Django set up in this process (the bench makes the
-    workspace, owner and join token with the control plane's own actions)."""
+def migrated(pg: PostgresServer, rd: RedisServer) -> None:
+    """Databases and migrations; Django set up in this process on them (each bench then
+    makes what it needs with the control plane's own actions)."""
     pg.psql("CREATE DATABASE cmdop; CREATE DATABASE cmdop_audit;")
     os.environ.update({"DJANGO_SETTINGS_MODULE": "cmdop_server.settings.test",
                        "CMDOP_TEST_PG_PORT": str(pg.port),
@@ -152,7 +152,7 @@ def loopback_site(prefix: str, workers: int = 1):
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         pg = stack.enter_context(PostgresServer())
         rd = stack.enter_context(RedisServer())
-        _prepare(pg, rd)
+        migrated(pg, rd)
         cp = ControlPlane(make_pki(scratch / "pki"), scratch / "gunicorn.log",
                           settings="cmdop_bench_settings", workers=workers,
                           env={"PYTHONPATH": os.pathsep.join(
