@@ -81,13 +81,7 @@ def test_connections_stay_bounded_after_a_burst(busy_plane):
         """An agent coming back: its long-poll (the pooled lookup), then a heartbeat."""
         agent = UserApi(busy_plane.url, busy_plane.pki.ca, machine["credential"], "")
         agent.base = "/api/agent/v1"
-        try:
-            agent.call("GET", "/work?wait=0")
-            return 200
-        except ApiError as exc:
-            return exc.status
-        finally:
-            agent.close()
+        return agent.answer_status("GET", "/work?wait=0")
 
     with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
         statuses = list(pool.map(one, range(REQUESTS)))

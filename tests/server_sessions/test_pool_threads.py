@@ -44,13 +44,7 @@ def test_polling_agents_leave_the_pool_to_requests(small_pool):
     def poll(credential: str) -> int:
         api = UserApi(small_pool.url, small_pool.pki.ca, credential, "")
         api.base = "/api/agent/v1"
-        try:
-            api.call("GET", "/work?wait=0")
-            return 200
-        except ApiError as exc:
-            return exc.status
-        finally:
-            api.close()
+        return api.answer_status("GET", "/work?wait=0")
 
     # concurrent polls: the lookups land on several of the worker's database threads
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -104,10 +98,4 @@ def user_api(cp: ControlPlane, key: str, slug: str) -> UserApi:
 
 
 def _status(api: UserApi) -> int:
-    try:
-        api.call("GET", "/machines")
-        return 200
-    except ApiError as exc:
-        return exc.status
-    finally:
-        api.close()
+    return api.answer_status("GET", "/machines")

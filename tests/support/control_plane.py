@@ -236,6 +236,17 @@ class UserApi:
             self._conn.close()
             self._conn = None
 
+    def answer_status(self, method: str, path: str, body: dict | None = None) -> int:
+        """The HTTP status of one call (200 for any 2xx), the connection closed after it:
+        for load tests that count answers."""
+        try:
+            self.call(method, path, body)
+            return 200
+        except ApiError as exc:
+            return exc.status
+        finally:
+            self.close()
+
     def call(self, method: str, path: str, body: dict | None = None,
              timeout: float = 40) -> dict:
         """``path`` is below the workspace; returns the JSON body or raises ApiError, or
