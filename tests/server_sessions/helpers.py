@@ -45,6 +45,17 @@ def enroll(ws, owner, hostname: str | None = None, client: Client | None = None)
     return resp.json()
 
 
+def keyed_workspace(slug: str, name: str) -> dict:
+    """A workspace with an Owner's API key and one enrolled machine: its slug, the key and
+    the enrollment's answer (``machine``)."""
+    from cmdop_server.identity import actions
+
+    owner = make_user()
+    ws = actions.do_create_workspace(owner, slug, name)
+    _, key = actions.do_create_api_key(owner_membership(ws, owner), "k")
+    return {"slug": ws.slug, "key": key, "machine": enroll(ws, owner)}
+
+
 def post(client, path: str, body: dict, token: str | None = None):
     extra = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
     return client.post(path, json.dumps(body), content_type=JSON, **extra)

@@ -15,13 +15,11 @@ import time
 import psycopg
 import pytest
 from cmdop_server import audit
-from cmdop_server.identity import actions
-from cmdop_server.identity.models import Membership, User
+from cmdop_server.identity.models import User
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
 
-from tests.server.helpers import make_user
-from tests.server_sessions.helpers import enroll
+from tests.server_sessions.helpers import keyed_workspace
 from tests.support.control_plane import ApiError, ControlPlane, UserApi, until
 from tests.support.services import PostgresServer, RedisServer
 
@@ -38,10 +36,7 @@ DATABASES = ("test_cmdop", "test_cmdop_audit")
 @pytest.fixture
 def site():
     """A workspace with an API key and an enrolled machine, in the test databases."""
-    owner = make_user()
-    ws = actions.do_create_workspace(owner, "failfast", "Fail fast")
-    _, key = actions.do_create_api_key(Membership.objects.in_workspace(ws).get(user=owner), "k")
-    return {"slug": ws.slug, "key": key, "machine": enroll(ws, owner)}
+    return keyed_workspace("failfast", "Fail fast")
 
 
 def user_api(cp: ControlPlane, site: dict) -> UserApi:

@@ -14,14 +14,13 @@ import threading
 import pytest
 import redis
 from cmdop_server import audit, metrics, redis_client, workqueue
-from cmdop_server.identity import actions
-from cmdop_server.identity.models import Membership, User
+from cmdop_server.identity.models import User
 from cmdop_server.machines.models import Machine
 from django.db import InterfaceError, OperationalError, connections
 from django.test import Client, override_settings
 
 from tests.server.helpers import make_user
-from tests.server_sessions.helpers import enroll
+from tests.server_sessions.helpers import keyed_workspace
 from tests.server_sessions.test_fail_fast import end_audit_connection
 from tests.support.control_plane import ApiError, ControlPlane, UserApi, until
 from tests.support.nginx import control_plane_behind_nginx
@@ -70,10 +69,7 @@ def samples(cp: ControlPlane) -> dict[str, float]:
 
 @pytest.fixture
 def site():
-    owner = make_user()
-    ws = actions.do_create_workspace(owner, "metered", "Metered")
-    _, key = actions.do_create_api_key(Membership.objects.in_workspace(ws).get(user=owner), "k")
-    return {"slug": ws.slug, "key": key, "machine": enroll(ws, owner)}
+    return keyed_workspace("metered", "Metered")
 
 
 @pytest.fixture
