@@ -12,9 +12,10 @@
                              convertEol: false, scrollback: 5000});
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
-  term.open(box);
-  // canvas: the default DOM renderer injects <style> elements the CSP refuses
+  // canvas, loaded before open(): the default DOM renderer injects <style> elements the CSP
+  // refuses, and open() makes that renderer unless one is already waiting for the element
   term.loadAddon(new CanvasAddon.CanvasAddon());
+  term.open(box);
   fit.fit();
   window.cmdopTerminal = term;  // tests and the accessibility check read the screen from here
 
