@@ -14,8 +14,13 @@ Prints seconds side by side and the ratio Ansible / pyinfra.
 
 Run as root, under the lab lock:
 `flock /tmp/cmdop-lab-run.lock .venv/bin/python bench/ansible_vs_pyinfra.py [N]`.
+`--only pyinfra` or `--only ansible` runs one side (both sides at 10 agents take longer than
+one lab slot); `--lab NAME` picks the lab (default $CMDOP_TEST_LAB, else mol); `--logs DIR`
+keeps each command's output there, every stderr line stamped with its second since the
+command started (pyinfra's phases from CMDOP_INSTALL_PROFILE, Ansible's per-task times).
 """
 
+import argparse
 import json
 import os
 import re
@@ -23,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,15 +42,14 @@ from cmdop_install.siteinit import init_site  # noqa: E402
 
 from tests.support.agent_release import build_agent_wheel  # noqa: E402
 
-LAB = "mol"
 NEW_AGENT = "0.1.1"
 VENV_BIN = Path(sys.executable).parent
 RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
-def lab_site(agents: int, tmp: Path) -> Path:
+def lab_site(lab: str, agents: int, tmp: Path) -> Path:
     """The lab's hosts up (fresh ones after a `down`) and the site over them, made once."""
-    state = core.up(LAB, agents + 1, ())
+    state = core.up(lab, agents + 1, ())
     site_dir = tmp / "site"
     if not site_dir.exists():
         site_dir.mkdir(mode=0o700)
@@ -60,16 +65,35 @@ def lab_site(agents: int, tmp: Path) -> Path:
     return site_dir
 
 
+LOGS: list[Path] = []  # --logs DIR, when given
+
+
 def timed(argv: list[str]) -> tuple[float, str]:
     """Seconds for one command as an operator runs it, and its stdout; stops on failure."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+           "CMDOP_INSTALL_PROFILE": "1",
+           "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks"}
     started = time.monotonic()
-    run = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False,
-                         env={**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"})
+    out: list[str] = []
+    with subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env) as run:
+        pipe = run.stdout
+        assert pipe is not None and run.stderr is not None
+        # stdout drained beside stderr: a full pipe would stall the command
+        reader = threading.Thread(target=lambda: out.append(pipe.read()))
+        reader.start()
+        stderr = [f"{time.monotonic() - started:7.1f}  {line}" for line in run.stderr]
+        reader.join()
+    stdout = out[0]
     seconds = time.monotonic() - started
+    if LOGS:
+        count = len(list(LOGS[0].iterdir()))
+        log = LOGS[0] / f"{count:02d}-{Path(argv[0]).name}-{argv[1]}.log"
+        log.write_text(f"$ {' '.join(argv)}\n{seconds:.1f} s\n{''.join(stderr)}\n{stdout}")
     if run.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:3])} failed:\n{run.stdout[-3000:]}\n"
-                         f"{run.stderr[-3000:]}")
-    return seconds, run.stdout
+        raise SystemExit(f"{' '.join(argv[:3])} failed:\n{stdout[-3000:]}\n"
+                         f"{''.join(stderr)[-3000:]}")
+    return seconds, stdout
 
 
 def cli(*args: str) -> tuple[float, dict]:
@@ -118,16 +142,34 @@ def ansible_run(site_dir: Path, tmp: Path, agents: int) -> dict[str, float]:
 
 
 def main() -> None:
-    agents = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("agents", nargs="?", type=int, default=10)
+    parser.add_argument("--only", choices=("pyinfra", "ansible"))
+    parser.add_argument("--lab", default=os.environ.get("CMDOP_TEST_LAB", "mol"))
+    parser.add_argument("--logs", type=Path)
+    args = parser.parse_args()
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
+        LOGS.append(args.logs)
+    figures: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         try:
-            pyinfra = pyinfra_run(lab_site(agents, tmp))
-            core.down(LAB)
-            ansible = ansible_run(lab_site(agents, tmp), tmp, agents)
+            if args.only != "ansible":
+                figures["pyinfra"] = pyinfra_run(lab_site(args.lab, args.agents, tmp))
+                core.down(args.lab)
+            if args.only != "pyinfra":
+                figures["ansible"] = ansible_run(lab_site(args.lab, args.agents, tmp), tmp,
+                                                 args.agents)
         finally:
-            core.down(LAB)
-    print(f"\n{agents} agent hosts + 1 control-plane host (lab {LAB!r}), seconds")
+            core.down(args.lab)
+    print(f"\n{args.agents} agent hosts + 1 control-plane host (lab {args.lab!r}), seconds")
+    if len(figures) == 1:
+        for tool, steps in figures.items():
+            for step, seconds in steps.items():
+                print(f"{tool} {step:<14} {seconds:>8.1f}s")
+        return
+    pyinfra, ansible = figures["pyinfra"], figures["ansible"]
     print(f"{'step':<14} {'pyinfra':>9} {'ansible':>9} {'ansible/pyinfra':>16}")
     for step, seconds in pyinfra.items():
         print(f"{step:<14} {seconds:>8.1f}s {ansible[step]:>8.1f}s "
