@@ -112,7 +112,22 @@ class Agent:
     def _heartbeat_once(self, api: AgentApi) -> None:
         reply = api.heartbeat(self.boot_id, len(self.sessions))
         self.heartbeat_interval = float(reply.get("heartbeat_interval", self.heartbeat_interval))
+        if reply.get("credential") and self._adopt(str(reply["credential"])):
+            return  # heartbeat again at once, with the new credential: that confirms it
         self.stopping.wait(self.heartbeat_interval)
+
+    def _adopt(self, credential: str) -> bool:
+        """Store and use a new machine credential (a handover); on a failure keep the old
+        one, which the control plane accepts until the handover's deadline, and take the
+        fresh credential the next heartbeat brings."""
+        try:
+            self.auth.adopt(credential)
+        except (OSError, AgentError) as exc:
+            log.warning("could not store the new machine credential (%s); keeping the "
+                        "current one until the next heartbeat", exc)
+            return False
+        log.info("machine credential renewed (%s)", self.config.credential_file)
+        return True
 
     def run(self) -> None:
         """Block until SIGTERM/SIGINT (exit cleanly) or a fatal error (raised)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import socket
+import threading
 import time
 from collections.abc import Callable
 from urllib.parse import urlencode
@@ -83,11 +84,23 @@ class Auth:
         self.cred = load_credential(config)
         self._keeper = None if self.cred["kind"] == "machine" else _keeper(config, self.cred,
                                                                            clock)
+        self._lock = threading.Lock()
 
     def token(self) -> str:
         if self._keeper is None:
-            return self.cred["credential"]
+            with self._lock:
+                return self.cred["credential"]
         return self._keeper.token()
+
+    def adopt(self, credential: str) -> None:
+        """Take the new machine credential of a handover: on disk first (0600, atomically),
+        so that an agent restarted from here on presents the new one, then in use. Using it
+        is what confirms it; until then the control plane still takes the old one."""
+        if self._keeper is not None:
+            raise AgentError("the control plane sent a machine credential to an OAuth login")
+        with self._lock:
+            save_credential(self.config, {**self.cred, "credential": credential})
+            self.cred = {**self.cred, "credential": credential}
 
     def expired(self) -> None:
         """The server said 401: refresh now if we can, else the credential is dead."""
@@ -105,13 +118,17 @@ class AgentApi:
 
     def call(self, method: str, path: str, body: dict | None = None,
              timeout: float | None = None) -> dict:
+        token = self.auth.token()
         try:
-            return self.client.request(method, AGENT + path, body=body,
-                                       token=self.auth.token(), timeout=timeout)
+            return self.client.request(method, AGENT + path, body=body, token=token,
+                                       timeout=timeout)
         except ServerError as exc:
             if exc.status != 401:
                 raise
-            self.auth.expired()
+            # another thread renewed the credential while this request was on its way (the
+            # old one is refused once the new one is used): retry with it, nothing expired
+            if self.auth.token() == token:
+                self.auth.expired()
             return self.client.request(method, AGENT + path, body=body,
                                        token=self.auth.token(), timeout=timeout)
 

@@ -137,12 +137,14 @@ def enroll(request: auth.EnrollRequest, body: EnrollIn):
     return 201, _enroll_out(machine)
 
 
-@api.post("/heartbeat", auth=auth.machine, response=HeartbeatOut)
+@api.post("/heartbeat", auth=auth.machine, response=HeartbeatOut, exclude_none=True)
 def heartbeat(request: auth.AgentRequest, body: HeartbeatIn):
+    ip = client_ip(request)
     machine = do_heartbeat(request.auth.machine, body.hostname, body.os, body.version,
-                           body.boot_id, client_ip(request))
+                           body.boot_id, ip)
     return {"server_time": timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "heartbeat_interval": machine.heartbeat_interval}
+            "heartbeat_interval": machine.heartbeat_interval,
+            "credential": actions.do_issue_handover_credential(request.auth.machine, ip)}
 
 
 class WorkQuery(Input):

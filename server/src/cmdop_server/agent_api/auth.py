@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db.models import Q
 from django.http import HttpRequest
+from django.utils import timezone
 from ninja.security import HttpBearer
 
 from cmdop_server import audit, credentials, dbconn, ratelimit
 from cmdop_server.errors import ApiError
 from cmdop_server.identity.authn import Principal, authenticate_bearer
+from cmdop_server.machines.actions import do_confirm_credential_handover
 from cmdop_server.machines.models import Machine
 from cmdop_server.machines.tokens import MACHINE_CREDENTIAL_PREFIX
 from cmdop_server.netinfo import client_ip
@@ -23,14 +26,39 @@ class AgentCaller:
     principal: Principal | None = None
 
 
-def machine_for(raw: str) -> tuple[Machine | None, str]:
+def _same(stored: str | None, raw: str) -> bool:
+    return stored is not None and credentials.same_digest(stored, raw)
+
+
+def _credential_holder(raw: str, ip: str) -> tuple[Machine | None, str]:
+    """The machine a machine credential belongs to, and why it is refused ('' if it is not).
+    Presenting the pending credential of a handover confirms it (the old one is refused from
+    then on); a superseded or lapsed credential is refused naming its machine, so a replay of
+    an old credential is audited as one."""
+    digest = credentials.sha256_hex(raw)
+    machine = (Machine.unscoped.select_related("workspace")
+               .filter(Q(credential_hash=digest) | Q(pending_credential_hash=digest)
+                       | Q(previous_credential_hash=digest)).first())
+    if machine is None:
+        return None, "unknown_machine_credential"
+    until = machine.credential_handover_until
+    lapsed = until is not None and until <= timezone.now()
+    if _same(machine.pending_credential_hash, raw):
+        if lapsed:
+            return machine, "machine_credential_handover_lapsed"
+        do_confirm_credential_handover(machine, ip)
+        machine.refresh_from_db()
+    if _same(machine.credential_hash, raw):
+        return machine, "machine_credential_handover_lapsed" if lapsed else ""
+    if _same(machine.previous_credential_hash, raw):
+        return machine, "superseded_machine_credential"
+    return None, "unknown_machine_credential"
+
+
+def machine_for(raw: str, ip: str) -> tuple[Machine | None, str]:
+    """(the caller's machine, ''), or (the machine if known, why the credential is refused)."""
     if raw.startswith(MACHINE_CREDENTIAL_PREFIX):
-        machine = (Machine.unscoped.select_related("workspace")
-                   .filter(credential_hash=credentials.sha256_hex(raw)).first())
-        if (machine is None or machine.credential_hash is None
-                or not credentials.same_digest(machine.credential_hash, raw)):
-            return None, "unknown_machine_credential"
-        return machine, ""
+        return _credential_holder(raw, ip)
     principal, reason = authenticate_bearer(raw, "agent")
     if principal is None:
         return None, reason
@@ -42,11 +70,14 @@ def machine_for(raw: str) -> tuple[Machine | None, str]:
 
 
 def _machine_caller(request: HttpRequest, token: str) -> AgentCaller | None:
-    machine, reason = machine_for(token)
-    if machine is None:
-        ip = client_ip(request)
+    ip = client_ip(request)
+    machine, reason = machine_for(token, ip)
+    if machine is None or reason:
         ratelimit.enforce("auth", f"ip:{ip}")
-        audit.record("auth.machine", success=False, method="bearer", ip=ip, reason=reason)
+        known = {} if machine is None else {"workspace": machine.workspace_id,
+                                            "machine": machine.public_id}
+        audit.record("auth.machine", success=False, method="bearer", ip=ip, reason=reason,
+                     **known)
         return None
     if machine.disabled_at is not None:
         raise ApiError(403, "forbidden", "This machine is disabled.")

@@ -42,6 +42,8 @@ class HeartbeatIn(Lenient):
 class HeartbeatOut(Schema):
     server_time: str
     heartbeat_interval: int
+    # only while a credential handover is open: the agent stores it and uses it from then on
+    credential: str | None = None
 
 
 class WorkItem(Schema):

@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 
 from django.db import IntegrityError
+from django.db.models import F
 from django.utils import timezone
 
 from cmdop_server import audit, credentials
@@ -174,17 +175,128 @@ def _enrolling_membership(user: User, workspace_slug: str | None) -> Membership:
 
 def do_rotate_machine_credential(actor: Membership, machine_id: str,
                                  ip: str | None = None) -> tuple[Machine, str]:
-    """A new credential; the old one stops working at once (hand the new one to the agent)."""
+    """A new credential; the old one stops working at once (hand the new one to the agent).
+    Also what revives a machine whose handover lapsed, and it ends an open handover."""
     credential = tokens.new_machine_credential()
     with audit.action():
         machine = (Machine.objects.in_workspace(actor.workspace).select_for_update()
                    .get(public_id=machine_id, enrollment=Machine.Enrollment.JOIN_TOKEN))
+        machine.previous_credential_hash = machine.credential_hash
         machine.credential_hash = credentials.sha256_hex(credential)
         machine.credential_rotated_at = timezone.now()
-        machine.save(update_fields=["credential_hash", "credential_rotated_at"])
+        machine.pending_credential_hash = machine.credential_handover_until = None
+        machine.save(update_fields=["credential_hash", "credential_rotated_at",
+                                    "previous_credential_hash", "pending_credential_hash",
+                                    "credential_handover_until"])
         audit.record("machine.credential.rotate", user=actor.user, workspace=actor.workspace,
                      ip=ip, machine=machine.public_id)
     return machine, credential
+
+
+# ---- credential handover: every agent to a new credential without going offline -----------
+#
+# Opened for a workspace's machines with a deadline; each agent gets its new credential in a
+# heartbeat reply (its authenticated channel: the value never leaves the control plane and
+# the agent), writes it, and confirms by using it. From that request on the old credential is
+# refused. An agent that does not confirm before the deadline keeps neither: it is reported
+# (``credential_state``) as needing a new credential, never left to fail unseen.
+
+# The longest a handover may stay open: the seed's longest-lived credential that nobody
+# revokes by hand is the 30-day refresh token; an old machine credential gets no longer.
+HANDOVER_MAX_SECONDS = 30 * 24 * 3600
+
+
+def credential_state(machine: Machine, now=None) -> str:
+    """``current``, ``handover_open`` (not yet handed out), ``handover_issued`` (sent, not
+    confirmed), ``lapsed`` (not confirmed in time: refused until an Admin rotates it) or
+    ``oauth`` (a device-flow machine: its tokens rotate on every refresh)."""
+    if machine.enrollment != Machine.Enrollment.JOIN_TOKEN:
+        return "oauth"
+    until = machine.credential_handover_until
+    if until is None:
+        return "current"
+    if until <= (now or timezone.now()):
+        return "lapsed"
+    return "handover_issued" if machine.pending_credential_hash else "handover_open"
+
+
+def do_open_credential_handovers(actor: Membership, grace_seconds: int,
+                                 ip: str | None = None) -> list[Machine]:
+    """Open a handover on every enabled join-token machine of the actor's workspace that has
+    none; an open one keeps its deadline (a rerun resumes, it does not extend). Lapsed
+    machines are left alone: their credentials are refused until an Admin rotates them."""
+    if not can(actor.role, Action.MACHINE_MANAGE):
+        raise ApiError(403, "forbidden", "Only Owners and Admins rotate machine credentials.")
+    if not 60 <= grace_seconds <= HANDOVER_MAX_SECONDS:
+        raise ApiError(400, "bad_request", "The grace period is 60 s..30 days.")
+    now = timezone.now()
+    until = now + timedelta(seconds=grace_seconds)
+    with audit.action():
+        machines = list(Machine.objects.in_workspace(actor.workspace).select_for_update()
+                        .filter(enrollment=Machine.Enrollment.JOIN_TOKEN,
+                                disabled_at__isnull=True).order_by("hostname"))
+        for machine in machines:
+            if machine.credential_handover_until is not None:
+                continue
+            machine.credential_handover_until = until
+            machine.save(update_fields=["credential_handover_until"])
+            audit.record("machine.credential.handover.open", user=actor.user,
+                         workspace=actor.workspace, ip=ip, machine=machine.public_id,
+                         until=until.isoformat())
+    return machines
+
+
+def do_close_credential_handovers(actor: Membership, ip: str | None = None) -> list[Machine]:
+    """End the grace now: a machine that has not confirmed its new credential lapses (both
+    credentials refused); the lapsed machines are returned, for the operator to see."""
+    if not can(actor.role, Action.MACHINE_MANAGE):
+        raise ApiError(403, "forbidden", "Only Owners and Admins rotate machine credentials.")
+    now = timezone.now()
+    with audit.action():
+        open_ = list(Machine.objects.in_workspace(actor.workspace).select_for_update()
+                     .filter(credential_handover_until__gt=now).order_by("hostname"))
+        for machine in open_:
+            machine.credential_handover_until = now
+            machine.save(update_fields=["credential_handover_until"])
+            audit.record("machine.credential.handover.lapse", user=actor.user,
+                         workspace=actor.workspace, ip=ip, machine=machine.public_id)
+    return open_
+
+
+def do_issue_handover_credential(machine: Machine, ip: str | None = None) -> str | None:
+    """The new credential for this heartbeat's reply while the machine's handover is open
+    (a fresh one each time: one that was sent but never used was lost on the way or could
+    not be stored), else None."""
+    now = timezone.now()
+    if machine.credential_handover_until is None or machine.credential_handover_until <= now:
+        return None
+    credential = tokens.new_machine_credential()
+    with audit.action():
+        # conditional: a concurrent confirmation or an Admin's rotation closes the handover
+        issued = Machine.unscoped.filter(
+            pk=machine.pk, credential_hash=machine.credential_hash,
+            credential_handover_until__gt=now,
+        ).update(pending_credential_hash=credentials.sha256_hex(credential))
+        if not issued:
+            return None
+        audit.record("machine.credential.handover.issue", workspace=machine.workspace_id,
+                     method="agent", ip=ip, machine=machine.public_id)
+    return credential
+
+
+def do_confirm_credential_handover(machine: Machine, ip: str | None = None) -> None:
+    """The agent used its pending credential: it becomes current, the old one is refused
+    from now on (kept as ``previous`` only to recognise a replay)."""
+    with audit.action():
+        confirmed = Machine.unscoped.filter(
+            pk=machine.pk, pending_credential_hash=machine.pending_credential_hash,
+            credential_handover_until__gt=timezone.now(),
+        ).update(previous_credential_hash=F("credential_hash"),
+                 credential_hash=F("pending_credential_hash"), pending_credential_hash=None,
+                 credential_handover_until=None, credential_rotated_at=timezone.now())
+        if confirmed:
+            audit.record("machine.credential.handover", workspace=machine.workspace_id,
+                         method="agent", ip=ip, machine=machine.public_id)
 
 
 def do_set_machine_disabled(actor: Membership, machine_id: str, disabled: bool,

@@ -41,6 +41,16 @@ class Machine(WorkspaceOwned):
     # join-token machines authenticate with their own credential ...
     credential_hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
     credential_rotated_at = models.DateTimeField(null=True, blank=True)
+    # A handover (actions.do_open_credential_handovers): until ``credential_handover_until``
+    # the agent gets a new credential on its heartbeat (``pending``); the first request made
+    # with it makes it current, and the old one becomes ``previous``: refused, and kept only
+    # so that a replay of it is audited as such. Past the deadline unconfirmed, the current
+    # one is refused too: the machine needs a new credential from an Admin.
+    pending_credential_hash = models.CharField(max_length=64, unique=True, null=True,
+                                               blank=True)
+    previous_credential_hash = models.CharField(max_length=64, null=True, blank=True,
+                                                db_index=True)
+    credential_handover_until = models.DateTimeField(null=True, blank=True)
     # ... device-flow machines with the OAuth tokens of the family that enrolled them
     token_family = models.OneToOneField("identity.TokenFamily", null=True, blank=True,
                                         on_delete=models.SET_NULL, related_name="machine")
