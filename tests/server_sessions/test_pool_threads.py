@@ -9,16 +9,20 @@ user-API calls waited out the pool's timeout and got 503.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 
+import psycopg
 import pytest
+from cmdop_server import dbconn
 from cmdop_server.identity import actions
 from cmdop_server.identity.models import Membership
+from django.conf import settings
 
 from tests.server.helpers import make_user
 from tests.server_sessions.helpers import enroll
 from tests.server_sessions.test_fail_fast import copy_of_test_databases
-from tests.support.control_plane import ApiError, ControlPlane, UserApi
+from tests.support.control_plane import ApiError, ControlPlane, UserApi, until
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.django_db(databases=["default", "audit"], transaction=True)]
@@ -99,3 +103,34 @@ def user_api(cp: ControlPlane, key: str, slug: str) -> UserApi:
 
 def _status(api: UserApi) -> int:
     return api.answer_status("GET", "/machines")
+
+
+def _open_backends(pids: list[int]) -> list[int]:
+    db = settings.DATABASES["default"]
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"],
+                         dbname="postgres") as conn:
+        return [row[0] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", [pids]).fetchall()]
+
+
+def test_a_database_thread_keeps_no_connection_its_age_ends():
+    """Unpooled with CONN_MAX_AGE 0 (the test settings), a call on the database threads
+    closes what it opened when it ends, as a request does. Before, the thread kept both
+    connections until its next call: in this process that was never, and pytest-django
+    could not drop test_cmdop at the end of the run ('being accessed by other users')."""
+    from django.db import connections
+
+    assert settings.DATABASES["default"]["CONN_MAX_AGE"] == 0
+
+    def lookup() -> list[int]:
+        pids = []
+        for alias in ("default", "audit"):
+            with connections[alias].cursor() as cursor:
+                pids.append(cursor.connection.info.backend_pid)
+        return pids
+
+    pids = asyncio.run(dbconn.in_pool(lookup)())
+    # the backends end once they read the client's goodbye; the wait is for that, not for
+    # a call that may close them later
+    until(lambda: not _open_backends(pids), timeout=30,
+          what=f"backends {pids} of the database thread to end")

@@ -10,9 +10,11 @@ connections that outlive a request belong to ``pool()``, a worker's few long-liv
 for the database work of async views (``in_pool``): at most CMDOP_DB_POOL_THREADS per
 database and worker, reused and recycled after CONN_MAX_AGE. At rest a control-plane host
 therefore holds at most workers x pool threads x 2 (the app and audit databases)
-connections. With the psycopg pool (server.toml pool_max_size) those threads give their
-connection back after each call like a request does: kept by an idle thread, each would be
-a pool connection no request can have.
+connections. Like a request, each call ends with Django's close_old_connections: with the
+psycopg pool (server.toml pool_max_size) the thread gives its connection back (kept by an
+idle thread, each would be a pool connection no request can have), with conn_max_age 0 it
+closes it, and one past its age goes then, not at that thread's next call, which may never
+come (a test process that made one call kept the connection to its end).
 """
 
 from __future__ import annotations
@@ -37,13 +39,10 @@ def pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(settings.CMDOP_DB_POOL_THREADS, thread_name_prefix="cmdop-db")
 
 
-def release_thread_connections(pooled_only: bool = False) -> None:
-    """Close the calling thread's connections (a transaction in progress keeps its own);
-    ``pooled_only``: only those of a psycopg pool, which closing hands back to it."""
+def release_thread_connections() -> None:
+    """Close the calling thread's connections (a transaction in progress keeps its own)."""
     for connection in connections.all(initialized_only=True):
-        if connection.in_atomic_block:
-            continue
-        if not pooled_only or "pool" in connection.settings_dict.get("OPTIONS", {}):
+        if not connection.in_atomic_block:
             connection.close()
 
 
@@ -55,7 +54,7 @@ def in_pool(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
         try:
             return fn(*args)
         finally:
-            release_thread_connections(pooled_only=True)
+            close_old_connections()
 
     return sync_to_async(run, thread_sensitive=False, executor=pool())
 
