@@ -16,6 +16,7 @@ from cmdop_install.check import secret_age_findings
 from cmdop_install.cli import main
 from cmdop_install.deploy import write_payload
 from cmdop_install.errors import UserError
+from cmdop_install.hashing import redis_acl_hash
 from cmdop_install.rotation import Rotation, resolve
 from cmdop_install.runner import HostResult, RunResult
 from cmdop_install.secrets import SecretStore
@@ -41,12 +42,17 @@ class Hosts:
             raise KeyboardInterrupt
         folder = self.tmp / f"payload{len(self.seen)}"
         write_payload(folder, site, "node1")
-        creds = {f.path.rsplit("/", 1)[1]: f.content.decode().strip()
-                 for f in site.files("node1") if f.path.startswith("/etc/cmdop/credentials/")}
+        files = {f.path: f.content.decode() for f in site.files("node1")}
+        creds = {path.rsplit("/", 1)[1]: text.strip() for path, text in files.items()
+                 if path.startswith("/etc/cmdop/credentials/")}
+        # the #<sha256> passwords each Redis user accepts, and what ACL LOAD logs in with
+        acl = {line.split()[1]: sorted(w[1:] for w in line.split() if w.startswith("#"))
+               for line in files["/etc/redis/users.acl"].splitlines()}
+        creds["acl_load_auth"] = files["/etc/redis/cmdop-acl-load.auth"].splitlines()[2]
         pg = json.loads((folder / "postgres.json").read_text())
         logins = sorted(p["name"] for p in pg["passwords"]
                         if p["verifier_md5"] and p["name"] in ("cmdop_blue", "cmdop_green"))
-        self.seen.append({**creds, "logins": logins})
+        self.seen.append({**creds, "logins": logins, "acl": acl})
         return RunResult(hosts={"node1": HostResult("node1")}, dry_run=False)
 
     @property
@@ -232,7 +238,7 @@ def test_dry_run_lists_phases_and_hosts_and_changes_nothing(site_dir, hosts):
 
 def test_cli_refuses_bad_names_and_a_held_site_lock_in_one_line(site_dir, hosts, capsys):
     assert main(["rotate", str(site_dir), "no_such_secret", "--yes"]) == 1
-    assert main(["rotate", str(site_dir), "redis_password_app", "--yes"]) == 1
+    assert main(["rotate", str(site_dir), "owner_password", "--yes"]) == 1
     assert main(["rotate", str(site_dir), "--all", "--finish", "--yes"]) == 2
     with open(site_dir / ".rollout.lock", "w") as held:  # a deploy holds the lock
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -241,7 +247,8 @@ def test_cli_refuses_bad_names_and_a_held_site_lock_in_one_line(site_dir, hosts,
     err = capsys.readouterr().err.splitlines()
     assert err[0] == ("cmdop-install: error: unknown secret 'no_such_secret' "
                       "(`cmdop-install secrets list` names them)")
-    assert err[1].startswith("cmdop-install: error: secret redis_password_app: not rotatable yet")
+    assert err[1].startswith("cmdop-install: error: secret owner_password: not rotated by the "
+                             "installer")
     assert "one of them" in err[2]
     assert "another deploy, rollout or rotate of this site is running" in err[3]
     assert "another deploy, rollout or rotate" in err[4]
@@ -254,7 +261,8 @@ def test_secrets_list_says_which_secrets_rotate_and_why_not(site_dir, capsys):
     assert main(["secrets", "list", str(site_dir)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows["django_secret_key"].endswith("yes (cmdop-install rotate)")
-    assert "not rotatable yet: Redis" in rows["redis_password_app"]
+    assert rows["redis_password_app"].endswith("yes (cmdop-install rotate)")
+    assert "not rotated by the installer" in rows["owner_password"]
     assert "not rotatable yet" in rows["pki:"]
     assert all("yes" in line or "not rotat" in line for line in rows.values())
 
@@ -300,3 +308,68 @@ def test_status_shows_a_rotation_in_progress_and_secret_ages(site_dir, hosts, mo
     assert ("rotation of django_secret_key, postgres_password: phase switched in progress"
             in out)
     assert "secret ages: django_secret_key 0d, " in out
+
+
+def _sha(value: str) -> str:
+    return redis_acl_hash(value)
+
+
+def test_a_redis_password_is_admitted_beside_the_old_before_the_app_uses_it(site_dir, hosts):
+    old = SecretStore.open(site_dir, "").values()["redis_password_app"]
+    _run(site_dir, names=("redis_password_app",))
+    new = SecretStore.open(site_dir, "").values()["redis_password_app"]
+    assert new != old
+    admitted, switched = hosts.seen
+    # admitted: users.acl lists both, the control plane still logs in with the old one
+    assert admitted["acl"]["testsite-app"] == sorted([_sha(old), _sha(new)])
+    assert admitted["redis_password"] == old
+    # switched: the control plane's credential is the new one; users.acl unchanged (no
+    # ACL LOAD at the switch), the old one still logs in for workers still finishing
+    assert switched["redis_password"] == new
+    assert switched["acl"] == admitted["acl"]
+    _run(site_dir, "finish")
+    assert hosts.now["acl"]["testsite-app"] == [_sha(new)]
+    assert hosts.now["redis_password"] == new
+    assert "redis_password_app:previous" not in SecretStore.open(site_dir, "").values()
+    # the other users are not touched
+    assert hosts.now["acl"]["testsite-acl-load"] == admitted["acl"]["testsite-acl-load"]
+
+
+@pytest.mark.parametrize("cut", [None, 0, 1])
+def test_a_redis_rollback_keeps_both_passwords_until_the_app_is_back_on_the_old(
+        site_dir, hosts, cut):
+    old = SecretStore.open(site_dir, "").values()["redis_password_app"]
+    hosts.fail_at = cut  # Ctrl-C inside the admitted (0) or switched (1) deploy
+    try:
+        _run(site_dir, names=("redis_password_app",))
+    except KeyboardInterrupt:
+        pass
+    deploys = len(hosts.seen)
+    _run(site_dir, "rollback")
+    back = hosts.seen[deploys:]
+    if cut != 0:  # from switched: the app goes back to the old one while both still log in
+        assert back[0]["redis_password"] == old
+        assert len(back[0]["acl"]["testsite-app"]) == 2
+    # then the new one is removed: only the old one logs in
+    assert back[-1]["redis_password"] == old
+    assert back[-1]["acl"]["testsite-app"] == [_sha(old)]
+    assert _state(site_dir)["rotation"] is None
+    store = SecretStore.open(site_dir, "")
+    assert store.values() == store.values(("redis_password_app",))  # nothing staged is left
+    assert store.values()["redis_password_app"] == old
+
+
+def test_the_acl_load_user_logs_in_with_a_password_redis_accepts_at_every_phase(site_dir,
+                                                                               hosts):
+    # Redis accepts what the last ACL LOAD (or the start) loaded; each deploy's ACL LOAD
+    # logs in with the auth file that deploy wrote, before the new users.acl is loaded
+    accepted = [_sha(SecretStore.open(site_dir, "").values()["redis_password_admin"])]
+    _run(site_dir, names=("redis_password_admin",))
+    _run(site_dir, "finish")
+    _run(site_dir, names=("redis_password_admin",))
+    _run(site_dir, "rollback")
+    assert len(hosts.seen) == 7  # admitted, switched, retired; admitted, switched; 2 back
+    for seen in hosts.seen:
+        assert _sha(seen["acl_load_auth"]) in accepted
+        accepted = seen["acl"]["testsite-acl-load"]
+    assert accepted == [_sha(SecretStore.open(site_dir, "").values()["redis_password_admin"])]

@@ -302,6 +302,12 @@ class RedisServer(_Daemon):
             ])
         else:
             text = _fill(self.conf, self.dir, self.port)
+            # a rendered redis.conf rooted in the scratch dir has its ACL LOAD socket in
+            # run/redis, which systemd's RuntimeDirectory= makes on a host
+            run = self.dir / "run/redis"
+            run.mkdir(parents=True, exist_ok=True)
+            if self.run_as:
+                shutil.chown(run, self.run_as, self.run_as)
         common = [f"dir {self.dir}", 'save ""', "appendonly no", "daemonize no",
                   f"logfile {self.log_path}"]
         conf_path = self.dir / "redis.conf"

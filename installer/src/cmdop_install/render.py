@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from cmdop_install import pki
+from cmdop_install import pki, rotation_state
 from cmdop_install.errors import UserError
 from cmdop_install.hashing import redis_acl_hash
 from cmdop_install.inventory import Host, Inventory, load_inventory
@@ -65,6 +65,8 @@ class Paths:
             "pg_tls": "/etc/postgresql/tls",
             "redis": "/etc/redis",
             "redis_tls": "/etc/redis/tls",
+            # the installer's ACL LOAD only: a unix socket no one but root (and redis) opens
+            "redis_acl_socket": "/run/redis/cmdop-acl.sock",
             "redis_dropin": "/etc/systemd/system/redis-server.service.d",
             "pg_dropin": f"/etc/systemd/system/postgresql@{self.pg_major}-main.service.d",
             "nginx_dropin": "/etc/systemd/system/nginx.service.d",
@@ -233,11 +235,21 @@ def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, st
         "redis": {
             "app_user": f"{name}-app",
             "app_prefix": f"{name}:",
-            "app_hash": redis_acl_hash(secrets["redis_password_app"]),
+            "app_hashes": _acl_hashes(secrets, "redis_password_app"),
             "centrifugo_user": f"{name}-centrifugo",
-            "centrifugo_hash": redis_acl_hash(secrets["redis_password_centrifugo"]),
+            "centrifugo_hashes": _acl_hashes(secrets, "redis_password_centrifugo"),
+            "acl_user": f"{name}-acl-load",
+            "acl_hashes": _acl_hashes(secrets, "redis_password_admin"),
         },
     }
+
+
+def _acl_hashes(secrets: dict[str, str], name: str) -> list[str]:
+    """The SHA-256 of every password Redis user ``name`` accepts: the current one, and
+    while it rotates the one it replaced or the staged one (``SecretStore.values``). Sorted,
+    so users.acl reads the same before and after the clients switch."""
+    return sorted({redis_acl_hash(secrets[key])
+                   for key in (name, f"{name}:previous", f"{name}:next") if key in secrets})
 
 
 def template_context(site: Site, inventory: Inventory, host_name: str,
@@ -300,6 +312,8 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
     if "redis" in roles:
         add("redis/redis.conf.j2", f"{host_paths.redis}/redis.conf", 0o640, "redis", "redis")
         add("redis/users.acl.j2", f"{host_paths.redis}/users.acl", 0o600, "redis", "redis",
+            secret=True)
+        add("redis/acl-load.auth.j2", f"{host_paths.redis}/cmdop-acl-load.auth", 0o400,
             secret=True)
         add("redis/openssl.cnf.j2", f"{host_paths.redis}/openssl-cmdop.cnf", 0o644)
         add("redis/redis-server.override.conf.j2", f"{host_paths.redis_dropin}/cmdop.conf",
@@ -396,4 +410,5 @@ def load_for_render(site_dir: Path):
     site = load_site(site_dir)
     inventory = load_inventory(site_dir)
     store = SecretStore.open(site_dir, site["site"]["key_file"])
-    return site, inventory, store.values(), PemFiles(site_dir, store.pki_passphrase())
+    values = store.values(rotation_state.admitted(site_dir))
+    return site, inventory, values, PemFiles(site_dir, store.pki_passphrase())

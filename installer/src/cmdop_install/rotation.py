@@ -5,12 +5,13 @@ the control-plane and Postgres hosts only):
 
 - ``staged``: the new values are generated into ``secrets.enc`` (nothing uses them yet);
 - ``admitted``: the servers accept the new value as well as the old one (the idle
-  blue/green Postgres login gets its password, as a SCRAM verifier);
+  blue/green Postgres login gets its password, as a SCRAM verifier; a Redis user gets its
+  second password in users.acl, applied with ACL LOAD, no restart);
 - ``switched``: the control plane uses the new values (``systemctl reload``: new gunicorn
   workers, the old ones finish their requests); Django signs with the new key and still
   verifies the old one (``SECRET_KEY_FALLBACKS``), the old Postgres login can still log in;
 - ``retired`` (``--finish``, after the grace period): the old values are destroyed (the
-  old login's password is NULL, the fallback key is gone).
+  old login's password is NULL, the fallback key is gone, Redis users lose the old password).
 
 The phase the site is being brought to and whether it got there are recorded in
 ``rotation.json`` before and after each deploy, so an interrupted run resumes by deploying
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from cmdop_install import rotation_state
 from cmdop_install.deploy import deploy_site
 from cmdop_install.errors import UserError
-from cmdop_install.rotation_state import PG_LOGINS, PHASES, ROTATABLE, idle_role
+from cmdop_install.rotation_state import PG_LOGINS, PHASES, REDIS_USERS, ROTATABLE, idle_role
 from cmdop_install.sitedir import SiteDir
 
 PG = "postgres_password"  # the app's blue/green logins, rotated as one
@@ -37,12 +38,14 @@ PG = "postgres_password"  # the app's blue/green logins, rotated as one
 # (Django re-signs a session's auth hash with the current key) would be signed out
 SIGNING_KEYS = ("django_secret_key",)
 # the hosts each phase's deploy reaches: the secrets live there, nothing else changes
-HOST_GROUPS = ["postgres", "control_plane"]
+HOST_GROUPS = ["postgres", "redis", "control_plane"]
 _WHAT = {
     "staged": "new values generated into secrets.enc (nothing uses them yet)",
-    "admitted": "the idle Postgres login gets the new password; both logins work",
+    "admitted": "the servers accept the new values too: the idle Postgres login gets its "
+    "password, Redis users both of theirs (ACL LOAD)",
     "switched": "the control plane reloads with the new values; the old ones still verify",
-    "retired": "the old values are destroyed: old key dropped, old login's password NULL",
+    "retired": "the old values are destroyed: old key dropped, old login's password NULL, "
+    "old Redis passwords removed",
 }
 Echo = Callable[[str], None]
 
@@ -166,7 +169,7 @@ class Rotation:
             self.site.config["postgres"]["active_role"] = self.state["active_role"]
         self._save(record, phase, done=False)
         self.site.secrets_changed()
-        if phase != "staged" and (phase != "admitted" or PG in names):
+        if phase != "staged" and (phase != "admitted" or _admits(names)):
             self._deploy(phase)
         self._save(record, phase, done=True)
         self.echo(f"phase {phase}: done ({_WHAT[phase]})")
@@ -183,8 +186,11 @@ class Rotation:
             return
         store, names = self.site.store, record["names"]
         for name in names:
-            if name != PG:
-                # no-op unless promoted (also by a switch cut short)
+            # no-op unless promoted (also by a switch cut short); a Redis user's new password
+            # stays staged and admitted until the step back from admitted takes it away
+            if name in REDIS_USERS:
+                store.restage(name)
+            elif name != PG:
                 store.demote(name, keep_newer=name in SIGNING_KEYS)
         if phase == "staged":
             for name in names:
@@ -201,7 +207,7 @@ class Rotation:
             self.site.config["postgres"]["active_role"] = record["active_before"]
         self._save(record, back, done=False)
         self.site.secrets_changed()
-        if phase != "admitted" or PG in names:
+        if phase != "admitted" or _admits(names):
             self._deploy(back)
         self._save(record, back, done=True)
         self.echo(f"phase {phase}: undone")
@@ -238,6 +244,12 @@ class Rotation:
     def _plan(self, phase: str) -> None:
         touches = "this machine only" if phase == "staged" else ", ".join(self._hosts())
         self.echo(f"would enter phase {phase}: {_WHAT[phase]} [{touches}]")
+
+
+def _admits(names: list[str]) -> bool:
+    """Whether the admitted phase changes a server: only Postgres and Redis admit a second
+    value (the others have nothing to accept it before their clients use it)."""
+    return PG in names or any(n in REDIS_USERS for n in names)
 
 
 def _now() -> str:

@@ -30,17 +30,20 @@ ROTATABLE: dict[str, str | None] = {
     "postgres_password_green": None,
     "postgres_password_admin": None,
     "postgres_password_audit_admin": None,
-    "redis_password_app": "not rotatable yet: Redis has no admin login to add a second "
-    "password live, and a users.acl change restarts Redis",
+    "redis_password_app": None,
     # while Centrifugo is off (the only way this version deploys), nothing verifies these:
     # a new value is rendered and deployed and nothing can fail
     "redis_password_centrifugo": None,
+    "redis_password_admin": None,
     "centrifugo_hmac_key": None,
     "centrifugo_api_key": None,
     # the control plane does not use it (join tokens are single-use values stored hashed)
     "agent_join_key": None,
     "owner_password": "not rotated by the installer: the Owner changes it in the dashboard",
 }
+# Redis ACL users: while a rotation of one is admitted or switched, users.acl lists its
+# old and its new password (a Redis user may have several), loaded with ACL LOAD
+REDIS_USERS = ("redis_password_app", "redis_password_centrifugo", "redis_password_admin")
 # what a site has besides secrets.enc that is secret too, and why `rotate` does not renew it
 OTHER_SECRETS: dict[str, str] = {
     "pki: site CA": "not rotatable yet: needs a period with both CAs in every trust bundle, "
@@ -92,3 +95,12 @@ def logins_with_password(site_dir: Path, config: dict) -> tuple[str, ...]:
             "admitted", "switched"):
         return (active, idle_role(active))
     return (active,)
+
+
+def admitted(site_dir: Path) -> tuple[str, ...]:
+    """The Redis users whose staged password the servers accept beside the current one: those
+    of a rotation past ``staged`` (a rollback back to ``staged`` takes it away again)."""
+    record = load(site_dir)["rotation"]
+    if not record or record["phase"] == "staged":
+        return ()
+    return tuple(n for n in record["names"] if n in REDIS_USERS)

@@ -92,6 +92,10 @@ SPECS: dict[str, SecretSpec] = {
     ),
     "redis_password_app": SecretSpec("Redis ACL user of the control plane"),
     "redis_password_centrifugo": SecretSpec("Redis ACL user of Centrifugo"),
+    "redis_password_admin": SecretSpec(
+        "Redis ACL user that may only ACL LOAD (the installer, on the Redis host's root-only "
+        "socket)"
+    ),
     "centrifugo_hmac_key": SecretSpec("Centrifugo connection/subscription JWT HMAC key"),
     "centrifugo_api_key": SecretSpec("Centrifugo HTTP API key (X-API-Key)"),
     "agent_join_key": SecretSpec("Signing key of agent join tokens"),
@@ -318,6 +322,18 @@ class SecretStore:
         entry.update(value=previous["value"], created=previous["created"])
         self._dirty = True
 
+    def restage(self, name: str) -> None:
+        """Undo ``promote`` back to the staged state: the previous value is current again and
+        the newer one is ``next`` once more (a server still admitting it keeps it admitted
+        while its clients move back). No-op unless promoted."""
+        entry = self._entry(name)
+        previous = entry.pop("previous", None)
+        if previous is None:
+            return
+        entry["next"] = {"value": entry["value"], "created": entry["created"]}
+        entry.update(value=previous["value"], created=previous["created"])
+        self._dirty = True
+
     def drop_staged(self, name: str) -> None:
         self._dirty = self._entry(name).pop("next", None) is not None or self._dirty
 
@@ -400,14 +416,19 @@ class SecretStore:
         the site folder holds no usable private key without the key kept apart."""
         return self._pki_passphrase
 
-    def values(self) -> dict[str, str]:
+    def values(self, admit: tuple[str, ...] = ()) -> dict[str, str]:
         """Every secret by name, for rendering, plus ``<name>:previous`` for each value a
-        rotation replaced and still keeps valid. Callers must not print it."""
+        rotation replaced and still keeps valid, and ``<name>:next`` for the staged value of
+        each name in ``admit`` (servers accept it before clients use it). Callers must not
+        print it."""
         values = {name: self.get(name) for name in SPECS}
         for name in SPECS:
             previous = self.previous(name)
             if previous is not None:
                 values[f"{name}:previous"] = previous
+            staged = self._entry(name).get("next")
+            if staged is not None and name in admit:
+                values[f"{name}:next"] = staged["value"]
         return values
 
     def listing(self) -> list[dict[str, str]]:

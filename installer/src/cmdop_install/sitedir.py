@@ -55,7 +55,7 @@ class SiteDir:
     @cached_property
     def secrets(self) -> dict[str, str]:
         """Every secret by name, for rendering. Never print it."""
-        return self.store.values()
+        return self.store.values(rotation_state.admitted(self.path))
 
     def secrets_changed(self) -> None:
         """The store changed (a rotation phase): render from its new values from now on."""
