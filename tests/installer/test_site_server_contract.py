@@ -34,8 +34,8 @@ print(json.dumps({
     "redis_tls": [settings.CMDOP_REDIS[k] for k in ("ssl", "ssl_ca_certs", "ssl_certfile")],
     "rate_limits": settings.CMDOP_RATE_LIMITS, "retention": settings.CMDOP_AUDIT_RETENTION_DAYS,
     "idle": settings.CMDOP_SESSION_IDLE_TIMEOUT,
-    "debug": settings.DEBUG,
-}))
+    "debug": settings.DEBUG, "db_engine": db["ENGINE"], "pool_timeout": db["POOL_TIMEOUT"],
+}, default=str))  # the pool's connection_class is a class
 """
 
 
@@ -75,6 +75,10 @@ def test_production_settings_read_our_rendered_files(tmp_path, monkeypatch):
                                   "input_bytes": "65536/min"}
     assert got["idle"] == 12 * 60
     assert got["retention"] == 90 and got["debug"] is False
+    # pooled, waiting for a connection in short steps up to pool_timeout (2 s) while the
+    # server is up, and refused after one step while it refuses connections
+    assert got["db_engine"] == "cmdop_server.postgres"
+    assert got["pool_timeout"] == 2 and got["db_options"]["pool"]["timeout"] < 0.5
     assert not [n for n, v in secrets.items() if v in done.stdout + done.stderr]
 
 

@@ -18,7 +18,7 @@ from cmdop_server.machines import actions
 from cmdop_server.machines.models import Machine
 from django.core.management import call_command
 
-from tests.server_sessions.helpers import owner_membership
+from tests.server_sessions.helpers import enroll, make_workspace, owner_membership
 from tests.support.control_plane import ApiError, UserApi, until
 
 pytestmark = [pytest.mark.integration,
@@ -196,3 +196,20 @@ def test_an_agent_that_cannot_store_its_new_credential_keeps_the_old_one(control
     assert stored_credential(agent) != old
     assert refusal(control_plane, old) == 401
     assert agent.proc.poll() is None, agent.log_text()
+
+
+def test_a_rollback_cancels_the_handover_and_the_old_credential_stays(control_plane):
+    ws, owner = make_workspace()
+    enrolled = enroll(ws, owner)
+    old, host = enrolled["credential"], Machine.objects.in_workspace(ws).get().hostname
+    machine_credentials(ws, "--open")
+    sent = heartbeat_with(control_plane, old)["credential"]  # handed over, never used
+    assert sent.startswith("mc_") and sent != old
+    assert machine_credentials(ws)[host]["credential"] == "handover_issued"
+
+    assert machine_credentials(ws, "--cancel")[host]["credential"] == "current"
+    assert "credential" not in heartbeat_with(control_plane, old)
+    assert refusal(control_plane, sent) == 401
+    fleet = io.StringIO()
+    call_command("fleet_status", "--workspace", ws.slug, stdout=fleet)
+    assert json.loads(fleet.getvalue())["credential"] == "current"

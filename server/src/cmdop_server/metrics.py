@@ -130,9 +130,10 @@ def _refresh_pools() -> None:
                                   _labels({"database": alias, "state": state}))] = value
             _registry.gauges[("cmdop_db_pool_waiting", _labels({"database": alias}))] = (
                 stats.get("requests_waiting", 0))
-            # the pool counts them since it opened: this worker's total, not an increment
-            _registry.counters[("cmdop_db_pool_timeouts_total",
-                                _labels({"database": alias}))] = stats.get("requests_errors", 0)
+            # counted by cmdop_server.postgres as it refuses (the pool's own count has each
+            # step of a request's wait); reported from the start, at zero
+            _registry.counters.setdefault(("cmdop_db_pool_timeouts_total",
+                                           _labels({"database": alias})), 0.0)
     with _registry.lock:
         if (_registry.gauges, _registry.counters) != before:
             _registry.changed = True

@@ -263,6 +263,23 @@ def do_close_credential_handovers(actor: Membership, ip: str | None = None) -> l
     return open_
 
 
+def do_cancel_credential_handovers(actor: Membership, ip: str | None = None) -> list[Machine]:
+    """Stop handing out new credentials (a rollback): a machine that has not confirmed keeps
+    its old credential, as if nothing had been opened; one that confirmed keeps its new one
+    (its old one is gone). Lapsed machines stay lapsed. Returns those it cancelled."""
+    if not can(actor.role, Action.MACHINE_MANAGE):
+        raise ApiError(403, "forbidden", "Only Owners and Admins rotate machine credentials.")
+    with audit.action():
+        open_ = list(Machine.objects.in_workspace(actor.workspace).select_for_update()
+                     .filter(credential_handover_until__gt=timezone.now()).order_by("hostname"))
+        for machine in open_:
+            machine.credential_handover_until = machine.pending_credential_hash = None
+            machine.save(update_fields=["credential_handover_until", "pending_credential_hash"])
+            audit.record("machine.credential.handover.cancel", user=actor.user,
+                         workspace=actor.workspace, ip=ip, machine=machine.public_id)
+    return open_
+
+
 def do_issue_handover_credential(machine: Machine, ip: str | None = None) -> str | None:
     """The new credential for this heartbeat's reply while the machine's handover is open
     (a fresh one each time: one that was sent but never used was lost on the way or could

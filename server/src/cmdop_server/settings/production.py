@@ -12,7 +12,7 @@ import ssl
 
 from django.core.exceptions import ImproperlyConfigured
 
-from cmdop_server import config, netinfo
+from cmdop_server import config, netinfo, postgres
 from cmdop_server.settings.base import *  # noqa: F403
 from cmdop_server.settings.keys import require_strong_key
 
@@ -80,14 +80,17 @@ def _database(section: dict, password_file: str, default_password: str | None) -
         options["pool"] = {
             "min_size": int(section.get("pool_min_size", 1)),
             "max_size": pooled,
-            # the longest a request waits for a connection (free, or being made), then 503;
-            # also what Postgres being down costs a request
-            "timeout": float(section.get("pool_timeout", 2)),
+            # a request waits for a connection in steps of this; between two it gives up
+            # (503) if the server refuses connections (cmdop_server.postgres), so Postgres
+            # being down costs a request one step, not POOL_TIMEOUT
+            "timeout": postgres.WAIT_STEP,
+            # what the pool's connections are, so that a refused attempt is seen
+            "connection_class": postgres.WatchedConnection,
             # renewed now and then, so a rotated password or a moved server is picked up
             "max_lifetime": float(section.get("pool_max_lifetime", 600)),
         }
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "cmdop_server.postgres",
         "HOST": section["host"],
         "PORT": str(section.get("port", 5432)),
         "NAME": section["name"],
@@ -95,6 +98,9 @@ def _database(section: dict, password_file: str, default_password: str | None) -
         "PASSWORD": config.read_secret(password_file, default_password),
         # the pool keeps the connections; Django's own persistence is for unpooled sites
         "CONN_MAX_AGE": 0 if pooled else int(section.get("conn_max_age", 60)),
+        # the longest a request waits for a pooled connection while the server is up and
+        # every connection busy, then 503
+        "POOL_TIMEOUT": float(section.get("pool_timeout", 2)),
         # with the pool too: Django then has it check a connection before lending it (after
         # Postgres restarted, every one it kept is dead, and lending it would answer 503)
         "CONN_HEALTH_CHECKS": True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from cmdop_server import postgres
 from cmdop_server.settings.dev import *  # noqa: F403
 
 SECRET_KEY = "test-only-" + "k3Jr9TzW" * 8
@@ -20,11 +21,12 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 _POOL = os.environ.get("CMDOP_TEST_DB_POOL_MAX_SIZE", "")
+_POOL_TIMEOUT = float(os.environ.get("CMDOP_TEST_DB_POOL_TIMEOUT", "0.3"))
 
 
 def _db(name: str) -> dict:
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "cmdop_server.postgres",
         "HOST": "127.0.0.1",
         "PORT": os.environ.get("CMDOP_TEST_PG_PORT", "5432"),
         # subprocesses (gunicorn) point straight at the test databases pytest-django made
@@ -38,9 +40,11 @@ def _db(name: str) -> dict:
         "TEST": {"NAME": f"test_{name}"},
         # a gunicorn of a test may pool its connections as a deployed site does
         # (server.toml [database] pool_max_size; tests/server_sessions/test_db_pool.py)
-        "OPTIONS": ({"pool": {"min_size": 1, "max_size": int(_POOL), "timeout": float(
-                        os.environ.get("CMDOP_TEST_DB_POOL_TIMEOUT", "0.3"))}}
+        "OPTIONS": ({"pool": {"min_size": 1, "max_size": int(_POOL),
+                              "timeout": min(postgres.WAIT_STEP, _POOL_TIMEOUT),
+                              "connection_class": postgres.WatchedConnection}}
                     if _POOL else {}),
+        "POOL_TIMEOUT": _POOL_TIMEOUT,
         # as production: a pool then checks a connection before lending it
         "CONN_HEALTH_CHECKS": True,
     }

@@ -1,5 +1,6 @@
 """``cmdop-server fleet_status --workspace SLUG``: every machine as one JSON line
-(hostname, online, last_seen, agent_version, boot_id, os) for the installer's status and rollout."""
+(hostname, online, last_seen, agent_version, boot_id, os, credential state) for the
+installer's status and rollout."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
+from cmdop_server.machines.actions import credential_state
 from cmdop_server.machines.models import Machine
 
 
@@ -29,6 +31,8 @@ class Command(BaseCommand):
                         # changes whenever the agent process restarts
                         "boot_id": m.boot_id,
                         "os": m.os,
+                        # lapsed: refused until an Admin issues a new credential
+                        "credential": credential_state(m),
                     }
                 )
             )

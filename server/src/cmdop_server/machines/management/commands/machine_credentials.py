@@ -1,13 +1,14 @@
-"""``cmdop-server machine_credentials --workspace SLUG [--open --grace S | --close]``: move
-every agent of the workspace to a new machine credential without taking it offline.
+"""``cmdop-server machine_credentials --workspace SLUG [--open --grace S|--close|--cancel]``:
+move every agent of the workspace to a new machine credential without taking it offline.
 
 ``--open`` opens a handover on each enabled join-token machine (a rerun keeps the open
 ones' deadline): the agent gets its new credential in its next heartbeat reply, writes it
 and confirms by using it; the old one is refused from then on. ``--close`` ends the grace
 now: a machine that has not confirmed lapses (both credentials refused until an Admin
-issues one). Either way, and alone, it prints every machine as one JSON line (hostname,
-machine_id, online, credential state, handover deadline, last rotation) for the installer;
-no credential ever reaches its output. Run in the name of the workspace's first Owner, as
+issues one). ``--cancel`` (a rollback) closes the open handovers without lapsing anyone.
+Either way, and alone, it prints every machine as one JSON line (hostname, machine_id,
+online, credential state, handover deadline, last rotation) for the installer; no
+credential ever reaches its output. Run in the name of the workspace's first Owner, as
 ``issue_join_tokens`` is, through the same audited actions an API would use.
 """
 
@@ -39,11 +40,13 @@ class Command(BaseCommand):
                           help="open a handover on each agent")
         what.add_argument("--close", action="store_true", dest="close_handovers",
                           help="end the grace period now")
+        what.add_argument("--cancel", action="store_true", dest="cancel_handovers",
+                          help="stop handing out new credentials (a rollback)")
         parser.add_argument("--grace", type=int, default=24 * 3600,
                             help="seconds an agent has to take its new credential (--open)")
 
     def handle(self, *args, workspace: str, open_handovers: bool, close_handovers: bool,
-               grace: int, **options) -> None:
+               cancel_handovers: bool, grace: int, **options) -> None:
         owner = (Membership.unscoped.select_related("workspace", "user")
                  .filter(workspace__slug=workspace, role=Role.OWNER).order_by("pk").first())
         if owner is None:
@@ -53,6 +56,8 @@ class Command(BaseCommand):
                 actions.do_open_credential_handovers(owner, grace)
             elif close_handovers:
                 actions.do_close_credential_handovers(owner)
+            elif cancel_handovers:
+                actions.do_cancel_credential_handovers(owner)
         except ApiError as exc:
             raise CommandError(exc.detail) from None
         now = timezone.now()
