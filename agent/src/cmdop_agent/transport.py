@@ -112,6 +112,20 @@ class HttpsClient:
             self._conn.close()
             self._conn = None
 
+    def open_stream(self, timeout: float | None = None) -> ssl.SSLSocket:
+        """A TLS connection of its own (tunnelled through the proxy as a request's), for a
+        protocol that takes the socket over after its HTTP/1.1 handshake (websocket.py);
+        the caller closes it."""
+        try:
+            conn = self._connect(timeout or self.timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            kind = TlsError if isinstance(exc, ssl.SSLError) else TransportError
+            raise kind(_describe(exc, f"{self.host}:{self.port}", self.ca_file)) from None
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        conn.sock = None  # the socket is the caller's now: the connection must not close it
+        return sock
+
     def request(
         self,
         method: str,

@@ -2,14 +2,19 @@
 
 The local terminal is put in raw mode (every key, Ctrl-C included, goes to the remote shell)
 and restored in a ``finally`` on every way out: the shell exits, the user detaches, an
-error, SIGTERM/SIGHUP. Output is long-polled on a connection of its own in a thread; window
-size changes (SIGWINCH) are forwarded. ``Enter ~ .`` detaches (as in ssh): the session stays
-on the machine in the background, ``cmdop join`` returns to it.
+error, SIGTERM/SIGHUP. Window size changes (SIGWINCH) are forwarded. ``Enter ~ .`` detaches
+(as in ssh): the session stays on the machine in the background, ``cmdop join`` returns to it.
+
+Keys, output and resizes go over the session's terminal WebSocket (the browser's, with the
+API key or login token as a bearer), read in one loop with the keyboard. A control plane
+older than that refuses the bearer's handshake with 403; then keys are one request each and
+output is long-polled in a thread (``PollingTerminal``).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import select
 import signal
@@ -23,13 +28,19 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TypeVar
 
-from ..errors import AgentError, ServerError
-from .userapi import Session
+from ..errors import AgentError, ServerError, TransportError
+from ..websocket import Closed, WebSocket
+from .userapi import MAX_INPUT_BYTES, Session
 
 ESCAPE = b"~"
 DETACH = b"."
 DETACHED = -1
 T = TypeVar("T")
+# the server's close codes (cmdop_server.sessions.terminal)
+CLOSE_ENDED, CLOSE_REFUSED, CLOSE_UNAUTHENTICATED = 4000, 4403, 4401
+ENDED = ("closed", "disconnected")
+# how often a login's access token is offered to the open socket (it refreshes 5 min early)
+RENEW_SECONDS = 60.0
 
 
 class EscapeReader:
@@ -95,8 +106,119 @@ def _code(value: object) -> int:
     return value if isinstance(value, int) else 255
 
 
-class Terminal:
-    """Pumps one session: keys in, output out, until the shell exits or the user detaches."""
+def _exit_code_of(session: Session) -> int:
+    """The exit code the session's row holds (it ended between two reads)."""
+    ended = [s for s in session.api.sessions() if s["session_id"] == session.id]
+    return _code(ended[0].get("exit_code") if ended else None)
+
+
+class SocketTerminal:
+    """One session on its terminal WebSocket: keys in, output out, one loop, until the shell
+    exits, the server closes the socket or the user detaches."""
+
+    def __init__(self, session: Session, ws: WebSocket, observe: bool) -> None:
+        self.session, self.ws, self.observe = session, ws, observe
+        self.exit_code: int | None = None
+        self.refusal = ""  # the server's last refused record: why it closes, if it does
+        self.token = session.api.bearer()
+        self.throttled = False
+        self.stdin, self.stdout = sys.stdin.fileno(), sys.stdout.fileno()
+
+    def _show(self, message: bytes | str) -> bool:
+        """A message to the screen (or noted); True once the session has ended."""
+        if isinstance(message, bytes):
+            os.write(self.stdout, message)
+            return False
+        try:
+            item = json.loads(message)
+        except ValueError:
+            return False
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "status":
+            if item.get("status") in ENDED:
+                self.exit_code = _code(item.get("exit_code"))
+                return True
+            self.observe = self.observe or item.get("role") == "observer"
+        elif kind == "refused":
+            self.refusal = str(item.get("detail") or "")
+        elif kind == "throttled" and not self.throttled:
+            self.throttled = True  # said once: a paste over the byte rate loses its rest
+            os.write(sys.stderr.fileno(),
+                     f"\r\ncmdop: typing over the site's input rate: keys were dropped "
+                     f"(retry in {item.get('retry_after', '?')} s)\r\n".encode())
+        return False
+
+    def _closed(self, closed: Closed) -> int:
+        if closed.code == CLOSE_ENDED:
+            return self.exit_code if self.exit_code is not None else _exit_code_of(self.session)
+        if closed.code == CLOSE_UNAUTHENTICATED:
+            if self.session.api.tokens is None:
+                raise AgentError("the API key was refused (revoked or mistyped)")
+            raise AgentError("the login expired or was revoked; run cmdop login")
+        if closed.code == CLOSE_REFUSED:
+            raise AgentError(f"refused: {self.refusal or closed.reason}")
+        raise TransportError(f"lost the terminal connection to {self.session.api.settings.server}"
+                             f" ({closed.code} {closed.reason})".rstrip())
+
+    def _keys(self, data: bytes) -> None:
+        for start in range(0, len(data), MAX_INPUT_BYTES):
+            self.ws.send_binary(data[start:start + MAX_INPUT_BYTES])
+
+    def _renew(self) -> None:
+        """A login's refreshed access token replaces the one the socket was opened with."""
+        if self.session.api.tokens is None:
+            return
+        token = self.session.api.bearer()
+        if token != self.token:
+            self.ws.send_json({"type": "credential", "token": token})
+            self.token = token
+
+    def _resize(self) -> None:
+        size = os.get_terminal_size(self.stdout)
+        self.ws.send_json({"type": "resize", "cols": size.columns, "rows": size.lines})
+
+    def run(self) -> int:
+        """The remote shell's exit status, or DETACHED."""
+        escape = EscapeReader()
+        wake_r, wake_w = os.pipe()
+        previous = signal.signal(signal.SIGWINCH, lambda _s, _f: os.write(wake_w, b"w"))
+        try:
+            with raw_terminal(self.stdin):
+                renew_at = time.monotonic() + RENEW_SECONDS
+                while True:
+                    for message in self.ws.messages():
+                        if self._show(message):
+                            return self.exit_code if self.exit_code is not None else 255
+                    ready, _, _ = select.select([self.stdin, self.ws.sock, wake_r], [], [],
+                                                RENEW_SECONDS)
+                    if self.ws.sock in ready:
+                        self.ws.fill()
+                    if wake_r in ready:
+                        os.read(wake_r, 64)
+                        if not self.observe:
+                            self._resize()
+                    if self.stdin in ready:
+                        data = os.read(self.stdin, 4096)
+                        keys, detach = escape.feed(data)
+                        if keys and not self.observe:
+                            self._keys(keys)
+                        if detach or not data:
+                            return DETACHED
+                    if time.monotonic() >= renew_at:
+                        self._renew()
+                        renew_at = time.monotonic() + RENEW_SECONDS
+        except Closed as closed:
+            return self._closed(closed)
+        finally:
+            signal.signal(signal.SIGWINCH, previous)
+            self.ws.close()
+            os.close(wake_r)
+            os.close(wake_w)
+
+
+class PollingTerminal:
+    """A control plane without the terminal socket for bearers: keys are one request each,
+    output is long-polled in a thread, until the shell exits or the user detaches."""
 
     def __init__(self, session: Session, observe: bool) -> None:
         self.session = session
@@ -118,8 +240,7 @@ class Terminal:
             if exc.code != "session_not_active":
                 self.failure = exc
             else:  # it ended between two reads: its output is closed, its end is listed
-                ended = [s for s in reader.api.sessions() if s["session_id"] == reader.id]
-                self.exit_code = _code(ended[0].get("exit_code") if ended else None)
+                self.exit_code = _exit_code_of(reader)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread to report
             self.failure = exc
         finally:
@@ -179,4 +300,7 @@ class Terminal:
 def attach(session: Session, observe: bool) -> int:
     if not os.isatty(sys.stdin.fileno()):
         raise AgentError("connect needs a terminal on stdin (use cmdop exec for commands)")
-    return Terminal(session, observe).run()
+    ws = patiently(session.terminal_socket)
+    if ws is None:
+        return PollingTerminal(session, observe).run()
+    return SocketTerminal(session, ws, observe).run()

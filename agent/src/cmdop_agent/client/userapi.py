@@ -13,6 +13,7 @@ from ..errors import AgentError, ServerError
 from ..oauth import TokenKeeper
 from ..transport import HttpsClient
 from ..vault import Vault
+from ..websocket import HandshakeRefused, WebSocket
 from .settings import Settings, save_login
 
 API = "/api/v1"
@@ -55,14 +56,14 @@ class UserApi:
     def close(self) -> None:
         self.client.close()
 
-    def _bearer(self) -> str:
+    def bearer(self) -> str:
         return self.tokens.token() if self.tokens else str(self.settings.api_key)
 
     def call(self, method: str, path: str, body: dict | None = None,
              timeout: float | None = None, raw: bool = False) -> object:
         def once() -> object:
             send = self.client.request_bytes if raw else self.client.request_json
-            return send(method, API + path, body=body, token=self._bearer(), timeout=timeout)
+            return send(method, API + path, body=body, token=self.bearer(), timeout=timeout)
 
         try:
             return once()
@@ -197,6 +198,18 @@ class Session:
 
     def resize(self, cols: int, rows: int) -> None:
         self.api.ws("POST", f"{self.path}/resize", {"cols": cols, "rows": rows})
+
+    def terminal_socket(self) -> WebSocket | None:
+        """The session's terminal WebSocket (keys, output and resizes on one connection),
+        or None from a control plane older than it: there the route takes only a browser's
+        session cookie and refuses a bearer's handshake before it opens (403)."""
+        path = f"/w/{quote(self.api.slug)}/sessions/{quote(self.id)}/terminal"
+        try:
+            return WebSocket.connect(https_client(self.api.settings), path, self.api.bearer())
+        except HandshakeRefused as exc:
+            if exc.status == 403:
+                return None
+            raise
 
     def command(self, command: str, timeout: int, show: Shown) -> dict:
         """Run ``command``; its output goes to ``show`` while it runs (an agent that does not

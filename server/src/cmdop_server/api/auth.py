@@ -46,14 +46,18 @@ class UserAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> Caller | None:
         principal, reason = authenticate_bearer(token, "api")
         if principal is None:
-            ip = client_ip(request)
-            ratelimit.refuse_if_exhausted("auth", f"ip:{ip}")
-            # A failed credential counts against the client's auth rate limit; the limiter
-            # also bounds how many failure rows one client can write to the audit log.
-            ratelimit.enforce("auth", f"ip:{ip}")
-            audit.record("auth.bearer", success=False, method="bearer", ip=ip, reason=reason)
+            refuse_bearer(client_ip(request), reason)
             return None
         return Caller(principal)
+
+
+def refuse_bearer(ip: str, reason: str) -> None:
+    """A bearer credential was refused (the user API, or the terminal's WebSocket): it counts
+    against the client's auth rate limit (RateLimitedError once spent), which also bounds how
+    many failure rows one client can write to the audit log; then the audit row."""
+    ratelimit.refuse_if_exhausted("auth", f"ip:{ip}")
+    ratelimit.enforce("auth", f"ip:{ip}")
+    audit.record("auth.bearer", success=False, method="bearer", ip=ip, reason=reason)
 
 
 class WorkspaceAuth(UserAuth):

@@ -1,17 +1,28 @@
-"""The browser terminal's one long-lived connection: a WebSocket at
+"""A terminal's one long-lived connection: a WebSocket at
 ``/w/<slug>/sessions/<session id>/terminal`` (gunicorn's asgi worker speaks RFC 6455; nginx
-passes the Upgrade through).
+passes the Upgrade through), for the browser's page and for ``cmdop connect``.
 
-Attach is authorized once, as every page is: the signed-in user of the session cookie, an
-Origin of this site (a page elsewhere cannot ride the cookie), the workspace role table for
-SESSION_VIEW and ``authz.authorize`` for VIEW_OUTPUT. The same check runs again every
-``RECHECK_SECONDS`` — sign-out, a removed membership, a changed role or a session that is no
-longer active end or narrow the open terminal within seconds, not at the next page load.
+Who attaches, by what the handshake carries:
 
-Frames: binary from the browser are keystrokes and pastes (operators only; an observer's
+- ``Authorization: Bearer`` — ``cmdop``: an API key or a device-flow access token, checked as
+  the user API checks it (scope "api"; an API key only in its own workspace, 404 elsewhere);
+  a refused one counts against the client's auth rate limit and is audited. No Origin is
+  asked for: a header credential is no ambient authority, a page elsewhere cannot make a
+  browser send it (a WebSocket from a page carries no headers of the page's choosing).
+- the session cookie — a browser: only with an Origin of this site (a page elsewhere could
+  otherwise ride the cookie).
+
+Attach is authorized as every page is: that user, the workspace role table for SESSION_VIEW
+and ``authz.authorize`` for VIEW_OUTPUT. The same check, the credential included, runs again
+every ``RECHECK_SECONDS`` — sign-out, a revoked key or token, a removed membership, a changed
+role or a session that is no longer active end or narrow the open terminal within seconds.
+A bearer client renews its access token on the open socket (a ``credential`` message with
+the refreshed token of the same user) instead of reattaching.
+
+Frames: binary from the client are keystrokes and pastes (operators only; an observer's
 are refused here, audited once per connection, whatever its page did); binary to the
-browser are the PTY's bytes. Text frames are JSON: ``resize`` and ``close`` from the
-browser; ``status``, ``refused``, ``throttled`` and the session's records to it.
+client are the PTY's bytes. Text frames are JSON: ``resize``, ``close`` and ``credential``
+from the client; ``status``, ``refused``, ``throttled`` and the session's records to it.
 
 Rate limits as the seed means them: attaching is one session operation, a burst of resizes
 is one, closing is one; keystrokes are bounded by a byte rate (``input_bytes``), and output
@@ -39,9 +50,11 @@ from django.contrib.auth import get_user
 from django.http import HttpRequest
 
 from cmdop_server import audit, dbconn, netinfo, output, ratelimit
+from cmdop_server.api.auth import refuse_bearer
 from cmdop_server.errors import ApiError
+from cmdop_server.identity.authn import authenticate_bearer
 from cmdop_server.identity.models import Membership, User
-from cmdop_server.permissions import Action, can
+from cmdop_server.permissions import Action, Role, can
 from cmdop_server.sessions import actions
 from cmdop_server.sessions.authz import SessionAccess, SessionPermission, authorize
 from cmdop_server.sessions.models import Session, SessionRole, Status
@@ -94,6 +107,26 @@ def same_origin(headers: dict[str, str]) -> bool:
     return bool(origin) and urlsplit(origin).netloc == headers.get("host")
 
 
+@dataclass(frozen=True)
+class Credential:
+    """What the handshake carried: a browser's session key or a client's bearer credential."""
+    session_key: str | None = None
+    bearer: str | None = None
+
+
+def credential_of(headers: dict[str, str]) -> Credential | None:
+    """The credential to attach with, or None (the handshake is refused): a bearer in the
+    Authorization header, else the session cookie from a page of this site."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme:
+        token = token.strip()
+        return Credential(bearer=token) if scheme.lower() == "bearer" and token else None
+    morsel = SimpleCookie(headers.get("cookie", "")).get(settings.SESSION_COOKIE_NAME)
+    if morsel is None or not same_origin(headers):
+        return None
+    return Credential(session_key=morsel.value)
+
+
 def _user(session_key: str) -> User | None:
     request = HttpRequest()
     request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
@@ -103,21 +136,41 @@ def _user(session_key: str) -> User | None:
 
 @dataclass
 class Check:
-    """What one (re)check found: the access, or why there is none."""
+    """What one (re)check found: the access, or why there is none (``reason``: why a bearer
+    credential was refused, for the audit row)."""
     access: SessionAccess | None = None
     pending: bool = False
     refused: ApiError | None = None
+    reason: str = ""
 
 
-def check(session_key: str, slug: str, session_id: str, ip: str | None) -> Check:
+BEARER_REFUSED = {"revoked_api_key": "The API key was revoked.",
+                  "revoked_token": "The login was revoked.",
+                  "expired_token": "The access token expired."}
+
+
+def check(credential: Credential, slug: str, session_id: str, ip: str | None) -> Check:
     """The attach check, run again every RECHECK_SECONDS."""
-    user = _user(session_key)
+    if credential.bearer is not None:
+        principal, reason = authenticate_bearer(credential.bearer, "api")
+        if principal is None:
+            return Check(refused=ApiError(401, "unauthorized", BEARER_REFUSED.get(
+                reason, "The credential was refused.")), reason=reason)
+        # an API key acts in its own workspace only: another one is as missing as a stranger's
+        if principal.workspace is not None and principal.workspace.slug != slug:
+            return Check(refused=ApiError(404, "not_found", "No such session."))
+        user: User | None = principal.user
+    else:
+        user = _user(credential.session_key or "")
     if user is None:
         return Check(refused=ApiError(401, "unauthorized", "You are signed out."))
     membership = (Membership.unscoped.select_related("workspace", "user")
                   .filter(workspace__slug=slug, user=user).first())
     if membership is None:
         return Check(refused=ApiError(404, "not_found", "No such session."))
+    if membership.role == Role.GUEST and not membership.workspace.guests_enabled:
+        return Check(refused=ApiError(403, "forbidden",
+                                      "Guest access is disabled in this workspace."))
     if not can(membership.role, Action.SESSION_VIEW):
         return Check(refused=ApiError(403, "forbidden",
                                       f"Your role may not {Action.SESSION_VIEW}."))
@@ -131,6 +184,19 @@ def check(session_key: str, slug: str, session_id: str, ip: str | None) -> Check
                                       membership=membership))
     except ApiError as exc:
         return Check(refused=exc)
+
+
+def bearer_refused_while_open(ip: str | None, reason: str) -> None:
+    """An open terminal's credential stopped being valid (revoked, expired): audited as the
+    API audits a refused bearer; no rate limit, the socket closes anyway."""
+    audit.record("auth.bearer", success=False, method="bearer", ip=ip or "", reason=reason)
+
+
+def same_caller(token: str, user_id: int) -> bool:
+    """``token`` is a valid access token of the user already attached (a refreshed one)."""
+    principal, _ = authenticate_bearer(token, "api")
+    return (principal is not None and principal.method == "access_token"
+            and principal.user.pk == user_id)
 
 
 def record_attach(access: SessionAccess, ip: str | None) -> None:
@@ -183,7 +249,7 @@ class Terminal:
     send: Send
     slug: str
     session_id: str
-    session_key: str
+    credential: Credential
     ip: str | None
     access: SessionAccess | None = None
     last_input: float = field(default_factory=time.monotonic)
@@ -203,7 +269,9 @@ class Terminal:
         deadline = time.monotonic() + PENDING_WAIT_SECONDS
         announced = False
         while True:
-            found = await _in_pool(check)(self.session_key, self.slug, self.session_id, self.ip)
+            found = await _in_pool(check)(self.credential, self.slug, self.session_id, self.ip)
+            if found.reason:
+                await _in_pool(refuse_bearer)(self.ip or "", found.reason)
             if found.access is not None:
                 self.access = found.access
                 await _off_loop(ratelimit.enforce)(
@@ -263,7 +331,9 @@ class Terminal:
         idle = settings.CMDOP_SESSION_IDLE_TIMEOUT
         while True:
             await asyncio.sleep(RECHECK_SECONDS)
-            found = await _in_pool(check)(self.session_key, self.slug, self.session_id, self.ip)
+            found = await _in_pool(check)(self.credential, self.slug, self.session_id, self.ip)
+            if found.reason:
+                await _in_pool(bearer_refused_while_open)(self.ip, found.reason)
             if found.access is None:
                 await self.refused(found.refused or ApiError(
                     409, "session_not_active", "The session is pending."))
@@ -307,6 +377,9 @@ class Terminal:
             await self.send_json({"type": "refused", "code": "bad_request",
                                   "detail": "A text frame is a JSON object with a type."})
             return
+        if kind == "credential":
+            await self.renew(message.get("token"))
+            return
         if access.role != SessionRole.OPERATOR:
             return  # an observer's page neither resizes nor closes the shared terminal
         if kind == "resize":
@@ -322,6 +395,17 @@ class Terminal:
         elif kind == "close":
             await _off_loop(ratelimit.enforce)("session", f"user:{access.membership.user_id}")
             await _in_pool(close_session)(access, self.ip)
+
+    async def renew(self, token: object) -> None:
+        """A bearer client's refreshed access token replaces the one it attached with (the
+        next recheck checks it); refused unless it is the same user's."""
+        assert self.access is not None
+        if (self.credential.bearer is not None and isinstance(token, str)
+                and await _in_pool(same_caller)(token, self.access.membership.user_id)):
+            self.credential = Credential(bearer=token)
+            return
+        await self.send_json({"type": "refused", "code": "bad_credential",
+                              "detail": "Not a valid access token of the attached user."})
 
     async def read_browser(self) -> None:
         while True:
@@ -368,13 +452,12 @@ async def handle(scope: dict, receive: Receive, send: Send) -> None:
     if event["type"] != "websocket.connect":
         return
     headers = _headers(scope)
-    cookie = SimpleCookie(headers.get("cookie", ""))
-    morsel = cookie.get(settings.SESSION_COOKIE_NAME)
-    if match is None or morsel is None or not same_origin(headers):
+    credential = credential_of(headers)
+    if match is None or credential is None:
         # before accept: the handshake fails with 403, the page says it cannot connect
         await send({"type": "websocket.close", "code": CLOSE_REFUSED})
         return
-    terminal = Terminal(scope, receive, send, match["slug"], match["session"], morsel.value,
+    terminal = Terminal(scope, receive, send, match["slug"], match["session"], credential,
                         _client_ip(scope, headers))
     await terminal.run()
 
