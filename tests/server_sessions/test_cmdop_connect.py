@@ -13,8 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from cmdop_server import credentials
+from cmdop_server.audit.models import AuditEvent
+from cmdop_server.identity import actions as identity_actions
+from cmdop_server.identity.models import ApiKey
 
 from tests.server_sessions.cmdop_user import CmdopUser
+from tests.server_sessions.helpers import owner_membership
 from tests.support.control_plane import until
 
 pytestmark = [pytest.mark.integration,
@@ -172,4 +177,22 @@ def test_terminal_restored_when_cmdop_is_killed(terminal) -> None:
     os.kill(int(children[0]), signal.SIGTERM)
     screen = tmux.wait("local-rc=1")
     assert "cmdop: stopped by signal SIGTERM" in screen and "Traceback" not in screen
+    assert tmux.stty_after(tmp / "stty-after") == before.read_text()
+
+
+def test_a_revoked_key_ends_connect_in_one_line(terminal) -> None:
+    """connect runs on the terminal WebSocket (its attach is audited; the per-request path
+    has no attach), whose 2 s re-check sees the key revoked: one line, exit 1, the local
+    terminal as before."""
+    agent, tmux, tmp = terminal
+    before = tmp / "stty-before"
+    tmux.connect(agent.machine.hostname, before)
+    until(lambda: AuditEvent.objects.filter(event="session.attach",
+                                            user_id=agent.owner.pk).exists(),
+          what="the terminal socket's attach audited")
+    key = ApiKey.unscoped.get(key_hash=credentials.sha256_hex(agent.key))
+    identity_actions.do_revoke_api_key(owner_membership(agent.ws, agent.owner), key.pk)
+    screen = tmux.wait("local-rc=1")
+    assert "cmdop: the API key was refused (revoked or mistyped)" in screen
+    assert "Traceback" not in screen
     assert tmux.stty_after(tmp / "stty-after") == before.read_text()
