@@ -299,7 +299,12 @@ def status(site_dir: Path, as_json: bool, verbosity: int) -> None:
     """
     from cmdop_install.progress import NORMAL, QUIET
     from cmdop_install.sitedir import SiteDir
-    from cmdop_install.status import RESTART_PENDING, problem_lines, site_status
+    from cmdop_install.status import (
+        CREDENTIAL_LAPSED,
+        RESTART_PENDING,
+        problem_lines,
+        site_status,
+    )
 
     info = site_status(SiteDir.load(site_dir))
     if as_json:
@@ -330,6 +335,8 @@ def status(site_dir: Path, as_json: bool, verbosity: int) -> None:
                     extra += f"  last seen {c['last_seen'] or 'never'}"
             if c.get("restart_pending"):
                 extra = f"  {RESTART_PENDING}"
+            if c.get("credential") == "lapsed":
+                extra += f"  {CREDENTIAL_LAPSED}"
             click.echo(f"  {c['component']:<14} {c['state']:<10} {c['version']:<22}{extra}")
         for name, when in sorted(h["certificates"].items()):
             click.echo(f"  cert {name:<28} expires {when}")

@@ -99,6 +99,16 @@ def machine_of(fleet: dict[str, dict], hostname: str) -> dict:
     return fleet.get(machine_key(hostname), {})
 
 
+def machine_credentials_command(workspace: str, action: str = "", grace: int = 0) -> str:
+    """Every machine's credential state as JSON lines (``parse_fleet`` reads them), after
+    ``action``: ``open`` (``grace`` seconds to take the new credential), ``close`` (end
+    the grace), ``cancel`` (a rollback), or "" to only read. No credential is in its output:
+    the control plane hands them to the agents itself (docs/agent-protocol.md)."""
+    flags = {"": "", "open": f" --open --grace {int(grace)}", "close": " --close",
+             "cancel": " --cancel"}[action]
+    return manage_command(f"machine_credentials --workspace {workspace}{flags}")
+
+
 def join_tokens_command(workspace: str, count: int, ttl: int = 900) -> str:
     """``count`` single-use join tokens, one per line (see ``parse_join_tokens``)."""
     return manage_command(f"issue_join_tokens --workspace {workspace} --count {count} --ttl {ttl}")

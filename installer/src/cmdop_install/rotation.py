@@ -26,13 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from cmdop_install import rotation_state
+from cmdop_install import agent_credentials, rotation_state
 from cmdop_install.deploy import deploy_site
 from cmdop_install.errors import UserError
 from cmdop_install.rotation_state import PG_LOGINS, PHASES, REDIS_USERS, ROTATABLE, idle_role
 from cmdop_install.sitedir import SiteDir
 
 PG = "postgres_password"  # the app's blue/green logins, rotated as one
+AGENTS = agent_credentials.NAME  # each agent's machine credential, handed over by the plane
 # keys whose replaced value keeps verifying what it signed (SECRET_KEY_FALLBACKS): a rollback
 # keeps the abandoned new key verifying as well, or every session used while it signed
 # (Django re-signs a session's auth hash with the current key) would be signed out
@@ -47,15 +48,23 @@ _WHAT = {
     "retired": "the old values are destroyed: old key dropped, old login's password NULL, "
     "old Redis passwords removed",
 }
+_AGENTS_WHAT = {
+    "switched": "each agent takes a new machine credential in a heartbeat reply; its old one "
+    "is refused once it has used the new one",
+    "retired": "agents that have not taken theirs are refused until an Admin issues one",
+}
 Echo = Callable[[str], None]
 
 
 def resolve(names: tuple[str, ...], every: bool) -> list[str]:
     """The rotation names for the command line's secret names (or ``--all``), in order."""
     if every:
-        names = tuple(n for n, why in ROTATABLE.items() if why is None)
+        names = (*(n for n, why in ROTATABLE.items() if why is None), AGENTS)
     chosen: list[str] = []
     for name in names:
+        if name == AGENTS:  # not in secrets.enc: the control plane hands them over
+            chosen += [] if name in chosen else [name]
+            continue
         if name not in ROTATABLE:
             raise UserError(f"unknown secret {name!r} (`cmdop-install secrets list` names them)")
         if ROTATABLE[name] is not None:
@@ -145,7 +154,7 @@ class Rotation:
         start = PHASES.index(record["phase"]) + (1 if record["done"] else 0)
         for phase in PHASES[start: PHASES.index(until) + 1]:
             if self.dry_run:
-                self._plan(phase)
+                self._plan(phase, record["names"])
                 continue
             self._enter(record, phase)
 
@@ -153,7 +162,7 @@ class Rotation:
         store, names = self.site.store, record["names"]
         if phase == "retired":
             self._save(record, phase, done=False)  # recorded first: no way back from here
-        for name in names:
+        for name in _secrets(names):
             secret = self._pg_idle_secret(record) if name == PG else name
             if phase == "staged":
                 store.stage(secret)
@@ -169,10 +178,13 @@ class Rotation:
             self.site.config["postgres"]["active_role"] = self.state["active_role"]
         self._save(record, phase, done=False)
         self.site.secrets_changed()
-        if phase != "staged" and (phase != "admitted" or _admits(names)):
+        if _secrets(names) and phase != "staged" and (phase != "admitted" or _admits(names)):
             self._deploy(phase)
+        if AGENTS in names and phase in ("switched", "retired"):
+            self._hand_over(phase)
         self._save(record, phase, done=True)
-        self.echo(f"phase {phase}: done ({_WHAT[phase]})")
+        what = _WHAT[phase] if _secrets(names) else _AGENTS_WHAT.get(phase, "nothing to do")
+        self.echo(f"phase {phase}: done ({what})")
 
     def _step_back(self, record: dict) -> None:
         phase = record["phase"]
@@ -185,7 +197,7 @@ class Rotation:
                 record["phase"] = PHASES[index - 1]
             return
         store, names = self.site.store, record["names"]
-        for name in names:
+        for name in _secrets(names):
             # no-op unless promoted (also by a switch cut short); a Redis user's new password
             # stays staged and admitted until the step back from admitted takes it away
             if name in REDIS_USERS:
@@ -193,7 +205,7 @@ class Rotation:
             elif name != PG:
                 store.demote(name, keep_newer=name in SIGNING_KEYS)
         if phase == "staged":
-            for name in names:
+            for name in _secrets(names):
                 store.drop_staged(self._pg_idle_secret(record) if name == PG else name)
             store.save()
             self.state["rotation"] = None
@@ -205,9 +217,11 @@ class Rotation:
         if phase == "switched" and PG in names:
             self.state["active_role"] = record["active_before"]
             self.site.config["postgres"]["active_role"] = record["active_before"]
+        if phase == "switched" and AGENTS in names:  # before the record leaves switched
+            self._stopped(phase, lambda: agent_credentials.cancel_handovers(self.site, self.echo))
         self._save(record, back, done=False)
         self.site.secrets_changed()
-        if phase != "admitted" or _admits(names):
+        if _secrets(names) and (phase != "admitted" or _admits(names)):
             self._deploy(back)
         self._save(record, back, done=True)
         self.echo(f"phase {phase}: undone")
@@ -225,6 +239,21 @@ class Rotation:
         self.state["rotation"] = record
         rotation_state.save(self.site.path, self.state)
 
+    def _hand_over(self, phase: str) -> None:
+        """Agents' credentials: opened (and waited for) at the switch, closed at --finish."""
+        if phase == "switched":
+            self._stopped(phase, lambda: agent_credentials.open_handovers(self.site, self.echo))
+        else:
+            self._stopped(phase, lambda: agent_credentials.close_handovers(self.site, self.echo))
+
+    def _stopped(self, phase: str, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except UserError as exc:
+            raise UserError(f"rotation stopped in phase {phase}: {exc.message}; fix it and "
+                            f"rerun `cmdop-install rotate {self.site.path}` to resume (or "
+                            "--rollback)", exc.exit_code) from None
+
     def _deploy(self, phase: str) -> None:
         resume = (f"fix it and rerun `cmdop-install rotate {self.site.path}` to resume "
                   "(or --rollback)")
@@ -241,9 +270,18 @@ class Rotation:
         inventory = self.site.inventory
         return sorted({h.name for g in HOST_GROUPS for h in inventory.groups[g]})
 
-    def _plan(self, phase: str) -> None:
+    def _plan(self, phase: str, names: list[str]) -> None:
         touches = "this machine only" if phase == "staged" else ", ".join(self._hosts())
-        self.echo(f"would enter phase {phase}: {_WHAT[phase]} [{touches}]")
+        what = [f"{_WHAT[phase]} [{touches}]"] if _secrets(names) else []
+        if AGENTS in names and phase in _AGENTS_WHAT:
+            first = self.site.inventory.groups["control_plane"][0].name
+            what.append(f"{_AGENTS_WHAT[phase]} [{first}]")
+        self.echo(f"would enter phase {phase}: {'; '.join(what) or 'nothing to do'}")
+
+
+def _secrets(names: list[str]) -> list[str]:
+    """The names that are values in secrets.enc (agents' credentials are not)."""
+    return [n for n in names if n != AGENTS]
 
 
 def _admits(names: list[str]) -> bool:

@@ -44,14 +44,14 @@ ROTATABLE: dict[str, str | None] = {
 # Redis ACL users: while a rotation of one is admitted or switched, users.acl lists its
 # old and its new password (a Redis user may have several), loaded with ACL LOAD
 REDIS_USERS = ("redis_password_app", "redis_password_centrifugo", "redis_password_admin")
-# what a site has besides secrets.enc that is secret too, and why `rotate` does not renew it
+# what a site has besides secrets.enc that is secret too, and whether (how) `rotate` renews it
 OTHER_SECRETS: dict[str, str] = {
     "pki: site CA": "not rotatable yet: needs a period with both CAs in every trust bundle, "
     "agents included",
     "pki: leaf certificates": "not rotatable yet by `rotate`; render/deploy reissue a leaf "
     "before it expires",
-    "agents: machine credentials": "not rotatable yet by `rotate`; an Admin rotates one "
-    "machine's through the API",
+    "agents: machine credentials": "yes, as agent_credentials (cmdop-install rotate SITE "
+    "agent_credentials): each agent gets a new one from the control plane, none passes here",
 }
 
 

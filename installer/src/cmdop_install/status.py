@@ -104,10 +104,14 @@ def site_status(site: SiteDir) -> dict:
             "warnings": pki.expiry_warnings(site.path, site.config)}
 
 
+CREDENTIAL_LAPSED = ("credential LAPSED: did not take its new credential in a rotation; refused "
+                     "until an Admin issues one")
+
+
 def problem_lines(info: dict) -> list[str]:
     """What in ``site_status``'s ``info`` needs the operator (``status --quiet``): hosts not
-    reached, components not active, agents offline, a control plane serving an older
-    release, certificate warnings."""
+    reached, components not active, agents offline or refused (a lapsed credential), a
+    control plane serving an older release, certificate warnings."""
     lines = []
     for h in info["hosts"]:
         if "error" in h:
@@ -118,6 +122,8 @@ def problem_lines(info: dict) -> list[str]:
                 lines.append(f"{h['host']}: {c['component']} {c['state']}")
             if c.get("online") is False:
                 lines.append(f"{h['host']}: agent OFFLINE (last seen {c['last_seen'] or 'never'})")
+            if c.get("credential") == "lapsed":
+                lines.append(f"{h['host']}: agent {CREDENTIAL_LAPSED}")
             if c.get("restart_pending"):
                 lines.append(f"{h['host']}: control_plane {RESTART_PENDING}")
     return lines + list(info["warnings"])
@@ -135,6 +141,8 @@ def _component_row(component: str, facts: dict[str, str], fleet: dict[str, dict]
         machine = manage.machine_of(fleet, facts.get("hostname", ""))
         row["online"] = bool(machine.get("online"))
         row["last_seen"] = machine.get("last_seen")
+        # current, handover_open/_issued (a rotation), lapsed, oauth; None: not enrolled
+        row["credential"] = machine.get("credential")
     return row
 
 

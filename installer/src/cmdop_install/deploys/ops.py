@@ -355,6 +355,43 @@ def bundle_apt_command(bundle: dict) -> str:
     )
 
 
+def bundle_install_command(bundle: dict) -> str:
+    """``bundle_apt_command`` installing the package names that follow; as pyinfra's
+    apt.packages it keeps a config file changed on the host and never asks (run it with
+    DEBIAN_FRONTEND=noninteractive)."""
+    return (f"{bundle_apt_command(bundle)} -o Dpkg::Options::=--force-confdef "
+            "-o Dpkg::Options::=--force-confold install")
+
+
+def bundle_prepare_command(bundle: dict) -> str:
+    """An empty folder for the bundle: what ``bundle_check_commands`` read is copied into it
+    as manifest.json, SHA256SUMS and bundle.tar."""
+    here = bundle_folder(bundle)
+    return f"rm -rf {here} && install -d -m 755 {here} {here}/files {here}/lists/partial"
+
+
+def bundle_check_commands(bundle: dict) -> list[str]:
+    """On the host, after the copies: the received files checked against the signed manifest
+    (its digest, every file's SHA-256, nothing extra), then apt's source written and the
+    digest recorded as verified. The Ansible roles run the same lines (export-ansible)."""
+    here = bundle_folder(bundle)
+    return [
+        f"echo '{bundle['digest']}  {here}/manifest.json' | sha256sum --quiet --strict -c"
+        " || { echo 'bundle: manifest.json is not the signed one' >&2; exit 1; }",
+        f"tar -xf {here}/bundle.tar -C {here}/files --no-same-owner --no-same-permissions "
+        f"--exclude=manifest.json --exclude=manifest.json.sig && rm -f {here}/bundle.tar",
+        f"cd {here}/files && sha256sum --quiet --strict -c ../SHA256SUMS",
+        f"test \"$(find {here}/files -type f | wc -l)\" -eq {bundle['count']} || "
+        "{ echo 'bundle: files not in the signed manifest' >&2; exit 1; }",
+        # trusted=yes: the repository's Packages and every .deb were just checked against the
+        # signed manifest; apt has no other key to check them with.
+        f"echo 'deb [trusted=yes] file:{here}/files/debs ./' > {here}/sources.list",
+        f"echo {bundle['digest']} > {here}/verified",
+        f"find {BUNDLE_ROOT} -mindepth 1 -maxdepth 1 ! -name {bundle['digest'][:16]} "
+        "-exec rm -rf {} +",
+    ]
+
+
 @operation()
 def bundle_repository(bundle: dict, temp_dir: str):
     """The offline bundle unpacked in ``BUNDLE_ROOT/<digest>/files`` and checked against its
@@ -374,23 +411,11 @@ def bundle_repository(bundle: dict, temp_dir: str):
     if fact(IsNonEmptyFile, f"{here}/verified"):
         host.noop(f"bundle {bundle['digest'][:16]} verified")
         return
-    yield f"rm -rf {here} && install -d -m 755 {here} {here}/files {here}/lists/partial"
+    yield bundle_prepare_command(bundle)
     yield upload(bundle["manifest"], f"{here}/manifest.json", temp_dir)
     yield upload(bundle["sums"], f"{here}/SHA256SUMS", temp_dir)
     yield upload(bundle["path"], f"{here}/bundle.tar", temp_dir)
-    yield (f"echo '{bundle['digest']}  {here}/manifest.json' | sha256sum --quiet --strict -c"
-           " || { echo 'bundle: manifest.json is not the signed one' >&2; exit 1; }")
-    yield (f"tar -xf {here}/bundle.tar -C {here}/files --no-same-owner --no-same-permissions "
-           f"--exclude=manifest.json --exclude=manifest.json.sig && rm -f {here}/bundle.tar")
-    yield f"cd {here}/files && sha256sum --quiet --strict -c ../SHA256SUMS"
-    yield (f"test \"$(find {here}/files -type f | wc -l)\" -eq {bundle['count']} || "
-           "{ echo 'bundle: files not in the signed manifest' >&2; exit 1; }")
-    # trusted=yes: the repository's Packages and every .deb were just checked against the
-    # signed manifest; apt has no other key to check them with.
-    yield f"echo 'deb [trusted=yes] file:{here}/files/debs ./' > {here}/sources.list"
-    yield f"echo {bundle['digest']} > {here}/verified"
-    yield (f"find {BUNDLE_ROOT} -mindepth 1 -maxdepth 1 ! -name {bundle['digest'][:16]} "
-           "-exec rm -rf {} +")
+    yield from bundle_check_commands(bundle)
 
 
 @operation()
@@ -401,8 +426,5 @@ def bundle_packages(names: list[str], bundle: dict):
     if not missing:
         host.noop(f"{' '.join(names)} installed")
         return
-    apt = bundle_apt_command(bundle)
-    yield f"{apt} update"
-    # as pyinfra's apt.packages: keep a config file changed on the host, never ask
-    yield (f"DEBIAN_FRONTEND=noninteractive {apt} -o Dpkg::Options::=--force-confdef "
-           f"-o Dpkg::Options::=--force-confold install {' '.join(missing)}")
+    yield f"{bundle_apt_command(bundle)} update"
+    yield f"DEBIAN_FRONTEND=noninteractive {bundle_install_command(bundle)} {' '.join(missing)}"
