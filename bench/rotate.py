@@ -11,8 +11,8 @@ served meanwhile, how many failed, and p50/p99 latency of the short requests (br
 API key) and of the agent echo round trip, beside the baseline's.
 
 Run as root, alone on the machine's lab lock:
-`flock /tmp/cmdop-lab-run.lock .venv/bin/python bench/rotate.py` (lab name: $CMDOP_BENCH_LAB,
-default benchrotate).
+`flock /tmp/cmdop-lab-run.lock .venv/bin/python bench/rotate.py [NAME...]` (lab name:
+$CMDOP_BENCH_LAB, default benchrotate). With names (and/or --all), only those are run.
 """
 
 import os
@@ -66,6 +66,13 @@ def _window(counts: Counts, start: float, end: float) -> str:
 
 
 def main() -> None:
+    # one name per rotation: either blue/green login name rotates the app's login
+    singles = [n for n, why in ROTATABLE.items() if why is None and n != PG_LOGINS[1]]
+    chosen = sys.argv[1:]
+    unknown = sorted(set(chosen) - set(singles) - {PG_LOGINS[1], "--all"})
+    if unknown:
+        raise SystemExit(f"not a rotatable secret: {', '.join(unknown)}")
+    runs = [[n] for n in chosen] if chosen else [[n] for n in singles] + [["--all"]]
     state = core.up(LAB, 2, ())
     rows: list[tuple[str, float, float, float, float]] = []
     try:
@@ -92,9 +99,7 @@ def main() -> None:
             baseline = time.monotonic()
             time.sleep(BASELINE_S)  # the load alone: the figures to compare with
             rows.append(("(no rotation)", baseline, time.monotonic(), 0.0, 0.0))
-            # one name per rotation: either blue/green login name rotates the app's login
-            singles = [n for n, why in ROTATABLE.items() if why is None and n != PG_LOGINS[1]]
-            for names in [[n] for n in singles] + [["--all"]]:
+            for names in runs:
                 start = time.monotonic()
                 rotate_s = _cli("rotate", str(site_dir), *names)
                 finish_s = _cli("rotate", str(site_dir), "--finish")
