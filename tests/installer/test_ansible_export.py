@@ -198,3 +198,111 @@ def test_pyinfra_connection_data_becomes_ansible_variables():
         "ansible_ssh_common_args": "-o UserKnownHostsFile=/keys/known_hosts "
                                    "-o StrictHostKeyChecking=yes",
     }
+
+
+def _small_bundle(tmp_path: Path) -> tuple[Path, Path]:
+    """A signed bundle of small stand-in files (the real build is the lab tier's) and its
+    public key."""
+    from cmdop_install import bundle
+
+    key = tmp_path / "keys" / "sign.key"
+    pub = bundle.keygen(key)
+    src = tmp_path / "bundle-src"
+    src.mkdir()
+    files = {}
+    for name in ("debs/nginx_1_amd64.deb", "debs/Packages", "sbom.cdx.json",
+                 "wheels/cmdop-server/cmdop_server-0.2.0-py3-none-any.whl",
+                 "wheels/cmdop-server/requirements.txt",
+                 "wheels/cmdop-agent/cmdop_agent-0.3.0-py3-none-any.whl",
+                 "wheels/cmdop-agent/requirements.txt"):
+        path = src / name.replace("/", "_")
+        path.write_text(f"stand-in for {name}\n")
+        files[name] = path
+    out = tmp_path / "cmdop.bundle"
+    bundle.write_bundle(out, files, {"target": "debian-12-amd64"}, key)
+    return out, pub
+
+
+def test_an_export_from_a_bundle_points_the_roles_at_it_alone(tmp_path):
+    """group_vars name the verified bundle and carry deploy --bundle's host commands; the
+    wheelhouses are the bundle's, copied out of it and keyed by its signed manifest."""
+    import hashlib
+    import tarfile
+
+    from cmdop_install import bundle
+    from cmdop_install.deploys import ops
+
+    made, pub = _small_bundle(tmp_path)
+    password_file = tmp_path / "vault-pass"
+    with key_env():
+        site_dir = make_site(tmp_path / "site", {"bundle.pubkey": str(pub)}, agents=True)
+        assert main(["export-ansible", str(site_dir), str(tmp_path / "out"),
+                     "--vault-password-file", str(password_file), "--bundle", str(made)]) == 0
+    out = (tmp_path / "out").absolute()
+    common = _vault_load(out / "group_vars" / "all.yml", b"unused")
+    with tarfile.open(made) as tar:
+        signed = tar.extractfile(bundle.MANIFEST).read()  # type: ignore[union-attr]
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()  # type: ignore[union-attr]
+                   if m.name.startswith("wheels/")}
+    digest = hashlib.sha256(signed).hexdigest()
+    facts = {"digest": digest, "path": str(made.resolve()), "count": 7,
+             "manifest": str(out / "bundle" / bundle.MANIFEST),
+             "sums": str(out / "bundle" / "SHA256SUMS")}
+    assert common["cmdop_common_bundle"] == {
+        **facts,
+        "folder": ops.bundle_folder(facts),
+        "prepare": ops.bundle_prepare_command(facts),
+        "checks": ops.bundle_check_commands(facts),
+        "apt": ops.bundle_apt_command(facts),
+        "install": ops.bundle_install_command(facts),
+    }
+    assert (out / "bundle" / bundle.MANIFEST).read_bytes() == signed
+    assert (out / "bundle" / "SHA256SUMS").read_text() == bundle.sha256sums(json.loads(signed))
+    assert "-o Dir::Etc::sourceparts=- " in common["cmdop_common_bundle"]["apt"]
+    server, agent = common["cmdop_control_plane_wheelhouse"], common["cmdop_agent_release"]
+    assert server["key"] == f"cmdop-server-{digest[:16]}"
+    assert server["package_wheel"] == "cmdop_server-0.2.0-py3-none-any.whl"
+    assert agent["version"] == "0.3.0" and agent["switch"] is False
+    assert agent["wheelhouse"]["key"] == f"cmdop-agent-{digest[:16]}"
+    for package, wheelhouse in (("cmdop-server", server), ("cmdop-agent", agent["wheelhouse"])):
+        assert Path(wheelhouse["path"]) == out / "bundle" / "wheels" / package
+        assert {name: (Path(wheelhouse["path"]) / name).read_bytes()
+                for name in wheelhouse["files"]} == {
+            name.rsplit("/", 1)[1]: data for name, data in members.items()
+            if name.startswith(f"wheels/{package}/")}
+
+    # exported again without it: the roles use the host's apt sources, nothing of it is left
+    with key_env():
+        ansible_export.export_site(site_dir, out, password_file)
+    common = _vault_load(out / "group_vars" / "all.yml", b"unused")
+    assert "cmdop_common_bundle" not in common
+    assert not (out / "bundle").exists()
+    assert common["cmdop_control_plane_wheelhouse"]["key"].startswith("cmdop-server-")
+    assert not common["cmdop_control_plane_wheelhouse"]["key"].endswith(digest[:16])
+
+
+@pytest.mark.parametrize("tamper", ["flip", "other_key"])
+def test_an_export_refuses_a_tampered_bundle_in_one_line_writing_nothing(tmp_path, tamper,
+                                                                          capsys):
+    from cmdop_install import bundle
+
+    made, pub = _small_bundle(tmp_path)
+    raw = bytearray(made.read_bytes())
+    if tamper == "flip":
+        raw[raw.index(b"stand-in for debs/nginx")] ^= 0x01
+        why = "debs/nginx_1_amd64.deb: changed"
+    else:
+        other = tmp_path / "other" / "sign.key"
+        pub.unlink()
+        pub.write_bytes(bundle.keygen(other).read_bytes())
+        why = f"{bundle.MANIFEST} is not signed by"
+    made.write_bytes(bytes(raw))
+    password_file = tmp_path / "vault-pass"
+    with key_env():
+        site_dir = make_site(tmp_path / "site", {"bundle.pubkey": str(pub)}, agents=True)
+        assert main(["export-ansible", str(site_dir), str(tmp_path / "out"),
+                     "--vault-password-file", str(password_file), "--bundle", str(made)]) == 1
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"cmdop-install: error: {made}: {why}"), printed.err
+    assert len(printed.err.splitlines()) == 1 and printed.out == ""
+    assert not (tmp_path / "out").exists() and not password_file.exists()

@@ -13,6 +13,13 @@ memory and written 0600.
 
 Every value in the vault file carries Ansible's ``!unsafe`` tag, so a secret that happens
 to contain ``{{`` is data, never a template.
+
+With an offline bundle (``--bundle``, or site.toml ``[bundle] file``) the bundle is verified
+first, by ``bundle.opened`` as for a deploy, and nothing is written unless it passes.
+OUT/bundle/ then holds its signed manifest, the ``sha256sum`` lines of its files and the
+wheelhouses the roles install from; ``cmdop_common_bundle`` in group_vars names the bundle
+and carries the host commands of ``deploys.ops`` (the same checks and apt command lines as
+``deploy --bundle``).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from cmdop_install import agent_releases, check, manage, pgsql, render
+from cmdop_install import agent_releases, bundle, check, manage, pgsql, render
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
 from cmdop_install.inventory import GROUPS, Host
@@ -173,6 +180,32 @@ def group_vars(site, wheels: dict, templates: Path) -> dict:
     }
 
 
+def bundle_vars(offline: bundle.Offline, folder: Path) -> dict:
+    """``cmdop_common_bundle``: the verified bundle for the roles. Its manifest and sums are the
+    copies in ``folder`` (the export's own); the host commands are ``deploy --bundle``'s."""
+    from cmdop_install.deploys import ops
+
+    facts = {**offline.host_facts, "manifest": str(folder / bundle.MANIFEST),
+             "sums": str(folder / "SHA256SUMS")}
+    return {
+        **facts,
+        "folder": ops.bundle_folder(facts),
+        "prepare": ops.bundle_prepare_command(facts),
+        "checks": ops.bundle_check_commands(facts),
+        "apt": ops.bundle_apt_command(facts),
+        "install": ops.bundle_install_command(facts),
+    }
+
+
+def _bundle_wheels(offline: bundle.Offline, package: str, folder: Path) -> dict:
+    """The bundle's wheelhouse of ``package`` as a copy in ``folder``/wheels (the roles copy
+    the wheels from the controller)."""
+    facts = offline.wheelhouse(package)
+    target = folder / "wheels" / package
+    shutil.copytree(facts["path"], target)
+    return {**facts, "path": str(target)}
+
+
 def read_vault_password(path: Path) -> bytes:
     """The vault password from ``path``; a missing file is made (0600, 256 random bits)."""
     path = Path(path)
@@ -209,33 +242,56 @@ def inventory_yaml(inventory) -> str:
     return MANAGED + json.dumps({"all": {"children": children}}, indent=2) + "\n"
 
 
-def export_site(site_dir: Path, out: Path, vault_password_file: Path) -> list[str]:
-    """Write OUT/inventory.yml and OUT/host_vars/<host>.yml (vault); returns the host names."""
+def export_site(site_dir: Path, out: Path, vault_password_file: Path,
+                bundle_file: Path | None = None) -> list[str]:
+    """Write OUT/inventory.yml and OUT/host_vars/<host>.yml (vault); returns the host names.
+    With a bundle (``bundle_file`` or site.toml ``[bundle] file``) the roles install every
+    package from it; it is verified before anything is written."""
+    site = SiteDir.load(site_dir)
+    with bundle.opened(site.config, bundle_file) as offline:
+        return _export(site, Path(out), vault_password_file, offline)
+
+
+def _export(site: SiteDir, out: Path, vault_password_file: Path,
+            offline: bundle.Offline | None) -> list[str]:
     from cmdop_install.deploy import wheelhouse_facts
 
-    site = SiteDir.load(site_dir)
     site.complete()  # as deploy and render do: missing secrets, the leaves the inventory needs
     check.refuse_on_problems(site, "exported")
     password = read_vault_password(vault_password_file)
     inventory = site.inventory
-    wheels = {
-        "control_plane": wheelhouse_facts("cmdop-server")
-        if inventory.groups["control_plane"] else None,
-        "agents": agent_releases.shipped().facts(switch=False)
-        if inventory.groups["agents"] else None,
-    }
     vaults = {}
     for host in inventory.hosts():
         document = host_vars(site, host.name)
         text = "".join(f"{key}: {unsafe_yaml(value)}\n" for key, value in document.items())
         vaults[host.name] = vault_encrypt(("---\n" + text).encode(), password)
-    out = Path(out)
     make_dir(out, 0o700)
+    # the bundle's copies: absolute, as ansible-playbook may run from another folder
+    folder = (out / "bundle").absolute()
+    shutil.rmtree(folder, ignore_errors=True)
+    wheels: dict = {"control_plane": None, "agents": None}
+    if offline is not None:
+        make_dir(folder, 0o755)
+        shutil.copyfile(offline.host_facts["manifest"], folder / bundle.MANIFEST)
+        shutil.copyfile(offline.host_facts["sums"], folder / "SHA256SUMS")
+        if inventory.groups["control_plane"]:
+            wheels["control_plane"] = _bundle_wheels(offline, "cmdop-server", folder)
+        if inventory.groups["agents"]:
+            release = offline.agent_release(None)
+            wheels["agents"] = {**release.facts(switch=False),
+                                "wheelhouse": _bundle_wheels(offline, "cmdop-agent", folder)}
+    else:
+        if inventory.groups["control_plane"]:
+            wheels["control_plane"] = wheelhouse_facts("cmdop-server")
+        if inventory.groups["agents"]:
+            wheels["agents"] = agent_releases.shipped().facts(switch=False)
     make_dir(out / "host_vars", 0o700)
     for name, vault in vaults.items():
         write_atomic(out / "host_vars" / f"{name}.yml", vault, 0o600)
     make_dir(out / "group_vars", 0o755)
     common = group_vars(site.config, wheels, (out / "templates").absolute())
+    if offline is not None:
+        common["cmdop_common_bundle"] = bundle_vars(offline, folder)
     common_text = MANAGED + json.dumps(common, indent=2) + "\n"
     write_atomic(out / "group_vars" / "all.yml", common_text.encode(), 0o644)
     shutil.rmtree(out / "templates", ignore_errors=True)

@@ -571,19 +571,23 @@ def demo(name: str, site_dir: Path) -> None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), metavar="OUT")
 @click.option("--vault-password-file", type=click.Path(dir_okay=False, path_type=Path),
               required=True, help="ansible-vault password (made, 0600, when missing).")
-def export_ansible(site_dir: Path, out: Path, vault_password_file: Path) -> None:
+@options.bundle
+def export_ansible(site_dir: Path, out: Path, vault_password_file: Path,
+                   bundle_file: Path | None) -> None:
     """Export SITE_DIR for roles/ and site.yml: OUT/inventory.yml and vault-encrypted host_vars.
 
     Then: ansible-playbook -i OUT/inventory.yml --vault-password-file FILE site.yml
-    (group_vars/all.yml next to it holds the site-wide values, no secret).
+    (group_vars/all.yml next to it holds the site-wide values, no secret). With --bundle
+    the roles install every package from the verified bundle and nothing from the network.
 
     \b
     Example:
       cmdop-install export-ansible mysite ansible-out --vault-password-file vault.pass
+      cmdop-install export-ansible mysite out --vault-password-file vault.pass --bundle cmdop.bundle
     """
     from cmdop_install.ansible_export import export_site
 
-    hosts = export_site(site_dir, out, vault_password_file)
+    hosts = export_site(site_dir, out, vault_password_file, bundle_file)
     click.echo(f"exported {len(hosts)} host(s) to {out}/inventory.yml "
                f"(secrets only in {out}/host_vars/, vault-encrypted)")
 
