@@ -18,6 +18,9 @@ Two targets, everything real:
 - keystroke-to-echo: ``cmdop connect`` runs on a pseudo-terminal of its own (raw mode, as in
   a real terminal); the remote shell runs ``cat``; one byte is written to the terminal and
   timed until its remote echo comes back out of ``cmdop``; p50/p99 over ``--keys`` keys.
+  Twice: on the session's terminal WebSocket (what cmdop uses), and one request per key
+  with output long-polled (what it falls back to against an older control plane; here
+  forced by a cmdop whose socket attach answers "older").
 
     .venv/bin/python bench/client.py [--runs 50] [--keys 100]
     .venv/bin/python bench/client.py --site sites/demo [--machine HOST]
@@ -54,13 +57,21 @@ def _env(home: Path, server: str, ca: Path, key: str) -> dict[str, str]:
             "CMDOP_API_KEY": key}
 
 
-def resolving(domain: str, address: str) -> list[str]:
-    """``cmdop`` as a new process that resolves ``domain`` to ``address``."""
-    code = ("import socket, sys; real = socket.getaddrinfo; "
-            f"socket.getaddrinfo = lambda host, *a, **k: real({address!r} "
-            f"if host == {domain!r} else host, *a, **k); "
-            "from cmdop_agent.client.cli import main; sys.exit(main())")
-    return [sys.executable, "-c", code]
+def cmdop_as(resolve: tuple[str, str] | None = None, per_request: bool = False) -> list[str]:
+    """``cmdop`` as a new process; ``resolve``: (domain, address) it resolves the site's name
+    to; ``per_request``: its terminal never opens the socket (an older control plane's
+    answer), so keys and output go by the per-request path."""
+    code = "import socket, sys; "
+    if resolve is not None:
+        domain, address = resolve
+        code += ("real = socket.getaddrinfo; "
+                 f"socket.getaddrinfo = lambda host, *a, **k: real({address!r} "
+                 f"if host == {domain!r} else host, *a, **k); ")
+    if per_request:
+        code += ("from cmdop_agent.client.userapi import Session; "
+                 "Session.terminal_socket = lambda self: None; ")
+    return [sys.executable, "-c", code + "from cmdop_agent.client.cli import main; "
+            "sys.exit(main())"]
 
 
 def exec_times(env: dict[str, str], machine: str, runs: int,
@@ -126,7 +137,8 @@ def keystrokes(env: dict[str, str], machine: str, n: int, warmup: int = 10,
 
 
 def measure(env: dict[str, str], machine: str, runs: int, keys: int,
-            cmdop: list[str] = CMDOP, pace: float = 0) -> None:
+            resolve: tuple[str, str] | None = None, pace: float = 0) -> None:
+    cmdop = cmdop_as(resolve)
     ms = sorted(exec_times(env, machine, runs, cmdop, pace))
     print(f"cmdop exec MACHINE -- true: n={len(ms)}  p50={statistics.median(ms):.0f} ms  "
           f"p90={_percentile(ms, 0.9):.0f} ms  max={ms[-1]:.0f} ms", flush=True)
@@ -134,10 +146,13 @@ def measure(env: dict[str, str], machine: str, runs: int, keys: int,
     subprocess.run([*cmdop, "--version"], env=env, capture_output=True, check=True)
     print(f"  (of which starting Python and cmdop: "
           f"{(time.perf_counter() - started) * 1000:.0f} ms)", flush=True)
-    ks = sorted(keystrokes(env, machine, keys, cmdop=cmdop))
-    print(f"keystroke-to-echo in cmdop connect: n={len(ks)}  "
-          f"p50={statistics.median(ks):.1f} ms  p99={_percentile(ks, 0.99):.1f} ms  "
-          f"max={ks[-1]:.1f} ms", flush=True)
+    for path, argv in (("WebSocket", cmdop), ("per request", cmdop_as(resolve, True))):
+        if pace:
+            time.sleep(pace)
+        ks = sorted(keystrokes(env, machine, keys, cmdop=argv))
+        print(f"keystroke-to-echo in cmdop connect ({path}): n={len(ks)}  "
+              f"p50={statistics.median(ks):.1f} ms  p99={_percentile(ks, 0.99):.1f} ms  "
+              f"max={ks[-1]:.1f} ms", flush=True)
     print(f"(machine load average over the last minute: {os.getloadavg()[0]:.2f})")
 
 
@@ -150,7 +165,7 @@ def on_site(site_dir: Path, machine: str | None, runs: int, keys: int) -> None:
               "cmdop as a new process", flush=True)
         env = _env(Path(home), site.web.origin, site.ca, site.key)
         measure(env, site.machine["hostname"], runs, keys,
-                resolving(site.web.domain, site.web.address), SITE_PACE)
+                (site.web.domain, site.web.address), SITE_PACE)
 
 
 def main() -> None:
