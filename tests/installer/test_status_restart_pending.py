@@ -21,8 +21,10 @@ def _pending(tmp_path, workers_in: list[str], running: bool = True) -> str:
     spawn = " ".join(f"(cd {releases / r / 'venv'} && exec sleep 60) &" for r in workers_in)
     master = subprocess.Popen(["bash", "-c", f"{spawn} wait"])
     try:
-        deadline = time.monotonic() + 10
-        while len(_children(master.pid)) < len(workers_in):
+        # a child is listed from its fork, before its cd: wait until each one is sleep
+        # (exec'd, so in its release folder)
+        deadline = time.monotonic() + 30
+        while [_command(c) for c in _children(master.pid)] != ["sleep"] * len(workers_in):
             assert time.monotonic() < deadline, "the stand-in workers did not start"
             time.sleep(0.05)
         stubs = tmp_path / "bin"
@@ -38,6 +40,14 @@ def _pending(tmp_path, workers_in: list[str], running: bool = True) -> str:
         for child in _children(master.pid):
             subprocess.run(["kill", child], check=False)
         master.wait(timeout=30)
+
+
+def _command(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def _children(pid: int) -> list[str]:
