@@ -27,6 +27,12 @@ pytestmark = [pytest.mark.integration,
 
 
 CMDOP = shlex.join([sys.executable, "-m", "cmdop_agent.client.cli"])
+# cmdop as it runs against a control plane older than the bearer's terminal socket: the
+# handshake's 403 makes terminal_socket() answer None (tests/agent/test_websocket.py)
+CMDOP_PER_REQUEST = shlex.join([sys.executable, "-c", (
+    "import sys; from cmdop_agent.client.userapi import Session; "
+    "Session.terminal_socket = lambda self: None; "
+    "from cmdop_agent.client.cli import main; sys.exit(main())")])
 
 
 class Tmux:
@@ -196,3 +202,20 @@ def test_a_revoked_key_ends_connect_in_one_line(terminal) -> None:
     assert "cmdop: the API key was refused (revoked or mistyped)" in screen
     assert "Traceback" not in screen
     assert tmux.stty_after(tmp / "stty-after") == before.read_text()
+
+
+def test_connect_falls_back_to_one_request_per_key(terminal) -> None:
+    """No terminal socket (an older control plane): keys go as requests, output is
+    long-polled, resize and the exit status work the same; no socket attach is audited."""
+    agent, tmux, _ = terminal
+    tmux.line(f"{CMDOP_PER_REQUEST} connect {agent.machine.hostname}; echo local-rc=$?")
+    tmux.remote_prompt()
+    tmux.line("PS1='RE''MOTE> '")
+    tmux.wait("REMOTE>")
+    tmux.tmux("resize-window", "-t", "t", "-x", "110", "-y", "35")
+    until(lambda: "35 110" in (tmux.line("stty size") or tmux.screen()), timeout=20,
+          interval=1, what="stty size to follow the resize")
+    tmux.line("exit 6")
+    tmux.wait("local-rc=6")
+    assert not AuditEvent.objects.filter(event="session.attach",
+                                         user_id=agent.owner.pk).exists()

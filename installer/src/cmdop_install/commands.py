@@ -367,10 +367,13 @@ def rotate(site_dir: Path, names: tuple[str, ...], every: bool, finish: bool, ro
     Staged, admitted, switched: the new values are in use and the old ones still verify.
     Then `--finish` (after the grace period) destroys the old values. An interrupted
     rotation resumes when rerun; `--rollback` returns to the old values until --finish.
+    NAME agent_credentials (in --all) moves every agent to a new machine credential,
+    handed over by the control plane; --finish refuses the agents that did not take theirs.
 
     \b
     Example:
       cmdop-install rotate mysite --all --yes && cmdop-install rotate mysite --finish --yes
+      cmdop-install rotate mysite agent_credentials --dry-run
     """
     from cmdop_install.rollout import SiteLock
     from cmdop_install.rotation import Rotation, resolve
