@@ -156,7 +156,7 @@ class StandIn:
             self.state.work.append(item)
             self.cond.notify_all()
 
-    def wait_for(self, predicate, timeout: float = 10.0):
+    def wait_for(self, predicate, timeout: float = 30.0):
         """Wait until predicate(events) returns something truthy; return it."""
         deadline = time.monotonic() + timeout
         with self.cond:
@@ -169,7 +169,7 @@ class StandIn:
                     raise AssertionError(f"timed out; events: {self.state.events[-5:]}")
                 self.cond.wait(min(left, 0.05))
 
-    def event(self, type_: str, timeout: float = 10.0, **match) -> dict:
+    def event(self, type_: str, timeout: float = 30.0, **match) -> dict:
         def find(events):
             for e in events:
                 if e["type"] == type_ and all(e.get(k) == v for k, v in match.items()):
@@ -182,7 +182,7 @@ class StandIn:
             return b"".join(base64.b64decode(e["data_b64"]) for e in self.state.events
                             if e["type"] == "session.output" and e["session_id"] == session_id)
 
-    def wait_output(self, session_id: str, needle: bytes, timeout: float = 10.0) -> bytes:
+    def wait_output(self, session_id: str, needle: bytes, timeout: float = 30.0) -> bytes:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             out = self.output(session_id)

@@ -77,7 +77,7 @@ def running_agent(home: AgentHome, standin: StandIn):
     proc.stderr.close()
 
 
-def standin_wait_heartbeat(standin: StandIn, timeout: float = 10) -> None:
+def standin_wait_heartbeat(standin: StandIn, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not standin.state.heartbeats:
         if time.monotonic() > deadline:

@@ -23,7 +23,7 @@ def output(box: Outbox, session_id: str) -> bytes:
                     if e.get("session_id") == session_id and e["type"] == "session.output")
 
 
-def wait_for(box: Outbox, session_id: str, needle: bytes, timeout: float = 10) -> bytes:
+def wait_for(box: Outbox, session_id: str, needle: bytes, timeout: float = 30) -> bytes:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = output(box, session_id)
