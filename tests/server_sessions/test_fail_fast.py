@@ -28,8 +28,11 @@ pytestmark = [pytest.mark.integration,
 
 # What "fast" tells apart: redis-py's default retries took about 3 s per refused request;
 # failing fast takes milliseconds. The bound leaves a loaded test machine room and still
-# fails a client that retries with backoff.
+# fails a client that retries with backoff. Each call is refused ROUNDS times and its median
+# is held to it: a slow refusal is slow every time, a loaded machine stalls one call now and
+# then.
 FAST = 1.5
+ROUNDS = 3
 DATABASES = ("test_cmdop", "test_cmdop_audit")
 
 
@@ -59,10 +62,16 @@ def refusal(call) -> tuple[int, dict, float]:
     raise AssertionError("the call succeeded with its backing service down")
 
 
-def assert_unavailable(call) -> None:
-    status, body, took = refusal(call)
-    assert (status, body["error"]) == (503, "unavailable"), body
-    assert took < FAST, f"refused after {took:.2f} s"
+def assert_unavailable(*calls) -> None:
+    """Each of ``calls``, in turn ROUNDS times, is refused 503 unavailable, fast."""
+    took: dict = {call: [] for call in calls}
+    for _ in range(ROUNDS):
+        for call in calls:
+            status, body, seconds = refusal(call)
+            assert (status, body["error"]) == (503, "unavailable"), body
+            took[call].append(seconds)
+    for seconds in took.values():
+        assert sorted(seconds)[ROUNDS // 2] < FAST, f"refused after {seconds} s"
 
 
 def succeeds(call) -> bool:
@@ -110,12 +119,10 @@ def test_redis_down_refuses_fast_and_recovers(own_redis, site, tls_pki, django_d
         open_session()
         poll()
         own_redis.kill()
-        for _ in range(3):
-            assert_unavailable(open_session)
-            assert_unavailable(poll)
+        assert_unavailable(open_session, poll)
         own_redis.start()  # same port, empty: as after a crash
-        until(lambda: succeeds(open_session), timeout=10, what="the user API back")
-        until(lambda: succeeds(poll), timeout=10, what="the agent API back")
+        until(lambda: succeeds(open_session), timeout=30, what="the user API back")
+        until(lambda: succeeds(poll), timeout=30, what="the agent API back")
         user.close()
         agent.close()
     assert "Traceback" not in cp.log()
@@ -144,13 +151,11 @@ def test_postgres_down_refuses_fast_and_recovers(kept, site, tls_pki, django_db_
             for call in (machines, heartbeat, poll):
                 call()
             pg.crash()
-            for _ in range(3):
-                for call in (machines, heartbeat, poll):
-                    assert_unavailable(call)
+            assert_unavailable(machines, heartbeat, poll)
             pg.restart()
             for call, what in ((machines, "user API"), (heartbeat, "heartbeat"),
                                (poll, "poll")):
-                until(lambda call=call: succeeds(call), timeout=15, what=f"the {what} back")
+                until(lambda call=call: succeeds(call), timeout=30, what=f"the {what} back")
             user.close()
             agent.close()
         assert "Traceback" not in cp.log()
@@ -182,7 +187,7 @@ def test_audit_database_down_refuses_audited_changes(kept, site, tls_pki, django
             # reads need no audit row
             assert user.call("GET", "/machines") is not None
             pg.psql("ALTER DATABASE test_cmdop_audit WITH ALLOW_CONNECTIONS true")
-            until(lambda: succeeds(lambda: create("audited")), timeout=10,
+            until(lambda: succeeds(lambda: create("audited")), timeout=30,
                   what="audited changes back")
             assert tokens() == before + 1
             # every join token there is has its audit row, and no more
