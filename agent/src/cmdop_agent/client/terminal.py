@@ -127,7 +127,9 @@ class SocketTerminal:
     def _show(self, message: bytes | str) -> bool:
         """A message to the screen (or noted); True once the session has ended."""
         if isinstance(message, bytes):
-            os.write(self.stdout, message)
+            view = memoryview(message)
+            while view:  # a terminal may take a large write in parts
+                view = view[os.write(self.stdout, view):]
             return False
         try:
             item = json.loads(message)
@@ -150,7 +152,11 @@ class SocketTerminal:
 
     def _closed(self, closed: Closed) -> int:
         if closed.code == CLOSE_ENDED:
-            return self.exit_code if self.exit_code is not None else _exit_code_of(self.session)
+            if self.exit_code is not None:
+                return self.exit_code
+            if self.refusal:  # ended by the server: the idle timeout, say
+                os.write(sys.stderr.fileno(), f"\r\ncmdop: {self.refusal}\r\n".encode())
+            return _exit_code_of(self.session)
         if closed.code == CLOSE_UNAUTHENTICATED:
             if self.session.api.tokens is None:
                 raise AgentError("the API key was refused (revoked or mistyped)")
