@@ -208,3 +208,28 @@ def test_the_lab_pins_podmans_netavark_backend() -> None:
     text = paths.containers_conf().read_text()
     assert '[network]\nnetwork_backend = "netavark"\n' in text
     assert "netavark" in system.DEBIAN_PACKAGES.values()
+
+
+@pytest.mark.parametrize(
+    ("lab_up", "networks", "removed"),
+    [
+        (True, [], []),  # a live lab still needs it
+        (False, ["cmdop-molecule-default"], []),  # a network in the range made outside a lab
+        (False, [], ["blackhole route"]),  # nothing uses the range any more
+    ],
+)
+def test_the_safety_route_goes_only_when_nothing_uses_the_range(
+    monkeypatch: pytest.MonkeyPatch, lab_home, lab_up, networks, removed
+) -> None:
+    from cmdop_install.lab import network
+
+    if lab_up:
+        other = _state("other")
+        other.dir.mkdir(parents=True)
+        other.save()
+    route = ["blackhole 10.89.0.0/16"]
+    monkeypatch.setattr(network, "networks_in_supernet", lambda: networks)
+    monkeypatch.setattr(network, "blackhole_present", lambda: bool(route))
+    monkeypatch.setattr(network, "remove_blackhole", route.clear)
+    assert core.release_safety_route() == removed
+    assert route == ([] if removed else ["blackhole 10.89.0.0/16"])

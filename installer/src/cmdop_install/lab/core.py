@@ -480,19 +480,31 @@ def down(name: str, purge: bool = False) -> list[str]:
             network.remove_airgap(name, state.air_subnet)
             _remove_tree(state.dir)
             removed.append(f"state {state.dir}")
-        # the safety route stays while anything still uses the lab range: another lab, or a
-        # network made outside `lab up` (molecule's scenarios take their subnets from it too)
-        if (
-            not any(paths.home().glob("*/state.json"))
-            and not network.networks_in_supernet()
-            and network.blackhole_present()
-        ):
-            network.remove_blackhole()
-            removed.append("blackhole route")
+        removed += _release_safety_route()
         if purge:
             image.remove_image()
             removed.append("cached image")
     return removed
+
+
+def release_safety_route() -> list[str]:
+    """Remove the lab range's blackhole route if nothing uses the range any more, as
+    ``down`` does; for what added it outside a lab (the molecule test's scenario)."""
+    with _lock():
+        return _release_safety_route()
+
+
+def _release_safety_route() -> list[str]:
+    # the safety route stays while anything still uses the lab range: another lab, or a
+    # network made outside `lab up` (molecule's scenarios take their subnets from it too)
+    if (
+        not any(paths.home().glob("*/state.json"))
+        and not network.networks_in_supernet()
+        and network.blackhole_present()
+    ):
+        network.remove_blackhole()
+        return ["blackhole route"]
+    return []
 
 
 def _remove_tree(d: Path) -> None:
