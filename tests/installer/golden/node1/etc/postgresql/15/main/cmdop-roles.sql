@@ -31,11 +31,9 @@ BEGIN
 END
 $$;
 -- Sites deployed before the app lost the owner's rights: blue/green were members of the
--- owner and acted as it. Take both away (a stolen app password must not drop tables).
+-- owner and acted as it. They join the data role now and leave the owner at the end, once
+-- the data role holds every right the release still serving needs.
 GRANT cmdop_app TO cmdop_blue, cmdop_green;
-REVOKE cmdop_owner FROM cmdop_blue, cmdop_green;
-ALTER ROLE cmdop_blue RESET role;
-ALTER ROLE cmdop_green RESET role;
 -- app migrations create objects that belong to the owner
 ALTER ROLE cmdop_admin SET role = 'cmdop_owner';
 -- audit migrations create objects that belong to the audit owner
@@ -72,3 +70,20 @@ ALTER DEFAULT PRIVILEGES FOR ROLE cmdop_owner IN SCHEMA public
   GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO cmdop_app;
 ALTER DEFAULT PRIVILEGES FOR ROLE cmdop_owner IN SCHEMA public
   GRANT USAGE, SELECT ON SEQUENCES TO cmdop_app;
+\connect cmdop_audit
+-- On such a site the app wrote audit rows as the owner (audit_grants had given the owner
+-- its rights here): the data role gets the same ones first, so the release still serving
+-- keeps writing audit rows until the new release's audit_grants, after its migrations,
+-- sets the data role's own. The owner keeps its rights: that release's open connections
+-- act as the owner until they close (nobody may open a new one as it).
+SELECT format('GRANT %s ON %s %s TO cmdop_app', a.privilege_type,
+              CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::regclass)
+  FROM pg_class c, aclexplode(c.relacl) a
+  WHERE c.relnamespace = 'public'::regnamespace AND a.grantee = 'cmdop_owner'::regrole\gexec
+SELECT format('GRANT EXECUTE ON FUNCTION %s TO cmdop_app', p.oid::regprocedure)
+  FROM pg_proc p, aclexplode(p.proacl) a
+  WHERE p.pronamespace = 'public'::regnamespace AND a.grantee = 'cmdop_owner'::regrole\gexec
+-- then the logins lose the owner's rights (a stolen app password must not drop tables)
+REVOKE cmdop_owner FROM cmdop_blue, cmdop_green;
+ALTER ROLE cmdop_blue RESET role;
+ALTER ROLE cmdop_green RESET role;
