@@ -75,7 +75,7 @@ def _serves(conn: psycopg.Connection) -> None:
     """What the serving release does on each database: rows, and audit rows added."""
     if conn.info.dbname == "cmdop":
         conn.execute("INSERT INTO machines (name) VALUES ('web1')")
-        assert conn.execute("SELECT count(*) FROM machines WHERE name = 'web1'").fetchone()
+        assert conn.execute("SELECT count(*) FROM machines").fetchone() != (0,)
     else:
         conn.execute("INSERT INTO audit_event (action) VALUES ('signed_in')")
         conn.execute("SELECT days FROM audit_retention")
