@@ -1,35 +1,27 @@
-"""A small RFC 6455 client for the browser terminal's WebSocket (tests and bench/terminal.py).
-
-The workspace has no WebSocket library and needs only this: one TLS connection, the
-handshake with a session cookie and an Origin as a browser sends them, masked frames out,
-unmasked frames in (text, binary, close; pings answered).
+"""The browser terminal's WebSocket as a browser opens it (tests and bench/terminal.py): one
+TLS connection, the handshake with a session cookie and an Origin, then cmdop's own RFC
+6455 client (``cmdop_agent.websocket``: masked frames out, messages in, pings answered, the
+close handshake), so the browser's tests and cmdop's exercise one implementation.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import socket
 import ssl
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+from cmdop_agent import websocket
+from cmdop_agent.websocket import Closed
+
+__all__ = ["Closed", "HandshakeRefused", "TerminalSocket"]
 
 
 class HandshakeRefused(Exception):
     def __init__(self, status_line: str) -> None:
         super().__init__(status_line)
         self.status_line = status_line
-
-
-@dataclass
-class Closed(Exception):
-    code: int
-    reason: str
 
 
 class TerminalSocket:
@@ -45,80 +37,26 @@ class TerminalSocket:
         raw = socket.create_connection(connect_to or (host, port), timeout=timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
-        self.sock = ctx.wrap_socket(raw, server_hostname=host)
-        key = base64.b64encode(os.urandom(16)).decode()
-        origin = origin or f"https://{parts.netloc}"
-        request = (f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                   "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                   f"Origin: {origin}\r\nCookie: {cookie[0]}={cookie[1]}\r\n\r\n")
-        self.sock.sendall(request.encode())
-        self.buffer = b""
-        head = self._read_until(b"\r\n\r\n")
-        status = head.split(b"\r\n", 1)[0].decode()
-        if " 101 " not in status + " ":
-            raise HandshakeRefused(status)
-
-    def _read_until(self, marker: bytes) -> bytes:
-        while marker not in self.buffer:
-            self._fill()
-        head, _, self.buffer = self.buffer.partition(marker)
-        return head
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise Closed(1006, "connection lost")
-        self.buffer += chunk
-
-    def _exact(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            self._fill()
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
-
-    def send_frame(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        n = len(payload)
-        if n < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-        elif n < 65536:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        headers = {"Origin": origin or f"https://{parts.netloc}",
+                   "Cookie": f"{cookie[0]}={cookie[1]}"}
+        try:
+            self.ws = websocket.WebSocket.handshake(ctx.wrap_socket(raw, server_hostname=host),
+                                                    parts.netloc, parts.path, headers, timeout)
+        except websocket.HandshakeRefused as exc:
+            raise HandshakeRefused(f"HTTP/1.1 {exc.status}") from None
+        self.sock = self.ws.sock
 
     def send_bytes(self, data: bytes) -> None:
-        self.send_frame(BINARY, data)
+        self.ws.send_binary(data)
 
     def send_json(self, message: dict) -> None:
-        self.send_frame(TEXT, json.dumps(message).encode())
+        self.ws.send_json(message)
 
     def receive(self) -> bytes | dict:
         """The next data message: bytes (terminal output) or a dict (a JSON record).
         Raises Closed when the server closes."""
-        while True:
-            first, second = self._exact(2)
-            opcode, n = first & 0x0F, second & 0x7F
-            if n == 126:
-                (n,) = struct.unpack("!H", self._exact(2))
-            elif n == 127:
-                (n,) = struct.unpack("!Q", self._exact(8))
-            payload = self._exact(n)
-            if opcode == BINARY:
-                return payload
-            if opcode == TEXT:
-                return json.loads(payload)
-            if opcode == PING:
-                self.send_frame(PONG, payload)
-            elif opcode == CLOSE:
-                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-                raise Closed(code, payload[2:].decode(errors="replace"))
+        message = self.ws.receive()
+        return json.loads(message) if isinstance(message, str) else message
 
     def close(self) -> None:
-        try:
-            self.send_frame(CLOSE, struct.pack("!H", 1000))
-        except OSError:
-            pass
-        self.sock.close()
+        self.ws.close()

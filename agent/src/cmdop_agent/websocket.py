@@ -69,9 +69,9 @@ def _refusal(status: int, head: dict[str, str], body: bytes) -> HandshakeRefused
 class WebSocket:
     """One client WebSocket. Not thread-safe: one loop reads and writes it."""
 
-    def __init__(self, sock: ssl.SSLSocket, buffer: bytes = b"") -> None:
+    def __init__(self, sock: ssl.SSLSocket) -> None:
         self.sock = sock
-        self.buffer = bytearray(buffer)
+        self.buffer = bytearray()
         self.fragments: list[bytes] = []
         self.fragment_opcode = 0
         self.close_sent = False
@@ -82,15 +82,23 @@ class WebSocket:
         """Open ``path`` on the client's server with ``Authorization: Bearer``; a non-101
         answer raises HandshakeRefused with the server's status, error code and detail."""
         sock = client.open_stream(timeout)
+        host = client.host if client.port == 443 else f"{client.host}:{client.port}"
+        return cls.handshake(sock, host, client.prefix + path,
+                             {"Authorization": f"Bearer {token}",
+                              "User-Agent": client.user_agent}, timeout)
+
+    @classmethod
+    def handshake(cls, sock: ssl.SSLSocket, host: str, path: str, headers: dict[str, str],
+                  timeout: float = 30.0) -> WebSocket:
+        """The opening handshake on a TLS connection already open (closed if it fails)."""
         try:
             sock.settimeout(timeout)
             key = base64.b64encode(os.urandom(16)).decode()
-            host = client.host if client.port == 443 else f"{client.host}:{client.port}"
-            request = (f"GET {client.prefix}{path} HTTP/1.1\r\nHost: {host}\r\n"
+            extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
                        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                       f"Authorization: Bearer {token}\r\nUser-Agent: {client.user_agent}\r\n"
-                       "\r\n")
+                       f"{extra}\r\n")
             sock.sendall(request.encode())
             ws = cls(sock)
             status, head = ws._read_head()
