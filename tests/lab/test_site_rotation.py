@@ -2,12 +2,12 @@
 
 The load (tests/support/site_load.py) signs in, browses while signed in, refreshes OAuth
 tokens, calls the API with a key and keeps an agent session echoing input, while the lab
-agents long-poll. Rotating the Django SECRET_KEY and the app's Postgres password must fail
-none of it and sign nobody out; after --finish the old values are refused and a redeploy
-changes nothing. A rollback from the switched phase gives back a working site on the old
-values. Runs after the other site tests that expect the first login (file order) and
-before uninstall; it leaves the site on the other blue/green login, which
-``site.secrets`` then describes.
+agents long-poll. Rotating the Django SECRET_KEY, the app's Postgres password and its Redis
+password must fail none of it, sign nobody out and never restart Redis; after --finish the
+old values are refused and a redeploy changes nothing. A rollback from the switched phase
+gives back a working site on the old values. Runs after the other site tests that expect
+the first login (file order) and before uninstall; it leaves the site on the other
+blue/green login, which ``site.secrets`` then describes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from tests.support.site_load import Browser, Endpoint, SiteLoad
 
 pytestmark = pytest.mark.lab
 
-ROTATED = ("django_secret_key", "postgres_password_blue")  # the app's login: blue and green
+# the app's Postgres login (blue and green) and its Redis ACL user
+ROTATED = ("django_secret_key", "postgres_password_blue", "redis_password_app")
 
 
 def _manage(lab, command: str) -> str:
@@ -73,6 +74,30 @@ def _logs_in(lab, role: str, password: str) -> bool:
     return False
 
 
+def _redis_logs_in(lab, site, password: str) -> bool:
+    """The app's Redis user logs in from host1 over TLS with the control plane's certificate
+    and ``password`` (stdin into redis-cli's environment, never argv)."""
+    config = load_site(site.dir)
+    tls = "/etc/cmdop/tls"
+    cli_argv = (f"redis-cli --no-auth-warning --tls --cacert {tls}/ca.crt --cert {tls}/app.crt "
+                f"--key {tls}/app.key -h {lab.host('host1').ip} -p {config['redis']['port']} "
+                f"--user {config['site']['name']}-app PING")
+    out = subprocess.run(
+        core.ssh_argv(lab, "host1", f"sudo sh -c 'REDISCLI_AUTH=\"$(cat)\" {cli_argv}'"),
+        input=password, capture_output=True, text=True, timeout=60, check=False)
+    if out.stdout.strip() == "PONG":
+        return True
+    assert "WRONGPASS" in out.stderr + out.stdout, (out.stdout, out.stderr)
+    return False
+
+
+def _redis_started(lab) -> str:
+    """redis-server's main PID and start time: the same after a rotation means no restart."""
+    out = _manage(lab, "systemctl show -p MainPID -p ExecMainStartTimestamp redis-server")
+    assert "MainPID=0" not in out, out
+    return out
+
+
 def _agents_online(lab, site) -> dict[str, bool]:
     fleet = parse_fleet(_manage(lab, fleet_status_command(load_site(site.dir)["site"]["name"])))
     return {h: bool(fleet.get(h, {}).get("online")) for h in AGENT_HOSTS}
@@ -105,6 +130,7 @@ def test_rotate_then_finish_under_load_fails_no_request_and_signs_nobody_out(
     old_login = _app_login(lab)
     old_role = old_login.rsplit("_", 1)[1]
     new_role = "green" if old_role == "blue" else "blue"
+    redis_started = _redis_started(lab)
     # signed in with the old key only, then idle all through the grace period
     idle = Browser(endpoint)
     load.auth_turn()
@@ -119,6 +145,10 @@ def test_rotate_then_finish_under_load_fails_no_request_and_signs_nobody_out(
     assert new["django_secret_key"] != old["django_secret_key"]
     assert _logs_in(lab, f"cmdop_{old_role}", old[f"postgres_password_{old_role}"])
     assert _logs_in(lab, f"cmdop_{new_role}", new[f"postgres_password_{new_role}"])
+    # the control plane uses the new Redis password; Redis still takes the old one too
+    assert new["redis_password_app"] != old["redis_password_app"]
+    assert _redis_logs_in(lab, site, old["redis_password_app"])
+    assert _redis_logs_in(lab, site, new["redis_password_app"])
     # every kind of request is served on the new values before the old ones go
     assert load.wait_served(load.served(), SiteLoad.KINDS), load.served()
 
@@ -137,6 +167,10 @@ def test_rotate_then_finish_under_load_fails_no_request_and_signs_nobody_out(
     # the old login can no longer log in (its password is NULL); the new one can
     assert not _logs_in(lab, f"cmdop_{old_role}", old[f"postgres_password_{old_role}"])
     assert _logs_in(lab, f"cmdop_{new_role}", new[f"postgres_password_{new_role}"])
+    # the old Redis password is refused, the new one logs in; Redis was never restarted
+    assert not _redis_logs_in(lab, site, old["redis_password_app"])
+    assert _redis_logs_in(lab, site, new["redis_password_app"])
+    assert _redis_started(lab) == redis_started
 
 
 def test_rollback_from_the_switched_phase_gives_back_a_working_site(lab, site, load,
@@ -147,6 +181,7 @@ def test_rollback_from_the_switched_phase_gives_back_a_working_site(lab, site, l
     other = "green" if role == "blue" else "blue"
     cli("rotate", str(site.dir), *ROTATED, "--yes")
     assert (_rotation(site) or {}).get("phase") == "switched"
+    abandoned = _secrets(site)
     assert _app_login(lab) == f"cmdop_{other}"
     # the session is used while the new key signs, then the rotation is taken back
     assert load.browse()[0] and load.echo()[0]
@@ -160,6 +195,9 @@ def test_rollback_from_the_switched_phase_gives_back_a_working_site(lab, site, l
     assert _app_login(lab) == login
     assert _logs_in(lab, login, before[f"postgres_password_{role}"])
     assert not _logs_in(lab, f"cmdop_{other}", after[f"postgres_password_{other}"])
+    assert after["redis_password_app"] == before["redis_password_app"]
+    assert _redis_logs_in(lab, site, before["redis_password_app"])
+    assert not _redis_logs_in(lab, site, abandoned["redis_password_app"])
     # the site works on the old values: the session, a new sign-in, the agent session
     assert load.browse()[0], "signed out by the rollback"
     load.auth_turn()
