@@ -173,9 +173,10 @@ def test_a_removed_member_loses_the_live_terminal(browser, agent) -> None:
     page = signed_in(browser, agent, member, f"/w/{agent.ws.slug}/sessions/{sid}/")
     connected(page)
     Membership.unscoped.filter(workspace=agent.ws, user=member).delete()
+    # the socket re-checks every 2 s; the rest is room for Chromium on a loaded machine
     page.wait_for_function(
         "() => !document.getElementById('state').textContent.startsWith('Connected')",
-        timeout=10_000)
+        timeout=30_000)
     assert "session" in page.inner_text("#state").lower()
     assert page.evaluate("window.cmdopTerminal.options.disableStdin")
 
