@@ -130,17 +130,31 @@ def server_release(root: str, wheelhouse: dict, temp_dir: str):
     yield from venv_commands(venv, wheelhouse, temp_dir)
 
 
-def venv_commands(venv: str, wheelhouse: dict, temp_dir: str):
+# Debian's pip wheel (python3-pip-whl, which python3-venv depends on), run from the wheel
+PIP_WHEEL = '"$(echo /usr/share/python-wheels/pip-*.whl)/pip"'
+
+
+def venv_commands(venv: str, wheelhouse: dict, temp_dir: str, with_pip: bool = True):
+    """``venv`` (made afresh) with the wheelhouse installed. ``with_pip`` false (the agent,
+    standard library only): a venv without pip, and Debian's pip wheel installs the package
+    and its requirements in one run; ensurepip copying pip into every release cost each host
+    more than the rest of an agent upgrade."""
     wheels = f"{venv.rsplit('/', 1)[0]}/wheels/{wheelhouse['key']}"
     yield f"install -d -m 755 {wheels}"
     for name in wheelhouse["files"]:
         dest = f"{wheels}/{name}"
         yield upload(f"{wheelhouse['path']}/{name}", dest, temp_dir)
-    yield f"test -x {venv}/bin/python || python3 -m venv {venv}"
-    pip = f"{venv}/bin/python -m pip install --quiet --no-index --find-links {wheels}"
-    yield f"{pip} --upgrade -r {wheels}/requirements.txt"
-    # our own wheel keeps its version between builds: reinstall it, always
-    yield f"{pip} --no-deps --force-reinstall {wheels}/{wheelhouse['package_wheel']}"
+    package = f"{wheels}/{wheelhouse['package_wheel']}"
+    if with_pip:
+        yield f"test -x {venv}/bin/python || python3 -m venv {venv}"
+        pip = f"{venv}/bin/python -m pip install --quiet --no-index --find-links {wheels}"
+        yield f"{pip} --upgrade -r {wheels}/requirements.txt"
+        # our own wheel keeps its version between builds: reinstall it, always
+        yield f"{pip} --no-deps --force-reinstall {package}"
+    else:
+        yield f"test -x {venv}/bin/python || python3 -m venv --without-pip {venv}"
+        yield (f"{venv}/bin/python {PIP_WHEEL} install --quiet --no-index --find-links {wheels} "
+               f"-r {wheels}/requirements.txt {package}")
     yield f"echo {wheelhouse['key']} > {venv}/.cmdop-wheelhouse"
     # keep only the wheelhouse in use
     parent = f"{wheels}/.."
@@ -205,7 +219,7 @@ def agent_release(root: str, version: str, wheelhouse: dict, temp_dir: str, swit
         return
     if not built:
         yield f"rm -rf {target}"
-        yield from venv_commands(f"{target}/venv", wheelhouse, temp_dir)
+        yield from venv_commands(f"{target}/venv", wheelhouse, temp_dir, with_pip=False)
     keep = [version]
     if current and current != target:
         yield relink(f"{root}/previous", current)
