@@ -3,9 +3,14 @@
 from pathlib import Path
 
 import pytest
-from cmdop_install import agent_releases
+from cmdop_install import agent_releases, deploy, manage
 from cmdop_install.errors import UserError
-from cmdop_install.rollout import HostOutcome, Outcome, make_plan, summary_lines
+from cmdop_install.rollout import HostOutcome, Outcome, Rollout, make_plan, summary_lines
+from cmdop_install.runner import HostResult, RunResult
+from cmdop_install.sitedir import SiteDir
+from cmdop_install.siteinit import init_site
+
+from tests.support.sites import TEST_KEY, write_site
 
 pytestmark = pytest.mark.unit
 
@@ -92,3 +97,36 @@ def test_an_added_release_wheel_becomes_a_wheelhouse(tmp_path: Path, monkeypatch
     described = agent_releases.wheelhouse.describe(folder, "cmdop-agent")
     assert described["package_wheel"] == wheel.name
     assert agent_releases._wheelhouse_of(wheel, "0.2.0") == folder  # cached by content
+
+
+def test_one_probe_reads_releases_and_the_fleet_also_on_a_single_node_site(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The rollout connects to its hosts once before the first batch; where the control plane
+    is also an agent host, its probe carries the agent's facts as well as the fleet's."""
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    site_dir = tmp_path / "site"
+    write_site(site_dir, agents=True)
+    inventory = site_dir / "inventory.py"
+    inventory.write_text(inventory.read_text().replace("agents = [", "agents = [_node1, "))
+    init_site(site_dir)
+    site = SiteDir.load(site_dir)
+    fleet_command = manage.fleet_status_command(site.name)
+    rounds = []
+
+    def read_facts(groups, facts, limit=None, host_facts=None):
+        rounds.append(sorted(limit or []))
+        answers = {deploy.OS_COMMAND: "debian-12",
+                   agent_releases.CURRENT_RELEASE_COMMAND: "0.1.0",
+                   fleet_command: '{"hostname": "node1", "agent_version": "0.1.0"}'}
+        return RunResult({name: HostResult(name, facts={
+            label: answers.get(command, f"{name}.example")
+            for label, command in (host_facts or {}).get(name, facts).items()
+        }) for name in limit or []}, dry_run=False)
+
+    monkeypatch.setattr(deploy, "read_facts", read_facts)
+    releases, fleet = Rollout(site, print, health_timeout=5).probe()
+    assert rounds == [["agent1", "node1"]]
+    assert releases == {"node1": ("0.1.0", "node1.example"),
+                        "agent1": ("0.1.0", "agent1.example")}
+    assert fleet == {"node1": {"hostname": "node1", "agent_version": "0.1.0"}}

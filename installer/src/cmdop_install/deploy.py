@@ -48,11 +48,13 @@ def deploy_site(
     dry_run: bool = False,
     agent_release: agent_releases.Release | None = None,
     bundle_file: Path | None = None,
+    preflighted: bool = False,
 ) -> RunResult:
     """Converge the hosts (``limit``: some of them). With ``agent_release`` (a rollout), the
     agents switch to that release; otherwise an agent host without one gets the shipped one.
     With a bundle (``bundle_file`` or site.toml ``[bundle] file``) every package comes from
-    it and nothing from the network.
+    it and nothing from the network. ``preflighted``: the caller has just run ``preflight``
+    over these hosts (a rollout's first batch), so they are not probed twice.
 
     The bundle is verified first, then the site checked and the certificates the inventory
     now needs issued (``check.refuse_on_problems``); nothing reaches a host unless all
@@ -65,7 +67,8 @@ def deploy_site(
                 "site.toml: centrifugo.binary is set, but this version cannot deploy Centrifugo "
                 'yet; set it to "" (live output then flows through the REST cursor API)'
             )
-        preflight(inventory, limit)
+        if not preflighted:
+            preflight(inventory, limit)
         wheels: dict = {"control_plane": None, "agents": None}
         if inventory.groups["control_plane"]:
             wheels["control_plane"] = (offline.wheelhouse("cmdop-server") if offline
@@ -127,14 +130,20 @@ def _converge(site: SiteDir, limit: list[str] | None, dry_run: bool, wheels: dic
 
 
 SUPPORTED_OS = "debian-12"
+OS_COMMAND = ". /etc/os-release && echo $ID-$VERSION_ID"
 
 
-def preflight(inventory, limit: list[str] | None) -> None:
-    """Every host answers over SSH and runs Debian 12, or nothing is changed anywhere."""
+def preflight(inventory, limit: list[str] | None, facts: dict[str, str] | None = None,
+              host_facts: dict[str, dict[str, str]] | None = None) -> RunResult:
+    """Every host answers over SSH and runs Debian 12, or nothing is changed anywhere.
+
+    ``facts`` (a host in ``host_facts``: its own) are read in the same round, so a caller
+    that needs more from the hosts connects to them once; the probe is returned."""
     probe = read_facts(
         inventory.pyinfra_groups(),
-        {"os": ". /etc/os-release && echo $ID-$VERSION_ID"},
+        {"os": OS_COMMAND, **(facts or {})},
         limit=limit,
+        host_facts={name: {"os": OS_COMMAND, **own} for name, own in (host_facts or {}).items()},
     )
     problems = []
     for name, host in sorted(probe.hosts.items()):
@@ -148,6 +157,7 @@ def preflight(inventory, limit: list[str] | None) -> None:
             )
     if problems:
         raise UserError("nothing was changed: " + "; ".join(problems))
+    return probe
 
 
 def write_extras(

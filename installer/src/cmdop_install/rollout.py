@@ -27,7 +27,7 @@ from cmdop_install import agent_releases, bundle, manage
 from cmdop_install.deploy import deploy_site, preflight
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import write_atomic
-from cmdop_install.runner import read_facts, run_deploy, with_host_data
+from cmdop_install.runner import run_deploy, with_host_data
 from cmdop_install.sitedir import SiteDir
 from cmdop_install.status import read_fleet, record_deploy
 
@@ -131,24 +131,25 @@ class Rollout:
 
     # ---------------------------------------------------------------- reading the fleet
 
-    def releases_on_hosts(self) -> dict[str, tuple[str | None, str]]:
-        """Per agent host: its current release (None: no agent yet) and its hostname."""
-        facts = read_facts(
-            self.inventory.pyinfra_groups(),
-            {
-                "current": agent_releases.CURRENT_RELEASE_COMMAND,
-                "hostname": manage.HOSTNAME_COMMAND,
-            },
-            limit=self.agents,
-        )
+    def probe(self) -> tuple[dict[str, tuple[str | None, str]], dict[str, dict]]:
+        """One round over the agents and the control plane (``preflight``: each answers and
+        runs Debian 12): per agent host its current release (None: no agent yet) and its
+        hostname, and the control plane's view of the fleet."""
+        control_plane = self.inventory.groups["control_plane"][0].name
+        per_agent = {
+            "current": agent_releases.CURRENT_RELEASE_COMMAND,
+            "hostname": manage.HOSTNAME_COMMAND,
+        }
+        fleet = {"fleet": manage.fleet_status_command(self.site.name)}
+        own = {**per_agent, **fleet} if control_plane in self.agents else fleet
+        probe = preflight(self.inventory, list(dict.fromkeys([*self.agents, control_plane])),
+                          facts=per_agent, host_facts={control_plane: own})
         found = {}
         for name in self.agents:
-            host = facts.hosts[name]
-            if host.error:
-                raise UserError(f"{name}: {host.error}; nothing was changed")
-            current = host.facts.get("current", "").strip()
-            found[name] = (current or None, host.facts.get("hostname", "") or name)
-        return found
+            facts = probe.hosts[name].facts
+            current = facts.get("current", "").strip()
+            found[name] = (current or None, facts.get("hostname", "") or name)
+        return found, manage.parse_fleet(probe.hosts[control_plane].facts.get("fleet", ""))
 
     def fleet(self) -> dict[str, dict]:
         return read_fleet(self.site)
@@ -163,10 +164,8 @@ class Rollout:
             return self._run(release, batch_size, canary, max_fail)
 
     def _run(self, release, batch_size: str, canary: int, max_fail: str) -> Outcome:
-        preflight(self.inventory, [*self.agents, self.inventory.groups["control_plane"][0].name])
-        on_hosts = self.releases_on_hosts()
+        on_hosts, fleet = self.probe()
         self.hostnames = {name: hostname for name, (_, hostname) in on_hosts.items()}
-        fleet = self.fleet()
         record = self.load_state()
         if record and (record["version"] != release.version or record["status"] == "complete"):
             record = None  # another release's rollout, or a finished one: start afresh
@@ -201,8 +200,7 @@ class Rollout:
             self.save_state(release.version, started, outcome, "running")
             label = "canary" if canary_batch else f"batch {index + 1 - bool(plan.canaries)}"
             self.echo(f"{label}: {', '.join(batch)} -> {release.version}")
-            failed = self.upgrade(batch, release, fleet, outcome)
-            fleet = self.fleet()
+            failed, fleet = self.upgrade(batch, release, fleet, outcome, preflighted=index == 0)
             if failed:
                 failures += len(failed)
                 self.roll_back(failed, outcome, fleet)
@@ -220,18 +218,20 @@ class Rollout:
         )
         return outcome
 
-    def upgrade(self, batch: list[str], release, fleet, outcome: Outcome) -> list[str]:
+    def upgrade(self, batch: list[str], release, fleet, outcome: Outcome,
+                preflighted: bool) -> tuple[list[str], dict[str, dict]]:
         """Switch ``batch`` to ``release`` and wait for each agent to report it; the names
-        of those that failed (their outcome says why)."""
+        of those that failed (their outcome says why) and the fleet as read after the
+        batch. ``preflighted``: the rollout's probe has just checked these hosts."""
         boots = {name: self.machine(fleet, name).get("boot_id") for name in batch}
         try:
             result = deploy_site(self.site, limit=batch, agent_release=release,
-                                 bundle_file=self.bundle_file)
+                                 bundle_file=self.bundle_file, preflighted=preflighted)
         except UserError as exc:
             for name in batch:
                 outcome.hosts[name].result = "failed"
                 outcome.hosts[name].detail = exc.message
-            return list(batch)
+            return list(batch), self.fleet()
         failed, waiting = [], {}
         for name in batch:
             host = result.hosts.get(name)
@@ -242,7 +242,7 @@ class Rollout:
                 continue
             restarted = any(op.changed and any(r in op.name for r in RESTARTS) for op in host.ops)
             waiting[name] = boots[name] if restarted else None
-        unhealthy = self.wait_healthy(waiting, release.version)
+        unhealthy, fleet = self.wait_healthy(waiting, release.version)
         for name in waiting:
             if name in unhealthy:
                 failed.append(name)
@@ -253,7 +253,7 @@ class Rollout:
                 outcome.hosts[name].result = (
                     "upgraded" if outcome.hosts[name].before else "installed"
                 )
-        return failed
+        return failed, fleet
 
     def roll_back(self, names: list[str], outcome: Outcome, fleet: dict[str, dict]) -> None:
         """Each failed host back to the release it ran before the rollout, and online on it
@@ -282,7 +282,7 @@ class Rollout:
             waiting[name] = boots[name] if restarted else None
         for versions in {targets[n] for n in waiting}:
             group = {n: b for n, b in waiting.items() if targets[n] == versions}
-            unhealthy = self.wait_healthy(group, versions)
+            unhealthy, _ = self.wait_healthy(group, versions)
             for name in group:
                 if name in unhealthy:
                     outcome.hosts[
@@ -292,13 +292,16 @@ class Rollout:
                     outcome.hosts[name].after = versions
                     outcome.hosts[name].detail += f"; rolled back to {versions}, online"
 
-    def wait_healthy(self, hosts: dict[str, str | None], version: str) -> dict[str, str]:
+    def wait_healthy(
+        self, hosts: dict[str, str | None], version: str
+    ) -> tuple[dict[str, str], dict[str, dict]]:
         """Wait until each host's agent reports ``version``, online, from a process other than
-        boot id ``hosts[name]`` (when not None). Returns name -> why, for those that did not."""
+        boot id ``hosts[name]`` (when not None). Returns name -> why, for those that did not,
+        and the fleet as last read (read at least once)."""
         deadline = time.monotonic() + self.health_timeout
         pending = dict(hosts)
         why: dict[str, str] = {}
-        while pending:
+        while True:
             fleet = self.fleet()
             for name in list(pending):
                 machine = self.machine(fleet, name)
@@ -318,7 +321,8 @@ class Rollout:
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(POLL_SECONDS)
-        return {n: f"{why.get(n, 'no report')} after {self.health_timeout:.0f} s" for n in pending}
+        late = {n: f"{why.get(n, 'no report')} after {self.health_timeout:.0f} s" for n in pending}
+        return late, fleet
 
     def machine(self, fleet: dict[str, dict], name: str) -> dict:
         return manage.machine_of(fleet, self.hostnames.get(name, name))
