@@ -136,7 +136,8 @@ def test_a_revoked_api_key_closes_the_open_socket(agent: RealAgent) -> None:
 
 
 def test_an_api_key_opens_no_terminal_in_another_workspace(agent: RealAgent) -> None:
-    """The key's owner is an owner of a second workspace too; the key is bound to the first."""
+    """The key's owner is an owner of a second workspace too; the key is bound to the first.
+    A guest's key, where guests are off, is refused as the user API refuses it."""
     sid, _ = agent.open_session()
     other, _ = make_workspace(owner=agent.owner)
     elsewhere = attached(agent, agent.key, sid, slug=other.slug)
@@ -148,6 +149,14 @@ def test_an_api_key_opens_no_terminal_in_another_workspace(agent: RealAgent) -> 
     foreign = attached(agent, stranger_key, sid)  # a key of a workspace that is not this one
     assert foreign.closed().code == 4403
     assert foreign.record(type="refused")["code"] == "not_found"
+    guest = add_member(agent.ws, "guest")  # guests are off in this workspace, as in the API
+    agent.api.call("POST", f"/sessions/{sid}/participants",
+                   {"user_id": guest.pk, "role": "observer"})
+    _, guest_key = identity_actions.do_create_api_key(owner_membership(agent.ws, guest), "g")
+    refused = attached(agent, guest_key, sid)
+    assert refused.closed().code == 4403
+    assert refused.record(type="refused")["detail"] == \
+        "Guest access is disabled in this workspace."
 
 
 def spend(scope: str, subject: str) -> None:

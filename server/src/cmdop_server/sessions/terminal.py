@@ -168,7 +168,9 @@ def check(credential: Credential, slug: str, session_id: str, ip: str | None) ->
                   .filter(workspace__slug=slug, user=user).first())
     if membership is None:
         return Check(refused=ApiError(404, "not_found", "No such session."))
-    if membership.role == Role.GUEST and not membership.workspace.guests_enabled:
+    # the user API's rule for a bearer (api/auth.py WorkspaceAuth), as cmdop meets it there
+    if (credential.bearer is not None and membership.role == Role.GUEST
+            and not membership.workspace.guests_enabled):
         return Check(refused=ApiError(403, "forbidden",
                                       "Guest access is disabled in this workspace."))
     if not can(membership.role, Action.SESSION_VIEW):
