@@ -16,10 +16,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cmdop_install.lab import image, network, system
+from cmdop_install.lab import core, image, network, system
 from cmdop_install.sitedir import SiteDir
 
 from tests.lab.helpers import cli
@@ -91,11 +92,20 @@ def _failures(output: str) -> str:
     return "\n".join(excerpt)[-8000:] or output[-6000:]
 
 
-def test_molecule_default_converges_is_idempotent_and_verifies(tmp_path: Path) -> None:
+@pytest.fixture
+def safety_route() -> Iterator[None]:
+    """The lab's safety route under the scenario's network, taken away after the run as
+    `lab down` does: only when no lab and no other network in the range still needs it."""
     if os.geteuid() != 0:
         pytest.skip("molecule's podman hosts need root")
-    system.write_containers_conf()
     network.ensure_blackhole()
+    yield
+    core.release_safety_route()
+
+
+def test_molecule_default_converges_is_idempotent_and_verifies(tmp_path: Path,
+                                                               safety_route: None) -> None:
+    system.write_containers_conf()
     image.ensure_image()  # the lab's one image recipe, cached
     assert _left_over(system.podman_env()) == [], "a molecule run is left over: molecule destroy"
 
