@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db import connection
 from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
@@ -91,6 +92,32 @@ class MachineAuth(HttpBearer):
         return _machine_caller(request, token)
 
 
+def _current_holder(raw: str) -> AgentCaller | None:
+    """The long-poll's common case, decided with one indexed query and no ORM: ``raw`` is
+    the current credential of a machine that may call now (not disabled, no handover
+    lapsed), the caller then that machine (only its id read; any other field loads when
+    used). None for every other case, which ``_machine_caller`` decides as for any call.
+    Each poll checks its credential again (a revoked or superseded one is refused at the
+    next poll), and the ORM's query for it cost a worker about 1 ms of CPU, a third of a
+    poll; this costs a twentieth of that."""
+    if not raw.startswith(MACHINE_CREDENTIAL_PREFIX):
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {Machine._meta.db_table} WHERE credential_hash = %s "  # noqa: S608 - our table's name
+            "AND disabled_at IS NULL "
+            "AND (credential_handover_until IS NULL OR credential_handover_until > %s)",
+            [credentials.sha256_hex(raw), timezone.now()])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return AgentCaller(Machine.from_db(connection.alias, ["id"], [row[0]]))
+
+
+def _pooled_caller(request: HttpRequest, token: str) -> AgentCaller | None:
+    return _current_holder(token) or _machine_caller(request, token)
+
+
 class PooledMachineAuth(HttpBearer):
     """MachineAuth for the async long-poll. Under ASGI, Django runs a request's sync code in
     a thread of its own, and that thread's DB connection would stay open for the whole
@@ -102,7 +129,7 @@ class PooledMachineAuth(HttpBearer):
     permission_rule = MachineAuth.permission_rule
 
     async def authenticate(self, request: HttpRequest, token: str) -> AgentCaller | None:
-        return await dbconn.in_pool(_machine_caller)(request, token)
+        return await dbconn.in_pool(_pooled_caller)(request, token)
 
 
 machine = MachineAuth()
