@@ -127,6 +127,8 @@ class SiteLoad:
         self.session_id = ""
         self.cursor: str | None = None
         self.ticks = 0
+        self.typed: list[str] = []  # the echo markers whose input the site accepted
+        self.transcript = ""  # every byte of the session's output read so far
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _record(self, kind: str, ok: bool, seconds: float, detail: str = "") -> None:
@@ -228,6 +230,11 @@ class SiteLoad:
         tokens = self._token({"grant_type": DEVICE_GRANT, "device_code": start["device_code"],
                               "client_id": "cmdop-cli"})
         self.refresh_token = tokens["refresh_token"]
+        self.open_session()
+
+    def open_session(self) -> None:
+        """Open the agent session the echoes type into (with the API key alone: all that
+        ``start(("agent-session",))`` needs), once the agent has its PTY open."""
         status, data = self._api("GET", f"/api/v1/workspaces/{self.workspace}/machines")
         assert status == 200, data
         machine = next(m for m in json.loads(data) if m["hostname"] == self.machine_hostname)
@@ -288,29 +295,58 @@ class SiteLoad:
         status, data = self._api("POST", f"{base}/input", {"data_b64": data_b64})
         if status != 202:
             return False, f"input answered {status}: {data[:200]!r}"
+        self.typed.append(marker)
         seen, until = "", time.monotonic() + 30
         while marker not in seen and time.monotonic() < until:
-            query = urllib.parse.urlencode({"wait": 10, **({"cursor": self.cursor}
-                                                           if self.cursor else {})})
-            status, data = self._api("GET", f"{base}/output?{query}")
+            status, text = self._read_output(wait=10)
             if status != 200:
-                return False, f"output answered {status}: {data[:200]!r}"
-            page = json.loads(data)
-            self.cursor = page["cursor"]
-            seen += "".join(base64.b64decode(i["data_b64"]).decode(errors="replace")
-                            for i in page["items"] if "data_b64" in i)
+                return False, f"output answered {status}: {text[:200]!r}"
+            seen += text
         return marker in seen, f"echo {marker} not seen in 30 s"
+
+    def _read_output(self, wait: int) -> tuple[int, str]:
+        """(status, text) of the next page of the session's output after the cursor, waiting
+        up to ``wait`` s for some; the text joins the transcript."""
+        base = f"/api/v1/workspaces/{self.workspace}/sessions/{self.session_id}"
+        query = urllib.parse.urlencode({"wait": wait, **({"cursor": self.cursor}
+                                                         if self.cursor else {})})
+        status, data = self._api("GET", f"{base}/output?{query}")
+        if status != 200:
+            return status, data.decode(errors="replace")
+        page = json.loads(data)
+        self.cursor = page["cursor"]
+        text = "".join(base64.b64decode(i["data_b64"]).decode(errors="replace")
+                       for i in page["items"] if "data_b64" in i)
+        self.transcript += text
+        return status, text
+
+    def end_session(self) -> None:
+        """Leave the session's shell (the agent then ends the session)."""
+        base = f"/api/v1/workspaces/{self.workspace}/sessions/{self.session_id}"
+        self._api("POST", f"{base}/input", {"data_b64": base64.b64encode(b"exit\n").decode()})
+
+    def echoes_lost_and_repeated(self) -> tuple[list[str], list[str]]:
+        """Once the load has stopped: the echoes typed whose output never came (lost), and
+        every echo whose output came more than once (its input ran twice). Reads what output
+        is left first (until a read waits 3 s for nothing)."""
+        for _ in range(20):
+            status, text = self._read_output(wait=3)
+            if status != 200 or not text:
+                break
+        ticks = [f"tick{n}x" for n in range(1, self.ticks + 1)]
+        lost = [m for m in self.typed if m not in self.transcript]
+        return lost, [m for m in ticks if self.transcript.count(m) > 1]
 
     KINDS = ("browse", "sign-in", "refresh", "api-key", "agent-session")
 
-    def start(self) -> None:
+    def start(self, kinds: tuple[str, ...] = KINDS) -> None:
         self.deadline = time.monotonic() + self.max_seconds
         self._stop.clear()
         steps: tuple[tuple[str, Step, float, bool], ...] = (
             ("browse", self.browse, 1.0, False), ("sign-in", self._sign_in, 14.0, True),
             ("refresh", self._refresh, 14.0, True), ("api-key", self._api_key, 0.3, False),
             ("agent-session", self.echo, 2.0, False))
-        for kind, step, pause, turn in steps:
+        for kind, step, pause, turn in (s for s in steps if s[0] in kinds):
             thread = threading.Thread(target=self._loop, args=(kind, step, pause, turn),
                                       daemon=True)
             thread.start()

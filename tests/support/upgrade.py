@@ -44,6 +44,30 @@ def release_tree(dest: Path, migrations: dict[str, str]) -> Path:
     return dest
 
 
+def previous_checkout(ref: str, dest: Path) -> Path:
+    """A checkout of ``ref`` (a git worktree at ``dest``) with its own virtualenv, made by
+    that commit's own scripts/bootstrap.sh with the uv this checkout uses: the installer as
+    an operator of that release ran it (``dest/.venv/bin/cmdop-install``). Remove it with
+    ``remove_checkout``."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(dest), ref],
+                   check=True)
+    subprocess.run(["bash", "scripts/bootstrap.sh"], cwd=dest, env=uv_on_path(), check=True,
+                   timeout=900)
+    return dest
+
+
+def uv_on_path() -> dict[str, str]:
+    """This environment with the uv this checkout uses first on PATH: an earlier release's
+    bootstrap and installer (which builds its wheels with uv) find it there."""
+    uv = shutil.which("uv") or str(ROOT / ".cache/uv/bin/uv")
+    return {**os.environ, "PATH": f"{Path(uv).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def remove_checkout(dest: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(dest)],
+                   check=False)
+
+
 def deploy(site_dir: Path, tree: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`cmdop-install deploy` as an operator runs it; with ``tree``, the installer of that
     copy, so the wheels it builds and deploys are that copy's."""
@@ -70,6 +94,7 @@ class Load:
     done: int = 0
     failures: list[str] = field(default_factory=list)
     slowest: float = 0.0  # seconds, the longest answer (a switch's pause shows here)
+    failed_at: list[float] = field(default_factory=list)  # time.monotonic() of each failure
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -114,6 +139,7 @@ class Load:
                 self.slowest = max(self.slowest, time.monotonic() - started)
                 if outcome:
                     self.failures.append(f"{time.strftime('%H:%M:%S')} {outcome}")
+                    self.failed_at.append(time.monotonic())
             time.sleep(self.pause)
         if conn is not None:
             conn.close()
