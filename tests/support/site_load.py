@@ -233,8 +233,7 @@ class SiteLoad:
         self.open_session()
 
     def open_session(self) -> None:
-        """Open the agent session the echoes type into (with the API key alone: all that
-        ``start(("agent-session",))`` needs), once the agent has its PTY open."""
+        """Open the agent session the echoes type into, once the agent has its PTY open."""
         status, data = self._api("GET", f"/api/v1/workspaces/{self.workspace}/machines")
         assert status == 200, data
         machine = next(m for m in json.loads(data) if m["hostname"] == self.machine_hostname)
@@ -320,11 +319,6 @@ class SiteLoad:
         self.transcript += text
         return status, text
 
-    def end_session(self) -> None:
-        """Leave the session's shell (the agent then ends the session)."""
-        base = f"/api/v1/workspaces/{self.workspace}/sessions/{self.session_id}"
-        self._api("POST", f"{base}/input", {"data_b64": base64.b64encode(b"exit\n").decode()})
-
     def echoes_lost_and_repeated(self) -> tuple[list[str], list[str]]:
         """Once the load has stopped: the echoes typed whose output never came (lost), and
         every echo whose output came more than once (its input ran twice). Reads what output
@@ -339,14 +333,14 @@ class SiteLoad:
 
     KINDS = ("browse", "sign-in", "refresh", "api-key", "agent-session")
 
-    def start(self, kinds: tuple[str, ...] = KINDS) -> None:
+    def start(self) -> None:
         self.deadline = time.monotonic() + self.max_seconds
         self._stop.clear()
         steps: tuple[tuple[str, Step, float, bool], ...] = (
             ("browse", self.browse, 1.0, False), ("sign-in", self._sign_in, 14.0, True),
             ("refresh", self._refresh, 14.0, True), ("api-key", self._api_key, 0.3, False),
             ("agent-session", self.echo, 2.0, False))
-        for kind, step, pause, turn in (s for s in steps if s[0] in kinds):
+        for kind, step, pause, turn in steps:
             thread = threading.Thread(target=self._loop, args=(kind, step, pause, turn),
                                       daemon=True)
             thread.start()
