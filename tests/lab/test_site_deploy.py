@@ -77,13 +77,16 @@ def test_secret_files_are_not_group_or_world_readable_beyond_their_service(lab, 
         lab,
         "host1",
         "sudo find /etc/postgresql /etc/redis /etc/nginx -type f "
-        "-name '*.key' -o -type f -name users.acl | "
+        "-name '*.key' -o -type f -name 'users.acl*' -o -type f -name cmdop-acl-load.auth | "
         "sudo xargs stat -c '%a %U %G %n'",
     )
     rows = [line.split() for line in out.stdout.splitlines()]
-    assert len(rows) >= 4, out.stdout + out.stderr
+    assert len(rows) >= 6, out.stdout + out.stderr
     for mode, _owner, _group, path in rows:
         assert int(mode, 8) & 0o077 == 0, f"{path} is {mode}"
+    # the password of Redis's ACL LOAD user, and the copy of the users Redis last loaded
+    assert ["400", "root", "root", "/etc/redis/cmdop-acl-load.auth"] in rows, rows
+    assert ["600", "root", "root", "/etc/redis/users.acl.loaded"] in rows, rows
     leftovers = lab_ssh(
         lab,
         "host1",

@@ -28,8 +28,10 @@ from tests.support.site_load import Browser, Endpoint, SiteLoad
 
 pytestmark = pytest.mark.lab
 
-# the app's Postgres login (blue and green) and its Redis ACL user
+# the app's Postgres login (blue and green) and its Redis ACL user; the rollback test takes
+# back the first two (the Redis phases' rollback is tests/integration/test_redis_rotation.py's)
 ROTATED = ("django_secret_key", "postgres_password_blue", "redis_password_app")
+ROLLED_BACK = ROTATED[:2]
 
 
 def _manage(lab, command: str) -> str:
@@ -179,9 +181,8 @@ def test_rollback_from_the_switched_phase_gives_back_a_working_site(lab, site, l
     login = _app_login(lab)
     role = login.rsplit("_", 1)[1]
     other = "green" if role == "blue" else "blue"
-    cli("rotate", str(site.dir), *ROTATED, "--yes")
+    cli("rotate", str(site.dir), *ROLLED_BACK, "--yes")
     assert (_rotation(site) or {}).get("phase") == "switched"
-    abandoned = _secrets(site)
     assert _app_login(lab) == f"cmdop_{other}"
     # the session is used while the new key signs, then the rotation is taken back
     assert load.browse()[0] and load.echo()[0]
@@ -195,13 +196,11 @@ def test_rollback_from_the_switched_phase_gives_back_a_working_site(lab, site, l
     assert _app_login(lab) == login
     assert _logs_in(lab, login, before[f"postgres_password_{role}"])
     assert not _logs_in(lab, f"cmdop_{other}", after[f"postgres_password_{other}"])
-    assert after["redis_password_app"] == before["redis_password_app"]
-    assert _redis_logs_in(lab, site, before["redis_password_app"])
-    assert not _redis_logs_in(lab, site, abandoned["redis_password_app"])
     # the site works on the old values: the session, a new sign-in, the agent session
     assert load.browse()[0], "signed out by the rollback"
     load.auth_turn()
-    assert Browser(endpoint).sign_in(load.email, load.password)[0]
+    signed_in, status = Browser(endpoint).sign_in(load.email, load.password)
+    assert signed_in, f"a new sign-in after the rollback answered {status}"
     assert load.echo()[0], "no agent session after the rollback"
     assert all(_agents_online(lab, site).values())
 

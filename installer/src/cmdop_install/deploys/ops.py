@@ -97,6 +97,22 @@ def postgres_restart_or_reload(service: str, listen_addresses: str, files_change
 
 
 @operation()
+def redis_users_loaded(users: str, loaded: str, acl_load: str, restarted):
+    """The running Redis uses ``users`` (users.acl): ``acl_load`` (ACL LOAD, no restart) when
+    the file differs from ``loaded``, the copy of what Redis last read, then the copy. So a
+    deploy cut between writing the file and loading it is loaded by the next one; after a
+    restart (which read the file) only the copy is made."""
+    have = fact(PathStates, [users, loaded])
+    current, last = have.get(users), have.get(loaded)
+    if current is None or (last is not None and last.sha256 == current.sha256):
+        host.noop("Redis runs with the current users.acl")
+        return
+    if not restarted():
+        yield acl_load
+    yield f"install -o root -g root -m 600 {users} {loaded}"
+
+
+@operation()
 def postgres_password(
     role: str, verifier_md5: str, sql_src: str, conf_dir: str, temp_dir: str, psql: str
 ):

@@ -1,10 +1,13 @@
 """Redis from Debian's package with our redis.conf and users.acl: TLS only, ACLs, no plain port."""
 
 from pyinfra.api import deploy
-from pyinfra.operations import server, systemd
+from pyinfra.operations import systemd
 
 from cmdop_install.deploys.common import any_changed, put_files
+from cmdop_install.deploys.ops import redis_users_loaded
 from cmdop_install.render import Paths
+
+PATHS = Paths()
 
 
 def acl_load_command(paths: Paths) -> str:
@@ -23,7 +26,7 @@ def redis() -> None:
     # Debian's /etc/redis is setgid redis (2770); a sub-folder inherits the bit.
     tls = put_files("/etc/redis/tls", {"/etc/redis/tls": ("redis", "redis", "2750")})
     conf = put_files("/etc/redis", names=("redis.conf", "openssl-cmdop.cnf"))
-    users = put_files("/etc/redis", names=("users.acl",))
+    put_files("/etc/redis", names=("users.acl",))
     # before ACL LOAD: a rotation of its own password changes it while both are in users.acl
     put_files("/etc/redis", names=("cmdop-acl-load.auth",))
     unit = put_files(
@@ -51,9 +54,11 @@ def redis() -> None:
     # users.acl alone: ACL LOAD, no restart. A rotation lists a user's old and new password
     # here while its clients move; Redis 7.0 closes every logged-in connection on ACL LOAD
     # (later releases keep them), which our clients reopen with their one retry.
-    server.shell(
-        name="Load the Redis users (ACL LOAD, no restart)",
-        commands=[acl_load_command(Paths())],
-        _if=lambda: any_changed(users)() and not restart(),
+    redis_users_loaded(
+        name="Redis uses the current users.acl (ACL LOAD, no restart)",
+        users=f"{PATHS.redis}/users.acl",
+        loaded=f"{PATHS.redis}/users.acl.loaded",
+        acl_load=acl_load_command(PATHS),
+        restarted=restart,
         _sudo=True,
     )
