@@ -7,11 +7,13 @@ for the rollout test). The site is deployed once, by the first test that needs i
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from cmdop_install.bundle import keygen
 from cmdop_install.inventory import load_inventory
-from cmdop_install.lab import core, network
+from cmdop_install.lab import core, image, network, system
 from cmdop_install.secrets import SecretStore
 from cmdop_install.site import load_site
 
@@ -37,6 +39,21 @@ def lab() -> Iterator[core.LabState]:
     finally:
         # also after a failed `lab up`: no half-made lab (containers, networks, rules) stays
         cli("lab", "down", "--name", LAB, check=False)
+
+
+@pytest.fixture(scope="session")
+def offline_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A bundle built once per session against the lab image (the Debian closure is computed
+    against a fresh host's packages), and the public key it is signed with."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab image needs root")
+    system.write_containers_conf()
+    image.ensure_image()
+    base = tmp_path_factory.mktemp("bundle")
+    key = base / "keys" / "bundle.key"
+    pub = keygen(key)
+    cli("bundle", "build", "--out", str(base / "cmdop.bundle"), "--signing-key", str(key))
+    return base / "cmdop.bundle", pub
 
 
 @pytest.fixture(scope="session")

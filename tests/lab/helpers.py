@@ -1,13 +1,18 @@
 """Helpers for lab tests: the real CLI, ssh to a lab host, the lab's inventory, a lab of
-one host of a test's own, row counts on a site's database host."""
+one host of a test's own, row counts on a site's database host, packet counters on the
+air-gapped bridge, molecule's log read."""
 
+from __future__ import annotations
+
+import contextlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
-from cmdop_install.lab import core
+from cmdop_install.lab import core, network
 
 
 def cli(*args: str, check: bool = True, input: str = "") -> subprocess.CompletedProcess[str]:
@@ -35,12 +40,14 @@ def inventory(state: core.LabState) -> dict:
     return core.inventory_groups(state)
 
 
-def one_host_lab(name: str) -> Iterator[core.LabState]:
-    """A lab of one fresh host named ``name`` (for a module fixture), down again afterwards."""
+def one_host_lab(name: str, *airgapped: str) -> Iterator[core.LabState]:
+    """A lab of one fresh host named ``name`` (for a module fixture), and the ``airgapped``
+    hosts, down again afterwards."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
     try:
-        cli("lab", "up", "--name", name, "--hosts", "1")
+        cli("lab", "up", "--name", name, "--hosts", "1",
+            *(arg for air in airgapped for arg in ("--airgapped", air)))
         state = core.LabState.load(name)
         assert state is not None
         yield state
@@ -59,3 +66,77 @@ def row_counts(state: core.LabState, tables: dict[str, tuple[str, ...]]) -> dict
         assert out.returncode == 0, out.stderr
         counts.update(line.split() for line in out.stdout.splitlines())
     return counts
+
+
+class AirCounters:
+    """Rules with no target (they only count) at the top of the raw table's PREROUTING: every
+    IPv4 packet from the lab's air-gapped bridge, before any routing or firewall decision,
+    toward the air-gapped subnet itself (``inside``) and toward any other address
+    (``outside``). Tagged with the lab's name: another lab's counters are other rules."""
+
+    def __init__(self, lab: core.LabState) -> None:
+        bridge = network.bridge_of(lab.net_name(True))
+        tag = f"cmdop-test:{lab.name}:airgap"
+        self.rules = {
+            "inside": ["-i", bridge, "-d", lab.air_subnet, "-m", "comment", "--comment",
+                       f"{tag}-inside"],
+            "outside": ["-i", bridge, "!", "-d", lab.air_subnet, "-m", "comment", "--comment",
+                        f"{tag}-outside"],
+        }
+
+    def __enter__(self) -> AirCounters:
+        for rule in self.rules.values():
+            subprocess.run(["iptables", "-w", "-t", "raw", "-I", "PREROUTING", *rule], check=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for rule in self.rules.values():
+            subprocess.run(["iptables", "-w", "-t", "raw", "-D", "PREROUTING", *rule],
+                           check=False)
+
+    def packets(self) -> dict[str, int]:
+        listing = subprocess.run(
+            ["iptables", "-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"],
+            capture_output=True, text=True, check=True).stdout.splitlines()
+        return {kind: sum(int(line.split()[0]) for line in listing if f"/* {rule[-1]} */" in line)
+                for kind, rule in self.rules.items()}
+
+
+@contextlib.contextmanager
+def counting_air(lab: core.LabState, host: str) -> Iterator[AirCounters]:
+    """The counters, and the air-gapped ``host`` given a default route to this machine
+    meanwhile: the kernel refuses a connect to an address it has no route to before any
+    packet exists; with the route every attempt to get out is a packet the counter sees (and
+    the air-gap rules drop)."""
+    none = lab_ssh(lab, host, "ip -4 route show default")
+    assert none.returncode == 0 and none.stdout == "", f"{host} must have no route out"
+    gateway = network.gateway(lab.air_subnet)
+    added = lab_ssh(lab, host, f"sudo ip route add default via {gateway}")
+    assert added.returncode == 0, added.stderr
+    try:
+        with AirCounters(lab) as counted:
+            yield counted
+    finally:
+        lab_ssh(lab, host, f"sudo ip route del default via {gateway}")
+
+
+def molecule_changed(output: str, scenario: str, phase: str) -> dict[str, int]:
+    """The PLAY RECAP's changed= of each host in one phase of a molecule scenario's log."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    # molecule writes "default ➜ idempotence: Executing" with a UTF-8 locale and
+    # "[default > idempotence] Executing" without one (CI's minimal environment)
+    mark = rf"{scenario} (?:➜|>) {phase}\]?:? Execut"
+    start = re.search(mark + "ing", plain)
+    assert start is not None, f"no {phase} phase in molecule's log"
+    end = re.compile(mark + "ed").search(plain, start.end())
+    assert end is not None, f"the {phase} phase did not end in molecule's log"
+    recap = re.findall(r"(\S+)\s+: ok=\d+\s+changed=(\d+)", plain[start.end():end.start()])
+    return {host: int(changed) for host, changed in recap}
+
+
+def molecule_failures(output: str) -> str:
+    """What failed in a molecule log: each failing task with what follows it."""
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines) if "fatal:" in line or "failed:" in line]
+    excerpt = [line for i in starts[:5] for line in lines[max(i - 3, 0):i + 25]]
+    return "\n".join(excerpt)[-8000:] or output[-6000:]

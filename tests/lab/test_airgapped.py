@@ -17,7 +17,6 @@ import http.client
 import json
 import shutil
 import ssl
-import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -26,30 +25,19 @@ from pathlib import Path
 import pytest
 from cmdop_install.bundle import MANIFEST, SIGNATURE, keygen
 from cmdop_install.inventory import load_inventory
-from cmdop_install.lab import core, network
+from cmdop_install.lab import core
 from cmdop_install.manage import api_key_command, parse_api_key
 from cmdop_install.site import load_site
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.lab.helpers import cli, lab_ssh
+from tests.lab.helpers import AirCounters, cli, counting_air, lab_ssh
 
 pytestmark = pytest.mark.lab
 
 HOST = "air1"
 # an address of the lab range that no bridge carries: the lab's blackhole route drops it
 NOWHERE = "10.89.255.254"
-
-
-@pytest.fixture(scope="session")
-def offline_bundle(lab, tmp_path_factory) -> tuple[Path, Path]:
-    """A bundle built once per session (`lab up` made the image it computes the Debian
-    closure against), and the public key it is signed with."""
-    base = tmp_path_factory.mktemp("bundle")
-    key = base / "keys" / "bundle.key"
-    pub = keygen(key)
-    cli("bundle", "build", "--out", str(base / "cmdop.bundle"), "--signing-key", str(key))
-    return base / "cmdop.bundle", pub
 
 
 @pytest.fixture(scope="module")
@@ -115,38 +103,6 @@ def test_a_tampered_bundle_is_refused_before_the_host_changes(lab, offline_bundl
     assert _on_air1(lab, state) == before
 
 
-class Counters:
-    """Rules with no target (they only count) at the top of the raw table's PREROUTING: every
-    IPv4 packet from air1's bridge, before any routing or firewall decision."""
-
-    def __init__(self, lab) -> None:
-        bridge = network.bridge_of(lab.net_name(True))
-        tag = f"cmdop-test:{lab.name}:airgap"
-        self.rules = {
-            "inside": ["-i", bridge, "-d", lab.air_subnet, "-m", "comment", "--comment",
-                       f"{tag}-inside"],
-            "outside": ["-i", bridge, "!", "-d", lab.air_subnet, "-m", "comment", "--comment",
-                        f"{tag}-outside"],
-        }
-
-    def __enter__(self) -> Counters:
-        for rule in self.rules.values():
-            subprocess.run(["iptables", "-w", "-t", "raw", "-I", "PREROUTING", *rule], check=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for rule in self.rules.values():
-            subprocess.run(["iptables", "-w", "-t", "raw", "-D", "PREROUTING", *rule],
-                           check=False)
-
-    def packets(self) -> dict[str, int]:
-        listing = subprocess.run(
-            ["iptables", "-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"],
-            capture_output=True, text=True, check=True).stdout.splitlines()
-        return {kind: sum(int(line.split()[0]) for line in listing if f"/* {rule[-1]} */" in line)
-                for kind, rule in self.rules.items()}
-
-
 class Api:
     """The control plane on air1 through its nginx, from this machine."""
 
@@ -197,18 +153,9 @@ def _echo_through_a_session(api: Api) -> str:
 
 
 @pytest.fixture
-def counters(lab) -> Iterator[Counters]:
-    """The counters, and air1 given a default route to this machine meanwhile: the kernel
-    refuses a connect to an address it has no route to before any packet exists; with the
-    route every attempt to get out is a packet the counter sees (and the air-gap rules drop)."""
-    assert _on_air1(lab, "ip -4 route show default") == "", "air1 must have no route out"
-    gateway = network.gateway(lab.air_subnet)
-    _on_air1(lab, f"sudo ip route add default via {gateway}")
-    try:
-        with Counters(lab) as counted:
-            yield counted
-    finally:
-        lab_ssh(lab, HOST, f"sudo ip route del default via {gateway}")
+def counters(lab) -> Iterator[AirCounters]:
+    with counting_air(lab, HOST) as counted:
+        yield counted
 
 
 def test_a_site_and_its_agent_install_from_the_bundle_and_nothing_leaves_the_subnet(
