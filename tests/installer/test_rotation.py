@@ -22,7 +22,7 @@ from cmdop_install.runner import HostResult, RunResult
 from cmdop_install.secrets import SecretStore
 from cmdop_install.sitedir import SiteDir
 
-from tests.support.sites import TEST_KEY, make_site, write_site
+from tests.support.sites import TEST_KEY, make_site, rotation_step, write_site
 
 pytestmark = pytest.mark.unit
 
@@ -74,13 +74,7 @@ def hosts(tmp_path, monkeypatch) -> Hosts:
 
 
 def _run(site_dir: Path, action="rotate", names=("django_secret_key", "postgres_password_blue")):
-    lines: list[str] = []
-    r = Rotation(SiteDir.load(site_dir), lines.append)
-    if action == "rotate":
-        r.start_or_resume(resolve(tuple(names), False))
-    else:
-        getattr(r, action)()
-    return lines
+    return rotation_step(site_dir, action, tuple(names))
 
 
 def _state(site_dir: Path) -> dict:

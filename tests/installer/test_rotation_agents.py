@@ -16,7 +16,7 @@ from cmdop_install.rotation import Rotation, resolve
 from cmdop_install.runner import HostResult, RunResult
 from cmdop_install.sitedir import SiteDir
 
-from tests.support.sites import TEST_KEY, make_site
+from tests.support.sites import TEST_KEY, make_site, rotation_step
 
 pytestmark = pytest.mark.unit
 
@@ -80,13 +80,7 @@ def plane(monkeypatch) -> Plane:
 
 
 def _run(site_dir: Path, action: str = "rotate", names=("agent_credentials",)) -> list[str]:
-    lines: list[str] = []
-    r = Rotation(SiteDir.load(site_dir), lines.append)
-    if action == "rotate":
-        r.start_or_resume(resolve(tuple(names), False))
-    else:
-        getattr(r, action)()
-    return lines
+    return rotation_step(site_dir, action, tuple(names))
 
 
 def test_switch_waits_for_online_agents_and_finish_lapses_the_absent_one(site_dir, deploys,

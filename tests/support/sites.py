@@ -12,7 +12,9 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from cmdop_install.rotation import Rotation, resolve
 from cmdop_install.site import default_site, render_site_toml
+from cmdop_install.sitedir import SiteDir
 from cmdop_install.siteinit import init_site
 
 TEST_KEY = base64.b64encode(bytes(range(32))).decode()
@@ -67,3 +69,15 @@ def plain_key(site_dir: Path, name: str) -> Path:
     path.write_bytes(pki.private_key_pem(site_dir, f"{name}.key", store.pki_passphrase()))
     path.chmod(0o600)
     return path
+
+
+def rotation_step(site_dir: Path, action: str, names: tuple[str, ...]) -> list[str]:
+    """One `rotate` step on a site folder, as the CLI runs it: start or resume a rotation of
+    ``names`` (action "rotate"), or "finish"/"rollback"; the lines it printed."""
+    lines: list[str] = []
+    r = Rotation(SiteDir.load(site_dir), lines.append)
+    if action == "rotate":
+        r.start_or_resume(resolve(tuple(names), False))
+    else:
+        getattr(r, action)()
+    return lines
