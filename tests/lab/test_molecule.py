@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 from cmdop_install.lab import core, image, network, system
 from cmdop_install.sitedir import SiteDir
 
-from tests.lab.helpers import cli
+from tests.lab.helpers import cli, molecule_changed, molecule_failures
 
 # About 6-7 minutes on this 2-core machine (converge 3-4, idempotence 1:10, verify 0:30)
 pytestmark = pytest.mark.lab
@@ -68,28 +67,6 @@ def _left_over(env: dict[str, str]) -> list[str]:
     networks = subprocess.run(["podman", "network", "ls", "--format", "{{.Name}}"], env=env,
                               capture_output=True, text=True, check=True).stdout.split()
     return [n for n in names if n in HOSTS] + [n for n in networks if n == NETWORK]
-
-
-def _changed_per_host(output: str, phase: str) -> dict[str, int]:
-    """The PLAY RECAP's changed= of each host in one molecule phase (colours removed)."""
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", output)
-    # molecule writes "default ➜ idempotence: Executing" with a UTF-8 locale and
-    # "[default > idempotence] Executing" without one (CI's minimal environment)
-    mark = rf"default (?:➜|>) {phase}\]?:? Execut"
-    start = re.search(mark + "ing", plain)
-    assert start is not None, f"no {phase} phase in molecule's log"
-    end = re.compile(mark + "ed").search(plain, start.end())
-    assert end is not None, f"the {phase} phase did not end in molecule's log"
-    recap = re.findall(r"(\S+)\s+: ok=\d+\s+changed=(\d+)", plain[start.end():end.start()])
-    return {host: int(changed) for host, changed in recap}
-
-
-def _failures(output: str) -> str:
-    """What failed: each failing task with what follows it (the whole log is long)."""
-    lines = output.splitlines()
-    starts = [i for i, line in enumerate(lines) if "fatal:" in line or "failed:" in line]
-    excerpt = [line for i in starts[:5] for line in lines[max(i - 3, 0):i + 25]]
-    return "\n".join(excerpt)[-8000:] or output[-6000:]
 
 
 @pytest.fixture
@@ -152,8 +129,8 @@ def test_molecule_default_converges_is_idempotent_and_verifies(tmp_path: Path,
                            capture_output=True, timeout=30, check=False)
         shutil.rmtree(ssh)
     output = log.read_text()
-    assert run.returncode == 0, _failures(output)
-    assert _changed_per_host(output, "idempotence") == dict.fromkeys(HOSTS, 0)
+    assert run.returncode == 0, molecule_failures(output)
+    assert molecule_changed(output, "default", "idempotence") == dict.fromkeys(HOSTS, 0)
     assert _left_over(env) == []
     secrets = SiteDir.load(site_dir).secrets.values()
     assert not any(v in output for v in secrets if len(v) >= 12)
