@@ -4,6 +4,7 @@ The heavy part (apt closure and wheel downloads) is proven by the lab tier; here
 written by the same ``write_bundle`` from small files, then tampered with at the byte level.
 """
 
+import fcntl
 import io
 import json
 import stat
@@ -187,11 +188,22 @@ def test_deploy_and_rollout_refuse_a_tampered_bundle_before_any_host(
         sig = bundle._load_private(other).sign(manifest)
         _rewrite(made, [(m, sig if m.name == bundle.SIGNATURE else d) for m, d in members])
         named = "is not signed by"
+    before = _site_files(site_with_bundle)
     for argv in (["deploy", str(site_with_bundle), "--bundle", str(made)],
                  ["agents", "rollout", str(site_with_bundle), "--bundle", str(made)]):
         assert main(argv) == 1
         assert named in capsys.readouterr().err
     assert no_host_touched == []
+    # no deploy record, no rollout state, nothing rewritten; the lock file empty and released
+    assert _site_files(site_with_bundle) == before
+    with open(site_with_bundle / ".rollout.lock", "rb") as lock:
+        assert lock.read() == b""
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _site_files(site) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(site)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in site.rglob("*") if p.is_file() and p.name != ".rollout.lock"}
 
 
 def test_a_bundle_without_a_pubkey_in_site_toml_is_refused(tmp_path, made, monkeypatch,
