@@ -76,11 +76,17 @@ class WorkspaceAuth(UserAuth):
         membership = _membership(slug, caller.user.pk)
         if membership is None:
             raise ApiError(404, "not_found", "No such workspace.")
-        if membership.role == Role.GUEST and not membership.workspace.guests_enabled:
-            raise ApiError(403, "forbidden", "Guest access is disabled in this workspace.")
+        refuse_disabled_guest(membership)
         if not can(membership.role, self.action):
             raise ApiError(403, "forbidden", f"Your role may not {self.action}.")
         return Caller(caller.principal, membership)
+
+
+def refuse_disabled_guest(membership: Membership) -> None:
+    """A guest's membership counts only while its workspace has guests enabled: the user API,
+    the dashboard's pages and the terminal's socket (cookie or bearer) all refuse it alike."""
+    if membership.role == Role.GUEST and not membership.workspace.guests_enabled:
+        raise ApiError(403, "forbidden", "Guest access is disabled in this workspace.")
 
 
 def _membership(slug: str, user_id: int) -> Membership | None:

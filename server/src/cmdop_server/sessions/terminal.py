@@ -12,10 +12,11 @@ Who attaches, by what the handshake carries:
 - the session cookie — a browser: only with an Origin of this site (a page elsewhere could
   otherwise ride the cookie).
 
-Attach is authorized as every page is: that user, the workspace role table for SESSION_VIEW
-and ``authz.authorize`` for VIEW_OUTPUT. The same check, the credential included, runs again
-every ``RECHECK_SECONDS`` — sign-out, a revoked key or token, a removed membership, a changed
-role or a session that is no longer active end or narrow the open terminal within seconds.
+Attach is authorized as every page is: that user, a guest only where the workspace has guests
+enabled, the workspace role table for SESSION_VIEW and ``authz.authorize`` for VIEW_OUTPUT.
+The same check, the credential included, runs again every ``RECHECK_SECONDS`` — sign-out, a
+revoked key or token, a removed membership, a changed role, guests disabled or a session that
+is no longer active end or narrow the open terminal within seconds.
 A bearer client renews its access token on the open socket (a ``credential`` message with
 the refreshed token of the same user) instead of reattaching.
 
@@ -50,11 +51,11 @@ from django.contrib.auth import get_user
 from django.http import HttpRequest
 
 from cmdop_server import audit, dbconn, netinfo, output, ratelimit
-from cmdop_server.api.auth import refuse_bearer
+from cmdop_server.api.auth import refuse_bearer, refuse_disabled_guest
 from cmdop_server.errors import ApiError
 from cmdop_server.identity.authn import authenticate_bearer
 from cmdop_server.identity.models import Membership, User
-from cmdop_server.permissions import Action, Role, can
+from cmdop_server.permissions import Action, can
 from cmdop_server.sessions import actions
 from cmdop_server.sessions.authz import SessionAccess, SessionPermission, authorize
 from cmdop_server.sessions.models import Session, SessionRole, Status
@@ -168,11 +169,10 @@ def check(credential: Credential, slug: str, session_id: str, ip: str | None) ->
                   .filter(workspace__slug=slug, user=user).first())
     if membership is None:
         return Check(refused=ApiError(404, "not_found", "No such session."))
-    # the user API's rule for a bearer (api/auth.py WorkspaceAuth), as cmdop meets it there
-    if (credential.bearer is not None and membership.role == Role.GUEST
-            and not membership.workspace.guests_enabled):
-        return Check(refused=ApiError(403, "forbidden",
-                                      "Guest access is disabled in this workspace."))
+    try:
+        refuse_disabled_guest(membership)
+    except ApiError as exc:
+        return Check(refused=exc)
     if not can(membership.role, Action.SESSION_VIEW):
         return Check(refused=ApiError(403, "forbidden",
                                       f"Your role may not {Action.SESSION_VIEW}."))

@@ -1,5 +1,6 @@
 """What every workspace page of the dashboard shares: the caller's membership, found by the
-URL's slug and checked against the workspace role table as the API does, and refusals
+URL's slug and checked as the API does (a guest only while the workspace has guests enabled,
+then the workspace role table), and refusals
 shown as a plain page with their sentence."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from django.http import Http404
 from django.shortcuts import render
 
 from cmdop_server import ratelimit
+from cmdop_server.api.auth import refuse_disabled_guest
 from cmdop_server.errors import ApiError
 from cmdop_server.identity.authn import SignedInRequest
 from cmdop_server.identity.models import Membership
@@ -19,6 +21,7 @@ def membership(request: SignedInRequest, slug: str, action: Action) -> Membershi
              .filter(workspace__slug=slug, user=request.user).first())
     if found is None:
         raise Http404("No such workspace.")
+    refuse_disabled_guest(found)
     if not can(found.role, action):
         raise ApiError(403, "forbidden", f"Your role may not {action}.")
     return found
