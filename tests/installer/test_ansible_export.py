@@ -20,11 +20,14 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.parsing.vault import VaultLib, VaultSecret
 from cmdop_install import ansible_export
 from cmdop_install.cli import main
+from cmdop_install.deploy import write_payload
 from cmdop_install.errors import UserError
+from cmdop_install.hashing import redis_acl_hash
 from cmdop_install.inventory import GROUPS, Host
+from cmdop_install.secrets import SecretStore
 from cmdop_install.sitedir import SiteDir
 
-from tests.support.sites import key_env, make_site
+from tests.support.sites import TEST_KEY, key_env, make_site, rotation_step
 
 pytestmark = pytest.mark.unit
 
@@ -306,3 +309,62 @@ def test_an_export_refuses_a_tampered_bundle_in_one_line_writing_nothing(tmp_pat
     assert printed.err.startswith(f"cmdop-install: error: {made}: {why}"), printed.err
     assert len(printed.err.splitlines()) == 1 and printed.out == ""
     assert not (tmp_path / "out").exists() and not password_file.exists()
+
+
+def _exported_state(site_dir: Path, out: Path) -> dict:
+    """What an export of ``site_dir`` gives node1 (credentials, logins, the app's Redis
+    hashes), each checked to be exactly what `cmdop-install deploy` would send."""
+    ansible_export.export_site(site_dir, out, out.parent / "vault-pass")
+    data = _vault_load(out / "host_vars" / "node1.yml", (out.parent / "vault-pass").read_bytes()
+                       .strip())
+    site = SiteDir.load(site_dir)
+    files = {}
+    for entry, rendered in zip(data["cmdop_files"], site.files("node1"), strict=True):
+        content = cmdop_render.cmdop_render(
+            data["cmdop_context"], entry["template"], str(out / "templates"),
+            entry["template_vars"]) if entry["template"] else entry["content"]
+        assert content.encode() == rendered.content, entry["path"]
+        files[entry["path"]] = content
+    write_payload(out.parent / "payload", site, "node1")
+    payload = json.loads((out.parent / "payload" / "postgres.json").read_text())
+    passwords = data["cmdop_postgres_facts"]["passwords"]
+    assert [(p["role"], p["verifier_md5"]) for p in passwords] == [
+        (p["name"], p["verifier_md5"]) for p in payload["passwords"]]
+    acl = {line.split()[1]: sorted(w[1:] for w in line.split() if w.startswith("#"))
+           for line in files["/etc/redis/users.acl"].splitlines()}
+    return {"db_password": files["/etc/cmdop/credentials/db_password"].strip(),
+            "redis_password": files["/etc/cmdop/credentials/redis_password"].strip(),
+            "logins": sorted(p["role"] for p in passwords if p["verifier_md5"]
+                             and p["role"] in ("cmdop_blue", "cmdop_green")),
+            "nulled": sorted(p["role"] for p in passwords if "PASSWORD NULL" in p["sql"]),
+            "app_acl": acl["testsite-app"]}
+
+
+def test_an_export_after_a_rotation_follows_the_rotation_state(tmp_path, monkeypatch):
+    """The app's login and the Redis passwords Redis admits come from rotation.json as for a
+    deploy: an Ansible run mid-rotation or after one keeps the app on the login that has a
+    password, and never gives back a password the rotation destroyed."""
+    from cmdop_install import rotation
+    from cmdop_install.runner import HostResult, RunResult
+
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    monkeypatch.setattr(rotation, "deploy_site", lambda site, limit=None: RunResult(
+        hosts={"node1": HostResult("node1")}, dry_run=False))
+    site_dir = make_site(tmp_path / "site")
+    (tmp_path / "vault-pass").write_bytes(PASSWORD + b"\n")
+    (tmp_path / "vault-pass").chmod(0o600)
+    old = SecretStore.open(site_dir, "").values()
+    rotation_step(site_dir, "rotate", ("postgres_password_blue", "redis_password_app"))
+    new = SecretStore.open(site_dir, "").values()
+    switched = _exported_state(site_dir, tmp_path / "switched")
+    assert switched["db_password"] == new["postgres_password_green"]
+    assert switched["logins"] == ["cmdop_blue", "cmdop_green"]
+    assert switched["redis_password"] == new["redis_password_app"]
+    assert switched["app_acl"] == sorted([redis_acl_hash(old["redis_password_app"]),
+                                          redis_acl_hash(new["redis_password_app"])])
+
+    rotation_step(site_dir, "finish", ())
+    finished = _exported_state(site_dir, tmp_path / "finished")
+    assert finished["db_password"] == new["postgres_password_green"]
+    assert (finished["logins"], finished["nulled"]) == (["cmdop_green"], ["cmdop_blue"])
+    assert finished["app_acl"] == [redis_acl_hash(new["redis_password_app"])]

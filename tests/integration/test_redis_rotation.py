@@ -10,11 +10,14 @@ restarted. The ACL LOAD user can do nothing else, and only root opens its socket
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import re
 import shutil
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,6 +51,7 @@ class RedisHost:
         self.server = server
         self.site_dir = site_dir
         self.loads = 0
+        self.acl_load = True  # False: write the files only (the Ansible role loads them)
 
     def deploy(self, site: SiteDir, limit=None, dry_run=False) -> RunResult:
         assert "redis" in (limit or [])
@@ -61,7 +65,7 @@ class RedisHost:
                 path.chmod(f.mode)
                 if os.geteuid() == 0:
                     shutil.chown(path, f.owner, f.group)
-        if changed:  # as the deploy: ACL LOAD only when users.acl changed
+        if changed and self.acl_load:  # as the deploy: ACL LOAD only when users.acl changed
             done = subprocess.run(["sh", "-c", acl_load_command(Paths(root=str(self.server.dir)))],
                                   capture_output=True, text=True, timeout=30, check=False)
             assert done.returncode == 0, done.stderr
@@ -223,3 +227,51 @@ def test_the_acl_load_user_gets_nothing_over_tls_either(host):
     # with the control plane's certificate and the password: still ACL LOAD only
     with pytest.raises(redis.exceptions.NoPermissionError):
         host.client("testsite-acl-load", password).get("testsite:x")
+
+
+ROLE_TASKS = Path(__file__).resolve().parents[2] / "roles/cmdop_redis/tasks/service.yml"
+VENV_BIN = Path(sys.executable).parent
+
+
+def _role_acl_tasks(host: RedisHost) -> int:
+    """The cmdop_redis role's users.acl tasks (service.yml from the ACL LOAD check on; the
+    service start before needs systemd) run by ansible-playbook on this machine against
+    the server, with export-ansible's command; the number of tasks that changed."""
+    play = host.server.dir / "role-play.yml"
+    play.write_text(json.dumps([{
+        "name": "Redis users", "hosts": "localhost", "connection": "local",
+        "gather_facts": False,
+        "vars": {"cmdop_redis_etc": str(host.server.dir / "etc/redis"),
+                 "cmdop_redis_acl_load": acl_load_command(Paths(root=str(host.server.dir)))},
+        "tasks": [{"ansible.builtin.import_tasks": str(ROLE_TASKS)}],
+    }]))
+    done = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), str(play),
+         "--start-at-task", "The current users.acl and the copy of what Redis last loaded"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_NOCOLOR": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    recap = re.search(r"localhost\s*:.*changed=(\d+)", done.stdout)
+    assert recap, done.stdout[-2000:]
+    return int(recap.group(1))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the role's copy of users.acl is root's")
+def test_the_ansible_role_loads_a_changed_users_acl_without_a_restart(host):
+    """As the pyinfra deploy: ACL LOAD when users.acl differs from the copy of what Redis last
+    loaded (no restart: every client stays on the same server), nothing when it does not."""
+    site_dir = host.site_dir
+    pid = host.server.proc.pid
+    loaded = host.server.dir / "etc/redis/users.acl.loaded"
+    assert _role_acl_tasks(host) == 2  # no copy yet (a site from before the role had one)
+    assert _role_acl_tasks(host) == 0
+    host.acl_load = False  # the rotation's files only: the role loads them
+    old = _current(site_dir)
+    _rotate_until(site_dir, "admitted")
+    new = SiteDir.load(site_dir).store._entries[APP]["next"]["value"]
+    assert not host.logs_in(new)
+    assert _role_acl_tasks(host) == 2
+    assert host.logs_in(new) and host.logs_in(old)
+    assert loaded.read_bytes() == (host.server.dir / "etc/redis/users.acl").read_bytes()
+    assert oct(loaded.stat().st_mode & 0o777) == "0o600"
+    assert host.server.proc.pid == pid and host.server.proc.poll() is None

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from cmdop_install import agent_releases, bundle, check, manage, pgsql, render
+from cmdop_install import agent_releases, bundle, check, manage, pgsql, render, rotation_state
 from cmdop_install.errors import UserError
 from cmdop_install.fsutil import make_dir, write_atomic
 from cmdop_install.inventory import GROUPS, Host
@@ -123,23 +123,16 @@ def file_entries(files: list[render.RenderedFile]) -> list[dict]:
     return entries
 
 
-def postgres_data(site, host: Host, secrets: dict[str, str]) -> dict:
+def postgres_data(site: SiteDir, host: Host) -> dict:
     """What the postgres role compares against: the SCRAM verifiers of the login roles (the
-    passwords themselves never leave this machine) and the SQL that proves roles exist."""
-    from cmdop_install.deploy import stable_verifier
+    passwords themselves never leave this machine), NULL for a blue/green login that must not
+    log in. Which logins may, and which is active, is the rotation state's (rotation.json),
+    as for ``cmdop-install deploy``: an export after a rotation keeps the app on its login."""
+    from cmdop_install.deploy import login_passwords
 
-    pg = render.postgres_names(site)
-    passwords = []
-    for role, secret in ((pg["active"], f"postgres_password_{site['postgres']['active_role']}"),
-                         (pg["admin"], "postgres_password_admin"),
-                         (pg["audit_admin"], "postgres_password_audit_admin")):
-        verifier = stable_verifier(secrets[secret], role)
-        passwords.append({
-            "role": role,
-            "verifier_md5": hashlib.md5(verifier.encode(), usedforsecurity=False).hexdigest(),
-            "sql": f"ALTER ROLE {role} PASSWORD '{verifier}';\n",
-        })
-    return {"listen_addresses": host.address, "passwords": passwords}
+    logins = rotation_state.logins_with_password(site.path, site.config)
+    return {"listen_addresses": host.address,
+            "passwords": login_passwords(site.config, site.secrets, logins)}
 
 
 def host_vars(site: SiteDir, host_name: str) -> dict:
@@ -151,8 +144,7 @@ def host_vars(site: SiteDir, host_name: str) -> dict:
         "cmdop_files": file_entries(site.files(host_name)),
     }
     if "postgres" in roles:
-        data["cmdop_postgres_facts"] = postgres_data(
-            site.config, site.inventory.host(host_name), site.secrets)
+        data["cmdop_postgres_facts"] = postgres_data(site, site.inventory.host(host_name))
     if "control_plane" in roles:
         data["cmdop_control_plane_secrets"] = {"owner_password": site.secrets["owner_password"]}
     return data
@@ -160,12 +152,16 @@ def host_vars(site: SiteDir, host_name: str) -> dict:
 
 def group_vars(site, wheels: dict, templates: Path) -> dict:
     """Site-wide, non-secret: where the templates are, the wheelhouses, the first Owner."""
+    from cmdop_install.deploys.redis import acl_load_command
+
     return {
         # the export's own copy: the templates of the installer that built the context
         "cmdop_common_templates_dir": str(templates),
         "cmdop_site_name": site["site"]["name"],
         "cmdop_postgres_major": site["postgres"]["major"],
         "cmdop_postgres_roles_check_sql": pgsql.roles_check(render.postgres_names(site)),
+        # the pyinfra deploy's command: no password in it, Redis answers OK or the run fails
+        "cmdop_redis_acl_load": acl_load_command(render.Paths()),
         "cmdop_control_plane_wheelhouse": wheels.get("control_plane"),
         # management commands as the service runs them; the roles append the arguments
         "cmdop_control_plane_manage": manage.manage_command("").rstrip(),

@@ -243,9 +243,28 @@ def postgres_facts(
 ) -> dict:
     """``logins``: the blue/green logins that have a password (default: the active one);
     the other one's is NULL, so it cannot log in."""
+    passwords = []
+    for login in login_passwords(site, secrets, logins):
+        sql_src = f"files/password-{login['role']}.sql"
+        write_atomic(folder / sql_src, login["sql"].encode(), 0o600)
+        passwords.append({"name": login["role"], "verifier_md5": login["verifier_md5"],
+                          "sql_src": sql_src})
+    return {
+        "major": site["postgres"]["major"],
+        "listen_addresses": host.address,
+        "roles_check_sql": pgsql.roles_check(render.postgres_names(site)),
+        "passwords": passwords,
+        "backup": {"directory": site["backup"]["directory"],
+                   "timer": bool(site["backup"]["schedule"])},
+    }
+
+
+def login_passwords(site, secrets: dict[str, str], logins: tuple[str, ...] = ()) -> list[dict]:
+    """Each login role's wanted password: ``role``, the SQL that sets it (a SCRAM verifier,
+    or NULL for a blue/green login not in ``logins``) and the md5 of the stored verifier it
+    gives, which a deploy compares (the pyinfra deploy and the Ansible role alike)."""
     pg = render.postgres_names(site)
     logins = logins or (site["postgres"]["active_role"],)
-    passwords = []
     wanted: list[tuple[str, str | None]] = [
         (pg[login], f"postgres_password_{login}" if login in logins else None)
         for login in ("blue", "green")
@@ -254,24 +273,16 @@ def postgres_facts(
         (pg["admin"], "postgres_password_admin"),
         (pg["audit_admin"], "postgres_password_audit_admin"),
     ]
+    passwords = []
     for role, secret in wanted:
-        sql_src = f"files/password-{role}.sql"
         if secret is None:
             sql, verifier_md5 = pgsql.clear_password(role), ""  # md5 of NULL reads as ""
         else:
             verifier = stable_verifier(secrets[secret], role)
             sql = pgsql.set_password(role, verifier)
             verifier_md5 = hashlib.md5(verifier.encode(), usedforsecurity=False).hexdigest()
-        write_atomic(folder / sql_src, sql.encode(), 0o600)
-        passwords.append({"name": role, "verifier_md5": verifier_md5, "sql_src": sql_src})
-    return {
-        "major": site["postgres"]["major"],
-        "listen_addresses": host.address,
-        "roles_check_sql": pgsql.roles_check(pg),
-        "passwords": passwords,
-        "backup": {"directory": site["backup"]["directory"],
-                   "timer": bool(site["backup"]["schedule"])},
-    }
+        passwords.append({"role": role, "sql": sql, "verifier_md5": verifier_md5})
+    return passwords
 
 
 def wheelhouse_facts(package: str) -> dict:
