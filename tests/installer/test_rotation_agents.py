@@ -7,14 +7,17 @@ which phase opens, waits for, closes or cancels the handovers, what the operator
 about each agent, and that an interruption resumes and an unknown agent state is named.
 """
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cmdop_install import agent_credentials, manage, rotation
+from cmdop_install.cli import main
 from cmdop_install.errors import UserError
 from cmdop_install.rotation import Rotation, resolve
 from cmdop_install.runner import HostResult, RunResult
 from cmdop_install.sitedir import SiteDir
+from cmdop_install.status import record_deploy
 
 from tests.support.sites import TEST_KEY, make_site, rotation_step
 
@@ -150,3 +153,26 @@ def test_the_management_command_lines():
         "machine_credentials --workspace acme")
     for action in ("close", "cancel"):
         assert manage.machine_credentials_command("acme", action).endswith(f"--{action}")
+
+
+def test_check_warns_about_old_machine_credentials_of_a_deployed_site_only(site_dir, plane,
+                                                                           capsys):
+    for m, days in zip(plane.machines.values(), (200, 95, 1), strict=True):
+        m["rotated_at"] = (datetime.now(UTC) - timedelta(days=days)).isoformat()
+    assert main(["check", str(site_dir)]) == 0
+    assert "agents:" not in capsys.readouterr().out
+    assert plane.reads == 0  # never deployed: no agent yet, no host is reached
+
+    record_deploy(site_dir, 0, [])
+    assert main(["check", str(site_dir)]) == 0
+    out = capsys.readouterr().out
+    assert (f"warning: agents: 2 of 3 machines have a credential older than [rotation] "
+            f"max_age_days = 90 (the oldest 200 days): `cmdop-install rotate {site_dir} "
+            "agent_credentials`") in out.splitlines()
+    assert plane.actions == ["read"]  # read only: check changes nothing on the plane
+
+    plane.down = True  # a warning, not a failure: the site's files are what check judges
+    assert main(["check", str(site_dir)]) == 0
+    assert ("warning: agents: machine credential ages not read (node1: cannot reach the "
+            "control plane's machine credentials: cannot connect over ssh)"
+            in capsys.readouterr().out.splitlines())

@@ -10,16 +10,21 @@ from __future__ import annotations
 import io
 import json
 import stat
+from datetime import timedelta
 
 import pytest
+from cmdop_install import agent_credentials
+from cmdop_install.sitedir import SiteDir
 from cmdop_server import credentials
 from cmdop_server.audit.models import AuditEvent
 from cmdop_server.machines import actions
 from cmdop_server.machines.models import Machine
 from django.core.management import call_command
+from django.utils import timezone
 
 from tests.server_sessions.helpers import enroll, make_workspace, owner_membership
 from tests.support.control_plane import ApiError, UserApi, until
+from tests.support.sites import TEST_KEY, make_site
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.django_db(databases=["default", "audit"], transaction=True)]
@@ -213,3 +218,25 @@ def test_a_rollback_cancels_the_handover_and_the_old_credential_stays(control_pl
     fleet = io.StringIO()
     call_command("fleet_status", "--workspace", ws.slug, stdout=fleet)
     assert json.loads(fleet.getvalue())["credential"] == "current"
+
+
+def test_check_counts_the_machines_whose_credential_is_older_than_max_age(tmp_path,
+                                                                          monkeypatch):
+    """`cmdop-install check` reads these same lines (agent_credentials.read_machines): the
+    age of each machine's credential is its last rotation, else its enrollment."""
+    ws, owner = make_workspace()
+    old, fresh, rotated = (enroll(ws, owner, hostname=h) for h in ("old", "fresh", "rotated"))
+    now = timezone.now()
+    Machine.unscoped.filter(public_id=old["machine_id"]).update(
+        enrolled_at=now - timedelta(days=120))
+    # enrolled long ago, its credential rotated since: only the rotation counts
+    Machine.unscoped.filter(public_id=rotated["machine_id"]).update(
+        enrolled_at=now - timedelta(days=300), credential_rotated_at=now - timedelta(days=3))
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    site = SiteDir.load(make_site(tmp_path / "site"))
+    assert agent_credentials.age_findings(site, machine_credentials(ws)) == [
+        "warning: agents: 1 of 3 machines have a credential older than [rotation] "
+        f"max_age_days = 90 (the oldest 120 days): `cmdop-install rotate {site.path} "
+        "agent_credentials`"]
+    Machine.unscoped.filter(public_id=old["machine_id"]).update(credential_rotated_at=now)
+    assert agent_credentials.age_findings(site, machine_credentials(ws)) == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from cmdop_install import manage
 from cmdop_install.errors import UserError
@@ -101,3 +102,21 @@ def _waiting_online(machines: dict[str, dict]) -> bool:
 
 def _count(machines: dict[str, dict], state: str) -> int:
     return sum(m["credential"] == state for m in machines.values())
+
+
+def age_findings(site: SiteDir, machines: dict[str, dict],
+                 now: datetime | None = None) -> list[str]:
+    """``check``'s warning when agents' machine credentials are older than ``[rotation]
+    max_age_days``: how many, of the machines that have one (a device-flow machine's OAuth
+    tokens rotate on every refresh; a lapsed one is refused already and `status` names it)."""
+    limit = site.config["rotation"]["max_age_days"]
+    now = now or datetime.now(UTC)
+    held = [m for m in machines.values() if m["credential"] not in ("oauth", "lapsed")]
+    ages = [(now - datetime.fromisoformat(m["rotated_at"])).days for m in held
+            if m.get("rotated_at")]
+    old = [age for age in ages if age > limit]
+    if not old:
+        return []
+    return [f"warning: agents: {len(old)} of {len(held)} machines have a credential older than "
+            f"[rotation] max_age_days = {limit} (the oldest {max(old)} days): "
+            f"`cmdop-install rotate {site.path} {NAME}`"]

@@ -67,6 +67,22 @@ def secret_age_findings(site: SiteDir) -> list[str]:
     ]
 
 
+def machine_credential_findings(site: SiteDir) -> list[str]:
+    """``check`` on a deployed site: agents' machine credentials against ``[rotation]
+    max_age_days``. They live with the control plane, so this reads its first host once (as
+    `status` does); a site never deployed has none, and one not reached gets a warning."""
+    from cmdop_install import agent_credentials
+    from cmdop_install.status import last_deploy
+
+    if not site.inventory.groups["control_plane"] or last_deploy(site.path) is None:
+        return []
+    try:
+        machines = agent_credentials.read_machines(site)
+    except UserError as exc:
+        return [f"warning: agents: machine credential ages not read ({exc.message})"]
+    return agent_credentials.age_findings(site, machines)
+
+
 def refuse_on_problems(site: SiteDir, what: str) -> list[str]:
     """``check`` before anything is ``what`` ("deployed", "rendered"): any problem stops it,
     with the first one named. Returns the findings (warnings only, then).

@@ -175,18 +175,23 @@ def render(site_dir: Path, host: str | None, out: Path) -> None:
 def check(site_dir: Path, as_json: bool, verbosity: int) -> None:
     """Validate site.toml and inventory.py and lint the rendered files; exit 1 on findings.
 
+    On a deployed site it also reads the agents' machine credential ages from the control
+    plane's first host (a warning when older than [rotation] max_age_days).
+
     \b
     Example:
       cmdop-install check mysite --json
       cmdop-install check mysite --verbose
       cmdop-install check mysite --quiet
     """
-    from cmdop_install.check import check_site
+    from cmdop_install.check import check_site, machine_credential_findings
     from cmdop_install.progress import QUIET, VERBOSE
     from cmdop_install.sitedir import SiteDir
 
     site = SiteDir.load(site_dir)
     findings = check_site(site)
+    if all(f.startswith("warning:") for f in findings):
+        findings += machine_credential_findings(site)
     problems = [f for f in findings if not f.startswith("warning:")]
     if as_json:
         _document({"ok": not problems, "problems": problems,
