@@ -257,6 +257,7 @@ def test_secrets_list_says_which_secrets_rotate_and_why_not(site_dir, capsys):
     assert rows["django_secret_key"].endswith("yes (cmdop-install rotate)")
     assert rows["redis_password_app"].endswith("yes (cmdop-install rotate)")
     assert "not rotated by the installer" in rows["owner_password"]
+    assert "not rotatable yet" in rows["totp_key"]  # the TOTP secrets sealed with it
     assert "not rotatable yet" in rows["pki:"]
     assert all("yes" in line or "not rotat" in line for line in rows.values())
 

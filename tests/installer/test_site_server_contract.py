@@ -33,7 +33,7 @@ print(json.dumps({
     "redis_password": h(settings.CMDOP_REDIS["password"]),
     "redis_tls": [settings.CMDOP_REDIS[k] for k in ("ssl", "ssl_ca_certs", "ssl_certfile")],
     "rate_limits": settings.CMDOP_RATE_LIMITS, "retention": settings.CMDOP_AUDIT_RETENTION_DAYS,
-    "idle": settings.CMDOP_SESSION_IDLE_TIMEOUT,
+    "idle": settings.CMDOP_SESSION_IDLE_TIMEOUT, "totp": [h(k) for k in settings.CMDOP_TOTP_KEYS],
     "debug": settings.DEBUG, "db_engine": db["ENGINE"], "pool_timeout": db["POOL_TIMEOUT"],
 }, default=str))  # the pool's connection_class is a class
 """
@@ -68,6 +68,7 @@ def test_production_settings_read_our_rendered_files(tmp_path, monkeypatch):
     assert got["db_password"] == _sha(secrets["postgres_password_green"])
     assert got["secret_key"] == _sha(secrets["django_secret_key"])
     assert got["fallbacks"] == []
+    assert got["totp"] == [_sha(secrets["totp_key"])]  # its own key, not django_secret_key
     assert got["redis_user"] == "testsite-app"
     assert got["redis_password"] == _sha(secrets["redis_password_app"])
     assert got["redis_tls"] == [True, "/etc/cmdop/tls/ca.crt", "/etc/cmdop/tls/app.crt"]

@@ -167,7 +167,7 @@ def test_enforced_workspace_refuses_sign_in_without_2fa() -> None:
     page = person.client.get("/login/2fa/")
     assert b"requires a second factor" in page.content and b"<svg" in page.content
     assert not person.signed_in()
-    secret = TotpDevice.objects.get(user=member).secret
+    secret = totp.secret_of(TotpDevice.objects.get(user=member))
     assert secret.encode() in person.client.get("/login/2fa/").content  # a reload: same key
     assert person.post("/login/2fa/", step="confirm", code="000000").status_code == 400
     assert not person.signed_in()

@@ -12,6 +12,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 STRONG = "Zq3" + "vT8pL2xR7mN4kW9sB6yH1cJ5dF0gA" * 2
+TOTP_KEY = "Tk9" + "mW4qZ8rB1xN6vL3sJ7dH2gF5cY0pE" * 2
 TOML = """
 [server]
 allowed_hosts = ["cmdop.example.com"]
@@ -39,13 +40,15 @@ auth = "20/min"
 """
 
 
-def _site(tmp_path: Path, secret_key=STRONG, fallbacks=(), extra_server="") -> dict:
+def _site(tmp_path: Path, secret_key=STRONG, fallbacks=(), extra_server="",
+          totp_keys=(TOTP_KEY,)) -> dict:
     creds = tmp_path / "credentials"
     creds.mkdir()
     files = {"secret_key": secret_key + "\n", "db_password": "pw-db\n",
              "redis_password": "pw-redis\n",
              # read when [centrifugo] enabled = true (issue 5)
-             "centrifugo_api_key": "k" * 40 + "\n", "centrifugo_hmac_key": "h" * 48 + "\n"}
+             "centrifugo_api_key": "k" * 40 + "\n", "centrifugo_hmac_key": "h" * 48 + "\n",
+             "totp_key": "".join(f"{key}\n" for key in totp_keys)}
     if fallbacks:
         files["secret_key_fallbacks"] = "\n".join(fallbacks) + "\n"
     for name, value in files.items():
@@ -125,7 +128,7 @@ def test_settings_come_from_the_files(tmp_path):
             "print(json.dumps({'fallbacks': len(s.SECRET_KEY_FALLBACKS), "
             "'db': s.DATABASES['default']['OPTIONS'], 'pw': s.DATABASES['default']['PASSWORD'],"
             " 'audit': s.DATABASES['audit']['NAME'], 'redis_ssl': s.CMDOP_REDIS['ssl'], "
-            "'rl': s.CMDOP_RATE_LIMITS, 'debug': s.DEBUG, "
+            "'rl': s.CMDOP_RATE_LIMITS, 'debug': s.DEBUG, 'totp': s.CMDOP_TOTP_KEYS, "
             f"'key_ok': s.SECRET_KEY == {STRONG!r}}}))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=60, check=False)
@@ -137,7 +140,24 @@ def test_settings_come_from_the_files(tmp_path):
                    "pw": "pw-db", "audit": "cmdop_audit", "redis_ssl": True,
                    "rl": {"auth": "20/min", "session": "100/min", "file": "50/min",
                           "input_bytes": "1048576/min"},
-                   "debug": False, "key_ok": True}
+                   "debug": False, "key_ok": True, "totp": [TOTP_KEY]}
+
+
+def test_totp_keys_newest_first_and_a_weak_one_refused(tmp_path):
+    """The TOTP secrets' sealing key is a credential of its own, one per line, newest first
+    (cmdop_server.sealing); weak ones refuse to start as a weak SECRET_KEY does."""
+    newer = "N" * 8 + TOTP_KEY
+    env = _site(tmp_path, totp_keys=(newer, TOTP_KEY)) | {
+        "DJANGO_SETTINGS_MODULE": "cmdop_server.settings.production"}
+    code = ("import json, django; django.setup(); from django.conf import settings as s; "
+            "print(json.dumps(s.CMDOP_TOTP_KEYS))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0 and json.loads(done.stdout) == [newer, TOTP_KEY], done.stderr
+    (tmp_path / "weak").mkdir()
+    done = _cmdop_server(_site(tmp_path / "weak", totp_keys=("Tq7-weak",)), "check")
+    assert done.returncode != 0 and "totp_key is weak" in done.stderr
+    assert "Tq7-weak" not in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("key", ["short-key", "django-insecure-" + "a1b2c3d4e5" * 6,

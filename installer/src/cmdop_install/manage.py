@@ -30,6 +30,7 @@ CREDENTIALS = {
     "centrifugo_api_key": "centrifugo_api_key",
     "centrifugo_hmac_key": "centrifugo_hmac_key",
     "agent_join_key": "agent_join_key",
+    "totp_key": "totp_key",  # seals TOTP secrets at rest (cmdop_server.sealing)
 }
 # How an inventory host is found among the control plane's machines: an agent enrolls
 # under its own host name (``socket.gethostname()``), which the server lower-cases; on

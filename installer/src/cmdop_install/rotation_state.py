@@ -40,6 +40,8 @@ ROTATABLE: dict[str, str | None] = {
     # the control plane does not use it (join tokens are single-use values stored hashed)
     "agent_join_key": None,
     "owner_password": "not rotated by the installer: the Owner changes it in the dashboard",
+    "totp_key": "not rotatable yet: the TOTP secrets sealed with it must be resealed in the "
+    "database while both keys open them (the control plane reads several; no phase does it)",
 }
 # Redis ACL users: while a rotation of one is admitted or switched, users.acl lists its
 # old and its new password (a Redis user may have several), loaded with ACL LOAD

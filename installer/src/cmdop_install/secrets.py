@@ -99,6 +99,9 @@ SPECS: dict[str, SecretSpec] = {
     "centrifugo_hmac_key": SecretSpec("Centrifugo connection/subscription JWT HMAC key"),
     "centrifugo_api_key": SecretSpec("Centrifugo HTTP API key (X-API-Key)"),
     "agent_join_key": SecretSpec("Signing key of agent join tokens"),
+    "totp_key": SecretSpec(
+        "Key the control plane seals people's TOTP secrets with in its database (never "
+        "derived from django_secret_key, whose rotation must leave them readable)", 50),
     "owner_password": SecretSpec("The first Owner's dashboard password (change it on login)", 24),
 }
 _GENERATED_BYTES = 48  # 384 bits; 64 url-safe characters

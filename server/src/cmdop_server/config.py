@@ -6,7 +6,8 @@ Contract (written down for the installer in docs/server-config.md):
   ``$CMDOP_CONFIG_DIR`` if set, else systemd's ``$CREDENTIALS_DIRECTORY``
   (``LoadCredential=``), else ``/etc/cmdop/credentials``. Files: ``secret_key``,
   ``secret_key_fallbacks`` (one key per line, newest first), ``db_password``,
-  ``audit_db_password`` (optional: defaults to ``db_password``), ``redis_password``.
+  ``audit_db_password`` (optional: defaults to ``db_password``), ``redis_password``,
+  ``totp_key`` (one per line, newest first: what TOTP secrets are sealed with).
   Trailing newlines are stripped. Nothing here ever logs a value.
 - Everything else: a TOML file, ``$CMDOP_SERVER_TOML`` or ``/etc/cmdop/server.toml``.
 """

@@ -110,10 +110,11 @@ class DeviceAuthorization(models.Model):
 
 class TotpDevice(models.Model):
     """A user's authenticator (RFC 6238). The secret must be read back to check a code, so
-    it is not hashed; ``last_step`` refuses a code's second use within its 30 s window."""
+    it is not hashed but sealed (cmdop_server.sealing: ``totp.secret_of`` opens it);
+    ``last_step`` refuses a code's second use within its 30 s window."""
 
     user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="totp")
-    secret = models.CharField(max_length=64)
+    secret = models.CharField(max_length=255)
     confirmed_at = models.DateTimeField(null=True, blank=True)  # null: enrolment not finished
     last_step = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)

@@ -16,7 +16,7 @@ import segno
 from django.conf import settings
 from django.utils import timezone
 
-from cmdop_server import audit, credentials, ratelimit
+from cmdop_server import audit, credentials, ratelimit, sealing
 from cmdop_server.errors import ApiError
 from cmdop_server.identity.models import Membership, RecoveryCode, TotpDevice, User, Workspace
 from cmdop_server.permissions import Role
@@ -35,9 +35,15 @@ def required_by(user: User) -> list[str]:
                 .values_list("workspace__slug", flat=True))
 
 
+def secret_of(device: TotpDevice) -> str:
+    """The device's secret in clear (stored sealed: cmdop_server.sealing)."""
+    return sealing.unseal(device.secret)
+
+
 def provisioning(device: TotpDevice, user: User) -> tuple[str, str]:
     """The otpauth:// URI and the same as a QR code (inline SVG, no script or style)."""
-    uri = pyotp.TOTP(device.secret).provisioning_uri(name=user.username, issuer_name=ISSUER)
+    uri = pyotp.TOTP(secret_of(device)).provisioning_uri(name=user.username,
+                                                         issuer_name=ISSUER)
     return uri, segno.make(uri, error="m").svg_inline(scale=4, title="CMDOP TOTP")
 
 
@@ -49,14 +55,14 @@ def do_start_enrolment(user: User, ip: str | None) -> TotpDevice:
             raise ApiError(409, "conflict", "Two-factor authentication is already on.")
         if device is None:
             device = TotpDevice(user=user)
-        device.secret, device.last_step = credentials.new_totp_secret(), 0
+        device.secret, device.last_step = sealing.seal(credentials.new_totp_secret()), 0
         device.save()
         audit.record("auth.2fa.enrol_start", user=user, method="totp", ip=ip)
     return device
 
 
 def _matching_step(device: TotpDevice, code: str, now: float) -> int | None:
-    totp = pyotp.TOTP(device.secret)
+    totp = pyotp.TOTP(secret_of(device))
     step = int(now) // totp.interval
     for candidate in range(step - DRIFT_STEPS, step + DRIFT_STEPS + 1):
         if candidate > device.last_step and totp.verify(

@@ -102,6 +102,8 @@ CMDOP_TRUSTED_PROXIES: list[str] = []
 # threads per worker whose DB connections persist (cmdop_server.dbconn), per database
 CMDOP_DB_POOL_THREADS = 4
 CMDOP_PUBLIC_URL = ""
+# the keys TOTP secrets are sealed with at rest, newest first (cmdop_server.sealing)
+CMDOP_TOTP_KEYS: list[str] = []
 # /metrics (cmdop_server.metrics): the networks it answers (none: refused to everyone), the
 # folder where each gunicorn worker leaves its numbers for the others ("": this process's
 # numbers only), and the certificates whose expiry it reports (name -> PEM file)

@@ -13,6 +13,7 @@ from cmdop_server.settings.base import *  # noqa: F403
 
 DEBUG = False
 SECRET_KEY = os.environ.get("CMDOP_DEV_SECRET_KEY") or "dev-only-" + "x7Qp2LmZ" * 8
+CMDOP_TOTP_KEYS = [os.environ.get("CMDOP_DEV_TOTP_KEY") or "dev-only-totp-" + "Rw5nK2vQ" * 6]
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 CMDOP_PUBLIC_URL = os.environ.get("CMDOP_DEV_PUBLIC_URL", "https://127.0.0.1:8443")
 CSRF_TRUSTED_ORIGINS = [CMDOP_PUBLIC_URL]

@@ -27,6 +27,10 @@ SECRET_KEY_FALLBACKS = [
     require_strong_key("secret_key_fallbacks", key)
     for key in config.read_secret_lines("secret_key_fallbacks")
 ]
+# TOTP secrets are sealed with a key of their own (cmdop_server.sealing), so that rotating
+# SECRET_KEY never makes them unreadable: one per line, newest first
+CMDOP_TOTP_KEYS = [require_strong_key("totp_key", line.strip())
+                   for line in config.read_secret("totp_key").splitlines() if line.strip()]
 
 ALLOWED_HOSTS = list(_server.get("allowed_hosts", []))
 if not ALLOWED_HOSTS:

@@ -12,6 +12,7 @@ from cmdop_server import postgres
 from cmdop_server.settings.dev import *  # noqa: F403
 
 SECRET_KEY = "test-only-" + "k3Jr9TzW" * 8
+CMDOP_TOTP_KEYS = ["test-only-totp-" + "Hq8cY3mV" * 6]
 ALLOWED_HOSTS = ["*"]
 CMDOP_PUBLIC_URL = "http://testserver"
 CSRF_TRUSTED_ORIGINS = ["http://localhost", "http://127.0.0.1"]

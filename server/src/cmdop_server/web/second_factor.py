@@ -105,8 +105,8 @@ def _enrol_page(request: HttpRequest, user: User, device: TotpDevice, required: 
                 error: str = "") -> HttpResponse:
     uri, svg = totp.provisioning(device, user)
     return render(request, "cmdop/two_factor_enrol.html",
-                  {"qr_svg": svg, "secret": device.secret, "uri": uri, "required": required,
-                   "error": error}, status=400 if error else 200)
+                  {"qr_svg": svg, "secret": totp.secret_of(device), "uri": uri,
+                   "required": required, "error": error}, status=400 if error else 200)
 
 
 @login_required
