@@ -9,7 +9,9 @@ import json
 import pytest
 from cmdop_server.audit.models import AuditEvent
 from cmdop_server.identity import actions as identity_actions
+from cmdop_server.identity.models import Membership
 from cmdop_server.machines.models import Machine
+from cmdop_server.permissions import Role
 from cmdop_server.sessions.authz import SESSION_PERMISSIONS, SessionPermission
 from cmdop_server.sessions.models import SessionRole, Status
 from django.test import Client
@@ -119,6 +121,29 @@ def test_matrix(status, caller, method, path, body, perm):
         assert refused == 1, "a refused attempt is audited"
         row = AuditEvent.objects.filter(event="session.access").latest("id")
         assert row.user_id == user.pk and row.data["permission"] == str(perm)
+
+
+def test_a_member_made_guest_keeps_only_an_observers_seat():
+    """Guests are read-only: an operator of a session whom the workspace then makes a Guest
+    may still watch and read files, and nothing that writes."""
+    ws, session, callers, _ = _world(Status.CONNECTED)
+    owner = Membership.objects.in_workspace(ws).select_related("workspace", "user").get(
+        role=Role.OWNER)
+    identity_actions.do_update_workspace(owner, {"guests_enabled": True})
+    _, operator = callers["operator"]
+    key = _key_for(ws, operator)
+    identity_actions.do_change_role(owner, owner_membership(ws, operator), Role.GUEST)
+    base = f"/api/v1/workspaces/{ws.slug}/sessions/{session.public_id}"
+    for method, path, body, perm in ENDPOINTS:
+        if body and body.get("user_id") == "{member}":
+            body = {**body, "user_id": callers["observer"][1].pk}
+        resp = Client().generic(method, base + path, data=json.dumps(body) if body else "",
+                                content_type=JSON, HTTP_AUTHORIZATION=f"Bearer {key}")
+        if perm in SESSION_PERMISSIONS[SessionRole.OBSERVER]:
+            assert 200 <= resp.status_code < 300, (path, resp.content)
+        else:
+            assert resp.status_code == 403, (path, resp.content)
+            assert resp.json()["detail"] == f"An observer may not {perm}."
 
 
 @pytest.mark.parametrize("path", ["", "/output", "/close"])

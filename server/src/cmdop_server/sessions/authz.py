@@ -7,7 +7,7 @@ Every session endpoint (API, agent-facing results, dashboard, Centrifugo tokens)
    tenant's session is indistinguishable from a missing one);
 2. the session's status is CONNECTED or BACKGROUND (otherwise 409 session_not_active);
 3. the caller has a role in the session, OPERATOR or OBSERVER, and that role has the
-   permission (otherwise 403).
+   permission (otherwise 403); a workspace Guest's role is OBSERVER whatever the session says.
 
 A refused attempt is written to the audit log before the error is raised.
 """
@@ -22,6 +22,7 @@ from django.db.models import OuterRef, Subquery
 from cmdop_server import audit
 from cmdop_server.errors import ApiError
 from cmdop_server.identity.models import Membership, User
+from cmdop_server.permissions import Action, can
 from cmdop_server.sessions.models import (
     ACTIVE_STATUSES,
     Participant,
@@ -115,6 +116,10 @@ def authorize(user: User, session_id: str, permission: SessionPermission, *,
         raise refuse(403, "forbidden", "You are not a participant of this session.",
                      "not_participant", session)
     role = SessionRole(role)
+    # a Guest is read-only (the model's roles): an operator's seat given while they were a
+    # Member is an observer's once the workspace made them a Guest
+    if role == SessionRole.OPERATOR and not can(membership.role, Action.SESSION_ACCESS):
+        role = SessionRole.OBSERVER
     if permission not in SESSION_PERMISSIONS[role]:
         raise refuse(403, "forbidden", f"An {role} may not {permission}.",
                      f"{role}_lacks_{permission}", session)
