@@ -1,18 +1,23 @@
 """Helpers for lab tests: the real CLI, ssh to a lab host, the lab's inventory, a lab of
-one host of a test's own, row counts on a site's database host, packet counters on the
-air-gapped bridge, molecule's log read."""
+one host of a test's own, a site trusting an offline bundle, row counts on a site's database
+host, packet counters on the air-gapped bridge, molecule's run and its log read."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from cmdop_install.lab import core, network
+from cmdop_install.inventory import load_inventory
+from cmdop_install.lab import core, network, system
+from cmdop_install.site import load_site
 
 
 def cli(*args: str, check: bool = True, input: str = "") -> subprocess.CompletedProcess[str]:
@@ -53,6 +58,23 @@ def one_host_lab(name: str, *airgapped: str) -> Iterator[core.LabState]:
         yield state
     finally:
         cli("lab", "down", "--name", name, check=False)
+
+
+def bundle_site(lab: core.LabState, host: str, agents: list[str], base: Path,
+                pubkey: Path) -> Path:
+    """A single-node site in ``base``/site over ``host`` (every group; ``agents`` the fleet)
+    trusting the offline bundles signed by ``pubkey``, its domain mapped to ``host``."""
+    site = base / "site"
+    site.mkdir(mode=0o700)
+    (site / "inventory.py").write_text(core.site_inventory_text(lab, host, agents))
+    cli("init", str(site), "--key-file", str(base / "site.key"))
+    toml = site / "site.toml"
+    text = toml.read_text()
+    assert text.count('\npubkey = ""') == 1
+    toml.write_text(text.replace('\npubkey = ""', f'\npubkey = "{pubkey}"'))
+    core.map_site_domain(load_inventory(site).pyinfra_groups(), load_site(site)["site"]["domain"],
+                         lab.host(host).ip)
+    return site
 
 
 def row_counts(state: core.LabState, tables: dict[str, tuple[str, ...]]) -> dict[str, str]:
@@ -118,6 +140,64 @@ def counting_air(lab: core.LabState, host: str) -> Iterator[AirCounters]:
             yield counted
     finally:
         lab_ssh(lab, host, f"sudo ip route del default via {gateway}")
+
+
+def ansible_export(site_dir: Path, base: Path, *args: str) -> dict[str, str]:
+    """The site exported for Ansible into ``base`` (``args`` to export-ansible, e.g.
+    --bundle) and `cmdop-install render`'s manifest.json beside it, as molecule's scenarios
+    read them from the environment. Of the rendered files (secrets among them) only the
+    manifest is kept."""
+    export, vault_pass = base / "export", base / "vault-pass"
+    cli("export-ansible", str(site_dir), str(export), "--vault-password-file", str(vault_pass),
+        *args)
+    rendered = base / "rendered"
+    cli("render", str(site_dir), "--out", str(rendered))
+    manifest = base / "manifest.json"
+    manifest.write_text((rendered / "manifest.json").read_text())
+    shutil.rmtree(rendered)
+    return {
+        "ANSIBLE_VAULT_PASSWORD_FILE": str(vault_pass),
+        "CMDOP_MOLECULE_EXPORT": str(export),
+        "CMDOP_MOLECULE_SITE": str(site_dir),
+        "CMDOP_MOLECULE_MANIFEST": str(manifest),
+    }
+
+
+@contextlib.contextmanager
+def ssh_control_folder(prefix: str) -> Iterator[Path]:
+    """A short folder for ssh's control sockets (a unix socket path has 108 bytes at most);
+    afterwards the masters Ansible left open (ControlPersist) exit and the folder goes."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield folder
+    finally:
+        for socket in [p for p in folder.iterdir() if p.is_socket()]:
+            subprocess.run(["ssh", "-S", str(socket), "-O", "exit", "molecule"],
+                           capture_output=True, timeout=30, check=False)
+        shutil.rmtree(folder)
+
+
+def molecule(command: str, scenario: str, env: dict[str, str], log: Path,
+             timeout: int) -> subprocess.CompletedProcess[str]:
+    """`molecule COMMAND -s SCENARIO` from the repository's root with this virtualenv's tools
+    and the lab's containers.conf, ``env`` added, its output in ``log`` (tail -f it)."""
+    venv_bin = Path(sys.executable).parent
+    with log.open("w") as out:
+        return subprocess.run(
+            [str(venv_bin / "molecule"), command, "-s", scenario],
+            cwd=Path(__file__).resolve().parents[2],
+            env={**system.podman_env(), "PATH": f"{venv_bin}:{os.environ['PATH']}", **env},
+            stdout=out, stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
+
+
+# an address of the lab range that no bridge carries: the lab's blackhole route drops it
+NOWHERE = "10.89.255.254"
+
+
+def try_to_get_out(lab: core.LabState, host: str) -> subprocess.CompletedProcess[str]:
+    """A connection attempt from ``host`` to an address outside its subnet (it must fail; the
+    outside counter sees it)."""
+    return lab_ssh(lab, host, f"timeout 5 bash -c '</dev/tcp/{NOWHERE}/80'")
 
 
 def molecule_changed(output: str, scenario: str, phase: str) -> dict[str, int]:
