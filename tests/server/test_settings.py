@@ -119,6 +119,11 @@ def test_no_switch_lowers_tls(tmp_path):
                                              'user = "cmdop_app"\nsslmode = "require"'))
     done = _cmdop_server(env, "check")
     assert done.returncode != 0 and "verify-full" in done.stderr
+    toml.write_text(TOML.format(extra_server="") + '\n[centrifugo]\nenabled = true\n'
+                    'api_url = "http://127.0.0.1:9000/api"\n')
+    done = _cmdop_server(env, "check")
+    assert done.returncode != 0 and "[centrifugo] api_url must be https://" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_settings_come_from_the_files(tmp_path):

@@ -167,6 +167,10 @@ CMDOP_METRICS_CERTIFICATES = {
 _centrifugo = _site.get("centrifugo", {})
 CMDOP_CENTRIFUGO: dict = {}
 if _centrifugo.get("enabled"):
+    # the model: TLS 1.3 to Centrifugo with the internal PKI, and no option to disable TLS
+    if not str(_centrifugo.get("api_url", "")).startswith("https://"):
+        raise ImproperlyConfigured("server.toml [centrifugo] api_url must be https:// "
+                                   "(TLS 1.3, verified against ssl_ca_certs)")
     CMDOP_CENTRIFUGO = {
         "api_url": _centrifugo["api_url"],
         "ws_url": _centrifugo.get("ws_url", ""),
