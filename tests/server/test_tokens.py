@@ -2,14 +2,17 @@
 revocation on the next request, throttled last_used_at, and no clear secret in any table."""
 
 import io
+import json
 import threading
 from datetime import timedelta
 
+import pyotp
 import pytest
 from cmdop_server import credentials
 from cmdop_server.audit.models import AuditEvent
-from cmdop_server.identity import actions
+from cmdop_server.identity import actions, totp
 from cmdop_server.identity.models import AccessToken, ApiKey, TokenFamily
+from cmdop_server.machines import actions as machine_actions
 from cmdop_server.permissions import Role
 from django.db import connections
 from django.test import Client
@@ -201,6 +204,19 @@ def test_no_clear_secret_in_any_table(client):
     client.get("/api/v1/me", **bearer(key))
     client.get("/api/v1/me", **bearer("cmd_at_forged-token-value-xyz"))
     secrets_out.append("forged-token-value-xyz")
+    # a join token and the machine credential it is exchanged for
+    _, join = machine_actions.do_create_join_token(owner, "scan", 600)
+    enrolled = client.post("/api/agent/v1/enroll", json.dumps({
+        "join_token": join, "hostname": "scan-machine", "os": "Linux", "version": "0.1.0"}),
+        content_type="application/json")
+    assert enrolled.status_code == 201, enrolled.content
+    secrets_out += [join, enrolled.json()["credential"]]
+    # the second factor: its TOTP secret (sealed) and recovery codes (hashed)
+    device = totp.do_start_enrolment(user, None)
+    totp_secret = totp.secret_of(device)
+    codes = totp.do_confirm_enrolment(user, pyotp.TOTP(totp_secret).now(), None)
+    assert codes
+    secrets_out += [totp_secret, *codes, *(c.replace("-", "") for c in codes)]
 
     scanned = 0
     for alias in ("default", "audit"):
