@@ -148,6 +148,10 @@ def server_release(root: str, wheelhouse: dict, temp_dir: str):
 
 # Debian's pip wheel (python3-pip-whl, which python3-venv depends on), run from the wheel
 PIP_WHEEL = '"$(echo /usr/share/python-wheels/pip-*.whl)/pip"'
+# pip install from the wheelhouse alone: --no-index drops the index, but links named in a pip
+# configuration (/etc/pip.conf, the user's, the venv's) or in PIP_* variables are still
+# fetched beside --find-links; no configuration file and --isolated (no PIP_*) leave none
+PIP_INSTALL = "PIP_CONFIG_FILE=/dev/null {python} install --isolated --quiet --no-index"
 
 
 def venv_commands(venv: str, wheelhouse: dict, temp_dir: str, with_pip: bool = True):
@@ -163,14 +167,14 @@ def venv_commands(venv: str, wheelhouse: dict, temp_dir: str, with_pip: bool = T
     package = f"{wheels}/{wheelhouse['package_wheel']}"
     if with_pip:
         yield f"test -x {venv}/bin/python || python3 -m venv {venv}"
-        pip = f"{venv}/bin/python -m pip install --quiet --no-index --find-links {wheels}"
+        pip = f"{PIP_INSTALL.format(python=f'{venv}/bin/python -m pip')} --find-links {wheels}"
         yield f"{pip} --upgrade -r {wheels}/requirements.txt"
         # our own wheel keeps its version between builds: reinstall it, always
         yield f"{pip} --no-deps --force-reinstall {package}"
     else:
         yield f"test -x {venv}/bin/python || python3 -m venv --without-pip {venv}"
-        yield (f"{venv}/bin/python {PIP_WHEEL} install --quiet --no-index --find-links {wheels} "
-               f"-r {wheels}/requirements.txt {package}")
+        yield (f"{PIP_INSTALL.format(python=f'{venv}/bin/python {PIP_WHEEL}')} "
+               f"--find-links {wheels} -r {wheels}/requirements.txt {package}")
     yield f"echo {wheelhouse['key']} > {venv}/.cmdop-wheelhouse"
     # keep only the wheelhouse in use
     parent = f"{wheels}/.."
