@@ -74,6 +74,19 @@ def test_revocation_via_api_takes_effect_on_next_request(client):
     assert _ok(client, body["access_token"]) == 401
 
 
+def test_an_api_key_cannot_list_or_revoke_its_owners_logins(client):
+    """API keys are workspace-scoped; a person's logins belong to no workspace."""
+    user = make_user()
+    body = tokens_for(user)
+    _, owner = _setup_workspace(user)
+    _, key = actions.do_create_api_key(owner, "ci")
+    family = client.get("/api/v1/tokens", **bearer(body["access_token"])).json()[0]
+    listed = client.get("/api/v1/tokens", **bearer(key))
+    assert listed.status_code == 403 and "own workspace only" in listed.json()["detail"]
+    assert client.delete(f"/api/v1/tokens/{family['id']}", **bearer(key)).status_code == 403
+    assert _ok(client, body["access_token"]) == 200  # the login was left alone
+
+
 def test_revocation_endpoint_rfc7009(client):
     body = tokens_for(make_user())
     assert form(client, "/api/v1/oauth/revoke", token=body["refresh_token"]).status_code == 200
