@@ -23,6 +23,9 @@ control plane's own count of parked polls comes from its /metrics.
 
 ``--pool N`` runs the workers with Django's psycopg pool of N connections per worker and
 database (server.toml [database] pool_max_size), ``--pool-timeout`` its wait for one.
+
+``--site DIR``: the same fleet against a deployed site (e.g. a lab's) through its nginx over
+TLS instead, with the control-plane host's CPU and memory (bench/fleet_site.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import gc
 import http.client
 import json
 import multiprocessing
@@ -231,6 +235,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, every core (/proc/stat)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -309,6 +321,7 @@ async def _level(cp: ControlPlane, pg: PostgresServer, machines: list[tuple[int,
     workers = _children(cp.proc.pid)
     cpu_before = {pid: _cpu_seconds(pid) for pid in workers}
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
+    machine_before = _machine_cpu()
     sampler = ServerSampler(cp.proc.pid, pg)
     sampler.start()
     probe_out: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
@@ -336,6 +349,7 @@ async def _level(cp: ControlPlane, pg: PostgresServer, machines: list[tuple[int,
     cpu = {pid: _cpu_seconds(pid) - cpu_before[pid] for pid in workers
            if Path(f"/proc/{pid}").exists()}
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    machine = [a - b for a, b in zip(_machine_cpu(), machine_before, strict=True)]
     api_latencies, api_statuses = await asyncio.to_thread(probe_out.get, True,
                                                           args.seconds + 60)
     probe.join(timeout=10)
@@ -361,6 +375,10 @@ async def _level(cp: ControlPlane, pg: PostgresServer, machines: list[tuple[int,
         "worker_rss_mib": [round(v, 1) for v in sampler.rss.values()],
         "worker_cpu_pct": [round(100 * v / elapsed, 1) for v in cpu.values()],
         "client_cpu_pct": round(100 * client_cpu / elapsed, 1),
+        # all of this machine's cores together (200 % = both of two busy): the bench, the
+        # workers, Postgres, Redis and whatever else runs here
+        "machine_cpu_pct": round(100 * machine[0] / elapsed, 1),
+        "machine_cores_busy_pct": round(100 * machine[0] / machine[1], 1),
         "db_backends_peak": max(sampler.backends, default=0),
         "db_backends_median": (statistics.median(sampler.backends)
                                if sampler.backends else 0),
@@ -369,6 +387,11 @@ async def _level(cp: ControlPlane, pg: PostgresServer, machines: list[tuple[int,
 
 
 def main() -> None:
+    if any(arg == "--site" or arg.startswith("--site=") for arg in sys.argv[1:]):
+        from bench.fleet_site import main as on_site
+
+        on_site(sys.argv[1:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--levels", default="5000")
     parser.add_argument("--workers", type=int, default=2)
@@ -390,6 +413,10 @@ def main() -> None:
         raise SystemExit(f"at most {MAX_AGENTS} agents, 600 s and a 120 s ramp")
     # a plain SIGTERM must still stop gunicorn and the scratch daemons (the exit stack)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # the simulated fleet's own collector passes (thousands of agents' coroutines) would
+    # stop this loop and count as delivery time: tuned as the control plane's are
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # gunicorn inherits it
     results = []
@@ -425,7 +452,8 @@ def main() -> None:
             print(json.dumps(result), flush=True)
         log = cp.log_path.read_text(errors="replace").splitlines()
     print(f"\n{'agents':>7} {'parked':>7} {'deliv':>6} {'p50 ms':>7} {'p99 ms':>8} "
-          f"{'api p99':>8} {'errors':>7} {'rss MiB':>13} {'cpu %':>11} {'db':>4} {'load':>5}")
+          f"{'api p99':>8} {'errors':>7} {'rss MiB':>13} {'cpu %':>11} {'bench %':>7} "
+          f"{'host %':>6} {'db':>4} {'load':>5}")
     for r in results:
         errors = sum(r["agent_errors"].values()) + sum(
             v for k, v in r["api_statuses"].items() if k != "200")
@@ -433,6 +461,7 @@ def main() -> None:
               f"{r['p50_ms']:>7} {r['p99_ms']:>8} {r['api_p99_ms']:>8} {errors:>7} "
               f"{'/'.join(str(round(v)) for v in r['worker_rss_mib']):>13} "
               f"{'/'.join(str(round(v)) for v in r['worker_cpu_pct']):>11} "
+              f"{r['client_cpu_pct']:>7} {r['machine_cpu_pct']:>6} "
               f"{r['db_backends_peak']:>4} {r['loadavg_1m']:>5}")
     # why requests were refused, as the control plane logged it (e.g. "redis unavailable:
     # TimeoutError": a reply later than redis_client.READ_TIMEOUT)

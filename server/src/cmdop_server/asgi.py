@@ -5,7 +5,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cmdop_server.settings.production")
 application = get_asgi_application()
 
-from cmdop_server.agent_api.asgi import route_agent_api  # noqa: E402  (after Django setup)
+from cmdop_server.agent_api.asgi import route_agent_api, tune_collector  # noqa: E402
 
 application = route_agent_api(application)  # agent calls skip the browser middleware
 
@@ -16,3 +16,5 @@ application = route_terminal(application)  # the browser terminal's WebSocket
 from cmdop_server import metrics  # noqa: E402
 
 application = metrics.instrument(application)  # every HTTP request counted and timed
+
+tune_collector()  # last: the app loaded is frozen out of the collector's passes

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
@@ -28,6 +29,8 @@ AGENT_PREFIX = "/api/agent/v1/"
 USER_API_PREFIX = "/api/v1/"
 LEAN_PREFIXES = (AGENT_PREFIX, USER_API_PREFIX)
 POLL_PATH = AGENT_PREFIX + "work"
+# the cyclic collector's youngest generation (Python's default is 700): see tune_collector
+GC_YOUNG_THRESHOLD = 50_000
 AGENT_MIDDLEWARE = [
     "cmdop_server.agent_api.asgi.InlineSecurityMiddleware",
     "cmdop_server.web.csp.ContentSecurityPolicyMiddleware",
@@ -96,6 +99,22 @@ class PollASGIHandler(AgentASGIHandler):
         if view.cancelled():
             return None
         return view.result()
+
+
+def tune_collector() -> None:
+    """Keep the cyclic garbage collector from stopping the event loop under a fleet.
+
+    A worker holds every parked long-poll of its agents, about 200 objects each, and with
+    Python's default thresholds (700, 10, 10) the collector walks them all again and again:
+    at 2,000 parked polls in one worker, a full pass every ~15 s of up to 0.4 s of CPU
+    (1.5 s on a loaded host) and a middle one every second of up to 0.17 s, while no wake-up
+    is delivered, and ~0.9 ms of CPU per poll in all. Almost all of a poll's objects are
+    freed by reference counting when it ends, so passes can be rare: what exists once the
+    app is loaded is frozen (never walked again; it lives as long as the worker) and the
+    young generation is 50,000 allocations, a pass of a few milliseconds."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 def route_agent_api(django_app):
