@@ -9,8 +9,12 @@ Postgres holding a copy of the test databases), so stopping them disturbs no oth
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -155,6 +159,56 @@ def test_postgres_down_refuses_fast_and_recovers(kept, site, tls_pki, django_db_
             pg.restart()
             for call, what in ((machines, "user API"), (heartbeat, "heartbeat"),
                                (poll, "poll")):
+                until(lambda call=call: succeeds(call), timeout=30, what=f"the {what} back")
+            user.close()
+            agent.close()
+        assert "Traceback" not in cp.log()
+    finally:
+        pg.stop()
+
+
+@contextlib.contextmanager
+def dropped(port: int) -> Iterator[None]:
+    """Every packet to ``port`` on loopback dropped, as a Postgres host gone dark or a
+    firewall dropping instead of refusing does: no reset, no answer, kept connections
+    included. One iptables rule for this port alone (named after this process), always
+    removed."""
+    rule = ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port), "-j", "DROP",
+            "-m", "comment", "--comment", f"cmdop-test-dropped-{os.getpid()}"]
+    subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True, timeout=30)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True, capture_output=True,
+                       timeout=30)
+
+
+needs_iptables = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("iptables") is None,
+    reason="dropping packets takes root and iptables")
+
+
+@needs_iptables
+@pytest.mark.parametrize("kept", [POOLED, {"CMDOP_TEST_CONN_MAX_AGE": "60"}],
+                         ids=["pool", "persistent"])
+def test_postgres_out_of_reach_refuses_fast_and_recovers(kept, site, tls_pki, django_db_setup,
+                                                         django_db_modify_db_settings,
+                                                         tmp_path):
+    """Postgres silent instead of refusing: the kept connections' next packets and every
+    new connection's SYN go unanswered. Without a bound each request waited for TCP's own
+    retries (minutes) instead."""
+    pg = copy_of_test_databases()
+    try:
+        env = {"CMDOP_TEST_PG_PORT": str(pg.port), **kept}
+        with ControlPlane(tls_pki, tmp_path / "gunicorn.log", env=env) as cp:
+            user, agent = user_api(cp, site), agent_api(cp, site)
+            machines = lambda: user.call("GET", "/machines")  # noqa: E731
+            poll = lambda: agent.call("GET", "/work?wait=0")  # noqa: E731
+            for call in (machines, poll):
+                call()
+            with dropped(pg.port):
+                assert_unavailable(machines, poll)
+            for call, what in ((machines, "user API"), (poll, "poll")):
                 until(lambda call=call: succeeds(call), timeout=30, what=f"the {what} back")
             user.close()
             agent.close()

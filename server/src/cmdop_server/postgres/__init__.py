@@ -10,11 +10,19 @@ steps of the pool's own ``timeout`` (``WAIT_STEP``) and, between two, gives up o
 latest attempt of this process to open a connection to that server has failed
 (``WatchedConnection``, the pools' connection class, records it). ``base`` is the backend.
 
+A server that drops packets instead of refusing them (a host gone dark, a firewall) answers
+nothing at all: without limits a new connection waited for the kernel's SYN retries (over
+two minutes) and a query on a kept one for TCP's retransmissions (about 15 minutes), the
+request with it. Every connection is therefore made with ``CONNECT_TIMEOUT`` and
+``TCP_USER_TIMEOUT_MS`` (``base``), and a kept connection that breaks marks its server too,
+so the next requests give up between two steps of their wait as with a refusing server.
+
 This module imports no Django database code, so settings can name what is here.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -22,12 +30,28 @@ import psycopg
 # seconds of one step of a request's wait for a pooled connection: what a request costs
 # while the server refuses connections
 WAIT_STEP = 0.2
+# libpq's connect_timeout, whole seconds: 2 is the least libpq (and psycopg) honours, a 1
+# waits 2 s too. The TCP user timeout below ends an unanswered attempt sooner (at the
+# first SYN retry, about 1 s): this bounds what it does not (a TLS handshake or login that
+# started and stalled)
+CONNECT_TIMEOUT = 2
+# libpq's tcp_user_timeout, milliseconds: how long data sent to the server may stay
+# unacknowledged before the kernel closes the connection. Postgres' kernel acknowledges a
+# query at once, however long it then runs; only a server out of reach stays silent (the
+# loss of one packet is resent after 0.2 s, well within it)
+TCP_USER_TIMEOUT_MS = 500
+
+# an unpooled connection is not tried again for this long after an attempt to its server
+# failed: the requests meanwhile are refused at once instead of each waiting out its own
+# attempt (up to a second with the server out of reach)
+RETRY_AFTER = 1.0
 
 Server = tuple[str, str, str]
 
-# servers (host, port, database) whose latest connection attempt from this process failed;
-# a set's add and discard are atomic under the GIL, and the pool's threads write it
-_refusing: set[Server] = set()
+# servers (host, port, database) whose latest connection attempt from this process failed,
+# and when (time.monotonic); a dict's item set and pop are atomic under the GIL, and the
+# pool's threads write it
+_refusing: dict[Server, float] = {}
 
 
 def _server(params: dict[str, Any]) -> Server:
@@ -41,17 +65,43 @@ def server_refusing(params: dict[str, Any]) -> bool:
     return _server(params) in _refusing
 
 
+def refused_lately(params: dict[str, Any]) -> bool:
+    """Whether that attempt failed less than ``RETRY_AFTER`` seconds ago."""
+    failed = _refusing.get(_server(params))
+    return failed is not None and time.monotonic() - failed < RETRY_AFTER
+
+
+def attempted(params: dict[str, Any], ok: bool) -> None:
+    """Record how an attempt to connect to the server ``params`` name went."""
+    if ok:
+        _refusing.pop(_server(params), None)
+    else:
+        _refusing[_server(params)] = time.monotonic()
+
+
 class WatchedConnection(psycopg.Connection):
     """The pools' connection class: each attempt to open one records whether the server
-    took it (the pool opens them in its own threads, where no request sees the error)."""
+    took it (the pool opens them in its own threads, where no request sees the error), and
+    so does a connection that breaks in ``execute``, which is how the pool checks one
+    before lending it: with a server out of reach, the check is what meets the silence."""
+
+    server: Server = ("", "", "")
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> WatchedConnection:
-        server = _server(kwargs)
         try:
             connection = super().connect(conninfo, **kwargs)
         except psycopg.OperationalError:
-            _refusing.add(server)
+            attempted(kwargs, ok=False)
             raise
-        _refusing.discard(server)
+        attempted(kwargs, ok=True)
+        connection.server = _server(kwargs)
         return connection
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute(*args, **kwargs)
+        except psycopg.OperationalError:
+            if self.broken:
+                _refusing[self.server] = time.monotonic()
+            raise
