@@ -307,6 +307,28 @@ def test_a_wake_that_meets_redis_going_away_keeps_the_poll_parked():
     assert reads.calls == 3
 
 
+def test_a_poll_that_nothing_wakes_reads_once():
+    """An idle poll (most of a fleet's): one read when it comes in, and at its end the
+    answer that read gave, not a second read (a Redis round trip per poll)."""
+    from cmdop_server import workqueue
+
+    reads = _Reads()
+
+    async def scenario():
+        # the worker's subscription is made first, as in a running worker: its confirmation
+        # wakes every poll then parked to re-read (here the first one's second read)
+        first = _Reads()
+        parked = asyncio.create_task(workqueue.wait_until("wake-test", 10, first, 20))
+        await asyncio.to_thread(until, lambda: first.calls >= 2, 10, "the subscription")
+        batch = await asyncio.wait_for(workqueue.wait_until("wake-test", 9, reads, 0.3), 10)
+        parked.cancel()
+        return batch
+
+    batch = asyncio.run(scenario())
+    assert batch.items == []
+    assert reads.calls == 1
+
+
 def test_a_poll_whose_first_read_fails_fails_at_once():
     """Fail fast: Redis down when the poll comes in is the caller's 503, not a 25 s hang."""
     import redis.exceptions

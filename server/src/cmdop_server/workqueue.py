@@ -175,8 +175,13 @@ async def wait_until(channel: str, key: int, read, wait: float):
                 return batch
             if remaining <= 0:
                 return await read()
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                if batch is not None:
+                    # nothing was published for this key since that read (the event would
+                    # be set): its empty answer stands, without a read more per idle poll
+                    return batch
     finally:
         hub.unregister(key, event)
 
