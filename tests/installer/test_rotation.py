@@ -253,12 +253,14 @@ def test_cli_refuses_bad_names_and_a_held_site_lock_in_one_line(site_dir, hosts,
 
 def test_secrets_list_says_which_secrets_rotate_and_why_not(site_dir, capsys):
     assert main(["secrets", "list", str(site_dir)]) == 0
-    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    out = capsys.readouterr().out.splitlines()[1:]
+    rows = {line.split()[0]: line for line in out}
     assert rows["django_secret_key"].endswith("yes (cmdop-install rotate)")
     assert rows["redis_password_app"].endswith("yes (cmdop-install rotate)")
     assert "not rotated by the installer" in rows["owner_password"]
     assert "not rotatable yet" in rows["totp_key"]  # the TOTP secrets sealed with it
-    assert "not rotatable yet" in rows["pki:"]
+    pki = [line for line in out if line.startswith("pki: ")]
+    assert "yes, as pki_leaves" in pki[0] + pki[1] and "yes, as pki_ca" in pki[0] + pki[1]
     assert all("yes" in line or "not rotat" in line for line in rows.values())
 
 
@@ -292,7 +294,7 @@ def test_status_shows_a_rotation_in_progress_and_secret_ages(site_dir, hosts, mo
         return {"site": site.name, "last_deploy": None, "hosts": [],
                 "rotation": status.rotation_state.load(site.path)["rotation"],
                 "secrets": [{"name": r["name"], "age": r["age"]} for r in site.store.listing()],
-                "warnings": []}
+                "ca": status.pki.ca_dates(site.path), "warnings": []}
 
     monkeypatch.setattr(status, "site_status", without_hosts)
     hosts.fail_at = 1
@@ -303,6 +305,7 @@ def test_status_shows_a_rotation_in_progress_and_secret_ages(site_dir, hosts, mo
     assert ("rotation of django_secret_key, postgres_password: phase switched in progress"
             in out)
     assert "secret ages: django_secret_key 0d, " in out
+    assert "site CA: issued " in out and "(0 days ago), expires " in out
 
 
 def _sha(value: str) -> str:

@@ -137,7 +137,7 @@ def test_rollback_from_the_switch_cancels_the_handovers(site_dir, deploys, plane
 
 
 def test_all_includes_agents_with_the_secrets_and_dry_run_names_both(site_dir, deploys, plane):
-    assert resolve((), True)[-1] == "agent_credentials"
+    assert resolve((), True)[-2:] == ["agent_credentials", "pki_ca"]
     lines: list[str] = []
     Rotation(SiteDir.load(site_dir), lines.append, dry_run=True).start_or_resume(
         resolve((), True))

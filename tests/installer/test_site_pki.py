@@ -161,8 +161,9 @@ def test_a_site_ca_near_its_end_is_warned_of_but_never_replaced(site_dir):
         short = short.add_extension(ext.value, ext.critical)
     (site_dir / "pki/ca.crt").write_bytes(
         short.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
-    warning = (f"warning: pki/ca.crt: expires in 20 days ({expires:%Y-%m-%d}; render and "
-               "deploy never replace the site CA; every leaf it signed stops verifying then)")
+    warning = (f"warning: pki/ca.crt: expires in 20 days ({expires:%Y-%m-%d}; renew it with "
+               "`cmdop-install rotate SITE pki_ca`: render and deploy never replace the site "
+               "CA, and every leaf it signed stops verifying then)")
     assert warning in check_site(site_dir)
     assert warning in pki.expiry_warnings(site_dir, site)
     before = (site_dir / "pki/ca.crt").read_bytes()

@@ -190,7 +190,7 @@ def test_the_acl_load_user_rotates_its_own_password_through_its_own_socket(host)
 
 @pytest.mark.parametrize("command", [
     ("GET", "testsite:x"), ("SET", "testsite:x", "1"), ("KEYS", "*"), ("FLUSHALL",),
-    ("CONFIG", "GET", "*"), ("CONFIG", "SET", "dir", "/srv"), ("ACL", "SETUSER", "x", "on"),
+    ("CONFIG", "GET", "*"), ("CONFIG", "REWRITE"), ("ACL", "SETUSER", "x", "on"),
     ("ACL", "SAVE"), ("ACL", "LIST"), ("ACL", "GETUSER", "testsite-app"), ("ACL", "LOG"),
     ("CLIENT", "LIST"), ("SHUTDOWN",), ("PUBLISH", "testsite:x", "m"),
 ])
@@ -199,6 +199,14 @@ def test_the_acl_load_user_may_run_acl_load_and_nothing_else(host, command):
     assert host.admin().execute_command("ACL", "LOAD") == b"OK"
     with pytest.raises(redis.exceptions.NoPermissionError):
         host.admin().execute_command(*command)
+
+
+def test_its_config_set_cannot_reach_a_protected_config(host):
+    """CONFIG SET is the user's for new certificates (deploys/redis.py); the configs that
+    would let it write files elsewhere stay refused (enable-protected-configs no)."""
+    for name, value in (("dir", "/srv"), ("dbfilename", "x.rdb")):
+        with pytest.raises(redis.exceptions.ResponseError, match="protected config"):
+            host.admin().execute_command("CONFIG", "SET", name, value)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to try the socket as another user")

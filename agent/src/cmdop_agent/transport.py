@@ -39,6 +39,17 @@ def make_tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return ctx
 
 
+def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+    """What tells a changed file apart: its mtime, size and inode (None: no file)."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def _proxy_for(host: str) -> tuple[str, int, dict[str, str]] | None:
     url = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
     if not url or proxy_bypass_environment(host):
@@ -80,17 +91,33 @@ class HttpsClient:
         self.ca_file = ca_file
         self.timeout = timeout
         self.user_agent = user_agent
+        self._ca_stamp = _stamp(ca_file)
         self._ctx = make_tls_context(ca_file)
         self._conn: http.client.HTTPSConnection | None = None
 
+    def _context(self) -> ssl.SSLContext:
+        """The TLS context, made anew when the CA file changed since it was read: a CA
+        rotation replaces the file while the agent runs, and the next connection must trust
+        what it says now. A file caught half-written stays unread until it changes again
+        (the context before it keeps serving)."""
+        stamp = _stamp(self.ca_file)
+        if stamp != self._ca_stamp:
+            try:
+                self._ctx = make_tls_context(self.ca_file)
+            except TransportError:
+                return self._ctx
+            self._ca_stamp = stamp
+        return self._ctx
+
     def _connect(self, timeout: float) -> http.client.HTTPSConnection:
         proxy = _proxy_for(self.host)
+        ctx = self._context()
         if proxy is None:
-            conn = http.client.HTTPSConnection(self.host, self.port, context=self._ctx,
+            conn = http.client.HTTPSConnection(self.host, self.port, context=ctx,
                                                timeout=timeout)
         else:
             phost, pport, headers = proxy
-            conn = http.client.HTTPSConnection(phost, pport, context=self._ctx, timeout=timeout)
+            conn = http.client.HTTPSConnection(phost, pport, context=ctx, timeout=timeout)
             conn.set_tunnel(self.host, self.port, headers=headers)
         conn.connect()
         # Keystrokes are tiny requests: do not let Nagle hold them for a delayed ACK.

@@ -352,6 +352,10 @@ def status(site_dir: Path, as_json: bool, verbosity: int) -> None:
                    f"{state} ({'rolling back, ' if rotation['direction'] == 'back' else ''}"
                    f"since {rotation['started']}; rerun `cmdop-install rotate` to continue)")
     click.echo("secret ages: " + ", ".join(f"{s['name']} {s['age']}" for s in info["secrets"]))
+    if info["ca"]:
+        ca = info["ca"]
+        click.echo(f"site CA: issued {ca['issued']} ({ca['age_days']} days ago), expires "
+                   f"{ca['expires']} (renewed by `cmdop-install rotate SITE pki_ca`)")
     for warning in info["warnings"]:
         click.echo(warning)
 
@@ -374,11 +378,15 @@ def rotate(site_dir: Path, names: tuple[str, ...], every: bool, finish: bool, ro
     rotation resumes when rerun; `--rollback` returns to the old values until --finish.
     NAME agent_credentials (in --all) moves every agent to a new machine credential,
     handed over by the control plane; --finish refuses the agents that did not take theirs.
+    NAME pki_leaves gives every leaf certificate a new key from the site CA; pki_ca (in
+    --all) makes a new CA, trusted beside the old one on every host (agents included),
+    then moves every leaf to it; its --finish takes the old CA out of every bundle.
 
     \b
     Example:
       cmdop-install rotate mysite --all --yes && cmdop-install rotate mysite --finish --yes
       cmdop-install rotate mysite agent_credentials --dry-run
+      cmdop-install rotate mysite pki_ca --yes && cmdop-install rotate mysite --finish --yes
     """
     from cmdop_install.rollout import SiteLock
     from cmdop_install.rotation import Rotation, resolve

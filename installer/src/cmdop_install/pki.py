@@ -14,6 +14,7 @@ EKU of serverAuth and/or clientAuth and SANs for every name and address of the h
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +35,11 @@ SERVER = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
 _BACKDATE = timedelta(minutes=5)  # tolerate small clock skew between hosts
 WARN_DAYS = 30  # check and status warn of an expiry this far ahead at least
+# a rotation's files beside the current ones (`cmdop-install rotate` pki_leaves/pki_ca):
+# <name>.next.crt/.key are staged (issued, used by nothing yet), <name>.previous.* what a
+# switch replaced, kept for --rollback until --finish deletes them
+NEXT, PREVIOUS = "next", "previous"
+BUNDLE = "ca-bundle.crt"  # what this machine's clients should trust: see trust_bundle
 
 
 @dataclass(frozen=True)
@@ -113,10 +119,14 @@ def _load_cert(path: Path) -> x509.Certificate | None:
         return None
 
 
-def _issue_ca(site: Site, now: datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _issue_ca(site: Site, now: datetime, rotated: bool = False
+              ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = _name(f"{site['site']['name']} internal CA", site)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    # a rotation's CA is named apart from the one it replaces (both sit in the trust bundles
+    # for a while): by the start of its key identifier
+    suffix = f" {ski.digest.hex()[:8]}" if rotated else ""
+    name = _name(f"{site['site']['name']} internal CA{suffix}", site)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -217,7 +227,121 @@ def ensure_pki(site_dir: Path, site: Site, inventory: Inventory,
         write_atomic(key_path, _key_pem(key, passphrase), 0o600)
         write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         issued.append(spec.name)
+    if not (pki / BUNDLE).exists():
+        write_bundle(site_dir, with_next=False)
     return issued
+
+
+def _load_pair(pki: Path, name: str, passphrase: bytes):
+    """(certificate, key) of ``pki/<name>.crt``/``.key``, or (None, None) if either is missing."""
+    cert = _load_cert(pki / f"{name}.crt")
+    if cert is None or not (pki / f"{name}.key").is_file():
+        return None, None
+    return cert, _load_key(pki / f"{name}.key", passphrase)
+
+
+def _write_pair(pki: Path, name: str, cert: x509.Certificate, key, passphrase: bytes) -> None:
+    # the key first: a pair is complete once its certificate exists (``_load_pair``)
+    write_atomic(pki / f"{name}.key", _key_pem(key, passphrase), 0o600)
+    write_atomic(pki / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def stage(site_dir: Path, site: Site, inventory: Inventory, passphrase: bytes,
+          new_ca: bool) -> list[str]:
+    """A rotation's first phase: issue every leaf anew as ``<name>.next`` beside the current
+    one, signed by the site CA, or with ``new_ca`` by a new CA staged as ``ca.next``. What
+    is staged already is kept, so a resumed rotation goes on with the same keys. Returns the
+    names issued."""
+    pki = Path(site_dir) / PKI_DIR
+    now = datetime.now(UTC)
+    issued = []
+    ca, ca_key = _load_pair(pki, f"ca.{NEXT}" if new_ca else "ca", passphrase)
+    if ca is None:
+        if not new_ca:
+            raise UserError(f"{pki}/ca.crt or ca.key: missing (restore pki/ from backup)")
+        ca, ca_key = _issue_ca(site, now, rotated=True)
+        _write_pair(pki, f"ca.{NEXT}", ca, ca_key, passphrase)
+        issued.append(f"ca.{NEXT}")
+    renew = timedelta(days=site["pki"]["renew_days"])
+    for spec in leaf_specs(site, inventory):
+        name = f"{spec.name}.{NEXT}"
+        if (pki / f"{name}.key").exists() and _leaf_is_current(
+                _load_cert(pki / f"{name}.crt"), spec, ca, renew, now):
+            continue
+        cert, key = _issue_leaf(spec, site, ca, ca_key, now)
+        _write_pair(pki, name, cert, key, passphrase)
+        issued.append(name)
+    return issued
+
+
+def _shift(site_dir: Path, source: str, displaced: str) -> list[str]:
+    """Every ``<base>.<source>.<ext>`` becomes ``<base>.<ext>``, whose file (if any) becomes
+    ``<base>.<displaced>.<ext>``. Two renames per file; a rerun after a cut between them
+    completes it (the current file is moved away only while nothing is in its new place)."""
+    pki = Path(site_dir) / PKI_DIR
+    moved = []
+    for path in sorted(pki.glob(f"*.{source}.*")):
+        base, ext = path.name.rsplit(f".{source}.", 1)
+        current, aside = pki / f"{base}.{ext}", pki / f"{base}.{displaced}.{ext}"
+        if current.exists() and not aside.exists():
+            os.replace(current, aside)
+        os.replace(path, current)
+        moved.append(path.name)
+    return moved
+
+
+def switch(site_dir: Path) -> list[str]:
+    """The staged files become the current ones; the current ones are kept as previous."""
+    return _shift(site_dir, NEXT, PREVIOUS)
+
+
+def switch_back(site_dir: Path) -> list[str]:
+    """A switch undone: the previous files are current again, the others staged again."""
+    return _shift(site_dir, PREVIOUS, NEXT)
+
+
+def drop(site_dir: Path, which: str) -> list[str]:
+    """Delete every ``*.<which>.*`` file (NEXT: a rotation rolled back; PREVIOUS: retired,
+    the replaced keys destroyed)."""
+    gone = []
+    for path in sorted((Path(site_dir) / PKI_DIR).glob(f"*.{which}.*")):
+        path.unlink()
+        gone.append(path.name)
+    return gone
+
+
+def trust_bundle(site_dir: Path, with_next: bool) -> bytes:
+    """What every host trusts (its ``ca.crt``): the site CA, plus during a CA rotation the
+    other one, the staged CA once admitted (``with_next``) or the one a switch replaced."""
+    pki = Path(site_dir) / PKI_DIR
+    parts = [read_pem(site_dir, "ca.crt")]
+    for name, wanted in ((f"ca.{NEXT}.crt", with_next), (f"ca.{PREVIOUS}.crt", True)):
+        if wanted and (pki / name).is_file():
+            parts.append(read_pem(site_dir, name))
+    # in one order whichever CA signs: a switch leaves every host's bundle as it was
+    return b"".join(sorted(p if p.endswith(b"\n") else p + b"\n" for p in parts))
+
+
+def write_bundle(site_dir: Path, with_next: bool) -> None:
+    """``pki/ca-bundle.crt``: the trust bundle for this machine's clients (cmdop --ca)."""
+    write_atomic(Path(site_dir) / PKI_DIR / BUNDLE, trust_bundle(site_dir, with_next), 0o644)
+
+
+def ca_dates(site_dir: Path) -> dict[str, str] | None:
+    """The site CA's first and last day, for ``status``; None without one."""
+    ca = _load_cert(Path(site_dir) / PKI_DIR / "ca.crt")
+    if ca is None:
+        return None
+    return {"issued": f"{ca.not_valid_before_utc:%Y-%m-%d}",
+            "expires": f"{ca.not_valid_after_utc:%Y-%m-%d}",
+            "age_days": str((datetime.now(UTC) - ca.not_valid_before_utc).days)}
+
+
+def _certificates(pki: Path) -> list[Path]:
+    """The current certificates of pki/: not a rotation's staged or previous ones, nor the
+    bundle."""
+    return [p for p in sorted(pki.glob("*.crt"))
+            if p.name != BUNDLE and not p.stem.endswith((f".{NEXT}", f".{PREVIOUS}"))]
 
 
 def is_issued(site_dir: Path, name: str) -> bool:
@@ -281,7 +405,7 @@ def certificate_findings(site_dir: Path, site: Site, inventory: Inventory) -> li
         elif left <= warn_window(site):
             findings.append(_expiry_warning(spec.name, cert, site, now))
     wanted = {"ca", *(s.name for s in specs)}
-    for path in sorted(pki.glob("*.crt")):
+    for path in _certificates(pki):
         if path.stem not in wanted:
             findings.append(f"warning: pki/{path.name}: inventory.py no longer needs it (a "
                             f"removed host or role: delete pki/{path.stem}.crt and .key)")
@@ -298,8 +422,8 @@ def _expiry_warning(name: str, cert: x509.Certificate, site: Site, now: datetime
     expires = cert.not_valid_after_utc
     left = expires - now
     if name == "ca":
-        what = ("render and deploy never replace the site CA; every leaf it signed stops "
-                "verifying then")
+        what = ("renew it with `cmdop-install rotate SITE pki_ca`: render and deploy never "
+                "replace the site CA, and every leaf it signed stops verifying then")
     elif left <= timedelta(days=site["pki"]["renew_days"]):
         what = "render and deploy reissue it, as does init"
     else:
@@ -313,7 +437,7 @@ def expiry_warnings(site_dir: Path, site: Site) -> list[str]:
     operator's own that expires within ``warn_window``, or has expired."""
     now = datetime.now(UTC)
     warnings = []
-    for path in sorted((Path(site_dir) / PKI_DIR).glob("*.crt")):
+    for path in _certificates(Path(site_dir) / PKI_DIR):
         cert = _load_cert(path)
         if cert is None:
             continue
@@ -328,7 +452,7 @@ def expiry_warnings(site_dir: Path, site: Site) -> list[str]:
 def expiry_dates(site_dir: Path) -> dict[str, str]:
     """Each certificate of pki/ (by name, e.g. "nginx-node1") and the day it expires."""
     dates = {}
-    for path in sorted((Path(site_dir) / PKI_DIR).glob("*.crt")):
+    for path in _certificates(Path(site_dir) / PKI_DIR):
         cert = _load_cert(path)
         if cert is not None:
             dates[path.stem] = f"{cert.not_valid_after_utc:%Y-%m-%d}"

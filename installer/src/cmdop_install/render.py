@@ -360,9 +360,9 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
             files.append(RenderedFile(f"{host_paths.cmdop_secrets}/{cred}",
                                       (value + "\n").encode() if value else b"", 0o400,
                                       "cmdop", "root", secret=True))
-        for unit in ("cmdop-server.service", "cmdop-audit-retention.service",
-                     "cmdop-audit-retention.timer", "cmdop-sessions-sweep.service",
-                     "cmdop-sessions-sweep.timer"):
+        for unit in ("cmdop-server.socket", "cmdop-server.service",
+                     "cmdop-audit-retention.service", "cmdop-audit-retention.timer",
+                     "cmdop-sessions-sweep.service", "cmdop-sessions-sweep.timer"):
             add(f"systemd/{unit}.j2", f"{host_paths.systemd}/{unit}", 0o644)
     if "centrifugo" in roles and site.centrifugo_enabled:
         add("centrifugo/config.json.j2", f"{host_paths.centrifugo_etc}/config.json", 0o640,
@@ -386,18 +386,23 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
 class PemFiles(dict):
     """PEM bytes of pki/ by file name, read on first use (render picks what it needs).
 
-    Private keys come out decrypted: that is the form the daemons read on the hosts."""
+    Private keys come out decrypted: that is the form the daemons read on the hosts.
+    "ca.crt" is the trust bundle (``pki.trust_bundle``): during a CA rotation both CAs,
+    the staged one once ``with_next`` (admitted)."""
 
-    def __init__(self, site_dir: Path, passphrase: bytes) -> None:
+    def __init__(self, site_dir: Path, passphrase: bytes, with_next: bool = False) -> None:
         super().__init__()
         self.site_dir = Path(site_dir)
         self.passphrase = passphrase
+        self.with_next = with_next
         if not (self.site_dir / pki.PKI_DIR).is_dir():
             raise UserError(f"{self.site_dir / pki.PKI_DIR}: missing "
                             f"(run `cmdop-install init {site_dir}`)")
 
     def __missing__(self, name: str) -> bytes:
-        if name.endswith(".key"):
+        if name == "ca.crt":
+            value = pki.trust_bundle(self.site_dir, self.with_next)
+        elif name.endswith(".key"):
             value = pki.private_key_pem(self.site_dir, name, self.passphrase)
         else:
             value = pki.read_pem(self.site_dir, name)
@@ -411,4 +416,5 @@ def load_for_render(site_dir: Path):
     inventory = load_inventory(site_dir)
     store = SecretStore.open(site_dir, site["site"]["key_file"])
     values = store.values(rotation_state.admitted(site_dir))
-    return site, inventory, values, PemFiles(site_dir, store.pki_passphrase())
+    return site, inventory, values, PemFiles(site_dir, store.pki_passphrase(),
+                                             rotation_state.ca_admitted(site_dir))

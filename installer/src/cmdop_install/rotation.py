@@ -13,6 +13,14 @@ the control-plane and Postgres hosts only):
 - ``retired`` (``--finish``, after the grace period): the old values are destroyed (the
   old login's password is NULL, the fallback key is gone, Redis users lose the old password).
 
+The internal PKI walks the same phases with files in pki/ instead of values in
+``secrets.enc`` (``pki.stage``/``switch``/``drop``): ``pki_leaves`` stages a new key and
+certificate for every leaf from the site CA and switches the daemons to them (each reloads:
+nginx, PostgreSQL and the control plane on a reload, Redis on CONFIG SET of its TLS files);
+``pki_ca`` stages a new CA and every leaf signed by it, admits the new CA into every trust
+bundle on every host (agents included: they re-read theirs), switches the leaves, and at
+``--finish`` takes the old CA out of the bundles and deletes its key.
+
 The phase the site is being brought to and whether it got there are recorded in
 ``rotation.json`` before and after each deploy, so an interrupted run resumes by deploying
 that phase again (a deploy changes only what differs). ``--rollback`` walks the phases
@@ -26,10 +34,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from cmdop_install import agent_credentials, rotation_state
+from cmdop_install import agent_credentials, pki, rotation_state
 from cmdop_install.deploy import deploy_site
 from cmdop_install.errors import UserError
-from cmdop_install.rotation_state import PG_LOGINS, PHASES, REDIS_USERS, ROTATABLE, idle_role
+from cmdop_install.rotation_state import (
+    PG_LOGINS,
+    PHASES,
+    PKI_CA,
+    PKI_LEAVES,
+    REDIS_USERS,
+    ROTATABLE,
+    idle_role,
+)
 from cmdop_install.sitedir import SiteDir
 
 PG = "postgres_password"  # the app's blue/green logins, rotated as one
@@ -38,8 +54,11 @@ AGENTS = agent_credentials.NAME  # each agent's machine credential, handed over 
 # keeps the abandoned new key verifying as well, or every session used while it signed
 # (Django re-signs a session's auth hash with the current key) would be signed out
 SIGNING_KEYS = ("django_secret_key",)
-# the hosts each phase's deploy reaches: the secrets live there, nothing else changes
+PKI = (PKI_LEAVES, PKI_CA)  # files in pki/, not values in secrets.enc
+# the hosts each phase's deploy reaches: the secrets and leaf certificates live there,
+# nothing else changes; a trust bundle is on every host, agents' included
 HOST_GROUPS = ["postgres", "redis", "control_plane"]
+ALL_GROUPS = [*HOST_GROUPS, "agents"]
 _WHAT = {
     "staged": "new values generated into secrets.enc (nothing uses them yet)",
     "admitted": "the servers accept the new values too: the idle Postgres login gets its "
@@ -47,6 +66,17 @@ _WHAT = {
     "switched": "the control plane reloads with the new values; the old ones still verify",
     "retired": "the old values are destroyed: old key dropped, old login's password NULL, "
     "old Redis passwords removed",
+}
+_PKI_WHAT = {
+    "staged": "new leaf keys and certificates issued into pki/ (nothing uses them yet)",
+    "switched": "every daemon reloads with its new certificate (no restart)",
+    "retired": "the replaced leaf keys are deleted from pki/",
+}
+_CA_WHAT = {
+    "staged": "a new CA and every leaf signed by it issued into pki/ (nothing uses them yet)",
+    "admitted": "every trust bundle lists the old and the new CA, on every host",
+    "switched": "every daemon reloads with its certificate from the new CA",
+    "retired": "the old CA leaves every trust bundle; its key and leaves are deleted",
 }
 _AGENTS_WHAT = {
     "switched": "each agent takes a new machine credential in a heartbeat reply; its old one "
@@ -59,10 +89,11 @@ Echo = Callable[[str], None]
 def resolve(names: tuple[str, ...], every: bool) -> list[str]:
     """The rotation names for the command line's secret names (or ``--all``), in order."""
     if every:
-        names = (*(n for n, why in ROTATABLE.items() if why is None), AGENTS)
+        names = (*(n for n, why in ROTATABLE.items() if why is None), AGENTS, PKI_CA)
     chosen: list[str] = []
     for name in names:
-        if name == AGENTS:  # not in secrets.enc: the control plane hands them over
+        # not in secrets.enc: the control plane hands agents theirs; pki/ holds the others
+        if name in (AGENTS, *PKI):
             chosen += [] if name in chosen else [name]
             continue
         if name not in ROTATABLE:
@@ -72,6 +103,8 @@ def resolve(names: tuple[str, ...], every: bool) -> list[str]:
         rotation = PG if name in PG_LOGINS else name
         if rotation not in chosen:
             chosen.append(rotation)
+    if PKI_CA in chosen and PKI_LEAVES in chosen:  # a CA rotation reissues every leaf
+        chosen.remove(PKI_LEAVES)
     return chosen
 
 
@@ -173,23 +206,42 @@ class Rotation:
             elif phase == "retired" and name != PG:
                 store.drop_previous(secret)
         store.save()  # a new value is in secrets.enc before any phase uses it
+        self._pki_files(names, phase)  # as are new keys in pki/
         if phase == "switched" and PG in names:
             self.state["active_role"] = self._pg_idle_role(record)
             self.site.config["postgres"]["active_role"] = self.state["active_role"]
         self._save(record, phase, done=False)
         self.site.secrets_changed()
-        if _secrets(names) and phase != "staged" and (phase != "admitted" or _admits(names)):
-            self._deploy(phase)
+        if PKI_CA in names:
+            pki.write_bundle(self.site.path, rotation_state.ca_admitted(self.site.path))
+        if _deploys(names, phase):
+            self._deploy(phase, _groups(names, phase))
         if AGENTS in names and phase in ("switched", "retired"):
             self._hand_over(phase)
         self._save(record, phase, done=True)
-        what = _WHAT[phase] if _secrets(names) else _AGENTS_WHAT.get(phase, "nothing to do")
-        self.echo(f"phase {phase}: done ({what})")
+        self.echo(f"phase {phase}: done ({_what(names, phase)})")
+
+    def _pki_files(self, names: list[str], phase: str) -> None:
+        """pki/ for entering ``phase``: stage the new files, switch to them, or delete the
+        replaced ones (each step resumes where a cut one stopped)."""
+        kind = _pki(names)
+        if kind is None:
+            return
+        site = self.site
+        if phase == "staged":
+            pki.stage(site.path, site.config, site.inventory, site.store.pki_passphrase(),
+                      new_ca=kind == PKI_CA)
+        elif phase == "switched":
+            pki.switch(site.path)
+        elif phase == "retired":
+            pki.drop(site.path, pki.PREVIOUS)
 
     def _step_back(self, record: dict) -> None:
         phase = record["phase"]
         if self.dry_run:
-            self.echo(f"would roll back phase {phase} on {', '.join(self._hosts())}")
+            where = (", ".join(self._hosts(_groups(record["names"], phase)))
+                     if _deploys(record["names"], phase) else "this machine only")
+            self.echo(f"would roll back phase {phase} on {where}")
             index = PHASES.index(phase)
             if index == 0:
                 self.state["rotation"] = None
@@ -208,11 +260,17 @@ class Rotation:
             for name in _secrets(names):
                 store.drop_staged(self._pg_idle_secret(record) if name == PG else name)
             store.save()
+            if _pki(names):
+                pki.drop(self.site.path, pki.NEXT)
             self.state["rotation"] = None
             rotation_state.save(self.site.path, self.state)
+            if PKI_CA in names:
+                pki.write_bundle(self.site.path, with_next=False)
             self.echo("phase staged: undone (the new values are deleted)")
             return
         store.save()
+        if phase == "switched" and _pki(names):
+            pki.switch_back(self.site.path)  # the replaced files are current again
         back = PHASES[PHASES.index(phase) - 1]
         if phase == "switched" and PG in names:
             self.state["active_role"] = record["active_before"]
@@ -221,8 +279,10 @@ class Rotation:
             self._stopped(phase, lambda: agent_credentials.cancel_handovers(self.site, self.echo))
         self._save(record, back, done=False)
         self.site.secrets_changed()
-        if _secrets(names) and (phase != "admitted" or _admits(names)):
-            self._deploy(back)
+        if PKI_CA in names:
+            pki.write_bundle(self.site.path, rotation_state.ca_admitted(self.site.path))
+        if _deploys(names, phase):
+            self._deploy(back, _groups(names, phase))
         self._save(record, back, done=True)
         self.echo(f"phase {phase}: undone")
 
@@ -254,11 +314,11 @@ class Rotation:
                             f"rerun `cmdop-install rotate {self.site.path}` to resume (or "
                             "--rollback)", exc.exit_code) from None
 
-    def _deploy(self, phase: str) -> None:
+    def _deploy(self, phase: str, groups: list[str]) -> None:
         resume = (f"fix it and rerun `cmdop-install rotate {self.site.path}` to resume "
                   "(or --rollback)")
         try:
-            result = deploy_site(self.site, limit=HOST_GROUPS)
+            result = deploy_site(self.site, limit=groups)
         except UserError as exc:  # e.g. a host unreachable: preflight changed nothing
             raise UserError(f"rotation stopped in phase {phase}: {exc.message}; {resume}",
                             exc.exit_code) from None
@@ -266,13 +326,17 @@ class Rotation:
             raise UserError(f"rotation stopped in phase {phase}: the deploy failed on "
                             f"{', '.join(result.failed)}; {resume}")
 
-    def _hosts(self) -> list[str]:
+    def _hosts(self, groups: list[str]) -> list[str]:
         inventory = self.site.inventory
-        return sorted({h.name for g in HOST_GROUPS for h in inventory.groups[g]})
+        return sorted({h.name for g in groups for h in inventory.groups[g]})
 
     def _plan(self, phase: str, names: list[str]) -> None:
-        touches = "this machine only" if phase == "staged" else ", ".join(self._hosts())
+        touches = ("this machine only" if not _deploys(names, phase)
+                   else ", ".join(self._hosts(_groups(names, phase))))
         what = [f"{_WHAT[phase]} [{touches}]"] if _secrets(names) else []
+        kind = _pki(names)
+        if kind is not None and phase in _PKI_TABLES[kind]:
+            what.append(f"{_PKI_TABLES[kind][phase]} [{touches}]")
         if AGENTS in names and phase in _AGENTS_WHAT:
             first = self.site.inventory.groups["control_plane"][0].name
             what.append(f"{_AGENTS_WHAT[phase]} [{first}]")
@@ -280,8 +344,44 @@ class Rotation:
 
 
 def _secrets(names: list[str]) -> list[str]:
-    """The names that are values in secrets.enc (agents' credentials are not)."""
-    return [n for n in names if n != AGENTS]
+    """The names that are values in secrets.enc (agents' credentials and pki/ are not)."""
+    return [n for n in names if n != AGENTS and n not in PKI]
+
+
+def _pki(names: list[str]) -> str | None:
+    """The PKI rotation among ``names`` (``resolve`` keeps at most one)."""
+    return next((n for n in names if n in PKI), None)
+
+
+_PKI_TABLES = {PKI_LEAVES: _PKI_WHAT, PKI_CA: _CA_WHAT}
+
+
+def _deploys(names: list[str], phase: str) -> bool:
+    """Whether entering (or stepping back from) ``phase`` changes a host: never at staged;
+    at admitted only where a server accepts a second value or a bundle a second CA; the
+    leaves' --finish deletes files on this machine only."""
+    if phase == "staged":
+        return False
+    if phase == "admitted":
+        return _admits(names) or PKI_CA in names
+    if phase == "retired":
+        return bool(_secrets(names)) or PKI_CA in names
+    return bool(_secrets(names)) or _pki(names) is not None
+
+
+def _groups(names: list[str], phase: str) -> list[str]:
+    """The host groups a phase's deploy reaches: every host when a trust bundle changes."""
+    return ALL_GROUPS if PKI_CA in names and phase in ("admitted", "retired") else HOST_GROUPS
+
+
+def _what(names: list[str], phase: str) -> str:
+    parts = [_WHAT[phase]] if _secrets(names) else []
+    kind = _pki(names)
+    if kind is not None and phase in _PKI_TABLES[kind]:
+        parts.append(_PKI_TABLES[kind][phase])
+    if AGENTS in names and phase in _AGENTS_WHAT:
+        parts.append(_AGENTS_WHAT[phase])
+    return "; ".join(parts) or "nothing to do"
 
 
 def _admits(names: list[str]) -> bool:

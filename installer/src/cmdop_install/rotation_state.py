@@ -46,12 +46,15 @@ ROTATABLE: dict[str, str | None] = {
 # Redis ACL users: while a rotation of one is admitted or switched, users.acl lists its
 # old and its new password (a Redis user may have several), loaded with ACL LOAD
 REDIS_USERS = ("redis_password_app", "redis_password_centrifugo", "redis_password_admin")
+# the internal PKI's rotations (files in pki/, not values in secrets.enc): every leaf anew
+# from the site CA, or a new CA and every leaf from it (which includes the first)
+PKI_LEAVES, PKI_CA = "pki_leaves", "pki_ca"
 # what a site has besides secrets.enc that is secret too, and whether (how) `rotate` renews it
 OTHER_SECRETS: dict[str, str] = {
-    "pki: site CA": "not rotatable yet: needs a period with both CAs in every trust bundle, "
-    "agents included",
-    "pki: leaf certificates": "not rotatable yet by `rotate`; render/deploy reissue a leaf "
-    "before it expires",
+    "pki: site CA": "yes, as pki_ca (cmdop-install rotate SITE pki_ca): a new CA, trusted "
+    "beside the old one by every host (agents included) until --finish, then every leaf",
+    "pki: leaf certificates": "yes, as pki_leaves (cmdop-install rotate SITE pki_leaves): "
+    "new keys from the site CA, reloaded by each daemon; deploy also reissues one near expiry",
     "agents: machine credentials": "yes, as agent_credentials (cmdop-install rotate SITE "
     "agent_credentials): each agent gets a new one from the control plane, none passes here",
 }
@@ -106,3 +109,10 @@ def admitted(site_dir: Path) -> tuple[str, ...]:
     if not record or record["phase"] == "staged":
         return ()
     return tuple(n for n in record["names"] if n in REDIS_USERS)
+
+
+def ca_admitted(site_dir: Path) -> bool:
+    """Whether the hosts trust a staged CA beside the site's: a CA rotation past ``staged``
+    that has not switched to it yet (after the switch the bundle keeps the replaced one)."""
+    record = load(site_dir)["rotation"]
+    return bool(record and PKI_CA in record["names"] and record["phase"] != "staged")

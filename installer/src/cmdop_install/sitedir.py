@@ -58,14 +58,17 @@ class SiteDir:
         return self.store.values(rotation_state.admitted(self.path))
 
     def secrets_changed(self) -> None:
-        """The store changed (a rotation phase): render from its new values from now on."""
+        """The store or pki/ changed (a rotation phase): render from the new values and
+        certificates from now on."""
         self.__dict__.pop("secrets", None)
+        self._pem = None
         self._files.clear()
 
     @property
     def pem(self) -> PemFiles:
         if self._pem is None:
-            self._pem = PemFiles(self.path, self.store.pki_passphrase())
+            self._pem = PemFiles(self.path, self.store.pki_passphrase(),
+                                 rotation_state.ca_admitted(self.path))
         return self._pem
 
     def files(self, host_name: str) -> list[RenderedFile]:

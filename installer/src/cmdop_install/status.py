@@ -100,7 +100,7 @@ def site_status(site: SiteDir) -> dict:
                                                     "started", "updated")}
     secrets = [{"name": r["name"], "age": r["age"]} for r in site.store.listing()]
     return {"site": site.name, "last_deploy": last_deploy(site.path), "hosts": hosts,
-            "rotation": rotation, "secrets": secrets,
+            "rotation": rotation, "secrets": secrets, "ca": pki.ca_dates(site.path),
             "warnings": pki.expiry_warnings(site.path, site.config)}
 
 

@@ -60,7 +60,11 @@ def agent() -> None:
         switch=release["switch"],
         _sudo=True,
     )
-    config = put_files("/etc/cmdop-agent", {"/etc/cmdop-agent": ("root", user, "750")})
+    config = put_files("/etc/cmdop-agent", {"/etc/cmdop-agent": ("root", user, "750")},
+                       names=("agent.toml",))
+    # the site CA bundle: the agent reads it anew when it changes (a CA rotation), so a
+    # change restarts nothing and no session is cut
+    put_files("/etc/cmdop-agent", names=("ca.crt",))
     units = put_files("/etc/systemd/system", names=("cmdop-agent.service",))
     files.directory(
         name="Agent state folder",

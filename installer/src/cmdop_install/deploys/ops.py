@@ -113,6 +113,27 @@ def redis_users_loaded(users: str, loaded: str, acl_load: str, restarted):
 
 
 @operation()
+def redis_tls_loaded(files: list[str], loaded: str, reload: str, restarted):
+    """The running Redis serves ``files`` (its certificate, key and CA bundle): ``reload``
+    (CONFIG SET of the same paths, which Redis reads anew for new connections; the open
+    ones go on) when they differ from ``loaded``, their sha256sum when Redis last read
+    them. So a deploy cut between writing them and the reload is reloaded by the next one;
+    after a restart (which read them) only the record is made."""
+    have = fact(PathStates, [*files, loaded])
+    if not all(f in have for f in files):
+        host.noop("Redis has no certificate files yet")
+        return
+    served = "".join(f"{have[f].sha256}  {f}\n" for f in files)
+    record = have.get(loaded)
+    if record is not None and record.sha256 == hashlib.sha256(served.encode()).hexdigest():
+        host.noop("Redis serves the current certificate files")
+        return
+    if not restarted():
+        yield reload
+    yield f"(umask 077; sha256sum {' '.join(files)} > {loaded}.tmp) && mv {loaded}.tmp {loaded}"
+
+
+@operation()
 def postgres_password(
     role: str, verifier_md5: str, sql_src: str, conf_dir: str, temp_dir: str, psql: str
 ):

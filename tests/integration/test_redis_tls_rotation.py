@@ -1,0 +1,131 @@
+"""`rotate SITE pki_ca` on a real redis-server run from our rendered files, with the deploy's
+own CONFIG SET (deploys/redis.py) instead of a restart.
+
+The site folder, pki/, rotation.json and the phase machine are the real ones; each phase's
+deploy is what the Redis host gets: the rendered TLS files written into the server's
+scratch root and, when they changed, the deploy's CONFIG SET on the rendered admin
+socket. A connection opened before the rotation serves all through it; while both CAs are
+trusted a client certificate from either logs in; after --finish the old CA's is refused
+at the handshake. tests/lab/test_site_rotation_pki.py proves the whole site under load.
+"""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+from cmdop_install import rotation
+from cmdop_install.deploys.redis import tls_reload_command
+from cmdop_install.render import Paths, load_for_render, render_host
+from cmdop_install.runner import HostResult, RunResult
+from cmdop_install.sitedir import SiteDir
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tests.support.services import RedisServer
+from tests.support.sites import TEST_KEY, make_site, plain_key, rotation_step
+
+pytestmark = pytest.mark.integration
+
+
+class RedisHost:
+    """A redis-server on our rendered files; ``deploy`` stands in for ``deploy_site``."""
+
+    def __init__(self, server: RedisServer, site_dir: Path) -> None:
+        self.server = server
+        self.site_dir = site_dir
+        self.reloads = 0
+
+    def deploy(self, site: SiteDir, limit=None, dry_run=False) -> RunResult:
+        assert "redis" in (limit or [])
+        changed = False
+        for f in site.files("node1"):
+            if f.path.startswith("/etc/redis/tls/"):
+                path = self.server.dir / f.path.lstrip("/")
+                changed |= path.read_bytes() != f.content
+                path.write_bytes(f.content)  # in place: owner and mode stay
+        if changed:  # as the deploy: CONFIG SET when a certificate file changed
+            command = tls_reload_command(Paths(root=str(self.server.dir)))
+            done = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                                  timeout=30, check=False)
+            assert done.returncode == 0, done.stderr
+            self.reloads += 1
+        return RunResult(hosts={"node1": HostResult("node1")}, dry_run=False)
+
+    def client(self, cert: Path, key: Path, ca: Path, **kwargs) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1", port=self.server.port, username="testsite-app",
+            password=SiteDir.load(self.site_dir).secrets["redis_password_app"], ssl=True,
+            ssl_ca_certs=str(ca), ssl_cert_reqs="required",
+            ssl_min_version=ssl.TLSVersion.TLSv1_3, ssl_certfile=str(cert),
+            ssl_keyfile=str(key), socket_timeout=5, socket_connect_timeout=5,
+            retry=Retry(NoBackoff(), 0), **kwargs)
+
+    def refused(self, cert: Path, key: Path, ca: Path) -> bool:
+        try:
+            self.client(cert, key, ca).ping()
+        except redis.exceptions.AuthenticationError:
+            raise AssertionError("the handshake passed: only the password was refused") from None
+        except redis.exceptions.ConnectionError:
+            return True
+        return False
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    site_dir = tmp_path / "site"
+    server = RedisServer()
+    monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
+    make_site(site_dir, {"redis.port": server.port})
+    site, inventory, secrets, pem = load_for_render(site_dir)
+    files = render_host(site, inventory, "node1", secrets, pem, root=str(server.dir))
+    server.files = {f.path.lstrip("/"): (f.content, f.mode) for f in files
+                    if f.path.startswith("/etc/redis/")}
+    server.conf = next(f for f in files if f.path == "/etc/redis/redis.conf").content.decode()
+    server.env = {"OPENSSL_CONF": f"{server.dir}/etc/redis/openssl-cmdop.cnf"}
+    fake = RedisHost(server, site_dir)
+    monkeypatch.setattr(rotation, "deploy_site", fake.deploy)
+    with server:
+        yield fake
+
+
+def _keep(site_dir: Path, name: str, as_name: str) -> tuple[Path, Path]:
+    """pki/<name>.crt and its plain key, copied as <as_name> (they change in a rotation)."""
+    key = plain_key(site_dir, name)
+    kept = (site_dir / f"{as_name}.crt", site_dir / f"{as_name}.key")
+    shutil.copy(site_dir / "pki" / f"{name}.crt", kept[0])
+    shutil.copy(key, kept[1])
+    return kept
+
+
+def test_a_ca_rotation_reloads_redis_without_a_restart_and_refuses_the_old_ca_after(
+        host) -> None:
+    site_dir = host.site_dir
+    old_leaf = _keep(site_dir, "app-node1", "old-app")
+    old_ca = site_dir / "old-ca.crt"
+    shutil.copy(site_dir / "pki/ca.crt", old_ca)
+    held = host.client(*old_leaf, old_ca, single_connection_client=True)
+    assert held.ping()
+    pid = host.server.proc.pid
+
+    rotation_step(site_dir, "rotate", ("pki_ca",))
+    assert host.reloads == 2  # admitted (the bundle) and switched (the certificate)
+    new_leaf = _keep(site_dir, "app-node1", "new-app")
+    new_ca = site_dir / "pki/ca.crt"
+    bundle = site_dir / "pki/ca-bundle.crt"
+    # Redis now presents the new CA's certificate, and takes a client's from either CA
+    assert host.client(*new_leaf, new_ca).ping()
+    assert host.refused(*new_leaf, old_ca)  # this client trusts the old CA only
+    assert host.client(*old_leaf, bundle).ping()
+    assert held.ping()  # the connection opened before serves on
+
+    rotation_step(site_dir, "finish", ())
+    assert host.reloads == 3
+    assert host.refused(*old_leaf, bundle)  # the old CA's certificate is refused
+    assert host.client(*new_leaf, bundle).ping()
+    assert held.ping()
+    assert host.server.proc.pid == pid and host.server.proc.poll() is None
