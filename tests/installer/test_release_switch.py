@@ -142,3 +142,85 @@ def _get_or_none(port: int) -> str | None:
         return _get(port)
     except OSError:
         return None
+
+
+def _unix_get(path: str) -> str:
+    conn = http.client.HTTPConnection("localhost", timeout=60)
+    conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.sock.settimeout(60)
+    try:
+        conn.sock.connect(path)
+        conn.request("GET", "/")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def _master_on(listener: socket.socket, current: Path, conf: Path) -> subprocess.Popen:
+    """gunicorn given ``listener`` as systemd gives cmdop-server.socket's: fd 3, LISTEN_FDS=1
+    and LISTEN_PID its own pid (a small exec in front of it sets them)."""
+    fd = listener.fileno()
+    handover = ("import os, sys; os.dup2(int(sys.argv[1]), 3); "
+                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
+                "os.execv(sys.executable, [sys.executable, '-m', 'gunicorn', *sys.argv[2:]])")
+    return subprocess.Popen(
+        [str(current / "bin/python"), "-c", handover, str(fd), "--config", str(conf),
+         "release_app:application"],
+        cwd="/", pass_fds=(fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_restart_with_the_socket_held_outside_gunicorn_queues_requests(tmp_path):
+    """What cmdop-server.socket does for a restart (new units, another gunicorn): the
+    listening socket stays open while one master stops and the next starts, so requests wait
+    in its backlog instead of being refused; gunicorn leaves the socket's path in place."""
+    _release(tmp_path, "k1")
+    _release(tmp_path, "k2")
+    _switch(tmp_path, "k1")
+    path = str(tmp_path / "gunicorn.sock")
+    current = tmp_path / "current/venv"
+    conf = tmp_path / "gunicorn.conf.py"
+    # bind names a path nobody listens on: the socket handed over must win over it
+    conf.write_text(f'bind = "unix:{tmp_path / "unused.sock"}"\nworker_class = "asgi"\n'
+                    f'workers = 2\npreload_app = False\nchdir = "{current}"\n'
+                    'graceful_timeout = 30\ncontrol_socket_disable = True\n')
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(2048)
+    answers: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        for _ in range(20000):  # bounded: one request at a time
+            if stop.is_set():
+                return
+            try:
+                answers.append(_unix_get(path))
+            except OSError as e:
+                answers.append(f"failed: {e}")
+
+    first = _master_on(listener, current, conf)
+    second = None
+    thread = threading.Thread(target=client, daemon=True)
+    try:
+        _until(lambda: len(_workers(first.pid)) == 2)
+        thread.start()
+        _until(lambda: "k1" in answers)
+        _switch(tmp_path, "k2")
+        first.terminate()  # systemd's stop: SIGTERM, a graceful shutdown
+        first.wait(timeout=60)
+        assert os.path.exists(path), "gunicorn removed the socket it was handed"
+        served = len(answers)
+        second = _master_on(listener, current, conf)
+        _until(lambda: "k2" in answers[served:])
+        _until(lambda: len(answers) >= answers.index("k2") + 20)
+        stop.set()
+        thread.join(timeout=60)
+        assert [a for a in answers if a not in ("k1", "k2")] == []
+        assert not (tmp_path / "unused.sock").exists()
+    finally:
+        stop.set()
+        for master in (first, second):
+            if master is not None and master.poll() is None:
+                master.terminate()
+                master.wait(timeout=60)
+        listener.close()

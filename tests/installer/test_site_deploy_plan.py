@@ -89,7 +89,7 @@ def test_a_fresh_host_gets_every_component_and_restarts_rather_than_reloads(fres
         "Control plane | Databases migrated, the first Owner and workspace created (once)",
         "Control plane | Switch to the release and hand it to gunicorn (HUP, old workers finish)",
         "nginx | Validate nginx configuration (nginx -t)",
-        "nginx | Restart nginx (new group membership or sandbox)",
+        "nginx | Restart nginx (new sandbox)",
         "nginx | Reload systemd (nginx sandbox drop-in)",
         "PostgreSQL | Restart PostgreSQL (new sandbox)",
     ):

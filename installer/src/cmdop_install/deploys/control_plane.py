@@ -21,12 +21,15 @@ from cmdop_install.deploys.ops import (
     control_plane_database,
     prefetch,
     server_release,
+    server_restart,
     server_switch,
 )
 from cmdop_install.manage import ADMIN_DIR as ADMIN
 from cmdop_install.manage import SERVER_ROOT, manage_command, server_release_venv
 
+SOCKET = "cmdop-server.socket"
 UNITS = (
+    SOCKET,
     "cmdop-server.service",
     "cmdop-audit-retention.service",
     "cmdop-audit-retention.timer",
@@ -114,26 +117,28 @@ def control_plane() -> None:
         root=SERVER_ROOT,
         key=wheelhouse["key"],
         service="cmdop-server.service",
+        socket=SOCKET,
         gunicorn=_gunicorn_version(wheelhouse["files"]),
         restart=any_changed(units),
         replaces=["/opt/cmdop/venv", "/opt/cmdop/wheels"],
         _sudo=True,
     )
-    systemd.service(
-        name="Control plane enabled and running",
-        service="cmdop-server.service",
-        running=True,
-        enabled=True,
-        _sudo=True,
-    )
     # a switch has already restarted or reloaded it, which reads every file below anew
-    systemd.service(
-        name="Restart the control plane (new units)",
+    server_restart(
+        name="Restart the control plane (new units), its socket open meanwhile",
         service="cmdop-server.service",
-        restarted=True,
+        socket=SOCKET,
         _if=lambda: not any_changed([switch])() and any_changed([*units, database])(),
         _sudo=True,
     )
+    for unit, what in ((SOCKET, "socket"), ("cmdop-server.service", "service")):
+        systemd.service(
+            name=f"Control plane {what} enabled and running",
+            service=unit,
+            running=True,
+            enabled=True,
+            _sudo=True,
+        )
     systemd.service(
         name="Reload the control plane (new settings or secrets)",
         service="cmdop-server.service",

@@ -123,6 +123,20 @@ class DistributionVersion(FactBase[str]):
         return output[0].strip().rsplit("/", 1)[-1].removesuffix(".dist-info").split("-", 1)[-1]
 
 
+class UnitActive(FactBase[bool]):
+    """Whether systemd unit ``unit`` is active (``systemctl is-active``)."""
+
+    def command(self, unit: str) -> str:
+        return f"systemctl is-active {shlex.quote(unit)} {QUIET}"
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+    def process(self, output: list[str]) -> bool:
+        return output == ["active"]
+
+
 class IsExecutable(FactBase[bool]):
     def command(self, path: str) -> str:
         return f"test -x {shlex.quote(path)} && echo yes {QUIET}"

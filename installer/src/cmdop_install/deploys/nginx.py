@@ -39,10 +39,13 @@ def nginx() -> None:
     systemd.service(
         name="nginx enabled and running", service="nginx", running=True, enabled=True, _sudo=True
     )
-    # a running nginx keeps its old groups and sandbox until it restarts; a reload is not enough
-    restart = any_changed([socket_access, *sandbox])
+    # A sandbox applies to the processes systemd starts: only a restart (its listening
+    # sockets closed for a moment) moves nginx into a new one. A new group membership needs
+    # no more than a reload: the master sets each worker it starts to www-data's groups as
+    # they are then (initgroups), so the new workers reach the gunicorn socket.
+    restart = any_changed(sandbox)
     systemd.service(
-        name="Restart nginx (new group membership or sandbox)",
+        name="Restart nginx (new sandbox)",
         service="nginx",
         restarted=True,
         _if=restart,
@@ -52,6 +55,6 @@ def nginx() -> None:
         name="Reload nginx",
         service="nginx",
         reloaded=True,
-        _if=lambda: changed() and not restart(),
+        _if=lambda: (any_changed([socket_access])() or changed()) and not restart(),
         _sudo=True,
     )

@@ -29,6 +29,7 @@ from cmdop_install.deploys.facts import (
     PathState,
     PathStates,
     PostgresValue,
+    UnitActive,
     WheelhouseKey,
 )
 
@@ -208,15 +209,17 @@ def relink(link: str, target: str) -> str:
 
 
 @operation()
-def server_switch(root: str, key: str, service: str, gunicorn: str, restart, replaces: list[str]):
+def server_switch(root: str, key: str, service: str, socket: str, gunicorn: str, restart,
+                  replaces: list[str]):
     """``root/current`` pointed at release ``key``, and the service moved onto it.
 
     A HUP (``systemctl reload-or-restart``): gunicorn starts new workers, which import the
     code through ``current``, and lets the old ones finish their requests, so none fails. A
-    restart instead when ``restart()`` (the unit changed), on the first switch, or when the
-    release brings another gunicorn (``gunicorn``: its version): the master a HUP keeps must
-    run the workers' gunicorn. The release replaced stays as ``previous``, any other is
-    removed, and ``replaces`` (the layout before releases) once the first switch is done.
+    restart instead (``restart_commands``) when ``restart()`` (the unit changed), on the first
+    switch, or when the release brings another gunicorn (``gunicorn``: its version): the
+    master a HUP keeps must run the workers' gunicorn. The release replaced stays as
+    ``previous``, any other is removed, and ``replaces`` (the layout before releases) once
+    the first switch is done.
     """
     current = fact(LinkTarget, f"{root}/current")
     target = f"{root}/releases/{key}"
@@ -232,11 +235,39 @@ def server_switch(root: str, key: str, service: str, gunicorn: str, restart, rep
     if current and same_gunicorn and not restart():
         yield f"systemctl reload-or-restart {service}"
     else:
-        yield f"systemctl restart {service}"
+        yield from restart_commands(service, socket)
     spare = " ".join(f"! -name {shlex.quote(k)}" for k in keep)
     yield f"find {root}/releases -mindepth 1 -maxdepth 1 {spare} -exec rm -rf {{}} +"
     if not current and replaces:
         yield f"rm -rf {' '.join(replaces)}"
+
+
+def restart_commands(service: str, socket: str):
+    """Restart ``service`` with its listening socket held by ``socket`` (a systemd socket
+    unit): while the socket is up, requests wait in its backlog for the new master.
+
+    systemd refuses to start a socket unit while its service runs, so a service started
+    before the socket unit existed (a site deployed before it) is stopped first, quickly
+    (SIGQUIT: its in-flight requests end, rather than new ones failing for as long as its
+    agents' long-polls would hold a graceful stop), then both start.
+    """
+    if fact(UnitActive, socket):
+        yield f"systemctl restart {service}"
+        return
+    if fact(UnitActive, service):
+        yield f"systemctl kill --kill-who=main --signal=SIGQUIT {service}"
+        yield f"systemctl stop {service}"
+    yield f"systemctl start {socket} {service}"
+
+
+@operation()
+def server_restart(service: str, socket: str):
+    """``restart_commands`` (new unit files, no new release) when ``service`` runs; one that
+    does not is started with its socket afterwards anyway."""
+    if not fact(UnitActive, service):
+        host.noop(f"{service} is not running")
+        return
+    yield from restart_commands(service, socket)
 
 
 @operation()

@@ -16,12 +16,13 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Home
 from pyinfra.operations import files, server, systemd
 
-from cmdop_install.deploys.control_plane import TIMERS
+from cmdop_install.deploys.control_plane import SOCKET, TIMERS
 from cmdop_install.deploys.postgres import BACKUP_ETC
 
 SENT = ("app.dump", "audit.dump", "SHA256SUMS")
 REDIS_DATA = "/var/lib/redis"
-SERVICES = ("cmdop-server.service", *TIMERS)
+# the socket first: while it listens, a request would start the service again
+SERVICES = (SOCKET, "cmdop-server.service", *TIMERS)
 
 
 @deploy("Restore")

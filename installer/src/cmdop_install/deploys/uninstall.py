@@ -24,6 +24,7 @@ SERVICES = [
     ("cmdop-audit-retention.service", {"control_plane"}),
     ("cmdop-sessions-sweep.timer", {"control_plane"}),
     ("cmdop-sessions-sweep.service", {"control_plane"}),
+    ("cmdop-server.socket", {"control_plane"}),
     ("cmdop-server.service", {"control_plane"}),
     ("nginx.service", {"control_plane"}),
     ("redis-server.service", {"redis"}),

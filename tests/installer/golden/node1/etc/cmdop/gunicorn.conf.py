@@ -1,9 +1,11 @@
 # managed by cmdop-install, do not edit (site golden, host node1)
 # gunicorn settings for cmdop_server; SIGHUP (systemctl reload) re-reads this file.
 
-# only nginx reaches gunicorn, through a unix socket (no TCP port at all)
+# only nginx reaches gunicorn, through a unix socket (no TCP port at all). Under systemd,
+# cmdop-server.socket holds it and hands it over listening (LISTEN_FDS), which wins over
+# this line; gunicorn binds it itself only when started by hand
 bind = "unix:/run/cmdop/gunicorn.sock"
-# socket 0660: the nginx user gets in through the shared group, nobody else
+# what gunicorn creates is 0660 at most: the nginx user gets in through the shared group
 umask = 0o117
 # gunicorn's native ASGI worker: an agent's long-poll waits on an event loop, not a thread,
 # so one worker holds thousands of them (cmdop_server.asgi serves the sync API too)
