@@ -191,6 +191,11 @@ def test_attaching_and_refused_keys_count_against_the_rate_limits(agent: RealAge
     fine = attached(agent, agent.key, sid)
     fine.until(lambda: fine.record(type="status"))
     assert fine.record(type="status")["role"] == "operator"
+    # nor can the open socket guess tokens past the limit: a refused renewal counts too
+    fine.ws.send_json({"type": "credential", "token": "cmd_at_" + "g" * 43})
+    fine.until(lambda: fine.record(type="throttled"))
+    assert fine.record(type="throttled")["detail"] == "Too many refused credentials."
+    assert not fine.record(type="refused")
 
 
 def test_a_login_token_renews_on_the_open_socket(agent: RealAgent) -> None:
@@ -206,6 +211,8 @@ def test_a_login_token_renews_on_the_open_socket(agent: RealAgent) -> None:
     screen.until(lambda: screen.record(type="status"))
     screen.ws.send_json({"type": "credential", "token": grant(agent.owner).access_token})
     screen.until(lambda: screen.record(type="refused", code="bad_credential"))
+    assert AuditEvent.objects.filter(event="auth.bearer", success=False, ip="127.0.0.1",
+                                     reason="another_user").exists()
     screen.ws.send_json({"type": "credential", "token": second.access_token})
     screen.ws.send_binary(b"echo renewed-$((2+2))\r")  # after the renewal, in order
     screen.until(lambda: b"renewed-4" in screen.data)

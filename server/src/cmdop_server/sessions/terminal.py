@@ -194,11 +194,15 @@ def bearer_refused_while_open(ip: str | None, reason: str) -> None:
     audit.record("auth.bearer", success=False, method="bearer", ip=ip or "", reason=reason)
 
 
-def same_caller(token: str, user_id: int) -> bool:
-    """``token`` is a valid access token of the user already attached (a refreshed one)."""
-    principal, _ = authenticate_bearer(token, "api")
-    return (principal is not None and principal.method == "access_token"
-            and principal.user.pk == user_id)
+def renewal_refused(token: str, user_id: int) -> str:
+    """Why ``token`` cannot replace the attached credential ("" when it is a valid access
+    token of the user already attached: a refreshed one)."""
+    principal, reason = authenticate_bearer(token, "api")
+    if principal is None:
+        return reason
+    if principal.method != "access_token":
+        return "not_an_access_token"
+    return "" if principal.user.pk == user_id else "another_user"
 
 
 def record_attach(access: SessionAccess, ip: str | None) -> None:
@@ -402,9 +406,22 @@ class Terminal:
         """A bearer client's refreshed access token replaces the one it attached with (the
         next recheck checks it); refused unless it is the same user's."""
         assert self.access is not None
-        if (self.credential.bearer is not None and isinstance(token, str)
-                and await _in_pool(same_caller)(token, self.access.membership.user_id)):
-            self.credential = Credential(bearer=token)
+        if self.credential.bearer is None:
+            reason = "not_a_bearer_client"  # a browser attached with its cookie: no token
+        elif not isinstance(token, str):
+            reason = "malformed_token"
+        else:
+            reason = await _in_pool(renewal_refused)(token, self.access.membership.user_id)
+            if not reason:
+                self.credential = Credential(bearer=token)
+                return
+        # a refused token is a failed bearer authentication, as at the handshake: audited,
+        # and counted against the client's auth rate limit (no guessing on an open socket)
+        try:
+            await _in_pool(refuse_bearer)(self.ip or "", reason)
+        except ratelimit.RateLimitedError as exc:
+            await self.send_json({"type": "throttled", "retry_after": exc.retry_after,
+                                  "detail": "Too many refused credentials."})
             return
         await self.send_json({"type": "refused", "code": "bad_credential",
                               "detail": "Not a valid access token of the attached user."})
