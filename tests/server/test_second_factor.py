@@ -79,6 +79,8 @@ def test_enrolment_stores_recovery_codes_hashed_and_audits() -> None:
     wrong = browser.post("/account/2fa/", step="confirm", code="000000")
     assert wrong.status_code == 400 and not totp.has_second_factor(user)
     done = browser.post("/account/2fa/", step="confirm", code=code_at(secret, 0))
+    for shown in (page, wrong, done):  # the secret and the codes: in no cache
+        assert shown["Cache-Control"] == "no-store"
     codes = re.findall(r"<li><code>([A-Z2-7-]+)</code></li>", done.content.decode())
     assert len(codes) == credentials.RECOVERY_CODES_PER_USER and totp.has_second_factor(user)
     stored = set(RecoveryCode.objects.filter(user=user).values_list("code_hash", flat=True))
@@ -173,6 +175,7 @@ def test_enforced_workspace_refuses_sign_in_without_2fa() -> None:
     assert not person.signed_in()
     done = person.post("/login/2fa/", step="confirm", code=code_at(secret, 0))
     assert done.status_code == 200 and b"recovery-codes" in done.content
+    assert done["Cache-Control"] == "no-store" == page["Cache-Control"]
     assert person.signed_in() and totp.has_second_factor(member)
 
 

@@ -98,15 +98,24 @@ def _enrol_to_sign_in(request: HttpRequest, user: User, next_url: str,
         device = TotpDevice.objects.get(user=user)
         return _enrol_page(request, user, device, required, "That code is not right.")
     _finish(request, user, next_url, "password+totp_enrol")
-    return render(request, "cmdop/recovery_codes.html", {"codes": codes, "next": next_url})
+    return _secret_page(request, "cmdop/recovery_codes.html", {"codes": codes, "next": next_url})
+
+
+def _secret_page(request: HttpRequest, template: str, context: dict,
+                 status: int = 200) -> HttpResponse:
+    """A page showing a TOTP secret or recovery codes: kept by no cache, the browser's
+    included (they are on this page only)."""
+    response = render(request, template, context, status=status)
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def _enrol_page(request: HttpRequest, user: User, device: TotpDevice, required: list[str],
                 error: str = "") -> HttpResponse:
     uri, svg = totp.provisioning(device, user)
-    return render(request, "cmdop/two_factor_enrol.html",
-                  {"qr_svg": svg, "secret": totp.secret_of(device), "uri": uri,
-                   "required": required, "error": error}, status=400 if error else 200)
+    return _secret_page(request, "cmdop/two_factor_enrol.html",
+                        {"qr_svg": svg, "secret": totp.secret_of(device), "uri": uri,
+                         "required": required, "error": error}, status=400 if error else 200)
 
 
 @login_required
@@ -124,7 +133,7 @@ def account(request: SignedInRequest) -> HttpResponse:
                 if not codes:
                     return _enrol_page(request, user, TotpDevice.objects.get(user=user), [],
                                        "That code is not right.")
-                return render(request, "cmdop/recovery_codes.html", {"codes": codes})
+                return _secret_page(request, "cmdop/recovery_codes.html", {"codes": codes})
             if step == "disable":
                 if not totp.do_verify(user, request.POST.get("code", "")[:40], "disable", ip):
                     return _account_page(request, "That code is not right.", 400)
