@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TypeVar
 
+from ..ansi import AnsiFilter
 from ..errors import AgentError, ServerError, TransportError
 from ..websocket import Closed, WebSocket
 from .userapi import MAX_INPUT_BYTES, Session
@@ -41,6 +42,21 @@ CLOSE_ENDED, CLOSE_REFUSED, CLOSE_UNAUTHENTICATED = 4000, 4403, 4401
 ENDED = ("closed", "disconnected")
 # how often a login's access token is offered to the open socket (it refreshes 5 min early)
 RENEW_SECONDS = 60.0
+
+
+class Screen:
+    """The user's own terminal, as the session's output reaches it: filtered here again by
+    the agent's ANSI policy (cmdop_agent.ansi), since a compromised machine can forge its
+    sessions' output and must not drive this terminal (clipboard writes, reports that make
+    it answer as if typed). A terminal may take a large write in parts."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.filter = fd, AnsiFilter()
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(self.filter.feed(data))
+        while view:
+            view = view[os.write(self.fd, view):]
 
 
 class EscapeReader:
@@ -123,13 +139,12 @@ class SocketTerminal:
         self.token = session.api.bearer()
         self.throttled = False
         self.stdin, self.stdout = sys.stdin.fileno(), sys.stdout.fileno()
+        self.screen = Screen(self.stdout)
 
     def _show(self, message: bytes | str) -> bool:
         """A message to the screen (or noted); True once the session has ended."""
         if isinstance(message, bytes):
-            view = memoryview(message)
-            while view:  # a terminal may take a large write in parts
-                view = view[os.write(self.stdout, view):]
+            self.screen.write(message)
             return False
         try:
             item = json.loads(message)
@@ -233,6 +248,7 @@ class PollingTerminal:
         self.failure: BaseException | None = None
         self.wake_r, self.wake_w = os.pipe()
         self.stdin, self.stdout = sys.stdin.fileno(), sys.stdout.fileno()
+        self.screen = Screen(self.stdout)
 
     def _pump_output(self) -> None:
         reader = Session(self.session.api.fork(), self.session.id)
@@ -257,7 +273,7 @@ class PollingTerminal:
         """Terminal bytes to the screen; True once the session has ended."""
         for item in items:
             if item["type"] == "output":
-                os.write(self.stdout, base64.b64decode(item["data_b64"]))
+                self.screen.write(base64.b64decode(item["data_b64"]))
             elif item["type"] == "status" and item["status"] not in ("connected",
                                                                     "background"):
                 self.exit_code = _code(item.get("exit_code"))
