@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,13 +19,19 @@ import pytest
 from cmdop_install.lab import core, image, network, system
 from cmdop_install.sitedir import SiteDir
 
-from tests.lab.helpers import cli, molecule_changed, molecule_failures
+from tests.lab.helpers import (
+    ansible_export,
+    cli,
+    molecule,
+    molecule_changed,
+    molecule_failures,
+    ssh_control_folder,
+)
 
-# About 6-7 minutes on this 2-core machine (converge 3-4, idempotence 1:10, verify 0:30)
+# About 5 minutes on this 2-core machine (create 0:10, converge 2:45, idempotence 0:55,
+# verify 0:25, destroy 0:10)
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
 HOSTS = {"molecule-cp1": "10.89.200.10", "molecule-agent1": "10.89.200.11",
          "molecule-agent2": "10.89.200.12"}
 NETWORK = "cmdop-molecule-default"
@@ -84,50 +87,31 @@ def test_molecule_default_converges_is_idempotent_and_verifies(tmp_path: Path,
                                                                safety_route: None) -> None:
     system.write_containers_conf()
     image.ensure_image()  # the lab's one image recipe, cached
-    assert _left_over(system.podman_env()) == [], "a molecule run is left over: molecule destroy"
+    env = system.podman_env()
+    assert _left_over(env) == [], "a molecule run is left over: molecule destroy"
 
     site_dir = tmp_path / "site"
     site_dir.mkdir(mode=0o700)
     (site_dir / "inventory.py").write_text(_inventory())
     cli("init", str(site_dir), "--key-file", str(tmp_path / "site.key"))
-    export = tmp_path / "export"
-    vault_pass = tmp_path / "vault-pass"
-    cli("export-ansible", str(site_dir), str(export), "--vault-password-file", str(vault_pass))
-    rendered = tmp_path / "rendered"
-    cli("render", str(site_dir), "--out", str(rendered))
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text((rendered / "manifest.json").read_text())
-    subprocess.run(["rm", "-rf", str(rendered)], check=True)  # secrets: keep only the manifest
-    assert set(json.loads(manifest.read_text())["hosts"]) == set(HOSTS)
+    exported = ansible_export(site_dir, tmp_path)
+    manifest = json.loads(Path(exported["CMDOP_MOLECULE_MANIFEST"]).read_text())
+    assert set(manifest["hosts"]) == set(HOSTS)
 
-    # short: ssh's control sockets live in it too (a unix socket path has 108 bytes at most)
-    ssh = Path(tempfile.mkdtemp(prefix="cmdop-mol-"))
-    _ssh_access(ssh)
-    env = {
-        **system.podman_env(),
-        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-        "ANSIBLE_VAULT_PASSWORD_FILE": str(vault_pass),
-        "CMDOP_MOLECULE_EXPORT": str(export),
-        "CMDOP_MOLECULE_SITE": str(site_dir),
-        "CMDOP_MOLECULE_MANIFEST": str(manifest),
-        "CMDOP_MOLECULE_SSH": str(ssh),
-    }
-    # the scenario's own network, in the lab's supernet above the labs' subnets
-    subprocess.run(["podman", "network", "create", "--subnet", SUBNET, NETWORK], env=env,
-                   capture_output=True, text=True, check=True)
     log = tmp_path / "molecule.log"  # followed live with tail -f while it runs
-    try:
-        with log.open("w") as out:
-            run = subprocess.run([str(VENV_BIN / "molecule"), "test", "-s", "default"],
-                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                 timeout=1200, check=False)
-    finally:
-        subprocess.run([str(VENV_BIN / "molecule"), "destroy", "-s", "default"], cwd=REPO,
-                       env=env, capture_output=True, timeout=600, check=False)
-        for socket in [p for p in ssh.iterdir() if p.is_socket()]:  # masters Ansible left
-            subprocess.run(["ssh", "-S", str(socket), "-O", "exit", "molecule"],
-                           capture_output=True, timeout=30, check=False)
-        shutil.rmtree(ssh)
+    with ssh_control_folder("cmdop-mol-") as ssh:
+        _ssh_access(ssh)
+        scenario_env = {**exported, "CMDOP_MOLECULE_SSH": str(ssh)}
+        # the scenario's own network, in the lab's supernet above the labs' subnets
+        subprocess.run(["podman", "network", "create", "--subnet", SUBNET, NETWORK], env=env,
+                       capture_output=True, text=True, check=True)
+        try:
+            run = molecule("test", "default", scenario_env, log, timeout=1200)
+        finally:
+            # molecule test's own destroy ends every run that was not killed
+            if _left_over(env):
+                molecule("destroy", "default", scenario_env, tmp_path / "destroy.log",
+                         timeout=600)
     output = log.read_text()
     assert run.returncode == 0, molecule_failures(output)
     assert molecule_changed(output, "default", "idempotence") == dict.fromkeys(HOSTS, 0)
