@@ -20,8 +20,7 @@ django.setup()
 os.environ.pop("DJANGO_SETTINGS_MODULE")
 
 from tests.support.services import PostgresServer, RedisServer  # noqa: E402
-
-_SERVICES = pytest.StashKey[tuple]()
+from tests.support.stash import SERVICES as _SERVICES  # noqa: E402
 
 
 def _services(config: pytest.Config) -> tuple:

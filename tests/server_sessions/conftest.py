@@ -2,8 +2,9 @@
 Django on settings.test, Redis flushed per integration test) from tests/server/conftest.py.
 
 pytest imports that conftest under its own module name (``server.conftest``: tests/ is not a
-package), so ``import tests.server.conftest`` would load a second copy with a second
-stash key — and a second pair of daemons. Take the copy pytest already loaded, if any.
+package), so ``import tests.server.conftest`` would load a second copy of it (which shares
+its daemons with the first through tests/support/stash.py). Take the copy pytest already
+loaded, if any.
 """
 
 import sys
