@@ -24,37 +24,29 @@ from pathlib import Path
 
 import pytest
 from cmdop_install.bundle import MANIFEST, SIGNATURE, keygen
-from cmdop_install.inventory import load_inventory
-from cmdop_install.lab import core
 from cmdop_install.manage import api_key_command, parse_api_key
 from cmdop_install.site import load_site
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.lab.helpers import AirCounters, cli, counting_air, lab_ssh
+from tests.lab.helpers import (
+    AirCounters,
+    bundle_site,
+    cli,
+    counting_air,
+    lab_ssh,
+    try_to_get_out,
+)
 
 pytestmark = pytest.mark.lab
 
 HOST = "air1"
-# an address of the lab range that no bridge carries: the lab's blackhole route drops it
-NOWHERE = "10.89.255.254"
 
 
 @pytest.fixture(scope="module")
 def air_site(lab, offline_bundle, tmp_path_factory) -> Path:
     """A single-node site on air1 trusting the bundle's key, its agent not yet installed."""
-    base = tmp_path_factory.mktemp("airsite")
-    site = base / "site"
-    site.mkdir(mode=0o700)
-    (site / "inventory.py").write_text(core.site_inventory_text(lab, HOST, []))
-    cli("init", str(site), "--key-file", str(base / "site.key"))
-    toml = site / "site.toml"
-    text = toml.read_text()
-    assert text.count('\npubkey = ""') == 1
-    toml.write_text(text.replace('\npubkey = ""', f'\npubkey = "{offline_bundle[1]}"'))
-    core.map_site_domain(load_inventory(site).pyinfra_groups(), load_site(site)["site"]["domain"],
-                         lab.host(HOST).ip)
-    return site
+    return bundle_site(lab, HOST, [], tmp_path_factory.mktemp("airsite"), offline_bundle[1])
 
 
 def _on_air1(lab, command: str) -> str:
@@ -190,6 +182,6 @@ def test_a_site_and_its_agent_install_from_the_bundle_and_nothing_leaves_the_sub
     assert _on_air1(lab, "sudo find /var/lib/apt/lists -type f ! -name lock") == ""
 
     # and the outside counter does see an attempt to get out
-    tried = lab_ssh(lab, HOST, f"timeout 5 bash -c '</dev/tcp/{NOWHERE}/80'")
+    tried = try_to_get_out(lab, HOST)
     assert tried.returncode != 0
     assert counters.packets()["outside"] > 0
