@@ -202,6 +202,16 @@ def test_a_cut_switch_of_the_files_completes_on_the_rerun(site_dir) -> None:
     assert (site_dir / "pki" / "ca.previous.crt").read_bytes() == old
 
 
+def test_a_leaf_rotation_never_switches_to_a_ca_staged_before_it(site_dir, hosts) -> None:
+    site = SiteDir.load(site_dir)
+    # a CA rotation cut while staging, before rotation.json named it
+    pki.stage(site_dir, site.config, site.inventory, site.store.pki_passphrase(), new_ca=True)
+    ca = (site_dir / "pki/ca.crt").read_bytes()
+    _run(site_dir, names=("pki_leaves",))
+    assert (site_dir / "pki/ca.crt").read_bytes() == ca
+    assert all(_signed_by(leaf, site_dir, "ca.crt") for leaf in hosts.now["leaves"].values())
+
+
 def test_names_and_all(site_dir) -> None:
     assert resolve(("pki_leaves", "pki_ca"), False) == ["pki_ca"]
     assert resolve(("pki_leaves",), False) == ["pki_leaves"]

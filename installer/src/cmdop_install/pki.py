@@ -255,6 +255,9 @@ def stage(site_dir: Path, site: Site, inventory: Inventory, passphrase: bytes,
     pki = Path(site_dir) / PKI_DIR
     now = datetime.now(UTC)
     issued = []
+    if not new_ca:  # a CA staged by a CA rotation cut before it was recorded: not this one's
+        for ext in ("crt", "key"):
+            (pki / f"ca.{NEXT}.{ext}").unlink(missing_ok=True)
     ca, ca_key = _load_pair(pki, f"ca.{NEXT}" if new_ca else "ca", passphrase)
     if ca is None:
         if not new_ca:

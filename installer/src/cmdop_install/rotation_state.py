@@ -51,8 +51,8 @@ REDIS_USERS = ("redis_password_app", "redis_password_centrifugo", "redis_passwor
 PKI_LEAVES, PKI_CA = "pki_leaves", "pki_ca"
 # what a site has besides secrets.enc that is secret too, and whether (how) `rotate` renews it
 OTHER_SECRETS: dict[str, str] = {
-    "pki: site CA": "yes, as pki_ca (cmdop-install rotate SITE pki_ca): a new CA, trusted "
-    "beside the old one by every host (agents included) until --finish, then every leaf",
+    "pki: site CA": "yes, as pki_ca (cmdop-install rotate SITE pki_ca): a new CA signs every "
+    "leaf; every host (agents included) trusts it beside the old one until --finish",
     "pki: leaf certificates": "yes, as pki_leaves (cmdop-install rotate SITE pki_leaves): "
     "new keys from the site CA, reloaded by each daemon; deploy also reissues one near expiry",
     "agents: machine credentials": "yes, as agent_credentials (cmdop-install rotate SITE "
