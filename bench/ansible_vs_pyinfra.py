@@ -14,8 +14,8 @@ Prints seconds side by side and the ratio Ansible / pyinfra.
 
 Run as root, under the lab lock:
 `flock /tmp/cmdop-lab-run.lock .venv/bin/python bench/ansible_vs_pyinfra.py [N]`.
-`--only pyinfra` or `--only ansible` runs one side (both sides at 10 agents take longer than
-one lab slot); `--lab NAME` picks the lab (default $CMDOP_TEST_LAB, else mol); `--logs DIR`
+`--only pyinfra` or `--only ansible` runs one side (both at 10 agents took 8.4 minutes);
+`--lab NAME` picks the lab (default $CMDOP_TEST_LAB, else mol); `--logs DIR`
 keeps each command's output there, every stderr line stamped with its second since the
 command started (pyinfra's phases from CMDOP_INSTALL_PROFILE, Ansible's per-task times).
 """
