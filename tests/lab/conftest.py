@@ -69,7 +69,10 @@ def site(lab, tmp_path_factory: pytest.TempPathFactory):
     text = toml.read_text()
     assert text.count('\nadmin_sources = ""') == 1
     gateway = network.gateway(lab.subnet)
-    toml.write_text(text.replace('\nadmin_sources = ""', f'\nadmin_sources = "{gateway}"'))
+    text = text.replace('\nadmin_sources = ""', f'\nadmin_sources = "{gateway}"')
+    # and scrape /metrics (test_site_resilience: the other lab hosts are refused)
+    assert text.count('\nallowed_sources = ""') == 1
+    toml.write_text(text.replace('\nallowed_sources = ""', f'\nallowed_sources = "{gateway}"'))
     site = load_site(site_dir)
     inventory = load_inventory(site_dir)
     groups = inventory.pyinfra_groups()
