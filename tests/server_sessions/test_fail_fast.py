@@ -175,11 +175,13 @@ def dropped(port: int) -> Iterator[None]:
     removed."""
     rule = ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port), "-j", "DROP",
             "-m", "comment", "--comment", f"cmdop-test-dropped-{os.getpid()}"]
-    subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True, timeout=30)
+    # -w: wait for the xtables lock while a lab's podman changes its own rules
+    subprocess.run(["iptables", "-w", "-I", *rule], check=True, capture_output=True,
+                   timeout=30)
     try:
         yield
     finally:
-        subprocess.run(["iptables", "-D", *rule], check=True, capture_output=True,
+        subprocess.run(["iptables", "-w", "-D", *rule], check=True, capture_output=True,
                        timeout=30)
 
 
