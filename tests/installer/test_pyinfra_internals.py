@@ -46,7 +46,7 @@ def run(hosts: list[str], deploy: str, names: dict, dry_run: bool = False, **dat
     """The runner's child steps on ``@fake/<name>`` hosts; returns per-host (result, commands)."""
     groups = {"all": [(f"@fake/{h}", {**FAKE, **data}) for h in hosts]}
     state = runner._build_state(RunRequest(groups, f"{__name__}:{deploy}", dry_run=dry_run))
-    assert runner._connect(state) == set()
+    assert runner._connect(state) == {}
     timer = runner._PhaseTimer()
     assert runner._plan_and_execute(state, f"{__name__}:{deploy}", dry_run, timer) is None
     return {

@@ -305,6 +305,12 @@ def read_facts(groups: Groups, facts: dict[str, str], limit: list[str] | None = 
 UNREACHABLE = "cannot connect over ssh (host down, wrong key or address?)"
 
 
+def _unreachable(reason: str) -> str:
+    """A host's error when SSH refused it: ours, then pyinfra's reason (e.g. the port
+    refused, or the key not accepted)."""
+    return f"{UNREACHABLE}: {reason}" if reason else UNREACHABLE
+
+
 def select_hosts(groups: Groups, limit: list[str] | None) -> dict[str, dict]:
     """Host name -> its data merged over every group it is in, for the hosts the run covers:
     all of them, or those ``limit`` names (a group or a host)."""
@@ -335,16 +341,34 @@ def _build_state(request: RunRequest):
     return State(inventory, Config(PARALLEL=request.parallel or 0, FAIL_PERCENT=None))
 
 
-def _connect(state) -> set[str]:
-    """Connect to every host; returns the names of those that could not be reached."""
+def _connect(state) -> dict[str, str]:
+    """Connect to every host; returns why each host that could not be reached was not.
+
+    pyinfra logs each refusal itself as well; that line is kept off stderr, because every
+    command reports each host in lines of its own (a refused rotation or deploy is one line)
+    and this error is in them."""
+    from pyinfra import logger
     from pyinfra.api.connect import connect_all
     from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.state import BaseStateCallback
 
+    why: dict[str, str] = {}
+
+    class Refusals(BaseStateCallback):
+        @staticmethod
+        def host_connect_error(state, host, error) -> None:
+            why[host.name] = str(error)
+
+    state.add_callback_handler(Refusals())
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
         connect_all(state)
     except PyinfraError:
         pass  # "No hosts remaining": each host is reported as unreachable below
-    return {host.name for host in state.failed_hosts}
+    finally:
+        logger.setLevel(level)
+    return {host.name: why.get(host.name, "") for host in state.failed_hosts}
 
 
 def _plan_and_execute(state, deploy: str, dry_run: bool, timer: _PhaseTimer,
@@ -442,7 +466,7 @@ def _child(request: RunRequest, emit: Emit = None) -> dict:
     if len(unreachable) < len(state.inventory):
         error = _plan_and_execute(state, request.deploy, request.dry_run, timer, emit)
     results = {
-        host.name: HostResult(host.name, error=UNREACHABLE)
+        host.name: HostResult(host.name, error=_unreachable(unreachable[host.name]))
         if host.name in unreachable
         else _host_result(state, host, names, request.dry_run)
         for host in state.inventory
