@@ -232,9 +232,10 @@ def _upgrade_site(ref: str, old: Path, state: core.LabState, base: Path) -> None
           f"slowest {keep_alive.slowest:.2f}s")
     for failure in keep_alive.failures[:10]:
         print(f"    {failure}")
+    failed = {k: sum(f.startswith(f"{k}: ") for f in counts.failures) for k in counts.by_kind}
     print(f"site load: {counts.requests} requests, {len(counts.failures)} failed "
-          f"({', '.join(f'{k} {n}' for k, n in sorted(counts.by_kind.items()))}); every kind "
-          f"served after the deploy: {after}")
+          f"({', '.join(f'{k} {failed[k]}/{n}' for k, n in sorted(counts.by_kind.items()))}); "
+          f"every kind served after the deploy: {after}")
     for failure in counts.failures[:10]:
         print(f"    {failure}")
     print(f"agent session: {len(load.typed)} echoes typed, lost {lost}, repeated {repeated}")
