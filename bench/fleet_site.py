@@ -205,10 +205,21 @@ class Agent:
         return await _read_response(reader)
 
     async def heartbeat(self) -> None:
-        status, body = await self.request("POST", "/api/agent/v1/heartbeat",
-                                          {"version": "0.1.0+bench", "boot_id": self.boot})
-        if status != 200:
-            raise SystemExit(f"heartbeat: {status} {body[:200]!r}")
+        """One heartbeat on a connection of its own, retried (bounded) as the agent does."""
+        answer: object = None
+        for _ in range(10):
+            try:
+                status, body = await self.request("POST", "/api/agent/v1/heartbeat",
+                                                  {"version": "0.1.0+bench",
+                                                   "boot_id": self.boot})
+                if status == 200:
+                    return
+                answer = (status, body[:200])
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError) as exc:
+                answer = exc
+                self.conn = None
+            await asyncio.sleep(1 + random.random())
+        raise SystemExit(f"heartbeat: {answer!r}")
 
     async def _handle(self, items: list[dict], arrived: float) -> None:
         events = []
@@ -353,7 +364,20 @@ async def _open_sessions(site: Site, agents: list[Agent], count: int
 async def _level(site: Site, machines: list[tuple[str, str]], args: argparse.Namespace) -> dict:
     stats = Stats()
     agents = [Agent(site, mid, cred, stats) for mid, cred in machines]
-    tasks = []
+    tasks: list[asyncio.Task] = []
+    try:
+        return await _measure(site, agents, stats, tasks, args)
+    finally:  # whatever happened, the site is left without our connections
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for agent in agents:
+            if agent.conn is not None:
+                agent.conn[1].close()
+
+
+async def _measure(site: Site, agents: list[Agent], stats: Stats, tasks: list[asyncio.Task],
+                   args: argparse.Namespace) -> dict:
     started = time.monotonic()
     # ramp: agents connect evenly over ``ramp`` seconds, in a batch every 50 ms
     step = max(1, round(len(agents) * 0.05 / max(args.ramp, 0.05)))
@@ -384,12 +408,6 @@ async def _level(site: Site, machines: list[tuple[str, str]], args: argparse.Nam
                                                           args.seconds + 60)
     probe.join(timeout=10)
     await asyncio.sleep(2.0)  # the last deliveries' answers
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for agent in agents:
-        if agent.conn is not None:
-            agent.conn[1].close()
     lat = stats.latencies
     return {
         "agents": len(agents), "held_after_ramp": held_after_ramp,
