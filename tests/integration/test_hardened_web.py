@@ -1,7 +1,7 @@
 """nginx with our rendered site file and certificate; our systemd units' sandbox scores.
 
-nginx runs our ``conf.d/cmdop.conf`` (rendered with ``root=<scratch>``) inside a minimal
-main config, proxying to a dummy app on the unix socket path gunicorn would use.
+nginx runs our ``conf.d/cmdop.conf`` (rendered with ``root=<scratch>``) inside our rendered
+main nginx.conf, proxying to a dummy app on the unix socket path gunicorn would use.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ listens on the unix socket path a deployed gunicorn uses (``Nginx.app_socket``).
 
 ``Nginx(root, site_dir)`` renders node1 of ``site_dir`` under ``root`` (``root`` must not be
 under pytest's 0700 tmp: nginx runs as www-data when we are root and must reach the
-socket), wraps ``conf.d/cmdop.conf`` in a minimal main config, validates it with
-``nginx -t`` and runs it. ``connect(source=...)`` opens a TLS connection to it from a
-chosen loopback source address, so one test can be several clients.
+socket), runs our rendered main ``nginx.conf`` (which includes ``conf.d/cmdop.conf``) with
+the open-file limit of our rendered unit drop-in, validated with ``nginx -t`` first.
+``connect(source=...)`` opens a TLS connection to it from a chosen loopback source address,
+so one test can be several clients.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import http.client
 import os
 import pwd
+import resource
 import shutil
 import socket
 import ssl
@@ -29,6 +31,8 @@ from tests.support.services import free_port, wait_for_port
 from tests.support.sites import key_env, make_site
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX_ETC = "/etc/nginx"
+PRLIMIT = shutil.which("prlimit") or "/usr/bin/prlimit"
 
 
 def unprivileged_user() -> str | None:
@@ -62,20 +66,22 @@ class Nginx:
 
     def start(self) -> None:
         root = self.root
-        main_conf = root / "nginx.conf"
-        main_conf.write_text(
-            f"pid {root}/nginx.pid;\nerror_log {root}/error.log;\ndaemon off;\n"
-            "events { worker_connections 256; }\n"
-            f"http {{\n  access_log off;\n"
-            + "".join(f"  {kind}_temp_path {root}/scratch-{kind};\n"
-                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-            + f"  include {root}/etc/nginx/conf.d/cmdop.conf;\n}}\n")
+        main_conf = root / "etc/nginx/nginx.conf"
+        # what Debian's package provides beside the file we render
+        for folder in ("var/log/nginx", "var/lib/nginx", "etc/nginx/modules-enabled",
+                       "etc/nginx/sites-enabled"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(NGINX_ETC) / "mime.types", root / "etc/nginx/mime.types")
         user = unprivileged_user()
         if user:
             for path in [root, *root.rglob("*")]:
                 if not path.is_socket():
                     shutil.chown(path, user, user)
-        argv = [NGINX, "-c", str(main_conf), "-e", str(root / "e.log")]
+        # the open-file limit our drop-in gives nginx.service (as far as our own hard limit
+        # lets an unprivileged process go)
+        nofile = min(self.limit_nofile(), resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        argv = [PRLIMIT, f"--nofile={nofile}:{nofile}", "--", NGINX, "-c", str(main_conf),
+                "-e", str(root / "e.log"), "-g", "daemon off;"]
         test = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True,
                               check=False, user=user)
         if test.returncode != 0:  # the daemon validates our file first
@@ -83,6 +89,14 @@ class Nginx:
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True, user=user)
         wait_for_port("127.0.0.1", self.https, self.proc)
+
+    def limit_nofile(self) -> int:
+        """LimitNOFILE of our rendered nginx.service drop-in."""
+        dropin = self.root / "etc/systemd/system/nginx.service.d/cmdop-hardening.conf"
+        for line in dropin.read_text().splitlines():
+            if line.startswith("LimitNOFILE="):
+                return int(line.partition("=")[2])
+        raise RuntimeError(f"{dropin}: no LimitNOFILE")
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -28,6 +28,9 @@ from cmdop_install.secrets import SecretStore
 from cmdop_install.site import Site, load_site
 
 MANAGED = "managed by cmdop-install, do not edit"
+# nginx connections per worker: 5,000 agents take 10,000 (client + upstream), plus the
+# people, with room to spare even when one worker gets them all (templates/nginx/nginx.conf)
+NGINX_WORKER_CONNECTIONS = 16384
 
 
 
@@ -74,6 +77,10 @@ class Paths:
             "centrifugo_tls": "/etc/centrifugo/tls",
             "centrifugo_bin": "/usr/local/bin/centrifugo",
             "nginx_conf": "/etc/nginx/conf.d",
+            "nginx_etc": "/etc/nginx",
+            "nginx_log": "/var/log/nginx",
+            "nginx_var": "/var/lib/nginx",
+            "nginx_pid": "/run/nginx.pid",
             "nginx_tls": "/etc/nginx/tls",
             "cmdop_etc": "/etc/cmdop",
             "cmdop_secrets": "/etc/cmdop/credentials",
@@ -232,6 +239,7 @@ def _context(site: Site, inventory: Inventory, host: Host, secrets: dict[str, st
         "roles": inventory.roles_of(host.name),
         "firewall": firewall(site, inventory, host),
         "metrics_sources": metrics_sources(site),
+        "nginx_worker_connections": NGINX_WORKER_CONNECTIONS,
         "redis": {
             "app_user": f"{name}-app",
             "app_prefix": f"{name}:",
@@ -321,6 +329,7 @@ def render_host(site: Site, inventory: Inventory, host_name: str, secrets: dict[
         tls(host_paths.redis_tls, f"redis-{host.name}", "redis", "redis", "redis")
         ca(host_paths.redis_tls)
     if "control_plane" in roles:
+        add("nginx/nginx.conf.j2", f"{host_paths.nginx_etc}/nginx.conf", 0o644)
         add("nginx/cmdop.conf.j2", f"{host_paths.nginx_conf}/cmdop.conf", 0o644)
         add("nginx/nginx.service.hardening.conf.j2",
             f"{host_paths.nginx_dropin}/cmdop-hardening.conf", 0o644)

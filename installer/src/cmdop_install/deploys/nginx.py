@@ -23,8 +23,10 @@ def nginx() -> None:
         name="No default site", path="/etc/nginx/sites-enabled/default", present=False, _sudo=True
     )
     tls = put_files("/etc/nginx/tls", {"/etc/nginx/tls": ("root", "root", "700")})
+    # our main nginx.conf in place of Debian's (its events block sizes the fleet nginx holds)
+    main_conf = put_files("/etc/nginx", names=("nginx.conf",))
     conf = put_files("/etc/nginx/conf.d")
-    changed = any_changed([default, *tls, *conf])
+    changed = any_changed([default, *tls, *main_conf, *conf])
     # our sandbox for Debian's nginx.service: applies from the next (re)start
     sandbox = put_files(DROPIN, {DROPIN: ("root", "root", "755")})
     systemd.daemon_reload(
