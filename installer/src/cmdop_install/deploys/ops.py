@@ -254,10 +254,14 @@ def restart_commands(service: str, socket: str):
     if fact(UnitActive, socket):
         yield f"systemctl restart {service}"
         return
+    start = f"systemctl start {socket} {service}"
     if fact(UnitActive, service):
-        yield f"systemctl kill --kill-who=main --signal=SIGQUIT {service}"
-        yield f"systemctl stop {service}"
-    yield f"systemctl start {socket} {service}"
+        # one remote command: requests fail from the old master's exit until the socket
+        # binds, so no SSH round trip in between
+        yield (f"systemctl kill --kill-who=main --signal=SIGQUIT {service}; "
+               f"systemctl stop {service} && {start}")
+        return
+    yield start
 
 
 @operation()
