@@ -5,7 +5,9 @@ timed). A load (tests/support/site_load.py: sign-ins, a browser session, OAuth t
 refreshes, API-key calls, an agent session echoing input through the agent's long-poll)
 runs all along: first 30 s alone (the baseline), then while each rotatable secret is
 rotated with the real CLI (`rotate SITE NAME`, then `rotate SITE --finish`; the grace
-period between them is not counted), then `rotate --all` and its --finish once.
+period between them is not counted), then `rotate --all` and its --finish once. The
+internal PKI's rotations are names too (pki_leaves, pki_ca): the load trusts the site's
+pki/ca-bundle.crt as it reads at each request, as a client given that file would.
 Printed per rotation: seconds of rotate and of --finish, the requests the load got
 served meanwhile, how many failed, and p50/p99 latency of the short requests (browse and
 API key) and of the agent echo round trip, beside the baseline's.
@@ -27,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
 from cmdop_install.deploy import deploy_site  # noqa: E402
 from cmdop_install.lab import core, network  # noqa: E402
 from cmdop_install.manage import api_key_command, parse_api_key  # noqa: E402
-from cmdop_install.rotation_state import PG_LOGINS, ROTATABLE  # noqa: E402
+from cmdop_install.rotation_state import PG_LOGINS, PKI_CA, PKI_LEAVES, ROTATABLE  # noqa: E402
 from cmdop_install.runner import read_facts  # noqa: E402
 from cmdop_install.sitedir import SiteDir  # noqa: E402
 from cmdop_install.siteinit import init_site  # noqa: E402
 
-from tests.support.site_load import Counts, Endpoint, SiteLoad, percentile  # noqa: E402
+from tests.support.site_load import BundleEndpoint, Counts, SiteLoad, percentile  # noqa: E402
 
 LAB = os.environ.get("CMDOP_BENCH_LAB", "benchrotate")
 BASELINE_S = 30.0
@@ -68,6 +70,7 @@ def _window(counts: Counts, start: float, end: float) -> str:
 def main() -> None:
     # one name per rotation: either blue/green login name rotates the app's login
     singles = [n for n, why in ROTATABLE.items() if why is None and n != PG_LOGINS[1]]
+    singles += [PKI_LEAVES, PKI_CA]
     chosen = sys.argv[1:]
     unknown = sorted(set(chosen) - set(singles) - {PG_LOGINS[1], "--all"})
     if unknown:
@@ -91,9 +94,10 @@ def main() -> None:
                                  state.host("host1").ip)
             assert not deploy_site(site).failed
             email = site.config["site"]["owner_email"] or f"admin@{domain}"
-            load = SiteLoad(Endpoint(state.host("host1").ip, domain, str(site_dir / "pki/ca.crt")),
-                            site.name, email, site.secrets["owner_password"], _api_key(site),
-                            machine_hostname="host2")
+            endpoint = BundleEndpoint(state.host("host1").ip, domain,
+                                      site_dir / "pki/ca-bundle.crt")
+            load = SiteLoad(endpoint, site.name, email, site.secrets["owner_password"],
+                            _api_key(site), machine_hostname="host2")
             load.prepare()
             load.start()
             baseline = time.monotonic()

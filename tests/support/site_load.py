@@ -21,12 +21,14 @@ import collections
 import http.client
 import http.cookies
 import json
+import os
 import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 AUTH_BUDGET = 8  # authentication requests in any 60 s (the site allows 10 per minute)
@@ -68,6 +70,30 @@ class Endpoint:
             return answer.status, answer.getheaders(), answer.read()
         finally:
             conn.close()
+
+
+class BundleEndpoint(Endpoint):
+    """An Endpoint trusting a CA bundle file as it reads now: read anew when the file is
+    replaced (a CA rotation's ``pki/ca-bundle.crt``), as a client given that file would."""
+
+    def __init__(self, ip: str, domain: str, bundle: Path) -> None:
+        super().__init__(ip, domain, str(bundle))
+        self.bundle = bundle
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int]:
+        st = os.stat(self.bundle)
+        return st.st_ino, st.st_mtime_ns
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None,
+                timeout: float = 40) -> tuple[int, list[tuple[str, str]], bytes]:
+        stamp = self._stamp()
+        if stamp != self.stamp:  # written by os.replace: a new inode
+            ctx = ssl.create_default_context(cafile=str(self.bundle))
+            ctx.check_hostname = False  # the certificate names the domain; we dial the IP
+            self.ctx, self.stamp = ctx, stamp
+        return super().request(method, path, body, headers, timeout)
 
 
 class Browser:
