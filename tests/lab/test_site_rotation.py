@@ -28,10 +28,8 @@ from tests.support.site_load import Browser, Endpoint, SiteLoad
 
 pytestmark = pytest.mark.lab
 
-# the app's Postgres login (blue and green) and its Redis ACL user; the rollback test takes
-# back the first two (the Redis phases' rollback is tests/integration/test_redis_rotation.py's)
+# the app's Postgres login (blue and green) and its Redis ACL user
 ROTATED = ("django_secret_key", "postgres_password_blue", "redis_password_app")
-ROLLED_BACK = ROTATED[:2]
 
 
 def _manage(lab, command: str) -> str:
@@ -98,6 +96,14 @@ def _redis_started(lab) -> str:
     out = _manage(lab, "systemctl show -p MainPID -p ExecMainStartTimestamp redis-server")
     assert "MainPID=0" not in out, out
     return out
+
+
+def _server_errors(lab) -> str:
+    """The control plane's log lines of the last minutes that are not access lines (a
+    failure's cause, for the assertion's message)."""
+    out = lab_ssh(lab, "host1", "sudo journalctl -u cmdop-server --since -5min --no-pager -q "
+                  "-o short-precise | grep -v ' HTTP/1.[01]\" [23]' | tail -n 60")
+    return out.stdout + out.stderr
 
 
 def _agents_online(lab, site) -> dict[str, bool]:
@@ -181,9 +187,10 @@ def test_rollback_from_the_switched_phase_gives_back_a_working_site(lab, site, l
     login = _app_login(lab)
     role = login.rsplit("_", 1)[1]
     other = "green" if role == "blue" else "blue"
-    cli("rotate", str(site.dir), *ROLLED_BACK, "--yes")
+    cli("rotate", str(site.dir), *ROTATED, "--yes")
     assert (_rotation(site) or {}).get("phase") == "switched"
     assert _app_login(lab) == f"cmdop_{other}"
+    switched = _secrets(site)
     # the session is used while the new key signs, then the rotation is taken back
     assert load.browse()[0] and load.echo()[0]
 
@@ -196,12 +203,19 @@ def test_rollback_from_the_switched_phase_gives_back_a_working_site(lab, site, l
     assert _app_login(lab) == login
     assert _logs_in(lab, login, before[f"postgres_password_{role}"])
     assert not _logs_in(lab, f"cmdop_{other}", after[f"postgres_password_{other}"])
+    # Redis takes the old password again and no longer the one the rollback abandoned
+    assert after["redis_password_app"] == before["redis_password_app"]
+    assert _redis_logs_in(lab, site, before["redis_password_app"])
+    assert not _redis_logs_in(lab, site, switched["redis_password_app"])
     # the site works on the old values: the session, a new sign-in, the agent session
-    assert load.browse()[0], "signed out by the rollback"
+    browsed = load.browse()
+    assert browsed[0], f"signed out by the rollback: {browsed[1]}\n{_server_errors(lab)}"
     load.auth_turn()
     signed_in, status = Browser(endpoint).sign_in(load.email, load.password)
-    assert signed_in, f"a new sign-in after the rollback answered {status}"
-    assert load.echo()[0], "no agent session after the rollback"
+    assert signed_in, (f"a new sign-in after the rollback answered {status}\n"
+                       f"{_server_errors(lab)}")
+    echoed = load.echo()
+    assert echoed[0], f"no agent session after the rollback: {echoed[1]}\n{_server_errors(lab)}"
     assert all(_agents_online(lab, site).values())
 
 

@@ -7,6 +7,10 @@ CLI and the deploy child it started, as a closed terminal or an OOM kill would l
 no cleanup code runs. Where to kill is read from ``rotation.json`` as the CLI writes it, and
 "mid-phase" is once the phase's deploy child exists. Runs after test_site_rotation_agents
 (file order) and before uninstall; leaves the site rotated and healthy.
+
+The rotation host's sshd stopped (the host and the site up) stops a rotation at its first
+deploy in one line, exit non-zero, with nothing changed there; once SSH is back the rerun
+completes.
 """
 
 from __future__ import annotations
@@ -114,6 +118,22 @@ def _current(site) -> dict[str, str]:
     return SecretStore.open(site.dir, load_site(site.dir)["site"]["key_file"]).values()
 
 
+def _site_api(lab, site, name: str) -> SiteApi:
+    """The site's user API with a new API key of the workspace's Owner (made over SSH)."""
+    config = load_site(site.dir)
+    workspace = config["site"]["name"]
+    out = lab_ssh(lab, "host1", "sudo " + api_key_command(workspace, name))
+    assert out.returncode == 0, out.stderr
+    return SiteApi(lab.host("host1").ip, config["site"]["domain"], site.ca,
+                   parse_api_key(out.stdout)[1], workspace)
+
+
+def _runs_a_command(api: SiteApi, marker: str) -> bool:
+    machine = api.wait_online(AGENT_HOSTS)[AGENT_HOSTS[-1]]
+    return bool(api.run_in_session(machine["machine_id"], f"echo {marker}-$((6*7))",
+                                   f"{marker}-42".encode()))
+
+
 def test_a_rotation_killed_at_each_phase_boundary_and_mid_phase_resumes(lab, site) -> None:
     assert _record(site.dir) is None, "another rotation is in progress on the lab site"
     before = _current(site)
@@ -142,13 +162,46 @@ def test_a_rotation_killed_at_each_phase_boundary_and_mid_phase_resumes(lab, sit
     assert "django_secret_key:previous" not in _current(site)
 
     # the site works on the new values: an agent session runs a command through it
-    config = load_site(site.dir)
-    workspace = config["site"]["name"]
-    out = lab_ssh(lab, "host1", "sudo " + api_key_command(workspace, "lab-rotation-resume"))
-    assert out.returncode == 0, out.stderr
-    api = SiteApi(lab.host("host1").ip, config["site"]["domain"], site.ca,
-                  parse_api_key(out.stdout)[1], workspace)
-    machine = api.wait_online(AGENT_HOSTS)[AGENT_HOSTS[-1]]
-    assert api.run_in_session(machine["machine_id"], "echo resumed-$((6*7))", b"resumed-42")
+    assert _runs_a_command(_site_api(lab, site, "lab-rotation-resume"), "resumed")
     site.secrets.clear()
     site.secrets.update(_current(site))  # later lab tests read the site's current secrets
+
+
+def _sshd(lab, host: str, action: str) -> None:
+    """Stop or start ``host``'s sshd from outside (podman exec): the host and its services
+    keep running, only SSH refuses connections meanwhile."""
+    done = subprocess.run(["podman", "exec", lab.host(host).container, "systemctl", action,
+                           "ssh.service"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_host_unreachable_mid_rotation_stops_it_in_one_line_and_a_rerun_completes(
+        lab, site) -> None:
+    assert _record(site.dir) is None, "another rotation is in progress on the lab site"
+    before = _current(site)
+    api = _site_api(lab, site, "lab-rotation-unreachable")
+    # the Django key alone: staged and admitted need no host, so the switch is the first
+    # phase that reaches host1 and meets it unreachable
+    _sshd(lab, "host1", "stop")
+    try:
+        stopped = cli("rotate", str(site.dir), "django_secret_key", "--yes", check=False)
+        record = _record(site.dir)
+        # the site is untouched and serves on: an agent session runs a command through it
+        assert _runs_a_command(api, "unreachable")
+    finally:
+        _sshd(lab, "host1", "start")
+    assert stopped.returncode != 0, stopped.stdout
+    errors = stopped.stderr.splitlines()
+    assert len(errors) == 1, stopped.stderr
+    assert errors[0].startswith("cmdop-install: error: rotation stopped in phase switched: ")
+    assert "host1" in errors[0] and f"rerun `cmdop-install rotate {site.dir}`" in errors[0]
+    assert record is not None and (record["phase"], record["done"]) == ("switched", False)
+
+    assert _resumed(site.dir) == ["switched"]
+    assert _resumed(site.dir, "--finish") == ["retired"]
+    assert _record(site.dir) is None
+    assert _current(site)["django_secret_key"] != before["django_secret_key"]
+    assert _runs_a_command(api, "reachable")
+    site.secrets.clear()
+    site.secrets.update(_current(site))
