@@ -34,25 +34,29 @@ def new_host() -> Iterator[core.LabState]:
     yield from one_host_lab(NAME)
 
 
-def _machines(address: str, site_dir: Path, key: str) -> tuple[int, list[str]]:
-    """(status, machine host names) of the workspace's machines listed with API key ``key``
-    through the site's nginx at ``address`` (waiting, at most a minute, while it starts)."""
+def _get(address: str, site_dir: Path, token: str, path: str) -> tuple[int, bytes]:
+    """(status, body) of GET ``path`` with bearer ``token`` through the site's nginx at
+    ``address`` (waiting, at most a minute, while it starts)."""
     ctx = ssl.create_default_context(cafile=str(site_dir / "pki/ca.crt"))
     ctx.check_hostname = False  # the certificate names the site's domain; we dial the IP
     domain = load_site(site_dir)["site"]["domain"]
     deadline = time.monotonic() + 60
     while True:
         conn = http.client.HTTPSConnection(address, 443, context=ctx, timeout=10)
-        conn.request("GET", "/api/v1/workspaces/labsite/machines",
-                     headers={"Host": domain, "Authorization": f"Bearer {key}"})
+        conn.request("GET", path, headers={"Host": domain, "Authorization": f"Bearer {token}"})
         response = conn.getresponse()
         body = response.read()
         conn.close()
         if response.status not in (502, 503, 504) or time.monotonic() > deadline:
-            break
+            return response.status, body
         time.sleep(1)
-    if response.status != 200:
-        return response.status, []
+
+
+def _machines(address: str, site_dir: Path, key: str) -> tuple[int, list[str]]:
+    """(status, machine host names) of the workspace's machines listed with API key ``key``."""
+    status, body = _get(address, site_dir, key, "/api/v1/workspaces/labsite/machines")
+    if status != 200:
+        return status, []
     rows = json.loads(body)
     rows = rows.get("items", rows) if isinstance(rows, dict) else rows
     return 200, sorted(m["hostname"] for m in rows)
@@ -65,6 +69,10 @@ def test_a_backup_restored_onto_a_new_host_is_the_old_site(lab, site, new_host, 
     old_address = lab.host("host1").ip
     status, machines = _machines(old_address, site.dir, key)
     assert status == 200 and machines, machines
+    # an enrolled agent's machine credential (kept in this process, never printed)
+    held = lab_ssh(lab, "host2", "sudo cat /var/lib/cmdop-agent/credential.json")
+    assert held.returncode == 0, held.stderr
+    credential = json.loads(held.stdout)["credential"]
     archive = Path(cli("backup", str(site.dir), "--out", str(tmp_path)).stdout.strip()
                    .removeprefix("backup: "))
     before = row_counts(lab, TABLES)
@@ -91,3 +99,8 @@ def test_a_backup_restored_onto_a_new_host_is_the_old_site(lab, site, new_host, 
     assert "audit chain intact" in done.stdout
     assert row_counts(new_host, TABLES) == before
     assert _machines(new_address, moved, key) == (200, machines)
+    # the agent's existing credential is the restored site's too: its poll is answered, while
+    # a credential the site never issued is refused
+    poll = "/api/agent/v1/work?wait=0"
+    assert _get(new_address, moved, credential, poll)[0] == 200
+    assert _get(new_address, moved, "mc_" + "0" * 43, poll)[0] == 401
