@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from cmdop_install.inventory import load_inventory
 from cmdop_install.lab import core, network, system
+from cmdop_install.manage import fleet_status_command, parse_fleet
 from cmdop_install.site import load_site
 
 
@@ -38,6 +39,19 @@ def lab_ssh(state: core.LabState, host: str, command: str) -> subprocess.Complet
     return subprocess.run(
         core.ssh_argv(state, host, command), capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def manage(state: core.LabState, command: str) -> str:
+    """The output of a management command run as root on host1 (the control plane), which
+    must succeed."""
+    out = lab_ssh(state, "host1", f"sudo {command}")
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def fleet(state: core.LabState, site_dir: Path) -> dict[str, dict]:
+    """The site's machines by host name, as the control plane reports them."""
+    return parse_fleet(manage(state, fleet_status_command(load_site(site_dir)["site"]["name"])))
 
 
 def inventory(state: core.LabState) -> dict:

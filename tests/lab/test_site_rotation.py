@@ -18,24 +18,18 @@ import tomllib
 
 import pytest
 from cmdop_install.lab import core
-from cmdop_install.manage import api_key_command, fleet_status_command, parse_api_key, parse_fleet
+from cmdop_install.manage import api_key_command, parse_api_key
 from cmdop_install.secrets import SecretStore
 from cmdop_install.site import load_site
 
 from tests.lab.conftest import AGENT_HOSTS, NORMAL_HOSTS
-from tests.lab.helpers import cli, lab_ssh
+from tests.lab.helpers import cli, fleet, lab_ssh, manage
 from tests.support.site_load import Browser, Endpoint, SiteLoad
 
 pytestmark = pytest.mark.lab
 
 # the app's Postgres login (blue and green) and its Redis ACL user
 ROTATED = ("django_secret_key", "postgres_password_blue", "redis_password_app")
-
-
-def _manage(lab, command: str) -> str:
-    out = lab_ssh(lab, "host1", f"sudo {command}")
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 def _secrets(site) -> dict[str, str]:
@@ -93,7 +87,7 @@ def _redis_logs_in(lab, site, password: str) -> bool:
 
 def _redis_started(lab) -> str:
     """redis-server's main PID and start time: the same after a rotation means no restart."""
-    out = _manage(lab, "systemctl show -p MainPID -p ExecMainStartTimestamp redis-server")
+    out = manage(lab, "systemctl show -p MainPID -p ExecMainStartTimestamp redis-server")
     assert "MainPID=0" not in out, out
     return out
 
@@ -107,8 +101,8 @@ def _server_errors(lab) -> str:
 
 
 def _agents_online(lab, site) -> dict[str, bool]:
-    fleet = parse_fleet(_manage(lab, fleet_status_command(load_site(site.dir)["site"]["name"])))
-    return {h: bool(fleet.get(h, {}).get("online")) for h in AGENT_HOSTS}
+    rows = fleet(lab, site.dir)
+    return {h: bool(rows.get(h, {}).get("online")) for h in AGENT_HOSTS}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +115,7 @@ def load(lab, site, endpoint):
     config = load_site(site.dir)
     workspace = config["site"]["name"]
     email = config["site"]["owner_email"] or f"admin@{config['site']['domain']}"
-    key = parse_api_key(_manage(lab, api_key_command(workspace, "lab-rotate")))[1]
+    key = parse_api_key(manage(lab, api_key_command(workspace, "lab-rotate")))[1]
     generator = SiteLoad(endpoint, workspace, email, site.secrets["owner_password"], key,
                          machine_hostname=AGENT_HOSTS[0])
     generator.prepare()

@@ -19,26 +19,16 @@ import time
 
 import pytest
 from cmdop_install.lab import network
-from cmdop_install.manage import api_key_command, fleet_status_command, parse_api_key, parse_fleet
+from cmdop_install.manage import api_key_command, parse_api_key
 from cmdop_install.site import load_site
 from cmdop_install.site_api import SiteApi
 
 from tests.lab.conftest import AGENT_HOSTS
-from tests.lab.helpers import cli, lab_ssh
+from tests.lab.helpers import cli, fleet, lab_ssh, manage
 
 pytestmark = pytest.mark.lab
 
 CREDENTIAL = "/var/lib/cmdop-agent/credential.json"
-
-
-def _manage(lab, command: str) -> str:
-    out = lab_ssh(lab, "host1", f"sudo {command}")
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-def _fleet(lab, site) -> dict[str, dict]:
-    return parse_fleet(_manage(lab, fleet_status_command(load_site(site.dir)["site"]["name"])))
 
 
 def _credential(lab, host: str) -> tuple[str, str]:
@@ -111,9 +101,9 @@ class Terminal:
 def test_every_agent_moves_to_a_new_credential_without_going_offline(lab, site) -> None:
     config = load_site(site.dir)
     workspace = config["site"]["name"]
-    key = parse_api_key(_manage(lab, api_key_command(workspace, "lab-agent-credentials")))[1]
+    key = parse_api_key(manage(lab, api_key_command(workspace, "lab-agent-credentials")))[1]
     api = SiteApi(lab.host("host1").ip, config["site"]["domain"], site.ca, key, workspace)
-    before = _fleet(lab, site)
+    before = fleet(lab, site.dir)
     assert all(before[h]["online"] and before[h]["credential"] == "current"
                for h in AGENT_HOSTS), before
     old = {h: _credential(lab, h) for h in AGENT_HOSTS}
@@ -127,7 +117,7 @@ def test_every_agent_moves_to_a_new_credential_without_going_offline(lab, site) 
     assert not [line for line in rotated.stdout.splitlines()
                 if line.strip().split(":")[0] in AGENT_HOSTS], rotated.stdout
 
-    after = _fleet(lab, site)
+    after = fleet(lab, site.dir)
     for host in AGENT_HOSTS:
         credential, mode_owner = _credential(lab, host)
         assert credential != old[host][0] and credential.startswith("mc_")

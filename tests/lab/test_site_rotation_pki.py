@@ -20,25 +20,15 @@ from pathlib import Path
 import pytest
 from cmdop_install import pki
 from cmdop_install.lab import core
-from cmdop_install.manage import api_key_command, fleet_status_command, parse_api_key, parse_fleet
+from cmdop_install.manage import api_key_command, parse_api_key
 from cmdop_install.secrets import SecretStore
 from cmdop_install.site import load_site
 
 from tests.lab.conftest import AGENT_HOSTS
-from tests.lab.helpers import cli, lab_ssh
+from tests.lab.helpers import cli, fleet, lab_ssh, manage
 from tests.support.site_load import BundleEndpoint, SiteLoad
 
 pytestmark = pytest.mark.lab
-
-
-def _manage(lab, command: str) -> str:
-    out = lab_ssh(lab, "host1", f"sudo {command}")
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-def _fleet(lab, site) -> dict[str, dict]:
-    return parse_fleet(_manage(lab, fleet_status_command(load_site(site.dir)["site"]["name"])))
 
 
 def _redis_answer(lab, site, cert: Path, key: Path) -> bytes | None:
@@ -81,7 +71,7 @@ def test_ca_rotation_under_load_then_the_old_ca_is_refused(lab, site, tmp_path) 
     config = load_site(site.dir)
     workspace = config["site"]["name"]
     email = config["site"]["owner_email"] or f"admin@{config['site']['domain']}"
-    key = parse_api_key(_manage(lab, api_key_command(workspace, "lab-rotate-pki")))[1]
+    key = parse_api_key(manage(lab, api_key_command(workspace, "lab-rotate-pki")))[1]
     bundle = site.dir / "pki" / pki.BUNDLE
     endpoint = BundleEndpoint(lab.host("host1").ip, config["site"]["domain"], bundle)
     load = SiteLoad(endpoint, workspace, email, site.secrets["owner_password"], key,
@@ -95,7 +85,7 @@ def test_ca_rotation_under_load_then_the_old_ca_is_refused(lab, site, tmp_path) 
     shutil.copy(site.dir / "pki/nginx-host1.crt", old_nginx)
     old_ca = (site.dir / "pki/ca.crt").read_bytes()
     assert (_redis_answer(lab, site, *old_app) or b"").startswith(b"-NOAUTH")
-    before = _fleet(lab, site)
+    before = fleet(lab, site.dir)
 
     try:
         load.start()
@@ -109,7 +99,7 @@ def test_ca_rotation_under_load_then_the_old_ca_is_refused(lab, site, tmp_path) 
     finally:
         counts = load.stop()
     assert counts.failures == [], counts.failures[:10]
-    after = _fleet(lab, site)
+    after = fleet(lab, site.dir)
     for host in AGENT_HOSTS:  # the same agent processes, online all along
         assert after[host]["online"], after[host]
         assert after[host]["boot_id"] == before[host]["boot_id"], host

@@ -26,7 +26,7 @@ from cmdop_install.manage import api_key_command, fleet_status_command, parse_ap
 from cmdop_install.site import load_site
 
 from tests.lab.conftest import AGENT_HOSTS
-from tests.lab.helpers import lab_ssh
+from tests.lab.helpers import lab_ssh, manage
 
 pytestmark = pytest.mark.lab
 
@@ -71,17 +71,11 @@ def _whole_window_left() -> None:
         time.sleep(60 - into + 0.5)
 
 
-def _manage(lab, command: str) -> str:
-    out = lab_ssh(lab, "host1", f"sudo {command}")
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
 @pytest.fixture(scope="module")
 def owner_key(lab, site) -> str:
     """An API key of the site's first owner (its administrator), made on host1."""
     workspace = load_site(site.dir)["site"]["name"]
-    return parse_api_key(_manage(lab, api_key_command(workspace, "lab-security")))[1]
+    return parse_api_key(manage(lab, api_key_command(workspace, "lab-security")))[1]
 
 
 class Site:
@@ -150,7 +144,7 @@ def _boots(lab, workspace: str) -> dict[str, str]:
     assert command.startswith("systemd-run "), command
     # libpq reads the connections' application_name from PGAPPNAME
     named = command.replace("systemd-run ", f"systemd-run -E PGAPPNAME={PROBE} ", 1)
-    fleet = parse_fleet(_manage(lab, named))
+    fleet = parse_fleet(manage(lab, named))
     return {name: row.get("boot_id", "") for name, row in fleet.items()}
 
 
