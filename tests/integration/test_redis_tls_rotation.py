@@ -20,14 +20,14 @@ import pytest
 import redis
 from cmdop_install import rotation
 from cmdop_install.deploys.redis import tls_reload_command
-from cmdop_install.render import Paths, load_for_render, render_host
+from cmdop_install.render import Paths
 from cmdop_install.runner import HostResult, RunResult
 from cmdop_install.sitedir import SiteDir
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.support.services import RedisServer
-from tests.support.sites import TEST_KEY, make_site, plain_key, rotation_step
+from tests.support.sites import TEST_KEY, make_site, plain_key, rotation_step, serve_site_redis
 
 pytestmark = pytest.mark.integration
 
@@ -81,12 +81,7 @@ def host(tmp_path, monkeypatch):
     server = RedisServer()
     monkeypatch.setenv("CMDOP_INSTALL_KEY", TEST_KEY)
     make_site(site_dir, {"redis.port": server.port})
-    site, inventory, secrets, pem = load_for_render(site_dir)
-    files = render_host(site, inventory, "node1", secrets, pem, root=str(server.dir))
-    server.files = {f.path.lstrip("/"): (f.content, f.mode) for f in files
-                    if f.path.startswith("/etc/redis/")}
-    server.conf = next(f for f in files if f.path == "/etc/redis/redis.conf").content.decode()
-    server.env = {"OPENSSL_CONF": f"{server.dir}/etc/redis/openssl-cmdop.cnf"}
+    serve_site_redis(site_dir, server)
     fake = RedisHost(server, site_dir)
     monkeypatch.setattr(rotation, "deploy_site", fake.deploy)
     with server:

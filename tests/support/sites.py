@@ -12,6 +12,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from cmdop_install.render import load_for_render, render_host
 from cmdop_install.rotation import Rotation, resolve
 from cmdop_install.site import default_site, render_site_toml
 from cmdop_install.sitedir import SiteDir
@@ -81,3 +82,14 @@ def rotation_step(site_dir: Path, action: str, names: tuple[str, ...]) -> list[s
     else:
         getattr(r, action)()
     return lines
+
+
+def serve_site_redis(site_dir: Path, server) -> None:
+    """Give a scratch ``RedisServer`` (tests/support/services.py) the site's own rendered
+    /etc/redis files for node1, its redis.conf and the OpenSSL config its TLS needs."""
+    site, inventory, secrets, pem = load_for_render(site_dir)
+    files = render_host(site, inventory, "node1", secrets, pem, root=str(server.dir))
+    server.files = {f.path.lstrip("/"): (f.content, f.mode) for f in files
+                    if f.path.startswith("/etc/redis/")}
+    server.conf = next(f for f in files if f.path == "/etc/redis/redis.conf").content.decode()
+    server.env = {"OPENSSL_CONF": f"{server.dir}/etc/redis/openssl-cmdop.cnf"}
