@@ -71,12 +71,16 @@ def refused_lately(params: dict[str, Any]) -> bool:
     return failed is not None and time.monotonic() - failed < RETRY_AFTER
 
 
+def _record(server: Server, ok: bool) -> None:
+    if ok:
+        _refusing.pop(server, None)
+    else:
+        _refusing[server] = time.monotonic()
+
+
 def attempted(params: dict[str, Any], ok: bool) -> None:
     """Record how an attempt to connect to the server ``params`` name went."""
-    if ok:
-        _refusing.pop(_server(params), None)
-    else:
-        _refusing[_server(params)] = time.monotonic()
+    _record(_server(params), ok)
 
 
 class WatchedConnection(psycopg.Connection):
@@ -89,13 +93,14 @@ class WatchedConnection(psycopg.Connection):
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> WatchedConnection:
+        server = _server(kwargs)
         try:
             connection = super().connect(conninfo, **kwargs)
         except psycopg.OperationalError:
-            attempted(kwargs, ok=False)
+            _record(server, ok=False)
             raise
-        attempted(kwargs, ok=True)
-        connection.server = _server(kwargs)
+        _record(server, ok=True)
+        connection.server = server
         return connection
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
@@ -103,5 +108,5 @@ class WatchedConnection(psycopg.Connection):
             return super().execute(*args, **kwargs)
         except psycopg.OperationalError:
             if self.broken:
-                _refusing[self.server] = time.monotonic()
+                _record(self.server, ok=False)
             raise
