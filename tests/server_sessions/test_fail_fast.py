@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -164,6 +167,95 @@ def test_postgres_down_refuses_fast_and_recovers(kept, site, tls_pki, django_db_
             agent.close()
         assert "Traceback" not in cp.log()
     finally:
+        pg.stop()
+
+
+class SlowToConnect:
+    """A loopback TCP forwarder to ``port`` whose new connections take ``delay`` seconds to
+    reach it, as a busy database host's do (TLS, SCRAM and a forked backend on loaded
+    cores); once through, bytes flow as they come, and an end closed on one side is
+    closed on the other."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.target, self.delay = port, delay
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._forward, args=(client,), daemon=True).start()
+
+    def _forward(self, client: socket.socket) -> None:
+        time.sleep(self.delay)
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        self.open += [client, upstream]
+        ends = {client: upstream, upstream: client}
+        try:
+            while True:
+                for end in select.select(list(ends), [], [])[0]:
+                    data = end.recv(65536)
+                    if not data:
+                        return
+                    ends[end].sendall(data)
+        except OSError:
+            return
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for end in self.open:
+            end.close()
+
+
+def test_a_postgres_restart_costs_no_request(site, tls_pki, django_db_setup,
+                                             django_db_modify_db_settings, tmp_path):
+    """Postgres back after a restart: every connection the pools kept (the app's and the
+    audit database's) is dead, the server takes new ones, each in 0.4 s here (a busy host).
+    A request that draws a dead one waits for the pool's new connection instead of
+    answering 503 (it did: the failed check counted as a server refusing, and a deployed
+    site answered a sign-in with 500 after its Postgres restarted)."""
+    pg = copy_of_test_databases()
+    slow = SlowToConnect(pg.port, delay=0.4)
+    try:
+        with ControlPlane(tls_pki, tmp_path / "gunicorn.log",
+                          env={"CMDOP_TEST_PG_PORT": str(slow.port), **POOLED}) as cp:
+            user, agent = user_api(cp, site), agent_api(cp, site)
+            calls = {
+                "user API": lambda: user.call("GET", "/machines"),
+                "heartbeat": lambda: agent.call("POST", "/heartbeat",
+                                                {"version": "0.1.0", "boot_id": "b1"}),
+                "poll": lambda: agent.call("GET", "/work?wait=0"),
+                "audited change": lambda: user.call("POST", "/join-tokens",
+                                                    {"name": "after-restart"}),
+            }
+            for call in calls.values():  # every pool holds a connection now
+                call()
+            pg.crash()
+            pg.restart()
+            for what, call in calls.items():
+                try:
+                    call()
+                except ApiError as exc:
+                    raise AssertionError(f"the {what} answered {exc.status} with Postgres "
+                                         f"up again: {exc.body}") from None
+            user.close()
+            agent.close()
+        assert "Traceback" not in cp.log()
+    finally:
+        slow.close()
         pg.stop()
 
 

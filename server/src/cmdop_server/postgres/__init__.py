@@ -14,8 +14,12 @@ A server that drops packets instead of refusing them (a host gone dark, a firewa
 nothing at all: without limits a new connection waited for the kernel's SYN retries (over
 two minutes) and a query on a kept one for TCP's retransmissions (about 15 minutes), the
 request with it. Every connection is therefore made with ``CONNECT_TIMEOUT`` and
-``TCP_USER_TIMEOUT_MS`` (``base``), and a kept connection that breaks marks its server too,
-so the next requests give up between two steps of their wait as with a refusing server.
+``TCP_USER_TIMEOUT_MS`` (``base``), and a kept connection that breaks marks its server too.
+A broken kept connection says less than a refused attempt, though: after Postgres restarted,
+every connection a pool kept is dead while the server takes new ones at once. So a request
+gives up on a broken connection only when nothing from that server has succeeded for
+``BROKEN_GRACE`` since (the pool opens a new connection meanwhile; a restart costs no
+request), and on a refused attempt at once.
 
 This module imports no Django database code, so settings can name what is here.
 """
@@ -41,6 +45,12 @@ CONNECT_TIMEOUT = 2
 # loss of one packet is resent after 0.2 s, well within it)
 TCP_USER_TIMEOUT_MS = 500
 
+# how long after a kept connection broke a request still waits for the pool to open a new
+# one, while no attempt has failed and nothing succeeded: a new connection (TLS, SCRAM, a
+# backend forked) takes milliseconds on a healthy server and well under a second on a busy
+# one; a server out of reach fails the pool's attempt itself after about a second
+BROKEN_GRACE = 1.0
+
 # an unpooled connection is not tried again for this long after an attempt to its server
 # failed: the requests meanwhile are refused at once instead of each waiting out its own
 # attempt (up to a second with the server out of reach)
@@ -52,6 +62,8 @@ Server = tuple[str, str, str]
 # and when (time.monotonic); a dict's item set and pop are atomic under the GIL, and the
 # pool's threads write it
 _refusing: dict[Server, float] = {}
+# servers a kept connection to broke since anything from them last succeeded, and when
+_broken: dict[Server, float] = {}
 
 
 def _server(params: dict[str, Any]) -> Server:
@@ -61,8 +73,12 @@ def _server(params: dict[str, Any]) -> Server:
 
 def server_refusing(params: dict[str, Any]) -> bool:
     """Whether this process's latest attempt to connect to the server ``params`` name (the
-    connection parameters Django gives the pool) failed."""
-    return _server(params) in _refusing
+    connection parameters Django gives the pool) failed, or a kept connection to it broke
+    ``BROKEN_GRACE`` ago or more and nothing succeeded since."""
+    server = _server(params)
+    broke = _broken.get(server)
+    return server in _refusing or (broke is not None
+                                   and time.monotonic() - broke >= BROKEN_GRACE)
 
 
 def refused_lately(params: dict[str, Any]) -> bool:
@@ -74,6 +90,7 @@ def refused_lately(params: dict[str, Any]) -> bool:
 def _record(server: Server, ok: bool) -> None:
     if ok:
         _refusing.pop(server, None)
+        _broken.pop(server, None)  # a new connection: the server is back
     else:
         _refusing[server] = time.monotonic()
 
@@ -86,8 +103,9 @@ def attempted(params: dict[str, Any], ok: bool) -> None:
 class WatchedConnection(psycopg.Connection):
     """The pools' connection class: each attempt to open one records whether the server
     took it (the pool opens them in its own threads, where no request sees the error), and
-    so does a connection that breaks in ``execute``, which is how the pool checks one
-    before lending it: with a server out of reach, the check is what meets the silence."""
+    so does ``execute``, which is how the pool checks a connection before lending it: a
+    check that passes is a success, one whose connection broke marks the server broken
+    (with a server out of reach, the check is what meets the silence first)."""
 
     server: Server = ("", "", "")
 
@@ -105,8 +123,11 @@ class WatchedConnection(psycopg.Connection):
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().execute(*args, **kwargs)
+            result = super().execute(*args, **kwargs)
         except psycopg.OperationalError:
             if self.broken:
-                _record(self.server, ok=False)
+                _broken.setdefault(self.server, time.monotonic())  # the first break counts
             raise
+        if _broken:
+            _broken.pop(self.server, None)
+        return result
