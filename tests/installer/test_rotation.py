@@ -28,15 +28,29 @@ pytestmark = pytest.mark.unit
 
 
 class Hosts:
-    """What node1 holds after each deploy; ``fail_at``: the deploy that raises instead."""
+    """What node1 holds after each deploy; ``fail_at``: the deploy that raises instead.
+    ``events``: the deploys and the reads of gunicorn's workers, in order."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.seen: list[dict] = []
         self.fail_at: int | None = None
+        self.events: list[str] = []
+
+    def read_facts(self, groups, facts, limit=None, host_facts=None) -> RunResult:
+        if host_facts:  # waiting for the workers it read before to exit
+            assert limit == ["node1"] and "for p in 101 102;" in host_facts["node1"]["left"]
+            self.events.append("drained")
+            return RunResult(hosts={"node1": HostResult("node1", facts={"left": ""})},
+                             dry_run=False)
+        assert limit == ["control_plane"] and "pgrep -P" in facts["workers"]
+        self.events.append("workers")
+        return RunResult(hosts={"node1": HostResult("node1", facts={"workers": "101\n102\n"})},
+                         dry_run=False)
 
     def deploy(self, site: SiteDir, limit=None, dry_run=False) -> RunResult:
         assert limit == rotation.HOST_GROUPS
+        self.events.append("deploy")
         if self.fail_at == len(self.seen):
             self.fail_at = None
             raise KeyboardInterrupt
@@ -70,6 +84,7 @@ def site_dir(tmp_path, monkeypatch) -> Path:
 def hosts(tmp_path, monkeypatch) -> Hosts:
     fake = Hosts(tmp_path)
     monkeypatch.setattr(rotation, "deploy_site", fake.deploy)
+    monkeypatch.setattr(rotation, "read_facts", fake.read_facts)
     return fake
 
 
@@ -342,12 +357,16 @@ def test_a_redis_rollback_keeps_both_passwords_until_the_app_is_back_on_the_old(
         _run(site_dir, names=("redis_password_app",))
     except KeyboardInterrupt:
         pass
-    deploys = len(hosts.seen)
+    deploys, events = len(hosts.seen), len(hosts.events)
     _run(site_dir, "rollback")
     back = hosts.seen[deploys:]
     if cut != 0:  # from switched: the app goes back to the old one while both still log in
         assert back[0]["redis_password"] == old
         assert len(back[0]["acl"]["testsite-app"]) == 2
+        # and the new one is removed only once the workers that used it have exited
+        assert hosts.events[events:] == ["workers", "deploy", "drained", "deploy"]
+    else:  # nothing was reloaded: nothing to wait for
+        assert hosts.events[events:] == ["deploy"]
     # then the new one is removed: only the old one logs in
     assert back[-1]["redis_password"] == old
     assert back[-1]["acl"]["testsite-app"] == [_sha(old)]

@@ -46,6 +46,7 @@ from cmdop_install.rotation_state import (
     ROTATABLE,
     idle_role,
 )
+from cmdop_install.runner import read_facts
 from cmdop_install.sitedir import SiteDir
 
 PG = "postgres_password"  # the app's blue/green logins, rotated as one
@@ -59,6 +60,10 @@ PKI = (PKI_LEAVES, PKI_CA)  # files in pki/, not values in secrets.enc
 # nothing else changes; a trust bundle is on every host, agents' included
 HOST_GROUPS = ["postgres", "redis", "control_plane"]
 ALL_GROUPS = [*HOST_GROUPS, "agents"]
+# gunicorn's workers from before a reload finish what they hold (parked long-polls, open
+# terminals) for up to its graceful_timeout (30 s), with the values they started with: a
+# rollback takes the abandoned values away only once they are gone (half a second per check)
+DRAIN_CHECKS = 90
 _WHAT = {
     "staged": "new values generated into secrets.enc (nothing uses them yet)",
     "admitted": "the servers accept the new values too: the idle Postgres login gets its "
@@ -116,6 +121,8 @@ class Rotation:
         self.echo = echo
         self.dry_run = dry_run
         self.state = rotation_state.load(site.path)
+        # each control-plane host's gunicorn workers from before this run's reload
+        self.old_workers: dict[str, str] = {}
 
     @property
     def record(self) -> dict | None:
@@ -277,6 +284,10 @@ class Rotation:
             self.site.config["postgres"]["active_role"] = record["active_before"]
         if phase == "switched" and AGENTS in names:  # before the record leaves switched
             self._stopped(phase, lambda: agent_credentials.cancel_handovers(self.site, self.echo))
+        if phase == "switched" and _admits(names):  # the reload below makes them old
+            self.old_workers = self._workers()
+        if phase == "admitted" and self.old_workers:
+            self._drained()
         self._save(record, back, done=False)
         self.site.secrets_changed()
         if PKI_CA in names:
@@ -285,6 +296,35 @@ class Rotation:
             self._deploy(back, _groups(names, phase))
         self._save(record, back, done=True)
         self.echo(f"phase {phase}: undone")
+
+    def _workers(self) -> dict[str, str]:
+        """Each control-plane host's gunicorn worker PIDs, space-separated."""
+        command = ("m=$(systemctl show -p MainPID --value cmdop-server.service); "
+                   'if [ "${m:-0}" -gt 0 ]; then pgrep -P "$m"; fi; true')
+        result = read_facts(self.site.inventory.pyinfra_groups(), {"workers": command},
+                            limit=["control_plane"])
+        return {name: " ".join(p for p in host.facts.get("workers", "").split() if p.isdigit())
+                for name, host in result.hosts.items() if not host.error}
+
+    def _drained(self) -> None:
+        """Wait until the workers in ``old_workers`` have exited: one still using a value
+        about to be taken away would fail the requests it is finishing."""
+        checks = {host: {"left": f"for i in $(seq {DRAIN_CHECKS}); do left=''; for p in {pids}; "
+                                 'do kill -0 "$p" 2>/dev/null && left="$left $p"; done; '
+                                 '[ -z "$left" ] && break; sleep 0.5; done; echo $left'}
+                  for host, pids in self.old_workers.items() if pids}
+        self.old_workers = {}
+        if not checks:
+            return
+        self.echo("waiting for the control plane's workers from before the reload to finish "
+                  f"(up to {DRAIN_CHECKS // 2} s)")
+        result = read_facts(self.site.inventory.pyinfra_groups(), {}, limit=list(checks),
+                            host_facts=checks)
+        for name, host in sorted(result.hosts.items()):
+            left = host.error or host.facts.get("left", "").strip()
+            if left:
+                self.echo(f"warning: {name}: workers from before the reload still running "
+                          f"({left}); their requests may fail once the old values are gone")
 
     def _pg_idle_role(self, record: dict) -> str:
         return idle_role(record["active_before"])
