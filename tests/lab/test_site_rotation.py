@@ -4,8 +4,8 @@ The load (tests/support/site_load.py) signs in, browses while signed in, refresh
 tokens, calls the API with a key and keeps an agent session echoing input, while the lab
 agents long-poll. Rotating the Django SECRET_KEY, the app's Postgres password and its Redis
 password must fail none of it, sign nobody out and never restart Redis; after --finish the
-old values are refused and a redeploy changes nothing. A rollback from the switched phase
-gives back a working site on the old values. Runs after the other site tests that expect
+old values are refused and a redeploy changes nothing. A rollback from the switched phase,
+under the same load, fails none of it either and gives back a working site on the old values. Runs after the other site tests that expect
 the first login (file order) and before uninstall; it leaves the site on the other
 blue/green login, which ``site.secrets`` then describes.
 """
@@ -28,13 +28,8 @@ from tests.support.site_load import Browser, Endpoint, SiteLoad
 
 pytestmark = pytest.mark.lab
 
-# the app's Postgres login (blue and green) and its Redis ACL user; the rollback test takes
-# back the first two: a rollback of the Redis password drops the abandoned password (ACL LOAD)
-# while workers started before the reload may still be using it — a sign-in then fails with
-# Redis' AuthenticationError (seen in CI); until the rollback waits for those workers, its
-# Redis phases are proven by tests/integration/test_redis_rotation.py
+# the app's Postgres login (blue and green) and its Redis ACL user, rotated and rolled back
 ROTATED = ("django_secret_key", "postgres_password_blue", "redis_password_app")
-ROLLED_BACK = ROTATED[:2]
 
 
 def _secrets(site) -> dict[str, str]:
@@ -101,7 +96,9 @@ def _server_errors(lab) -> str:
     """The control plane's log lines of the last minutes that are not access lines (a
     failure's cause, for the assertion's message)."""
     out = lab_ssh(lab, "host1", "sudo journalctl -u cmdop-server --since -5min --no-pager -q "
-                  "-o short-precise | grep -v ' HTTP/1.[01]\" [23]' | tail -n 60")
+                  "-o short-precise | grep -v ' HTTP/1.[01]\" [23]' | tail -n 60; "
+                  "echo '-- postgres:'; sudo grep -hE 'FATAL|PANIC' /var/log/postgresql/*.log "
+                  "| tail -n 20")
     return out.stdout + out.stderr
 
 
@@ -186,21 +183,32 @@ def test_rollback_from_the_switched_phase_gives_back_a_working_site(lab, site, l
     login = _app_login(lab)
     role = login.rsplit("_", 1)[1]
     other = "green" if role == "blue" else "blue"
-    cli("rotate", str(site.dir), *ROLLED_BACK, "--yes")
+    load.start()
+    cli("rotate", str(site.dir), *ROTATED, "--yes")
     assert (_rotation(site) or {}).get("phase") == "switched"
     assert _app_login(lab) == f"cmdop_{other}"
-    # the session is used while the new key signs, then the rotation is taken back
-    assert load.browse()[0] and load.echo()[0]
+    rotated = _secrets(site)
+    # every kind of request is served on the new values, then the rotation is taken back
+    assert load.wait_served(load.served(), SiteLoad.KINDS), load.served()
 
     rolled = cli("rotate", str(site.dir), "--rollback", "--yes")
     assert "rolled back" in rolled.stdout, rolled.stdout
+    # the new passwords went only once the workers that used them had finished
+    assert "workers from before the reload to finish" in rolled.stdout, rolled.stdout
+    assert "still running" not in rolled.stdout, rolled.stdout
+    assert load.wait_served(load.served(), SiteLoad.KINDS), load.served()
+    counts = load.stop()
+    assert counts.failures == [], f"{counts.failures[:10]}\n{_server_errors(lab)}"
     assert _rotation(site) is None
     after = _secrets(site)
     assert after["django_secret_key"] == before["django_secret_key"]
     assert after[f"postgres_password_{role}"] == before[f"postgres_password_{role}"]
+    assert after["redis_password_app"] == before["redis_password_app"]
     assert _app_login(lab) == login
     assert _logs_in(lab, login, before[f"postgres_password_{role}"])
     assert not _logs_in(lab, f"cmdop_{other}", after[f"postgres_password_{other}"])
+    assert _redis_logs_in(lab, site, before["redis_password_app"])
+    assert not _redis_logs_in(lab, site, rotated["redis_password_app"])
     # the site works on the old values: the session, a new sign-in, the agent session
     browsed = load.browse()
     assert browsed[0], f"signed out by the rollback: {browsed[1]}\n{_server_errors(lab)}"
