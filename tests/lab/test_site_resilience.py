@@ -175,23 +175,29 @@ def test_a_burst_starts_no_postgres_backend_per_request(lab, site, api) -> None:
     # each request made one on the app's database at least (the burst alone: BURST)
     bound = workers * pool_max * 2
 
-    def one(i: int) -> int:
+    def one(i: int) -> tuple[int, str]:
         calls = [("GET", "/api/v1/me", None), ("GET", api.ws("/machines"), None),
                  ("GET", api.ws("/members"), None),
                  ("POST", api.ws("/join-tokens"), {"name": f"pooled{i}", "ttl_seconds": 60})]
         method, path, body = calls[i % len(calls)]
-        return api.call(method, path, body)[0]
+        status, data = api.call(method, path, body)
+        return status, f"{method} {path} -> {status} {data[:200]!r}"
 
     before, since = _sessions_started(lab, api)
     with concurrent.futures.ThreadPoolExecutor(BURST_CLIENTS) as pool:
-        statuses = list(pool.map(one, range(BURST)))
+        answers = list(pool.map(one, range(BURST)))
     # a backend reports its start with its next statistics (a pooled one that went idle, up
     # to 10 s later; one that ended, at its end): the ones still open are counted directly
     started = max(_sessions_started(lab, api)[0] - before, _backends_since(lab, api, since))
     print(json.dumps({"requests": BURST, "clients": BURST_CLIENTS,
                       "postgres_sessions_started": started, "pool_bound": bound}))
-    failed = {s: statuses.count(s) for s in set(statuses) if s >= 300}
-    assert not failed, f"requests failed: {failed}"
+    failed = [what for status, what in answers if status >= 300]
+    if failed:
+        log = _host1(lab, "journalctl -u cmdop-server --since -3min --no-pager -q")
+        errors = [line for line in log.splitlines() if '" 2' not in line and '" 3' not in line]
+        nginx = _host1(lab, "tail -n 20 /var/log/nginx/error.log")
+        raise AssertionError(f"{len(failed)} requests failed: {failed[:5]}\n"
+                             + "\n".join(errors[-40:]) + f"\n-- nginx:\n{nginx}")
     assert started <= bound < BURST
 
 
