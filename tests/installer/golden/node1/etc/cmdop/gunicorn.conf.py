@@ -34,3 +34,19 @@ limit_request_fields = 100
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
+
+
+# gunicorn's asgi worker serves the socket through asyncio's create_server, which calls
+# listen() on it again with asyncio's default backlog, 100: gunicorn's own `backlog` (2048,
+# as cmdop-server.socket's Backlog=) is not passed on, and the last listen() on the shared
+# socket sets its accept queue. A wave of agents' polls (all of them reconnecting after
+# nginx or the network came back) overflowed 100 while the workers were busy: nginx's
+# connect() failed with EAGAIN and the agents got 502 (1,422 of 2,000 on a lab host).
+# Each worker's listen() therefore keeps gunicorn's backlog.
+def post_worker_init(worker):
+    create_server = worker.loop.create_server
+
+    async def create_server_with_backlog(*args, **kwargs):
+        return await create_server(*args, **{**kwargs, "backlog": worker.cfg.backlog})
+
+    worker.loop.create_server = create_server_with_backlog
