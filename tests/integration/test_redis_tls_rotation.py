@@ -1,5 +1,6 @@
 """`rotate SITE pki_ca` on a real redis-server run from our rendered files, with the deploy's
-own CONFIG SET (deploys/redis.py) instead of a restart.
+own CONFIG SET (deploys/redis.py) instead of a restart, or the Ansible role's tasks that
+do the same (roles/cmdop_redis/tasks/service.yml).
 
 The site folder, pki/, rotation.json and the phase machine are the real ones; each phase's
 deploy is what the Redis host gets: the rendered TLS files written into the server's
@@ -11,6 +12,7 @@ at the handshake. tests/lab/test_site_rotation_pki.py proves the whole site unde
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
 import subprocess
@@ -27,9 +29,18 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.support.services import RedisServer
-from tests.support.sites import TEST_KEY, make_site, plain_key, rotation_step, serve_site_redis
+from tests.support.sites import (
+    TEST_KEY,
+    make_site,
+    plain_key,
+    redis_role_tasks,
+    rotation_step,
+    serve_site_redis,
+)
 
 pytestmark = pytest.mark.integration
+
+ROLE_TLS_TASKS = "The sha256 of the certificate files Redis should serve"
 
 
 class RedisHost:
@@ -39,6 +50,7 @@ class RedisHost:
         self.server = server
         self.site_dir = site_dir
         self.reloads = 0
+        self.by_role = False  # True: the cmdop_redis role's tasks reload, not the deploy's
 
     def deploy(self, site: SiteDir, limit=None, dry_run=False) -> RunResult:
         assert "redis" in (limit or [])
@@ -48,7 +60,11 @@ class RedisHost:
                 path = self.server.dir / f.path.lstrip("/")
                 changed |= path.read_bytes() != f.content
                 path.write_bytes(f.content)  # in place: owner and mode stay
-        if changed:  # as the deploy: CONFIG SET when a certificate file changed
+        if self.by_role:  # the role decides from what Redis last read: 2 tasks if changed
+            changes = redis_role_tasks(self.server, ROLE_TLS_TASKS)
+            assert changes == (2 if changed else 0), changes
+            self.reloads += changed
+        elif changed:  # as the deploy: CONFIG SET when a certificate file changed
             command = tls_reload_command(Paths(root=str(self.server.dir)))
             done = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
                                   timeout=30, check=False)
@@ -97,9 +113,17 @@ def _keep(site_dir: Path, name: str, as_name: str) -> tuple[Path, Path]:
     return kept
 
 
+@pytest.mark.parametrize("by_role", [
+    False,
+    pytest.param(True, marks=pytest.mark.skipif(os.geteuid() != 0,
+                                                reason="the role's record is root's")),
+], ids=["deploy", "ansible-role"])
 def test_a_ca_rotation_reloads_redis_without_a_restart_and_refuses_the_old_ca_after(
-        host) -> None:
+        host, by_role) -> None:
     site_dir = host.site_dir
+    if by_role:  # the role records what Redis serves now (CONFIG SET of the same files)
+        assert redis_role_tasks(host.server, ROLE_TLS_TASKS) == 2
+        host.by_role = True
     old_leaf = _keep(site_dir, "app-node1", "old-app")
     old_ca = site_dir / "old-ca.crt"
     shutil.copy(site_dir / "pki/ca.crt", old_ca)

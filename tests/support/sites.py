@@ -8,11 +8,16 @@ asked for, then runs ``init_site`` with ``CMDOP_INSTALL_KEY`` set to ``key``.
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from cmdop_install.render import load_for_render, render_host
+from cmdop_install.deploys.redis import acl_load_command, tls_reload_command
+from cmdop_install.render import Paths, load_for_render, render_host
 from cmdop_install.rotation import Rotation, resolve
 from cmdop_install.site import default_site, render_site_toml
 from cmdop_install.sitedir import SiteDir
@@ -82,6 +87,37 @@ def rotation_step(site_dir: Path, action: str, names: tuple[str, ...]) -> list[s
     else:
         getattr(r, action)()
     return lines
+
+
+REDIS_ROLE_SERVICE = Path(__file__).resolve().parents[2] / "roles/cmdop_redis/tasks/service.yml"
+
+
+def redis_role_tasks(server, start_at: str) -> int:
+    """The cmdop_redis role's service tasks from the one named ``start_at`` on (the service
+    start before them needs systemd), run by ansible-playbook on this machine against a
+    scratch ``RedisServer`` serving the site's files (``serve_site_redis``), with
+    export-ansible's commands for its root; the number of tasks that changed."""
+    paths = Paths(root=str(server.dir))
+    tls = f"{server.dir}/etc/redis/tls"
+    play = server.dir / "role-play.yml"
+    play.write_text(json.dumps([{
+        "name": "Redis", "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars": {"cmdop_redis_etc": f"{server.dir}/etc/redis",
+                 "cmdop_redis_tls_files": [f"{tls}/redis.crt", f"{tls}/redis.key",
+                                           f"{tls}/ca.crt"],
+                 "cmdop_redis_acl_load": acl_load_command(paths),
+                 "cmdop_redis_tls_reload": tls_reload_command(paths)},
+        "tasks": [{"ansible.builtin.import_tasks": str(REDIS_ROLE_SERVICE)}],
+    }]))
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), str(play),
+         "--start-at-task", start_at],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_NOCOLOR": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    recap = re.search(r"localhost\s*:.*changed=(\d+)", done.stdout)
+    assert recap, done.stdout[-2000:]
+    return int(recap.group(1))
 
 
 def serve_site_redis(site_dir: Path, server) -> None:

@@ -152,7 +152,7 @@ def host_vars(site: SiteDir, host_name: str) -> dict:
 
 def group_vars(site, wheels: dict, templates: Path) -> dict:
     """Site-wide, non-secret: where the templates are, the wheelhouses, the first Owner."""
-    from cmdop_install.deploys.redis import acl_load_command
+    from cmdop_install.deploys.redis import acl_load_command, tls_reload_command
 
     return {
         # the export's own copy: the templates of the installer that built the context
@@ -162,6 +162,7 @@ def group_vars(site, wheels: dict, templates: Path) -> dict:
         "cmdop_postgres_roles_check_sql": pgsql.roles_check(render.postgres_names(site)),
         # the pyinfra deploy's command: no password in it, Redis answers OK or the run fails
         "cmdop_redis_acl_load": acl_load_command(render.Paths()),
+        "cmdop_redis_tls_reload": tls_reload_command(render.Paths()),
         "cmdop_control_plane_wheelhouse": wheels.get("control_plane"),
         # management commands as the service runs them; the roles append the arguments
         "cmdop_control_plane_manage": manage.manage_command("").rstrip(),
