@@ -21,8 +21,10 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+import redis
 from cmdop_server import audit
 from cmdop_server.identity.models import User
+from cmdop_server.redis_client import WARM_CONNECTIONS
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
 
@@ -131,6 +133,40 @@ def test_redis_down_refuses_fast_and_recovers(own_redis, site, tls_pki, django_d
         until(lambda: succeeds(open_session), timeout=30, what="the user API back")
         until(lambda: succeeds(poll), timeout=30, what="the agent API back")
         user.close()
+        agent.close()
+    assert "Traceback" not in cp.log()
+
+
+def _worker_connections(server: RedisServer) -> int:
+    """Connections to ``server`` other than the one asking."""
+    with redis.Redis(host=server.host, port=server.port) as asking:
+        return sum(c["cmd"] != "client|list" for c in asking.client_list())
+
+
+def test_each_worker_opens_its_redis_connections_before_it_serves(own_redis, tls_pki,
+                                                                  tmp_path):
+    """A worker that starts cold (the service restarted, every agent polling again at once)
+    no longer meets the wave with all its Redis connections still to open: its start opens
+    WARM_CONNECTIONS of them, before any request."""
+    workers = 2
+    with ControlPlane(tls_pki, tmp_path / "gunicorn.log", workers=workers,
+                      env={"CMDOP_TEST_REDIS_PORT": str(own_redis.port)}) as cp:
+        until(lambda: _worker_connections(own_redis) == workers * WARM_CONNECTIONS,
+              timeout=30, what=f"{workers} x {WARM_CONNECTIONS} warm Redis connections "
+                               f"(now {_worker_connections(own_redis)})")
+    assert "Traceback" not in cp.log()
+
+
+def test_a_worker_starting_while_redis_is_down_serves_and_refuses_fast(
+        own_redis, site, tls_pki, django_db_setup, django_db_modify_db_settings, tmp_path):
+    own_redis.kill()
+    with ControlPlane(tls_pki, tmp_path / "gunicorn.log",
+                      env={"CMDOP_TEST_REDIS_PORT": str(own_redis.port)}) as cp:
+        agent = agent_api(cp, site)
+        poll = lambda: agent.call("GET", "/work?wait=0")  # noqa: E731
+        assert_unavailable(poll)
+        own_redis.start()
+        until(lambda: succeeds(poll), timeout=30, what="the agent API back")
         agent.close()
     assert "Traceback" not in cp.log()
 

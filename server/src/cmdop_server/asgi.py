@@ -17,4 +17,8 @@ from cmdop_server import metrics  # noqa: E402
 
 application = metrics.instrument(application)  # every HTTP request counted and timed
 
+from cmdop_server.redis_client import warmed_at_start  # noqa: E402
+
+application = warmed_at_start(application)  # Redis connections open before the first request
+
 tune_collector()  # last: the app loaded is frozen out of the collector's passes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import weakref
 
@@ -74,6 +75,47 @@ def async_client(subscriber: bool = False) -> redis.asyncio.Redis:
         )
         clients[subscriber] = redis.asyncio.Redis(connection_pool=pool)
     return clients[subscriber]
+
+
+# Connections each worker opens before it serves. A worker that starts cold (the service
+# restarted, every agent reconnecting at once) met the wave of long-polls with all its
+# connections still to open, each a TLS handshake on an event loop busy with the wave: some
+# took longer than CONNECT_TIMEOUT and their polls answered 503 (48 of 2,000 on a lab host).
+WARM_CONNECTIONS = 8
+# how long a worker's start waits for them: with Redis down it starts anyway (and fails fast)
+WARM_SECONDS = 3.0
+
+
+async def warm(count: int = WARM_CONNECTIONS) -> int:
+    """Open up to ``count`` connections of the running loop's pool (kept in it); how many."""
+    pool = async_client().connection_pool
+    results = await asyncio.gather(*(pool.get_connection() for _ in range(count)),
+                                   return_exceptions=True)
+    opened = [c for c in results if not isinstance(c, BaseException)]
+    for connection in opened:
+        await pool.release(connection)
+    return len(opened)
+
+
+def warmed_at_start(app):
+    """Wrap an ASGI app: at the server's lifespan startup (gunicorn's asgi worker sends it
+    before it accepts a connection) the worker's Redis pool is warmed; everything else goes
+    to ``app`` (Django itself takes no lifespan messages)."""
+
+    async def application(scope, receive, send):
+        if scope["type"] != "lifespan":
+            return await app(scope, receive, send)
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                with contextlib.suppress(Exception):  # Redis down: serve, refusing fast
+                    await asyncio.wait_for(warm(), WARM_SECONDS)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return application
 
 
 def text(value: bytes | str | None) -> str:
