@@ -139,6 +139,26 @@ def test_parked_polls_and_agents_online(metered, own_redis, site, monkeypatch):
     agent.close()
 
 
+def test_a_poll_whose_agent_went_away_counts_as_499_not_500(metered, site):
+    """A parked poll ends when its client closes the connection (an agent stopping, nginx
+    dropping it): no answer is sent, and it is counted as nginx counts it, 499; as a 500 it
+    fed the 5xx alert with every agent that went away."""
+    conn = http.client.HTTPSConnection(
+        "localhost", metered.port, timeout=20,
+        context=ssl.create_default_context(cafile=str(metered.pki.ca)))
+    conn.request("GET", "/api/agent/v1/work?wait=20",
+                 headers={"Authorization": f"Bearer {site['machine']['credential']}"})
+    until(lambda: samples(metered)["cmdop_agent_polls_parked"] == 1, timeout=20,
+          what="the poll parked")
+    conn.close()
+    gone = 'cmdop_http_requests_total{route="agent_poll",status="499"}'
+    found = until(lambda: (s := samples(metered)).get(gone) == 1 and s, timeout=20,
+                  what="the abandoned poll counted")
+    assert found["cmdop_agent_polls_parked"] == 0
+    assert not [k for k in found if k.startswith("cmdop_http_requests_total")
+                and 'status="5' in k], found
+
+
 def test_redis_errors_are_counted_and_metrics_still_served(metered, own_redis, site):
     agent = agent_api(metered, site["machine"]["credential"])
     agent.call("GET", "/work?wait=0")

@@ -11,6 +11,7 @@ whole (agents online, sessions by status, certificate expiry) are read when scra
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -179,16 +180,30 @@ def instrument(app):
             return await app(scope, receive, send)
         started = time.perf_counter()
         status = 500  # an app that raised before answering: gunicorn answers 500
+        answered = gone = False
+
+        async def receive_watched():
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
 
         async def send_counted(message):
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
             await send(message)
 
         try:
-            await app(scope, receive, send_counted)
+            await app(scope, receive_watched, send_counted)
+        except asyncio.CancelledError:
+            gone = True
+            raise
         finally:
+            if gone and not answered:
+                # the client went away before the answer (an agent's parked poll, its
+                # connection closed): nginx's 499, not a 5xx that would page someone
+                status = 499
             group = route_group(scope["path"])
             inc("cmdop_http_requests_total", route=group, status=str(status))
             observe("cmdop_http_request_duration_seconds", time.perf_counter() - started,
