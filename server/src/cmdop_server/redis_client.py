@@ -77,11 +77,12 @@ def async_client(subscriber: bool = False) -> redis.asyncio.Redis:
     return clients[subscriber]
 
 
-# Connections each worker opens before it serves. A worker that starts cold (the service
-# restarted, every agent reconnecting at once) met the wave of long-polls with all its
-# connections still to open, each a TLS handshake on an event loop busy with the wave: some
-# took longer than CONNECT_TIMEOUT and their polls answered 503 (48 of 2,000 on a lab host).
-WARM_CONNECTIONS = 8
+# Connections each worker opens before it serves: its whole pool. A worker that starts cold
+# (the service restarted, every agent reconnecting at once) met the wave of long-polls with
+# its connections still to open, each a TLS handshake on an event loop busy with the wave:
+# some took longer than CONNECT_TIMEOUT and their polls answered 503 (48 of 2,000 on a lab
+# host; 34 with 8 opened ahead, the pool growing to its 32 during the wave).
+WARM_CONNECTIONS = ASYNC_POOL_SIZE
 # how long a worker's start waits for them: with Redis down it starts anyway (and fails fast)
 WARM_SECONDS = 3.0
 
