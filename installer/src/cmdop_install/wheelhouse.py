@@ -9,6 +9,7 @@ set is exactly ``uv.lock`` (``uv export``); the air-gapped bundle ships the same
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -182,8 +183,16 @@ def _generated(path: Path) -> bool:
 
 
 def _run(argv: list[str], cwd: Path, package: str, pip: bool = False) -> None:
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    # uv trusts the machine's certificate store, as apt and pip do (a registry reached
+    # through a TLS-inspecting proxy is signed by a CA only that store has; uv's built-in
+    # roots refused it and a deploy run without scripts/bootstrap.sh's environment failed)
+    env = {"UV_NATIVE_TLS": "1", **os.environ}
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False,
+                          env=env)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
+        # the error itself, not the hint uv prints after it
+        reason = next((line for line in reversed(lines) if "error" in line.lower()),
+                      lines[-1])
         what = "downloading dependency wheels" if pip else "building wheels"
-        raise UserError(f"{what} for {package}: {tail[0]}")
+        raise UserError(f"{what} for {package}: {reason.strip()}")
