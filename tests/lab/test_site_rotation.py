@@ -5,9 +5,10 @@ tokens, calls the API with a key and keeps an agent session echoing input, while
 agents long-poll. Rotating the Django SECRET_KEY, the app's Postgres password and its Redis
 password must fail none of it, sign nobody out and never restart Redis; after --finish the
 old values are refused and a redeploy changes nothing. A rollback from the switched phase,
-under the same load, fails none of it either and gives back a working site on the old values. Runs after the other site tests that expect
-the first login (file order) and before uninstall; it leaves the site on the other
-blue/green login, which ``site.secrets`` then describes.
+under the same load, fails none of it either and gives back a working site on the old
+values. Runs after the other site tests that expect the first login (file order) and before
+uninstall; it leaves the site on the other blue/green login, which ``site.secrets`` then
+describes.
 """
 
 from __future__ import annotations
