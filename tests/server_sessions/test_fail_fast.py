@@ -24,7 +24,7 @@ import pytest
 import redis
 from cmdop_server import audit
 from cmdop_server.identity.models import User
-from cmdop_server.redis_client import WARM_CONNECTIONS
+from cmdop_server.redis_client import ASYNC_POOL_SIZE
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
 
@@ -147,12 +147,12 @@ def test_each_worker_opens_its_redis_connections_before_it_serves(own_redis, tls
                                                                   tmp_path):
     """A worker that starts cold (the service restarted, every agent polling again at once)
     no longer meets the wave with all its Redis connections still to open: its start opens
-    WARM_CONNECTIONS of them, before any request."""
+    its whole pool, before any request."""
     workers = 2
     with ControlPlane(tls_pki, tmp_path / "gunicorn.log", workers=workers,
                       env={"CMDOP_TEST_REDIS_PORT": str(own_redis.port)}) as cp:
-        until(lambda: _worker_connections(own_redis) == workers * WARM_CONNECTIONS,
-              timeout=30, what=f"{workers} x {WARM_CONNECTIONS} warm Redis connections "
+        until(lambda: _worker_connections(own_redis) == workers * ASYNC_POOL_SIZE,
+              timeout=30, what=f"{workers} x {ASYNC_POOL_SIZE} warm Redis connections "
                                f"(now {_worker_connections(own_redis)})")
     assert "Traceback" not in cp.log()
 

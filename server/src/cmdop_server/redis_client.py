@@ -77,25 +77,23 @@ def async_client(subscriber: bool = False) -> redis.asyncio.Redis:
     return clients[subscriber]
 
 
-# Connections each worker opens before it serves: its whole pool. A worker that starts cold
-# (the service restarted, every agent reconnecting at once) met the wave of long-polls with
-# its connections still to open, each a TLS handshake on an event loop busy with the wave:
-# some took longer than CONNECT_TIMEOUT and their polls answered 503 (48 of 2,000 on a lab
-# host; 34 with 8 opened ahead, the pool growing to its 32 during the wave).
-WARM_CONNECTIONS = ASYNC_POOL_SIZE
-# how long a worker's start waits for them: with Redis down it starts anyway (and fails fast)
+# how long a worker's start waits for its Redis pool: with Redis down it starts anyway (and
+# fails fast)
 WARM_SECONDS = 3.0
 
 
-async def warm(count: int = WARM_CONNECTIONS) -> int:
-    """Open up to ``count`` connections of the running loop's pool (kept in it); how many."""
+async def warm() -> None:
+    """Open the running loop's whole pool before the worker serves. A worker that starts
+    cold (the service restarted, every agent reconnecting at once) met the wave of
+    long-polls with its connections still to open, each a TLS handshake on an event loop
+    busy with the wave: some took longer than CONNECT_TIMEOUT and their polls answered 503
+    (48 of 2,000 on a lab host; 34 with 8 opened ahead, the pool growing during the wave)."""
     pool = async_client().connection_pool
-    results = await asyncio.gather(*(pool.get_connection() for _ in range(count)),
+    results = await asyncio.gather(*(pool.get_connection() for _ in range(ASYNC_POOL_SIZE)),
                                    return_exceptions=True)
-    opened = [c for c in results if not isinstance(c, BaseException)]
-    for connection in opened:
-        await pool.release(connection)
-    return len(opened)
+    for connection in results:
+        if not isinstance(connection, BaseException):
+            await pool.release(connection)
 
 
 def warmed_at_start(app):
