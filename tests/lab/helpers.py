@@ -54,6 +54,14 @@ def fleet(state: core.LabState, site_dir: Path) -> dict[str, dict]:
     return parse_fleet(manage(state, fleet_status_command(load_site(site_dir)["site"]["name"])))
 
 
+def redis_started(state: core.LabState) -> str:
+    """redis-server's main PID and start time on host1: the same after a change means Redis
+    was not restarted."""
+    out = manage(state, "systemctl show -p MainPID -p ExecMainStartTimestamp redis-server")
+    assert "MainPID=0" not in out, out
+    return out
+
+
 def inventory(state: core.LabState) -> dict:
     """The lab's hosts as pyinfra groups."""
     return core.inventory_groups(state)

@@ -24,7 +24,7 @@ from cmdop_install.secrets import SecretStore
 from cmdop_install.site import load_site
 
 from tests.lab.conftest import AGENT_HOSTS, NORMAL_HOSTS
-from tests.lab.helpers import cli, fleet, lab_ssh, manage
+from tests.lab.helpers import cli, fleet, lab_ssh, manage, redis_started
 from tests.support.site_load import Browser, Endpoint, SiteLoad
 
 pytestmark = pytest.mark.lab
@@ -86,13 +86,6 @@ def _redis_logs_in(lab, site, password: str) -> bool:
     return False
 
 
-def _redis_started(lab) -> str:
-    """redis-server's main PID and start time: the same after a rotation means no restart."""
-    out = manage(lab, "systemctl show -p MainPID -p ExecMainStartTimestamp redis-server")
-    assert "MainPID=0" not in out, out
-    return out
-
-
 def _server_errors(lab) -> str:
     """The control plane's log lines of the last minutes that are not access lines (a
     failure's cause, for the assertion's message)."""
@@ -135,7 +128,7 @@ def test_rotate_then_finish_under_load_fails_no_request_and_signs_nobody_out(
     old_login = _app_login(lab)
     old_role = old_login.rsplit("_", 1)[1]
     new_role = "green" if old_role == "blue" else "blue"
-    redis_started = _redis_started(lab)
+    redis_before = redis_started(lab)
     # signed in with the old key only, then idle all through the grace period
     idle = Browser(endpoint)
     load.auth_turn()
@@ -175,7 +168,7 @@ def test_rotate_then_finish_under_load_fails_no_request_and_signs_nobody_out(
     # the old Redis password is refused, the new one logs in; Redis was never restarted
     assert not _redis_logs_in(lab, site, old["redis_password_app"])
     assert _redis_logs_in(lab, site, new["redis_password_app"])
-    assert _redis_started(lab) == redis_started
+    assert redis_started(lab) == redis_before
 
 
 def test_rollback_from_the_switched_phase_gives_back_a_working_site(lab, site, load,

@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from tests.lab.conftest import AGENT_HOSTS
-from tests.lab.helpers import cli, fleet, lab_ssh, manage
+from tests.lab.helpers import cli, fleet, lab_ssh, manage, redis_started
 from tests.support.site_load import BundleEndpoint, SiteLoad
 
 # the host1 leaves a leaf rotation gives new keys; agents hold only the CA
@@ -107,6 +107,27 @@ def _fingerprint(path: Path) -> str:
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
+def _rotate_then_finish_under_load(lab, site, load, name: str) -> None:
+    """`rotate SITE name` then `--finish` while the load runs: every kind of request served
+    after each, none failed, and the agents the same processes, online all along."""
+    before = fleet(lab, site.dir)
+    try:
+        load.start()
+        rotated = cli("rotate", str(site.dir), name, "--yes")
+        assert "phase switched: done" in rotated.stdout, rotated.stdout
+        assert load.wait_served(load.served(), SiteLoad.KINDS), load.served()
+        finished = cli("rotate", str(site.dir), "--finish", "--yes")
+        assert "finished" in finished.stdout, finished.stdout
+        assert load.wait_served(load.served(), SiteLoad.KINDS), load.served()
+    finally:
+        counts = load.stop()
+    assert counts.failures == [], counts.failures[:10]
+    after = fleet(lab, site.dir)
+    for host in AGENT_HOSTS:
+        assert after[host]["online"], after[host]
+        assert after[host]["boot_id"] == before[host]["boot_id"], host
+
+
 def test_ca_rotation_under_load_then_the_old_ca_is_refused(lab, site, load, tmp_path) -> None:
     bundle = site.dir / "pki" / pki.BUNDLE
     # the old CA's certificates, kept: the control plane's client one and nginx's
@@ -117,25 +138,9 @@ def test_ca_rotation_under_load_then_the_old_ca_is_refused(lab, site, load, tmp_
     shutil.copy(site.dir / "pki/nginx-host1.crt", old_nginx)
     old_ca = (site.dir / "pki/ca.crt").read_bytes()
     assert (_redis_answer(lab, site, *old_app) or b"").startswith(b"-NOAUTH")
-    before = fleet(lab, site.dir)
 
-    try:
-        load.start()
-        rotated = cli("rotate", str(site.dir), "pki_ca", "--yes")
-        assert "phase switched: done" in rotated.stdout, rotated.stdout
-        assert (site.dir / "pki/ca.crt").read_bytes() != old_ca
-        assert load.wait_served(load.served(), SiteLoad.KINDS), load.served()
-        finished = cli("rotate", str(site.dir), "--finish", "--yes")
-        assert "finished" in finished.stdout, finished.stdout
-        assert load.wait_served(load.served(), SiteLoad.KINDS), load.served()
-    finally:
-        counts = load.stop()
-    assert counts.failures == [], counts.failures[:10]
-    after = fleet(lab, site.dir)
-    for host in AGENT_HOSTS:  # the same agent processes, online all along
-        assert after[host]["online"], after[host]
-        assert after[host]["boot_id"] == before[host]["boot_id"], host
-
+    _rotate_then_finish_under_load(lab, site, load, "pki_ca")
+    assert (site.dir / "pki/ca.crt").read_bytes() != old_ca
     new_ca = (site.dir / "pki/ca.crt").read_bytes()
     assert bundle.read_bytes() == new_ca
     for host in AGENT_HOSTS:
@@ -164,19 +169,8 @@ def test_leaf_rotation_under_load_reloads_each_daemon_onto_its_new_certificate(l
     old = {name: _fingerprint(site.dir / f"pki/{name}.crt") for name in LEAVES}
     for name, (port, flags) in ports.items():
         assert _served(lab, site, port, flags) == old[name], name
-    redis = manage(lab, "systemctl show -p MainPID -p ExecMainStartTimestamp redis-server")
-    before = fleet(lab, site.dir)
-    try:
-        load.start()
-        rotated = cli("rotate", str(site.dir), "pki_leaves", "--yes")
-        assert "phase switched: done" in rotated.stdout, rotated.stdout
-        assert load.wait_served(load.served(), SiteLoad.KINDS), load.served()
-        finished = cli("rotate", str(site.dir), "--finish", "--yes")
-        assert "finished" in finished.stdout, finished.stdout
-        assert load.wait_served(load.served(), SiteLoad.KINDS), load.served()
-    finally:
-        counts = load.stop()
-    assert counts.failures == [], counts.failures[:10]
+    redis = redis_started(lab)
+    _rotate_then_finish_under_load(lab, site, load, "pki_leaves")
 
     new = {name: _fingerprint(site.dir / f"pki/{name}.crt") for name in LEAVES}
     assert all(new[name] != old[name] for name in LEAVES), (old, new)
@@ -184,10 +178,6 @@ def test_leaf_rotation_under_load_reloads_each_daemon_onto_its_new_certificate(l
     # with CONFIG SET in the same process
     for name, (port, flags) in ports.items():
         assert _served(lab, site, port, flags) == new[name], name
-    assert manage(lab, "systemctl show -p MainPID -p ExecMainStartTimestamp "
-                       "redis-server") == redis
-    # --finish deleted the replaced keys; the agents never restarted
+    assert redis_started(lab) == redis
+    # --finish deleted the replaced keys
     assert not list((site.dir / "pki").glob(f"*.{pki.PREVIOUS}.*"))
-    after = fleet(lab, site.dir)
-    for host in AGENT_HOSTS:
-        assert after[host]["online"] and after[host]["boot_id"] == before[host]["boot_id"], host
